@@ -1,0 +1,388 @@
+//! The engine: three backends, two schedulers, and the operations of replicaSets and volumes.
+//!
+//! The operations themselves live in [`crate::replicaset`] and [`crate::volume`]; this file
+//! holds what they share: configuration, per-object locks, typed store access and claims.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuInventory;
+use crate::keys;
+use crate::runtime::{Bind, ContainerRuntime, GpuAttach};
+use crate::sched::PortRange;
+use crate::store::{StateStore, Txn};
+
+/// Label carrying the replicaSet name on containers and snapshot images.
+pub const LABEL_REPLICA_SET: &str = "io.gpu-replica.replicaset";
+/// Label carrying the version number.
+pub const LABEL_VERSION: &str = "io.gpu-replica.version";
+/// Label carrying the volume name on volumes.
+pub const LABEL_VOLUME: &str = "io.gpu-replica.volume";
+
+/// Host paths never mounted, whatever the operator allows.
+const FORBIDDEN_HOST_PATHS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+];
+
+/// How the engine behaves; every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Host ports handed out to container ports.
+    pub port_range: PortRange,
+    /// How containers get their GPUs.
+    pub gpu_attach: GpuAttach,
+    /// How long a stop waits before killing (default 10 s).
+    pub stop_timeout: Duration,
+    /// Snapshots kept per replicaSet, newest first; older ones are pruned (default 10).
+    pub keep_snapshots: usize,
+    /// A snapshot whose image would have more layers than this is flattened to one layer
+    /// (overlay2 allows about 125).
+    pub max_layers: usize,
+    /// Host folders under which bind sources are allowed (default: none).
+    pub allowed_host_paths: Vec<PathBuf>,
+    /// Repository for snapshot images: `{repo}/{name}:v{version}`.
+    pub snapshot_repo: String,
+    /// Extra labels on every container, image and volume the engine creates.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            port_range: PortRange::default(),
+            gpu_attach: GpuAttach::default(),
+            stop_timeout: Duration::from_secs(10),
+            keep_snapshots: 10,
+            max_layers: 100,
+            allowed_host_paths: Vec::new(),
+            snapshot_repo: "gpu-replica".into(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Manages versioned GPU containers and volumes; cheap to share behind an `Arc`.
+pub struct Engine {
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) inventory: Arc<dyn GpuInventory>,
+    pub(crate) config: EngineConfig,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Engine {
+    /// An engine over a container runtime, a state store and a GPU inventory.
+    pub fn new(
+        runtime: Arc<dyn ContainerRuntime>,
+        store: Arc<dyn StateStore>,
+        inventory: Arc<dyn GpuInventory>,
+        config: EngineConfig,
+    ) -> Engine {
+        Engine {
+            runtime,
+            store,
+            inventory,
+            config,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The container runtime.
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// The GPU inventory.
+    pub fn inventory(&self) -> &Arc<dyn GpuInventory> {
+        &self.inventory
+    }
+
+    /// Serializes operations on one object (`rs:foo`, `vol:bar`) inside this process; objects
+    /// differ, operations run in parallel.
+    pub(crate) async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Reads and decodes one record with its revision.
+    pub(crate) async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
+        match self.store.get(key).await? {
+            None => Ok(None),
+            Some(entry) => Ok(Some((decode(key, &entry.value)?, entry.revision))),
+        }
+    }
+
+    /// Reads and decodes every record under `prefix`, in key order.
+    pub(crate) async fn read_all<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        self.store
+            .list(prefix)
+            .await?
+            .iter()
+            .map(|e| decode(&e.key, &e.value))
+            .collect()
+    }
+
+    /// Applies a transaction that must not lose a race (its conditions are only revisions
+    /// this caller holds the lock for); a lost race is an error.
+    pub(crate) async fn commit(&self, txn: Txn) -> Result<()> {
+        if self.store.commit(txn).await? {
+            Ok(())
+        } else {
+            Err(Error::Store(
+                "a record changed under us (another engine on the same store?)".into(),
+            ))
+        }
+    }
+
+    /// Who holds each GPU, by UUID.
+    pub(crate) async fn gpu_holders(&self) -> Result<HashMap<String, String>> {
+        Ok(self
+            .store
+            .list(keys::GPU_CLAIMS)
+            .await?
+            .into_iter()
+            .map(|e| {
+                let uuid = e.key[keys::GPU_CLAIMS.len()..].to_string();
+                (uuid, String::from_utf8_lossy(&e.value).into_owned())
+            })
+            .collect())
+    }
+
+    /// Who holds each host port.
+    pub(crate) async fn port_holders(&self) -> Result<HashMap<u16, String>> {
+        Ok(self
+            .store
+            .list(keys::PORT_CLAIMS)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let port = e.key[keys::PORT_CLAIMS.len()..].parse().ok()?;
+                Some((port, String::from_utf8_lossy(&e.value).into_owned()))
+            })
+            .collect())
+    }
+
+    /// Labels for an object of replicaSet `name`, version `version`.
+    pub(crate) fn labels(&self, pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+        let mut labels = self.config.labels.clone();
+        labels.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        labels
+    }
+
+    /// Checks one bind: destination absolute and not `/`, host sources under an allowed root
+    /// and never a system path, volume sources existing.
+    pub(crate) async fn check_bind(&self, bind: &Bind) -> Result<()> {
+        if !bind.dest.starts_with('/') {
+            return Err(Error::InvalidParams(format!(
+                "bind destination '{}' must be an absolute path",
+                bind.dest
+            )));
+        }
+        if Path::new(&bind.dest)
+            .components()
+            .all(|c| c == Component::RootDir)
+        {
+            return Err(Error::InvalidParams(
+                "a bind cannot be mounted on the root directory '/'".into(),
+            ));
+        }
+        if bind.src.is_empty() {
+            return Err(Error::InvalidParams("bind source must not be empty".into()));
+        }
+        if bind.is_host_path() {
+            return self.check_host_path(&bind.src);
+        }
+        if self.runtime.inspect_volume(&bind.src).await?.is_none() {
+            return Err(Error::InvalidParams(format!(
+                "volume '{}' does not exist; create it first (POST /api/v1/volumes)",
+                bind.src
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_host_path(&self, src: &str) -> Result<()> {
+        let path = Path::new(src);
+        if path
+            .components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Err(Error::BindRefused(format!(
+                "host path '{src}' must not contain '..' or '.'"
+            )));
+        }
+        if path.components().all(|c| c == Component::RootDir)
+            || FORBIDDEN_HOST_PATHS.iter().any(|f| path.starts_with(f))
+        {
+            return Err(Error::BindRefused(format!(
+                "host path '{src}' is a system path"
+            )));
+        }
+        if !self
+            .config
+            .allowed_host_paths
+            .iter()
+            .any(|root| path.starts_with(root))
+        {
+            return Err(Error::BindRefused(format!(
+                "host path '{src}' is not under a folder the operator allows (--allow-host-path)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a replicaSet or volume name: `[A-Za-z0-9_.]+`.
+pub(crate) fn check_name(name: &str, empty: Error, dash: fn(String) -> Error) -> Result<()> {
+    if name.is_empty() {
+        return Err(empty);
+    }
+    if name.contains('-') {
+        return Err(dash(name.to_string()));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        || name.len() > 128
+    {
+        return Err(Error::InvalidParams(format!(
+            "name '{name}' may hold only letters, digits, '_' and '.' (at most 128)"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Store(format!("record {key} is not readable: {e}")))
+}
+
+/// GPUs and ports a claim adds to a transaction.
+pub(crate) fn claim(txn: Txn, holder: &str, gpus: &[String], ports: &[u16]) -> Txn {
+    let txn = gpus.iter().fold(txn, |t, uuid| {
+        t.absent(keys::gpu_claim(uuid))
+            .put(keys::gpu_claim(uuid), holder.as_bytes().to_vec())
+    });
+    ports.iter().fold(txn, |t, port| {
+        t.absent(keys::port_claim(*port))
+            .put(keys::port_claim(*port), holder.as_bytes().to_vec())
+    })
+}
+
+/// Releases GPUs and ports in a transaction.
+pub(crate) fn release(txn: Txn, gpus: &[String], ports: &[u16]) -> Txn {
+    let txn = gpus
+        .iter()
+        .fold(txn, |t, uuid| t.delete(keys::gpu_claim(uuid)));
+    ports
+        .iter()
+        .fold(txn, |t, port| t.delete(keys::port_claim(*port)))
+}
+
+/// The set of keys of `holders` not held by `me`.
+pub(crate) fn taken_by_others<K: Clone + Eq + std::hash::Hash>(
+    holders: &HashMap<K, String>,
+    me: &str,
+) -> HashSet<K> {
+    holders
+        .iter()
+        .filter(|(_, holder)| holder.as_str() != me)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::StaticInventory;
+    use crate::runtime::MockContainerRuntime;
+    use crate::store::MemoryStore;
+
+    fn engine(config: EngineConfig) -> Engine {
+        Engine::new(
+            Arc::new(MockContainerRuntime::new()),
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticInventory::fake(1)),
+            config,
+        )
+    }
+
+    #[test]
+    fn names_hold_only_safe_characters() {
+        let check =
+            |n: &str| check_name(n, Error::NameEmpty, Error::NameHasDash).map_err(|e| e.code());
+        assert_eq!(check("foo_1.a"), Ok(()));
+        assert_eq!(check(""), Err(1002));
+        assert_eq!(check("foo-1"), Err(1003));
+        assert_eq!(check("foo/bar"), Err(1000));
+    }
+
+    #[tokio::test]
+    async fn host_paths_need_an_allowed_root_and_never_a_system_path() {
+        let open = engine(EngineConfig {
+            allowed_host_paths: vec!["/data".into(), "/".into()],
+            ..Default::default()
+        });
+        let bind = |src: &str| Bind {
+            src: src.into(),
+            dest: "/mnt".into(),
+        };
+        assert!(open.check_bind(&bind("/data/x")).await.is_ok());
+        for refused in [
+            "/",
+            "/etc/shadow",
+            "/var/run/docker.sock",
+            "/proc/1",
+            "/data/../etc",
+        ] {
+            assert_eq!(
+                open.check_bind(&bind(refused)).await.unwrap_err().code(),
+                1037,
+                "{refused}"
+            );
+        }
+        let closed = engine(EngineConfig::default());
+        assert_eq!(
+            closed
+                .check_bind(&bind("/data/x"))
+                .await
+                .unwrap_err()
+                .code(),
+            1037
+        );
+        let root = Bind {
+            src: "/data/x".into(),
+            dest: "/".into(),
+        };
+        assert_eq!(open.check_bind(&root).await.unwrap_err().code(), 1000);
+    }
+}

@@ -1,0 +1,264 @@
+//! The one error type of the core, and the contract codes each variant maps to.
+//!
+//! User mistakes get their own variant (and their own code); failures of Docker or the store
+//! during an operation are wrapped by [`Error::during`] into [`Error::Failed`], which carries the
+//! operation so the HTTP layer can answer with the contract's "X failed" code.
+
+use std::fmt;
+
+/// Result with the core's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The operation a failure happened in; picks the contract's "failed" code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Run a new replicaSet.
+    Run,
+    /// Delete a replicaSet.
+    Delete,
+    /// Execute a command.
+    Exec,
+    /// Patch a replicaSet.
+    Patch,
+    /// Stop a replicaSet.
+    Stop,
+    /// Restart a replicaSet.
+    Restart,
+    /// Commit a replicaSet's container to an image.
+    Commit,
+    /// Read a replicaSet's current version.
+    Info,
+    /// Read a replicaSet's history.
+    History,
+    /// Pause a replicaSet.
+    Pause,
+    /// Continue a paused or stopped replicaSet.
+    Continue,
+    /// Roll back to an earlier version.
+    Rollback,
+    /// Create a volume.
+    VolumeCreate,
+    /// Delete a volume.
+    VolumeDelete,
+    /// Read a volume's current version.
+    VolumeInfo,
+    /// Read a volume's history.
+    VolumeHistory,
+    /// Resize a volume.
+    VolumeResize,
+    /// Read GPU or port status, or list objects.
+    Status,
+}
+
+impl Operation {
+    /// The contract code for "this operation failed".
+    pub fn failure_code(self) -> u16 {
+        match self {
+            Operation::Run => 1004,
+            Operation::Delete => 1005,
+            Operation::Exec => 1006,
+            Operation::Patch => 1007,
+            Operation::Stop => 1010,
+            Operation::Restart => 1011,
+            Operation::Commit => 1015,
+            Operation::Info => 1016,
+            Operation::History => 1017,
+            Operation::Pause => 1018,
+            Operation::Continue => 1019,
+            Operation::Rollback => 1021,
+            Operation::VolumeCreate => 1023,
+            Operation::VolumeDelete => 1025,
+            Operation::VolumeInfo => 1033,
+            Operation::VolumeHistory => 1034,
+            Operation::VolumeResize => 1035,
+            Operation::Status => 500,
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = match self {
+            Operation::Run => "run",
+            Operation::Delete => "delete",
+            Operation::Exec => "execute",
+            Operation::Patch => "patch",
+            Operation::Stop => "stop",
+            Operation::Restart => "restart",
+            Operation::Commit => "commit",
+            Operation::Info => "info",
+            Operation::History => "history",
+            Operation::Pause => "pause",
+            Operation::Continue => "continue",
+            Operation::Rollback => "rollback",
+            Operation::VolumeCreate => "volume create",
+            Operation::VolumeDelete => "volume delete",
+            Operation::VolumeInfo => "volume info",
+            Operation::VolumeHistory => "volume history",
+            Operation::VolumeResize => "volume resize",
+            Operation::Status => "status",
+        };
+        f.write_str(word)
+    }
+}
+
+/// Everything that can go wrong in the core.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed.
+    #[error("invalid request: {0}")]
+    InvalidParams(String),
+    /// `imageName` is empty.
+    #[error("image name must not be empty")]
+    ImageNameEmpty,
+    /// The replicaSet name is empty.
+    #[error("replicaSet name must not be empty")]
+    NameEmpty,
+    /// The replicaSet name contains '-', which separates the version.
+    #[error("replicaSet name '{0}' must not contain '-' (it separates the version)")]
+    NameHasDash(String),
+    /// A replicaSet of that name already exists.
+    #[error("replicaSet '{0}' already exists")]
+    AlreadyExists(String),
+    /// The patch changes nothing that needs a new version.
+    #[error("nothing to patch: {0}")]
+    NoNeedPatch(String),
+    /// A negative GPU count was asked for.
+    #[error("gpu count must not be negative (got {0})")]
+    NegativeGpuCount(i64),
+    /// Fewer GPUs are free than asked for.
+    #[error("not enough GPUs: asked for {wanted}, {free} free of {total}")]
+    NotEnoughGpus {
+        /// GPUs asked for.
+        wanted: usize,
+        /// GPUs free now.
+        free: usize,
+        /// GPUs on the host.
+        total: usize,
+    },
+    /// Fewer host ports are free than asked for.
+    #[error("not enough free host ports in {range}: asked for {wanted}")]
+    NotEnoughPorts {
+        /// Ports asked for.
+        wanted: usize,
+        /// The configured range.
+        range: String,
+    },
+    /// No replicaSet of that name.
+    #[error("replicaSet '{0}' not found")]
+    NotFound(String),
+    /// A negative version was asked for.
+    #[error("version must not be negative (got {0})")]
+    NegativeVersion(i64),
+    /// Rollback to the version that is already current.
+    #[error("version {0} is already the current version")]
+    NoNeedRollback(u32),
+    /// The volume name is empty.
+    #[error("volume name must not be empty")]
+    VolumeNameEmpty,
+    /// A volume of that name already exists.
+    #[error("volume '{0}' already exists")]
+    VolumeExists(String),
+    /// Resize to the size the volume already has.
+    #[error("volume '{0}' already has size {1}")]
+    VolumeSameSize(String, String),
+    /// A size string with an unknown unit.
+    #[error("size '{0}' not understood: use a number with KB, MB, GB or TB (for example 20GB)")]
+    SizeUnit(String),
+    /// Shrinking below the data the volume holds.
+    #[error("volume '{name}' holds {used} bytes, more than the requested {requested} bytes")]
+    ShrinkBelowUsage {
+        /// Volume name.
+        name: String,
+        /// Bytes in use.
+        used: u64,
+        /// Bytes asked for.
+        requested: u64,
+    },
+    /// The volume name contains '-'.
+    #[error("volume name '{0}' must not contain '-' (it separates the version)")]
+    VolumeNameHasDash(String),
+    /// The volume name begins with '/'.
+    #[error("volume name '{0}' must not begin with '/'")]
+    VolumeNameSlash(String),
+    /// No volume of that name.
+    #[error("volume '{0}' not found")]
+    VolumeNotFound(String),
+    /// The image is not present locally (it is never pulled).
+    #[error(
+        "image '{0}' is not present on this host; load or build it first (images are never pulled)"
+    )]
+    ImageNotFound(String),
+    /// A bind mount the operator's policy does not allow.
+    #[error("bind refused: {0}")]
+    BindRefused(String),
+    /// A GPU inventory could not be read.
+    #[error("GPU inventory: {0}")]
+    Gpu(String),
+    /// The Docker engine answered with an error or could not be reached.
+    #[error("docker: {0}")]
+    Docker(String),
+    /// The state store answered with an error or could not be reached.
+    #[error("state store: {0}")]
+    Store(String),
+    /// An operation failed for a reason that is not the user's input.
+    #[error("{op} failed: {reason}")]
+    Failed {
+        /// The operation.
+        op: Operation,
+        /// What went wrong, in words.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// The gpu-docker-api contract code for this error (new cases from 1036 on).
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::InvalidParams(_) => 1000,
+            Error::ImageNameEmpty => 1001,
+            Error::NameEmpty => 1002,
+            Error::NameHasDash(_) => 1003,
+            Error::AlreadyExists(_) => 1008,
+            Error::NoNeedPatch(_) => 1009,
+            Error::NegativeGpuCount(_) => 1012,
+            Error::NotEnoughGpus { .. } => 1013,
+            Error::NotEnoughPorts { .. } => 1014,
+            Error::NotFound(_) => 1016,
+            Error::NegativeVersion(_) => 1020,
+            Error::NoNeedRollback(_) => 1022,
+            Error::VolumeNameEmpty => 1024,
+            Error::VolumeExists(_) => 1026,
+            Error::VolumeSameSize(..) => 1028,
+            Error::SizeUnit(_) => 1029,
+            Error::ShrinkBelowUsage { .. } => 1030,
+            Error::VolumeNameHasDash(_) => 1031,
+            Error::VolumeNameSlash(_) => 1032,
+            Error::VolumeNotFound(_) => 1033,
+            Error::ImageNotFound(_) => 1036,
+            Error::BindRefused(_) => 1037,
+            Error::Gpu(_) => 1038,
+            Error::Docker(_) => 1039,
+            Error::Store(_) => 1040,
+            Error::Failed { op, .. } => op.failure_code(),
+        }
+    }
+
+    /// Attributes a backend failure to `op`; user errors pass through unchanged.
+    pub fn during(self, op: Operation) -> Error {
+        match self {
+            Error::Docker(reason) | Error::Store(reason) | Error::Gpu(reason) => {
+                Error::Failed { op, reason }
+            }
+            other => other,
+        }
+    }
+
+    /// A failure of `op` described in words.
+    pub fn failed(op: Operation, reason: impl Into<String>) -> Error {
+        Error::Failed {
+            op,
+            reason: reason.into(),
+        }
+    }
+}

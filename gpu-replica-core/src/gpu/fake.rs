@@ -1,0 +1,89 @@
+//! A fixed GPU list: synthetic GPUs for hosts without any (`fake:N`), or GPUs named by the
+//! operator.
+
+use async_trait::async_trait;
+
+use super::{GpuInfo, GpuInventory};
+use crate::error::{Error, Result};
+
+/// A [`GpuInventory`] whose GPUs never change.
+#[derive(Debug, Clone)]
+pub struct StaticInventory {
+    gpus: Vec<GpuInfo>,
+    label: String,
+}
+
+impl StaticInventory {
+    /// `count` synthetic GPUs with stable UUIDs (`GPU-00000000-0000-4000-8000-00000000000N`), so
+    /// that state written by one process still matches the GPUs of the next.
+    pub fn fake(count: u32) -> StaticInventory {
+        let gpus = (0..count)
+            .map(|index| GpuInfo {
+                index,
+                uuid: format!("GPU-00000000-0000-4000-8000-{index:012x}"),
+                name: "Fake GPU".to_string(),
+                memory_total: None,
+                memory_used: None,
+                utilization: None,
+                distances: Vec::new(),
+            })
+            .collect();
+        StaticInventory {
+            gpus,
+            label: format!("fake:{count}"),
+        }
+    }
+
+    /// GPUs given by the operator (for instance read from a file).
+    pub fn from_list(gpus: Vec<GpuInfo>) -> StaticInventory {
+        let label = format!("static list of {}", gpus.len());
+        StaticInventory { gpus, label }
+    }
+
+    /// Parses `fake:N` or `none`.
+    pub fn parse(spec: &str) -> Result<StaticInventory> {
+        if spec == "none" {
+            return Ok(StaticInventory::from_list(Vec::new()));
+        }
+        let count = spec
+            .strip_prefix("fake:")
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| Error::Gpu(format!("'{spec}' is not 'fake:N' or 'none'")))?;
+        Ok(StaticInventory::fake(count))
+    }
+}
+
+#[async_trait]
+impl GpuInventory for StaticInventory {
+    async fn gpus(&self) -> Result<Vec<GpuInfo>> {
+        Ok(self.gpus.clone())
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fake_gpus_keep_their_uuids_across_inventories() {
+        let a = StaticInventory::fake(3).gpus().await.unwrap();
+        let b = StaticInventory::parse("fake:3")
+            .unwrap()
+            .gpus()
+            .await
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 3);
+        assert_ne!(a[0].uuid, a[1].uuid);
+    }
+
+    #[test]
+    fn a_malformed_spec_is_refused() {
+        assert!(StaticInventory::parse("fake:x").is_err());
+        assert!(StaticInventory::parse("none").is_ok());
+    }
+}

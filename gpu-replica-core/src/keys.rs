@@ -1,0 +1,56 @@
+//! Where each record lives in the store. Prefixes end in '/', so `foo` never lists `foobar`.
+
+/// Head of replicaSet `name`.
+pub fn replica_set(name: &str) -> String {
+    format!("replicasets/{name}")
+}
+
+/// Prefix of every replicaSet head.
+pub const REPLICA_SETS: &str = "replicasets/";
+
+/// Version `v` of replicaSet `name`; zero-padded so key order is version order.
+pub fn version(name: &str, v: u32) -> String {
+    format!("versions/{name}/{v:010}")
+}
+
+/// Prefix of all versions of `name`.
+pub fn versions(name: &str) -> String {
+    format!("versions/{name}/")
+}
+
+/// Prefix of all versions of all replicaSets.
+pub const ALL_VERSIONS: &str = "versions/";
+
+/// Claim on the GPU `uuid`; its value is the holder's name.
+pub fn gpu_claim(uuid: &str) -> String {
+    format!("claims/gpus/{uuid}")
+}
+
+/// Prefix of every GPU claim.
+pub const GPU_CLAIMS: &str = "claims/gpus/";
+
+/// Claim on host port `port`; its value is the holder's name.
+pub fn port_claim(port: u16) -> String {
+    format!("claims/ports/{port:05}")
+}
+
+/// Prefix of every port claim.
+pub const PORT_CLAIMS: &str = "claims/ports/";
+
+/// Head of volume `name`.
+pub fn volume(name: &str) -> String {
+    format!("volumes/{name}")
+}
+
+/// Prefix of every volume head.
+pub const VOLUMES: &str = "volumes/";
+
+/// Version `v` of volume `name`.
+pub fn volume_version(name: &str, v: u32) -> String {
+    format!("volume-versions/{name}/{v:010}")
+}
+
+/// Prefix of all versions of volume `name`.
+pub fn volume_versions(name: &str) -> String {
+    format!("volume-versions/{name}/")
+}

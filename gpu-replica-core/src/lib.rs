@@ -1,0 +1,65 @@
+//! # gpu-replica-core
+//!
+//! Versioned GPU containers ("replicaSets") and versioned volumes on one GPU host, through the
+//! Docker Engine API. Docker cannot change a container's GPUs or mounts after creation, so every
+//! such change makes a new container **version** that inherits the old one's filesystem (by a
+//! snapshot commit: the cost is what the container changed, not the image), keeps its volumes
+//! and host ports, and can be rolled back to.
+//!
+//! An [`Engine`] is made of three trait objects: a [`ContainerRuntime`] (Docker via
+//! [`DockerRuntime`]), a [`StateStore`] ([`RedbStore`] by default, [`MemoryStore`], or
+//! `EtcdStore` with the `etcd` feature) and a [`GpuInventory`] ([`NvmlInventory`] or
+//! [`StaticInventory`]). Frontends hold an `Arc<Engine>` and call its typed async methods.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use gpu_replica_core::{DockerRuntime, Engine, EngineConfig, RedbStore, RunRequest, StaticInventory};
+//!
+//! # async fn demo() -> gpu_replica_core::Result<()> {
+//! let engine = Engine::new(
+//!     Arc::new(DockerRuntime::connect().await?),
+//!     Arc::new(RedbStore::open("state.redb")?),
+//!     Arc::new(StaticInventory::fake(4)),
+//!     EngineConfig::default(),
+//! );
+//! let info = engine
+//!     .run(RunRequest { name: "foo".into(), image: "ubuntu:22.04".into(), gpu_count: 2, ..Default::default() })
+//!     .await?;
+//! println!("{} holds {:?}", info.version.container, info.version.gpus);
+//! # Ok(())
+//! # }
+//! ```
+
+mod engine;
+mod error;
+pub mod gpu;
+pub mod keys;
+pub mod model;
+mod replicaset;
+mod resources;
+pub mod runtime;
+pub mod sched;
+mod size;
+pub mod store;
+mod volume;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use crate::engine::{Engine, EngineConfig, LABEL_REPLICA_SET, LABEL_VERSION, LABEL_VOLUME};
+pub use crate::error::{Error, Operation, Result};
+pub use crate::gpu::{GpuInfo, GpuInventory, NvmlInventory, StaticInventory};
+pub use crate::model::{
+    GpuStatus, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Version, Volume,
+    VolumeInfo, VolumeVersion,
+};
+pub use crate::replicaset::{BindSwap, PatchRequest, RunRequest};
+pub use crate::runtime::{
+    Bind, ContainerRuntime, DockerRuntime, ExecOutput, GpuAttach, PortMapping,
+};
+pub use crate::sched::PortRange;
+pub use crate::size::parse_size;
+pub use crate::store::{MemoryStore, RedbStore, StateStore};
+
+#[cfg(feature = "etcd")]
+pub use crate::store::EtcdStore;

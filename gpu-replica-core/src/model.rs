@@ -1,0 +1,165 @@
+//! The records the engine persists: replicaSets with their versions, and volumes with theirs.
+//!
+//! Each is stored as JSON under its own key (see [`crate::keys`]), so one prefix read returns a
+//! whole history, whatever its length.
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::{Bind, PortMapping};
+
+/// Whether a replicaSet's current container runs, and whether it holds its GPUs and ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Running; holds its GPUs and ports.
+    Running,
+    /// Container stopped; still holds its GPUs and ports.
+    Paused,
+    /// Container stopped; GPUs and ports released.
+    Stopped,
+}
+
+impl Status {
+    /// Whether GPU and port claims are held in this state.
+    pub fn holds_claims(self) -> bool {
+        self != Status::Stopped
+    }
+}
+
+/// What the user asked a replicaSet to be; each version records its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSetSpec {
+    /// The image the first version was created from.
+    pub image: String,
+    /// Number of GPUs (0 = cardless).
+    pub gpu_count: u32,
+    /// Volume and host-path mounts.
+    pub binds: Vec<Bind>,
+    /// `KEY=value` environment.
+    pub env: Vec<String>,
+    /// Command replacing the image's, if any.
+    pub cmd: Option<Vec<String>>,
+    /// Container ports (`22/tcp`), each published on a host port.
+    pub container_ports: Vec<String>,
+}
+
+/// The head record of a replicaSet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSet {
+    /// Name, `[A-Za-z0-9_.]+`.
+    pub name: String,
+    /// The version whose container is current.
+    pub current: u32,
+    /// The highest version number ever handed out; never reused.
+    pub latest: u32,
+    /// Running, paused or stopped.
+    pub status: Status,
+    /// GPUs of the current container (claimed unless stopped).
+    pub gpus: Vec<String>,
+    /// Host ports of the current container (claimed unless stopped); kept across versions.
+    pub ports: Vec<PortMapping>,
+    /// A version being built and not yet current (an operation in flight).
+    pub pending: Option<u32>,
+    /// When the replicaSet was created, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub created_at: String,
+}
+
+/// One version of a replicaSet: one container, and later the snapshot of its filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Container name, `{name}-{version}`.
+    pub container: String,
+    /// The spec this version was created with.
+    pub spec: ReplicaSetSpec,
+    /// GPUs it was created with.
+    pub gpus: Vec<String>,
+    /// Host ports it was created with.
+    pub ports: Vec<PortMapping>,
+    /// The image its container was created from (the user's image or a snapshot).
+    pub image: String,
+    /// Snapshot image of its filesystem, taken when it was superseded (`None` while current or
+    /// once pruned).
+    pub snapshot: Option<String>,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// A replicaSet's head with its current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaSetInfo {
+    /// The head record.
+    pub replica_set: ReplicaSet,
+    /// The current version.
+    pub version: Version,
+}
+
+/// The head record of a versioned volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Name without version, `[A-Za-z0-9_.]+`.
+    pub name: String,
+    /// Current version.
+    pub current: u32,
+    /// Highest version ever handed out.
+    pub latest: u32,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// One version of a volume: one Docker volume `{name}-{version}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeVersion {
+    /// Version number, from 1.
+    pub version: u32,
+    /// Docker volume name, `{name}-{version}`.
+    pub docker_name: String,
+    /// Size as the user wrote it, `20GB`.
+    pub size: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Whether Docker enforces the size (XFS project quotas) or it is only recorded.
+    pub size_enforced: bool,
+    /// Volume driver.
+    pub driver: String,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// A volume's head with its current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// The head record.
+    pub volume: Volume,
+    /// The current version.
+    pub version: VolumeVersion,
+}
+
+/// One GPU with its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuStatus {
+    /// The GPU.
+    pub gpu: crate::gpu::GpuInfo,
+    /// The replicaSet holding it, if any.
+    pub holder: Option<String>,
+}
+
+/// Host port usage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    /// The configured range.
+    pub range: crate::sched::PortRange,
+    /// Claimed ports, ascending.
+    pub used: Vec<u16>,
+    /// Ports of the range not claimed.
+    pub available: usize,
+}
+
+/// Current UTC time as the contract writes it.
+pub fn now() -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::now_utc()
+        .format(format)
+        .unwrap_or_default()
+}

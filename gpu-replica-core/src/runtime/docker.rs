@@ -1,0 +1,719 @@
+//! [`ContainerRuntime`] on the Docker Engine API through bollard.
+//!
+//! Everything goes through the API, never through Docker's data root, so the server may run on
+//! another machine or in a container. Volume data moves through the archive API on helper
+//! containers that are created but never started, so any local image can serve as their image.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerConfig, ContainerCreateBody, DeviceRequest, HostConfig, PortBinding,
+    VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CommitContainerOptions, CreateContainerOptions, CreateImageOptions,
+    DownloadFromContainerOptions, ListContainersOptions, ListImagesOptions, ListVolumesOptions,
+    RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions, StopContainerOptions,
+    UploadToContainerOptions,
+};
+use bollard::{body_try_stream, Docker};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+
+use super::tar_size::TarSizeCounter;
+use super::{
+    ContainerRuntime, ContainerSpec, ContainerState, ExecOutput, GpuAttach, ImageState, VolumeState,
+};
+use crate::error::{Error, Result};
+
+/// Label on helper containers, so a sweep can find any left behind by a crash.
+pub const HELPER_LABEL: &str = "io.gpu-replica.helper";
+
+const SIZE_UNKNOWN: u8 = 0;
+const SIZE_ENFORCED: u8 = 1;
+const SIZE_IGNORED: u8 = 2;
+
+/// The Docker engine, reached through `DOCKER_HOST` or the local socket.
+pub struct DockerRuntime {
+    docker: Docker,
+    helper_image: Option<String>,
+    /// Whether the local volume driver accepts `size`; detected on the first sized create.
+    size_support: AtomicU8,
+}
+
+fn docker_err(e: BollardError) -> Error {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => Error::Docker(message),
+        other => Error::Docker(other.to_string()),
+    }
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn to_map(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
+    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn label_filter(label: &str) -> Option<HashMap<String, Vec<String>>> {
+    Some(HashMap::from([(
+        "label".to_string(),
+        vec![label.to_string()],
+    )]))
+}
+
+impl DockerRuntime {
+    /// Connects with `DOCKER_HOST` (or the local socket) and agrees on an API version the
+    /// engine speaks, so older engines (20.10 speaks 1.41) work too.
+    pub async fn connect() -> Result<DockerRuntime> {
+        let docker = Docker::connect_with_defaults().map_err(docker_err)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| Error::Docker(format!("cannot reach the Docker engine: {e}")))?;
+        Ok(DockerRuntime {
+            docker,
+            helper_image: None,
+            size_support: AtomicU8::new(SIZE_UNKNOWN),
+        })
+    }
+
+    /// Uses `image` for the helper containers that move volume data (default: any local image).
+    pub fn with_helper_image(mut self, image: impl Into<String>) -> DockerRuntime {
+        self.helper_image = Some(image.into());
+        self
+    }
+
+    /// The bollard client, for callers that need an API this trait does not cover.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Imports a root filesystem tar stream as image `image` (`repo:tag`), applying Dockerfile
+    /// `changes` (CMD, ENV, LABEL, …) to its config. This is `docker import`.
+    pub async fn import_image<S>(&self, tar: S, image: &str, changes: Vec<String>) -> Result<()>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        let (repo, tag) = split_reference(image);
+        let options = CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            changes,
+            ..Default::default()
+        };
+        let mut progress =
+            self.docker
+                .create_image(Some(options), Some(body_try_stream(tar)), None);
+        while let Some(item) = progress.next().await {
+            item.map_err(docker_err)?;
+        }
+        Ok(())
+    }
+
+    async fn helper_image(&self) -> Result<String> {
+        if let Some(image) = &self.helper_image {
+            return Ok(image.clone());
+        }
+        let images = self
+            .docker
+            .list_images(None::<ListImagesOptions>)
+            .await
+            .map_err(docker_err)?;
+        images
+            .into_iter()
+            .find_map(|i| i.repo_tags.into_iter().find(|t| t != "<none>:<none>"))
+            .ok_or_else(|| Error::Docker("no local image to create a helper container from".into()))
+    }
+
+    /// A created, never started container that mounts `volume` at `/data`.
+    async fn helper(&self, volume: &str, role: &str) -> Result<String> {
+        let name = format!("gpu-replica-helper-{role}-{volume}");
+        // A crash may have left one behind.
+        self.remove_container(&name).await?;
+        let body = ContainerCreateBody {
+            image: Some(self.helper_image().await?),
+            cmd: Some(vec!["true".into()]),
+            labels: Some(HashMap::from([(
+                HELPER_LABEL.to_string(),
+                volume.to_string(),
+            )])),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{volume}:/data")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_err)?;
+        Ok(name)
+    }
+
+    fn archive(&self, container: &str) -> impl Stream<Item = Result<Bytes, BollardError>> {
+        self.docker.download_from_container(
+            container,
+            Some(DownloadFromContainerOptions {
+                path: "/data".into(),
+            }),
+        )
+    }
+
+    fn container_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
+        let mut env = spec.env.clone();
+        // The image may say NVIDIA_VISIBLE_DEVICES=all; the container must see only its own.
+        let visible = if spec.gpus.is_empty() {
+            "void".to_string()
+        } else {
+            spec.gpus.join(",")
+        };
+        env.retain(|e| !e.starts_with("NVIDIA_VISIBLE_DEVICES="));
+        env.push(format!("NVIDIA_VISIBLE_DEVICES={visible}"));
+        env.push("CUDA_DEVICE_ORDER=PCI_BUS_ID".into());
+        let device_requests = match (spec.gpu_attach, spec.gpus.is_empty()) {
+            (_, true) | (GpuAttach::Env, _) => None,
+            (GpuAttach::DeviceRequests, false) => Some(vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(spec.gpus.clone()),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }]),
+            (GpuAttach::Cdi, false) => Some(vec![DeviceRequest {
+                driver: Some("cdi".into()),
+                device_ids: Some(
+                    spec.gpus
+                        .iter()
+                        .map(|u| format!("nvidia.com/gpu={u}"))
+                        .collect(),
+                ),
+                ..Default::default()
+            }]),
+        };
+        let port_bindings = spec
+            .ports
+            .iter()
+            .map(|p| {
+                (
+                    p.container_port.clone(),
+                    Some(vec![PortBinding {
+                        host_ip: None,
+                        host_port: Some(p.host_port.to_string()),
+                    }]),
+                )
+            })
+            .collect::<HashMap<_, _>>();
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(env),
+            cmd: spec.cmd.clone(),
+            tty: Some(true),
+            open_stdin: Some(true),
+            labels: Some(to_map(&spec.labels)),
+            exposed_ports: Some(
+                spec.ports
+                    .iter()
+                    .map(|p| p.container_port.clone())
+                    .collect(),
+            ),
+            host_config: Some(HostConfig {
+                binds: Some(
+                    spec.binds
+                        .iter()
+                        .map(|b| format!("{}:{}", b.src, b.dest))
+                        .collect(),
+                ),
+                port_bindings: Some(port_bindings),
+                device_requests,
+                privileged: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// `repo:tag` → (`repo`, `tag`), `latest` when no tag is given.
+fn split_reference(image: &str) -> (&str, &str) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// Dockerfile instructions that rebuild `config` on an imported image.
+fn config_changes(config: &ContainerConfig, labels: &BTreeMap<String, String>) -> Vec<String> {
+    let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut changes = Vec::new();
+    for env in config.env.iter().flatten() {
+        if let Some((key, value)) = env.split_once('=') {
+            changes.push(format!("ENV {key}={}", quote(value)));
+        }
+    }
+    if let Some(cmd) = config.cmd.as_ref().filter(|c| !c.is_empty()) {
+        changes.push(format!("CMD {}", json(cmd)));
+    }
+    if let Some(entrypoint) = config.entrypoint.as_ref().filter(|c| !c.is_empty()) {
+        changes.push(format!("ENTRYPOINT {}", json(entrypoint)));
+    }
+    if let Some(dir) = config.working_dir.as_ref().filter(|d| !d.is_empty()) {
+        changes.push(format!("WORKDIR {dir}"));
+    }
+    if let Some(user) = config.user.as_ref().filter(|u| !u.is_empty()) {
+        changes.push(format!("USER {user}"));
+    }
+    for port in config.exposed_ports.iter().flatten() {
+        changes.push(format!("EXPOSE {port}"));
+    }
+    let mut all_labels: BTreeMap<String, String> = config
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    all_labels.extend(labels.clone());
+    for (key, value) in all_labels {
+        changes.push(format!("LABEL {}={}", quote(&key), quote(&value)));
+    }
+    changes
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn version(&self) -> Result<String> {
+        let version = self.docker.version().await.map_err(docker_err)?;
+        Ok(format!(
+            "Docker {} (API {})",
+            version.version.unwrap_or_default(),
+            version.api_version.unwrap_or_default()
+        ))
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String> {
+        let options = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), self.container_body(spec))
+            .await
+            .map_err(docker_err)?;
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, name: &str) -> Result<()> {
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(docker_err)
+    }
+
+    async fn stop_container(&self, name: &str, grace: Duration) -> Result<()> {
+        let options = StopContainerOptions {
+            t: Some(grace.as_secs().try_into().unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
+        match self.docker.stop_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(docker_err(e)),
+        }
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(name, Some(options)).await {
+            Err(e) if !is_not_found(&e) => Err(docker_err(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerState>> {
+        let found = match self.docker.inspect_container(name, None).await {
+            Ok(found) => found,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(docker_err(e)),
+        };
+        let state = found.state.unwrap_or_default();
+        let config = found.config.unwrap_or_default();
+        Ok(Some(ContainerState {
+            id: found.id.unwrap_or_default(),
+            name: found
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            image: config.image.unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
+        }))
+    }
+
+    async fn list_containers(&self, label: &str) -> Result<Vec<ContainerState>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: label_filter(label),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_err)?;
+        Ok(found
+            .into_iter()
+            .map(|c| ContainerState {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                image: c.image.unwrap_or_default(),
+                running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                status: c.status.unwrap_or_default(),
+                labels: c.labels.unwrap_or_default().into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn exec(
+        &self,
+        name: &str,
+        argv: &[String],
+        workdir: Option<String>,
+    ) -> Result<ExecOutput> {
+        let options = CreateExecOptions {
+            cmd: Some(argv.to_vec()),
+            working_dir: workdir,
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self
+            .docker
+            .create_exec(name, options)
+            .await
+            .map_err(docker_err)?;
+        let mut output = String::new();
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(docker_err)?
+        {
+            while let Some(chunk) = stream.next().await {
+                output.push_str(&String::from_utf8_lossy(
+                    &chunk.map_err(docker_err)?.into_bytes(),
+                ));
+            }
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(docker_err)?;
+        Ok(ExecOutput {
+            output,
+            exit_code: inspected.exit_code.unwrap_or(-1),
+        })
+    }
+
+    async fn commit(
+        &self,
+        container: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let (repo, tag) = split_reference(image);
+        let changes = labels
+            .iter()
+            .map(|(k, v)| format!("LABEL {}={}", serde_json::json!(k), serde_json::json!(v)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let options = CommitContainerOptions {
+            container: Some(container.to_string()),
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            pause: true,
+            changes: (!changes.is_empty()).then_some(changes),
+            ..Default::default()
+        };
+        let committed = self
+            .docker
+            .commit_container(options, ContainerConfig::default())
+            .await
+            .map_err(docker_err)?;
+        Ok(committed.id)
+    }
+
+    async fn commit_flattened(
+        &self,
+        container: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let inspected = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(docker_err)?;
+        let changes = config_changes(&inspected.config.unwrap_or_default(), labels);
+        let export = self
+            .docker
+            .export_container(container)
+            .map_err(std::io::Error::other);
+        self.import_image(export, image, changes).await?;
+        let imported = self
+            .inspect_image(image)
+            .await?
+            .ok_or_else(|| Error::Docker(format!("imported image {image} is missing")))?;
+        Ok(imported.id)
+    }
+
+    async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>> {
+        let found = match self.docker.inspect_image(image).await {
+            Ok(found) => found,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(docker_err(e)),
+        };
+        Ok(Some(ImageState {
+            id: found.id.unwrap_or_default(),
+            tags: found.repo_tags.unwrap_or_default(),
+            layers: found
+                .root_fs
+                .and_then(|r| r.layers)
+                .map(|l| l.len())
+                .unwrap_or(0),
+            labels: found
+                .config
+                .and_then(|c| c.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }))
+    }
+
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageState>> {
+        let options = ListImagesOptions {
+            filters: label_filter(label),
+            ..Default::default()
+        };
+        let found = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(docker_err)?;
+        Ok(found
+            .into_iter()
+            .map(|i| ImageState {
+                id: i.id,
+                tags: i.repo_tags,
+                layers: 0,
+                labels: i.labels.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        // force on a tag only untags when other tags or children still use the image.
+        let options = RemoveImageOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_image(image, Some(options), None).await {
+            Err(e) if !is_not_found(&e) => Err(docker_err(e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        size: Option<u64>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let request = |size: Option<u64>| VolumeCreateRequest {
+            name: Some(name.to_string()),
+            driver: Some("local".into()),
+            driver_opts: size.map(|s| HashMap::from([("size".to_string(), s.to_string())])),
+            labels: Some(to_map(labels)),
+            ..Default::default()
+        };
+        let sized = size.filter(|_| self.size_support.load(Ordering::Relaxed) != SIZE_IGNORED);
+        if sized.is_some() {
+            match self.docker.create_volume(request(sized)).await {
+                Ok(_) => {
+                    self.size_support.store(SIZE_ENFORCED, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                Err(e) if e.to_string().contains("quota") => {
+                    tracing::warn!("volume sizes are not enforced on this host: {e}");
+                    self.size_support.store(SIZE_IGNORED, Ordering::Relaxed);
+                }
+                Err(e) => return Err(docker_err(e)),
+            }
+        }
+        self.docker
+            .create_volume(request(None))
+            .await
+            .map_err(docker_err)?;
+        Ok(false)
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeState>> {
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => Ok(Some(VolumeState {
+                name: v.name,
+                driver: v.driver,
+                options: v.options.into_iter().collect(),
+                labels: v.labels.into_iter().collect(),
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(docker_err(e)),
+        }
+    }
+
+    async fn list_volumes(&self, label: &str) -> Result<Vec<VolumeState>> {
+        let options = ListVolumesOptions {
+            filters: label_filter(label),
+        };
+        let found = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(docker_err)?;
+        Ok(found
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VolumeState {
+                name: v.name,
+                driver: v.driver,
+                options: v.options.into_iter().collect(),
+                labels: v.labels.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn volume_used_bytes(&self, name: &str) -> Result<u64> {
+        let helper = self.helper(name, "measure").await?;
+        let mut counter = TarSizeCounter::default();
+        let mut archive = self.archive(&helper);
+        let mut outcome = Ok(());
+        while let Some(chunk) = archive.next().await {
+            match chunk {
+                Ok(bytes) => counter.feed(&bytes),
+                Err(e) => {
+                    outcome = Err(docker_err(e));
+                    break;
+                }
+            }
+        }
+        self.remove_container(&helper).await?;
+        outcome.map(|()| counter.total())
+    }
+
+    async fn copy_volume(&self, from: &str, to: &str) -> Result<()> {
+        let source = self.helper(from, "from").await?;
+        let target = match self.helper(to, "to").await {
+            Ok(target) => target,
+            Err(e) => {
+                self.remove_container(&source).await?;
+                return Err(e);
+            }
+        };
+        // The archive of /data holds "data/…"; unpacked at / in the target it lands in /data.
+        let stream = self.archive(&source).map_err(std::io::Error::other);
+        let outcome = self
+            .docker
+            .upload_to_container(
+                &target,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                body_try_stream(stream),
+            )
+            .await
+            .map_err(docker_err);
+        self.remove_container(&source).await?;
+        self.remove_container(&target).await?;
+        outcome
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        match self
+            .docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Err(e) if !is_not_found(&e) => Err(docker_err(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_repo_and_tag() {
+        assert_eq!(
+            split_reference("gpu-replica/foo:v3"),
+            ("gpu-replica/foo", "v3")
+        );
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(
+            split_reference("localhost:5000/x"),
+            ("localhost:5000/x", "latest")
+        );
+    }
+
+    #[test]
+    fn an_imported_image_gets_the_config_back() {
+        let config = ContainerConfig {
+            env: Some(vec!["PATH=/bin".into(), "A=b c".into()]),
+            cmd: Some(vec!["/bin/sh".into()]),
+            working_dir: Some("/root".into()),
+            ..Default::default()
+        };
+        let changes = config_changes(&config, &BTreeMap::from([("k".into(), "v".into())]));
+        assert!(changes.contains(&"ENV A=\"b c\"".to_string()));
+        assert!(changes.contains(&"CMD [\"/bin/sh\"]".to_string()));
+        assert!(changes.contains(&"WORKDIR /root".to_string()));
+        assert!(changes.contains(&"LABEL \"k\"=\"v\"".to_string()));
+    }
+}

@@ -1,0 +1,217 @@
+//! The container runtime: what the engine needs from Docker, named for what it means.
+//!
+//! [`DockerRuntime`] is the real implementation (bollard, over `DOCKER_HOST` or the local
+//! socket). Types here are the engine's own, so the engine never sees a bollard type and a mock
+//! runtime stays small.
+
+mod docker;
+mod tar_size;
+
+pub use self::docker::DockerRuntime;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// How a container is given its GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuAttach {
+    /// Docker device requests, driver `nvidia`, device IDs = GPU UUIDs (as gpu-docker-api).
+    #[default]
+    DeviceRequests,
+    /// Container Device Interface names `nvidia.com/gpu=<uuid>`.
+    Cdi,
+    /// Only `NVIDIA_VISIBLE_DEVICES`: for an nvidia default runtime, and for fake GPUs.
+    Env,
+}
+
+impl std::str::FromStr for GpuAttach {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<GpuAttach> {
+        match s {
+            "device-requests" => Ok(GpuAttach::DeviceRequests),
+            "cdi" => Ok(GpuAttach::Cdi),
+            "env" => Ok(GpuAttach::Env),
+            other => Err(crate::Error::InvalidParams(format!(
+                "gpu attach mode '{other}' is not device-requests, cdi or env"
+            ))),
+        }
+    }
+}
+
+/// A container port published on a host port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Port inside the container with its protocol, `22/tcp`.
+    pub container_port: String,
+    /// Port on the host.
+    pub host_port: u16,
+}
+
+/// A mount: a Docker volume (name) or a host path (absolute) at `dest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// Volume name, or an absolute host path.
+    pub src: String,
+    /// Absolute path inside the container.
+    pub dest: String,
+}
+
+impl Bind {
+    /// Whether the source is a host path rather than a volume.
+    pub fn is_host_path(&self) -> bool {
+        self.src.starts_with('/')
+    }
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerSpec {
+    /// Container name, `{replicaSet}-{version}`.
+    pub name: String,
+    /// Image (or snapshot image) to create it from.
+    pub image: String,
+    /// `KEY=value` environment, on top of the image's.
+    pub env: Vec<String>,
+    /// Command replacing the image's, if any.
+    pub cmd: Option<Vec<String>>,
+    /// Mounts.
+    pub binds: Vec<Bind>,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+    /// GPU UUIDs to attach.
+    pub gpus: Vec<String>,
+    /// How to attach them.
+    pub gpu_attach: GpuAttach,
+    /// Labels to set.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What Docker says about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Container ID.
+    pub id: String,
+    /// Name without the leading '/'.
+    pub name: String,
+    /// Image reference it was created from.
+    pub image: String,
+    /// Whether it runs now.
+    pub running: bool,
+    /// Docker's status word (created, running, exited, …).
+    pub status: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Output of a command run in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// stdout and stderr, interleaved as produced.
+    pub output: String,
+    /// The command's exit code.
+    pub exit_code: i64,
+}
+
+/// What Docker says about an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageState {
+    /// Image ID.
+    pub id: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Number of filesystem layers.
+    pub layers: usize,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What Docker says about a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeState {
+    /// Volume name.
+    pub name: String,
+    /// Driver name.
+    pub driver: String,
+    /// Driver options.
+    pub options: BTreeMap<String, String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The Docker operations the engine is built on.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync {
+    /// The engine's version, for the startup summary.
+    async fn version(&self) -> Result<String>;
+
+    /// Creates a container (not started); returns its ID.
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String>;
+    /// Starts a created or stopped container.
+    async fn start_container(&self, name: &str) -> Result<()>;
+    /// Stops a container, killing it after `grace`; a stopped one is left as is.
+    async fn stop_container(&self, name: &str, grace: Duration) -> Result<()>;
+    /// Removes a container and its anonymous volumes, stopping it first; absent is fine.
+    async fn remove_container(&self, name: &str) -> Result<()>;
+    /// Inspects a container; `None` when it does not exist.
+    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerState>>;
+    /// Containers carrying label `key` (any value), running or not.
+    async fn list_containers(&self, label: &str) -> Result<Vec<ContainerState>>;
+    /// Runs `argv` (no shell) in a running container, in `workdir` if given.
+    async fn exec(
+        &self,
+        name: &str,
+        argv: &[String],
+        workdir: Option<String>,
+    ) -> Result<ExecOutput>;
+
+    /// Commits a container's filesystem to image `image` (`repo:tag`) with extra labels;
+    /// returns the image ID. The container's config becomes the image's config.
+    async fn commit(
+        &self,
+        container: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String>;
+    /// Like [`ContainerRuntime::commit`], but writes the whole filesystem as one layer (export
+    /// and import), keeping the config; for chains that near the layer limit.
+    async fn commit_flattened(
+        &self,
+        container: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String>;
+    /// Inspects an image; `None` when it is not present.
+    async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>>;
+    /// Images carrying label `key` (any value).
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageState>>;
+    /// Removes an image reference (untags it; the data goes when nothing else uses it);
+    /// absent is fine.
+    async fn remove_image(&self, image: &str) -> Result<()>;
+
+    /// Creates a volume of the local driver, asking for `size` bytes when given. Returns whether
+    /// the size is enforced (the local driver enforces it only on XFS with project quotas).
+    async fn create_volume(
+        &self,
+        name: &str,
+        size: Option<u64>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool>;
+    /// Inspects a volume; `None` when it does not exist.
+    async fn inspect_volume(&self, name: &str) -> Result<Option<VolumeState>>;
+    /// Volumes carrying label `key` (any value).
+    async fn list_volumes(&self, label: &str) -> Result<Vec<VolumeState>>;
+    /// Bytes of file data in a volume.
+    async fn volume_used_bytes(&self, name: &str) -> Result<u64>;
+    /// Copies everything in volume `from` into volume `to`, through the Docker API.
+    async fn copy_volume(&self, from: &str, to: &str) -> Result<()>;
+    /// Removes a volume; absent is fine, in use is an error.
+    async fn remove_volume(&self, name: &str) -> Result<()>;
+}

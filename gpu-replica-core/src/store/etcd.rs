@@ -1,0 +1,115 @@
+//! etcd store (cargo feature `etcd`): for several engines sharing one cluster.
+//!
+//! Revisions are etcd's own `mod_revision`; an absent key is `create_revision == 0`, which is
+//! how etcd itself spells "does not exist" inside a transaction.
+
+use async_trait::async_trait;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn as EtcdTxn, TxnOp};
+
+use super::{Condition, Entry, StateStore, Txn, Write};
+use crate::error::{Error, Result};
+
+/// A [`StateStore`] on an etcd v3 cluster.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    endpoints: Vec<String>,
+    prefix: String,
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(format!("etcd: {e}"))
+}
+
+impl EtcdStore {
+    /// Connects to `endpoints` (`http://host:port`); every key is stored under `prefix`, so
+    /// several deployments (or test runs) can share one cluster.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
+        let client = Client::connect(endpoints, None).await.map_err(store_err)?;
+        Ok(EtcdStore {
+            client,
+            endpoints: endpoints.to_vec(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn entry(&self, kv: &etcd_client::KeyValue) -> Result<Entry> {
+        let key = kv.key_str().map_err(store_err)?;
+        Ok(Entry {
+            key: key.strip_prefix(&self.prefix).unwrap_or(key).to_string(),
+            value: kv.value().to_vec(),
+            revision: kv.mod_revision() as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl StateStore for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let mut kv = self.client.kv_client();
+        let response = kv.get(self.full(key), None).await.map_err(store_err)?;
+        response.kvs().first().map(|kv| self.entry(kv)).transpose()
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
+        let mut kv = self.client.kv_client();
+        let response = kv
+            .get(self.full(prefix), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(store_err)?;
+        response.kvs().iter().map(|kv| self.entry(kv)).collect()
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64> {
+        let mut kv = self.client.kv_client();
+        let response = kv
+            .put(self.full(key), value, None)
+            .await
+            .map_err(store_err)?;
+        let revision = response.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(revision as u64)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let mut kv = self.client.kv_client();
+        let response = kv.delete(self.full(key), None).await.map_err(store_err)?;
+        Ok(response.deleted() > 0)
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<bool> {
+        let compares: Vec<Compare> = txn
+            .conditions
+            .iter()
+            .map(|condition| match condition {
+                Condition::Absent(key) => {
+                    Compare::create_revision(self.full(key), CompareOp::Equal, 0)
+                }
+                Condition::Revision(key, revision) => {
+                    Compare::mod_revision(self.full(key), CompareOp::Equal, *revision as i64)
+                }
+            })
+            .collect();
+        let ops: Vec<TxnOp> = txn
+            .writes
+            .into_iter()
+            .map(|write| match write {
+                Write::Put(key, value) => TxnOp::put(self.full(&key), value, None),
+                Write::Delete(key) => TxnOp::delete(self.full(&key), None),
+            })
+            .collect();
+        let mut kv = self.client.kv_client();
+        let response = kv
+            .txn(EtcdTxn::new().when(compares).and_then(ops))
+            .await
+            .map_err(store_err)?;
+        Ok(response.succeeded())
+    }
+
+    fn describe(&self) -> String {
+        format!("etcd {} (prefix {})", self.endpoints.join(","), self.prefix)
+    }
+}

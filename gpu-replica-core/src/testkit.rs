@@ -1,0 +1,151 @@
+//! Test scaffolding shared by every test in the workspace (feature `testkit`): the tiny busybox
+//! image, the etcd the test script started, and names that never collide.
+//!
+//! Tests that need Docker or etcd fail (never skip) when they are missing: the messages here
+//! say how to get them (`scripts/test.sh` brings both up).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use bytes::Bytes;
+
+use crate::runtime::DockerRuntime;
+use crate::sched::PortRange;
+use crate::ContainerRuntime;
+
+/// The test image, imported from Debian's static busybox.
+pub const TEST_IMAGE: &str = "gpu-replica-test/busybox:latest";
+/// Label on everything tests create, so `scripts/test.sh` can sweep what a crash left behind.
+pub const TEST_LABEL: &str = "io.gpu-replica.test";
+/// A file that comes with the test image.
+pub const IMAGE_FILE: &str = "/etc/from-image";
+
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh",
+    "ls",
+    "cat",
+    "echo",
+    "rm",
+    "mkdir",
+    "sleep",
+    "env",
+    "dd",
+    "head",
+    "wc",
+    "test",
+    "true",
+    "sync",
+    "httpd",
+    "nc",
+    "touch",
+    "du",
+    "sha256sum",
+];
+
+/// Labels every test object carries.
+pub fn test_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(TEST_LABEL.to_string(), "1".to_string())])
+}
+
+/// A root filesystem tar: busybox, links for its applets, /tmp, /root and [`IMAGE_FILE`].
+/// `extra` adds a file of that many bytes at `/opt/blob` (for images that carry weight).
+pub fn busybox_rootfs(extra: usize) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_path_with_name(BUSYBOX, "bin/busybox")?;
+    for applet in APPLETS {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        tar.append_link(&mut header, format!("bin/{applet}"), "busybox")?;
+    }
+    for dir in ["tmp", "root", "etc", "opt", "var/www"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(if dir == "tmp" { 0o1777 } else { 0o755 });
+        tar.append_data(&mut header, dir, std::io::empty())?;
+    }
+    let mut file = |path: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, path, data)
+    };
+    file(&IMAGE_FILE[1..], b"shipped with the image\n")?;
+    file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")?;
+    if extra > 0 {
+        // Incompressible-ish bytes, so the layer really weighs `extra`.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let blob: Vec<u8> = (0..extra)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        file("opt/blob", &blob)?;
+    }
+    tar.into_inner()
+}
+
+/// Imports `image` from [`busybox_rootfs`] unless it is present.
+pub async fn ensure_image(docker: &DockerRuntime, image: &str, extra: usize) -> crate::Result<()> {
+    if docker.inspect_image(image).await?.is_some() {
+        return Ok(());
+    }
+    let tar = busybox_rootfs(extra)
+        .map_err(|e| crate::Error::Docker(format!("{BUSYBOX}: {e} (install busybox-static)")))?;
+    let changes = vec![
+        "CMD [\"/bin/sh\"]".to_string(),
+        "ENV PATH=/bin".to_string(),
+        "ENV NVIDIA_VISIBLE_DEVICES=all".to_string(),
+        format!("LABEL {TEST_LABEL}=1"),
+    ];
+    let body = futures_util::stream::iter([Ok(Bytes::from(tar))]);
+    docker.import_image(body, image, changes).await
+}
+
+/// Connects to Docker and makes sure [`TEST_IMAGE`] exists; panics with a hint otherwise.
+pub async fn docker() -> DockerRuntime {
+    let docker = DockerRuntime::connect()
+        .await
+        .unwrap_or_else(|e| panic!("these tests need a Docker engine ({e}); run scripts/test.sh"));
+    let docker = docker.with_helper_image(TEST_IMAGE);
+    ensure_image(&docker, TEST_IMAGE, 0)
+        .await
+        .unwrap_or_else(|e| panic!("cannot import the test image: {e}"));
+    docker
+}
+
+/// The etcd endpoints `scripts/test.sh` exported in `GPU_REPLICA_TEST_ETCD`; panics without.
+pub fn etcd_endpoints() -> Vec<String> {
+    let endpoints = std::env::var("GPU_REPLICA_TEST_ETCD").unwrap_or_else(|_| {
+        panic!("GPU_REPLICA_TEST_ETCD is not set: these tests need etcd; run scripts/test.sh")
+    });
+    endpoints.split(',').map(str::to_string).collect()
+}
+
+/// A name no other test of this run uses: `{prefix}{pid}x{n}`, valid for replicaSets and volumes.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A port range of its own for each engine a test builds, so parallel tests never race for
+/// host ports. Ranges are 40 ports wide, from 41000 up; the process id spreads test binaries.
+pub fn port_range() -> PortRange {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let slot = NEXT.fetch_add(1, Ordering::Relaxed) % 200;
+    let start = 41000 + (std::process::id() as u16 % 3) * 8000 + slot * 40;
+    PortRange {
+        start,
+        end: start + 39,
+    }
+}

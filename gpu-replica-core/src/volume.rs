@@ -1,0 +1,331 @@
+//! Versioned volumes: `bar` lives in Docker as `bar-1`, then `bar-2` after a resize, and so on.
+//!
+//! A resize creates the next version, copies the data through the Docker API, and moves every
+//! managed replicaSet that mounts the volume onto it (each gets a new container version). Either
+//! all of that happens, or none of it: a failure removes the new volume and every new container
+//! and starts the old containers again.
+
+use crate::engine::{check_name, encode, Engine, LABEL_VERSION, LABEL_VOLUME};
+use crate::error::{Error, Operation, Result};
+use crate::keys;
+use crate::model::{now, ReplicaSetInfo, Volume, VolumeInfo, VolumeVersion};
+use crate::replicaset::Prepared;
+use crate::runtime::Bind;
+use crate::size::parse_size;
+use crate::store::Txn;
+
+impl Engine {
+    /// Creates volume `name` as Docker volume `{name}-1` of `size` (`20GB`).
+    pub async fn create_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
+        check_volume_name(name)?;
+        let size_bytes = parse_size(size)?;
+        let _guard = self.lock(&format!("vol:{name}")).await;
+        let docker_name = format!("{name}-1");
+        let version = VolumeVersion {
+            version: 1,
+            docker_name: docker_name.clone(),
+            size: size.trim().to_string(),
+            size_bytes,
+            size_enforced: false,
+            driver: "local".into(),
+            created_at: now(),
+        };
+        let head = Volume {
+            name: name.to_string(),
+            current: 1,
+            latest: 1,
+            created_at: version.created_at.clone(),
+        };
+        if self.runtime.inspect_volume(&docker_name).await?.is_some() {
+            return Err(Error::VolumeExists(name.to_string()));
+        }
+        let txn = Txn::new()
+            .absent(keys::volume(name))
+            .put(keys::volume(name), encode(&head))
+            .put(keys::volume_version(name, 1), encode(&version));
+        if !self.store.commit(txn).await? {
+            return Err(Error::VolumeExists(name.to_string()));
+        }
+        match self.create_docker_volume(name, &version).await {
+            Ok(version) => Ok(VolumeInfo {
+                volume: head,
+                version,
+            }),
+            Err(e) => {
+                let txn = Txn::new()
+                    .delete(keys::volume(name))
+                    .delete(keys::volume_version(name, 1));
+                self.commit(txn).await?;
+                Err(e.during(Operation::VolumeCreate))
+            }
+        }
+    }
+
+    async fn create_docker_volume(
+        &self,
+        name: &str,
+        version: &VolumeVersion,
+    ) -> Result<VolumeVersion> {
+        let labels = self.labels(&[
+            (LABEL_VOLUME, name.to_string()),
+            (LABEL_VERSION, version.version.to_string()),
+        ]);
+        let enforced = self
+            .runtime
+            .create_volume(&version.docker_name, Some(version.size_bytes), &labels)
+            .await?;
+        let mut version = version.clone();
+        if enforced {
+            version.size_enforced = true;
+            self.store
+                .put(
+                    &keys::volume_version(name, version.version),
+                    encode(&version),
+                )
+                .await?;
+        }
+        Ok(version)
+    }
+
+    async fn volume_head(&self, name: &str) -> Result<(Volume, VolumeVersion)> {
+        let name = base_volume_name(name);
+        let (head, _) = self
+            .read::<Volume>(&keys::volume(name))
+            .await?
+            .ok_or_else(|| Error::VolumeNotFound(name.to_string()))?;
+        let (version, _) = self
+            .read::<VolumeVersion>(&keys::volume_version(name, head.current))
+            .await?
+            .ok_or_else(|| {
+                Error::Store(format!("volume '{name}' has no current version record"))
+            })?;
+        Ok((head, version))
+    }
+
+    /// Resizes volume `name` to `size`: a new version with the data copied, and every managed
+    /// replicaSet mounting it moved onto the new version.
+    pub async fn resize_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
+        let name = base_volume_name(name).to_string();
+        let size_bytes = parse_size(size)?;
+        let _guard = self.lock(&format!("vol:{name}")).await;
+        let (mut head, current) = self.volume_head(&name).await?;
+        if size_bytes == current.size_bytes {
+            return Err(Error::VolumeSameSize(name, current.size));
+        }
+        if size_bytes < current.size_bytes {
+            let used = self
+                .runtime
+                .volume_used_bytes(&current.docker_name)
+                .await
+                .map_err(|e| e.during(Operation::VolumeResize))?;
+            if used > size_bytes {
+                return Err(Error::ShrinkBelowUsage {
+                    name,
+                    used,
+                    requested: size_bytes,
+                });
+            }
+        }
+        let users = self.mounted_by(&current.docker_name).await?;
+        let mut guards = Vec::new();
+        for user in &users {
+            guards.push(self.lock(&format!("rs:{}", user.replica_set.name)).await);
+        }
+        let number = head.latest + 1;
+        let next = VolumeVersion {
+            version: number,
+            docker_name: format!("{name}-{number}"),
+            size: size.trim().to_string(),
+            size_bytes,
+            size_enforced: false,
+            driver: current.driver.clone(),
+            created_at: now(),
+        };
+        head.latest = number;
+        let txn = Txn::new()
+            .put(keys::volume(&name), encode(&head))
+            .put(keys::volume_version(&name, number), encode(&next));
+        self.commit(txn).await?;
+        let moved = self.move_volume(&name, &current, &next, &users).await;
+        let next = match moved {
+            Ok(next) => next,
+            Err(e) => {
+                let txn = Txn::new().delete(keys::volume_version(&name, number));
+                self.commit(txn).await?;
+                return Err(e.during(Operation::VolumeResize));
+            }
+        };
+        head.current = number;
+        self.commit(Txn::new().put(keys::volume(&name), encode(&head)))
+            .await?;
+        if let Err(e) = self.runtime.remove_volume(&current.docker_name).await {
+            tracing::warn!(volume = %current.docker_name, "old volume not removed: {e}");
+        }
+        Ok(VolumeInfo {
+            volume: head,
+            version: next,
+        })
+    }
+
+    /// Creates `next`, stops the users, copies, rebinds the users; all or nothing.
+    async fn move_volume(
+        &self,
+        name: &str,
+        current: &VolumeVersion,
+        next: &VolumeVersion,
+        users: &[ReplicaSetInfo],
+    ) -> Result<VolumeVersion> {
+        let next = self.create_docker_volume(name, next).await?;
+        let mut prepared: Vec<Prepared> = Vec::new();
+        let outcome = async {
+            for user in users {
+                let mut spec = user.version.spec.clone();
+                for bind in spec
+                    .binds
+                    .iter_mut()
+                    .filter(|b| b.src == current.docker_name)
+                {
+                    *bind = Bind {
+                        src: next.docker_name.clone(),
+                        dest: bind.dest.clone(),
+                    };
+                }
+                prepared.push(self.prepare_rebind(&user.replica_set.name, spec).await?);
+            }
+            // Every user is stopped now: the copy sees data at rest.
+            self.runtime
+                .copy_volume(&current.docker_name, &next.docker_name)
+                .await
+        }
+        .await;
+        if let Err(e) = outcome {
+            for p in prepared {
+                self.abort(p).await;
+            }
+            self.runtime.remove_volume(&next.docker_name).await.ok();
+            return Err(e);
+        }
+        let mut started = Vec::new();
+        let mut pending = prepared.into_iter();
+        for p in pending.by_ref() {
+            match self.activate(p).await {
+                Ok(p) => started.push(p),
+                Err(e) => {
+                    for p in started.into_iter().chain(pending) {
+                        self.abort(p).await;
+                    }
+                    self.runtime.remove_volume(&next.docker_name).await.ok();
+                    return Err(e);
+                }
+            }
+        }
+        for p in started {
+            self.finish(p).await?;
+        }
+        Ok(next)
+    }
+
+    /// Managed replicaSets whose current version mounts Docker volume `docker_name`.
+    async fn mounted_by(&self, docker_name: &str) -> Result<Vec<ReplicaSetInfo>> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|info| info.version.spec.binds.iter().any(|b| b.src == docker_name))
+            .collect())
+    }
+
+    /// Deletes the volume; refused while a replicaSet mounts it.
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        let name = base_volume_name(name).to_string();
+        let _guard = self.lock(&format!("vol:{name}")).await;
+        let (_, current) = self.volume_head(&name).await?;
+        let users = self.mounted_by(&current.docker_name).await?;
+        if !users.is_empty() {
+            let names: Vec<&str> = users.iter().map(|u| u.replica_set.name.as_str()).collect();
+            return Err(Error::failed(
+                Operation::VolumeDelete,
+                format!(
+                    "volume '{}' is mounted by replicaSet {}; delete them or patch them onto another volume first",
+                    current.docker_name,
+                    names.join(", ")
+                ),
+            ));
+        }
+        self.runtime
+            .remove_volume(&current.docker_name)
+            .await
+            .map_err(|e| e.during(Operation::VolumeDelete))?;
+        let versions = self.store.list(&keys::volume_versions(&name)).await?;
+        let txn = versions
+            .iter()
+            .fold(Txn::new(), |t, e| t.delete(e.key.clone()))
+            .delete(keys::volume(&name));
+        self.commit(txn)
+            .await
+            .map_err(|e| e.during(Operation::VolumeDelete))
+    }
+
+    /// The volume with its current version.
+    pub async fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        let (volume, version) = self.volume_head(name).await?;
+        Ok(VolumeInfo { volume, version })
+    }
+
+    /// Every version of the volume, newest first.
+    pub async fn volume_history(&self, name: &str) -> Result<Vec<VolumeVersion>> {
+        let name = base_volume_name(name);
+        self.volume_head(name).await?;
+        let mut versions: Vec<VolumeVersion> = self
+            .read_all(&keys::volume_versions(name))
+            .await
+            .map_err(|e| e.during(Operation::VolumeHistory))?;
+        versions.reverse();
+        Ok(versions)
+    }
+
+    /// Every volume with its current version.
+    pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        let heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
+        let mut infos = Vec::with_capacity(heads.len());
+        for head in heads {
+            let (volume, version) = self.volume_head(&head.name).await?;
+            infos.push(VolumeInfo { volume, version });
+        }
+        Ok(infos)
+    }
+}
+
+fn check_volume_name(name: &str) -> Result<()> {
+    if name.starts_with('/') {
+        return Err(Error::VolumeNameSlash(name.to_string()));
+    }
+    check_name(name, Error::VolumeNameEmpty, Error::VolumeNameHasDash)
+}
+
+/// `bar-2` → `bar`: a volume may be named by its Docker name too.
+fn base_volume_name(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((base, version)) if version.parse::<u32>().is_ok() => base,
+        _ => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_names_are_checked_with_their_own_codes() {
+        assert_eq!(check_volume_name("").unwrap_err().code(), 1024);
+        assert_eq!(check_volume_name("a-b").unwrap_err().code(), 1031);
+        assert_eq!(check_volume_name("/a").unwrap_err().code(), 1032);
+        assert!(check_volume_name("bar").is_ok());
+    }
+
+    #[test]
+    fn docker_names_resolve_to_the_volume() {
+        assert_eq!(base_volume_name("bar-2"), "bar");
+        assert_eq!(base_volume_name("bar"), "bar");
+    }
+}

@@ -149,3 +149,94 @@ pub fn port_range() -> PortRange {
         end: start + 39,
     }
 }
+
+/// A store for a test, which can be opened again to check that state survives a new engine.
+pub enum TestStore {
+    /// One in-memory store (opening it again gives the same one).
+    Memory(std::sync::Arc<crate::MemoryStore>),
+    /// A redb file in the temp folder, removed on drop.
+    Redb(std::path::PathBuf),
+    /// The test etcd, under a prefix of this store's own.
+    #[cfg(feature = "etcd")]
+    Etcd(String),
+}
+
+impl TestStore {
+    /// A fresh in-memory store.
+    pub fn memory() -> TestStore {
+        TestStore::Memory(Default::default())
+    }
+
+    /// A fresh redb file.
+    pub fn redb() -> TestStore {
+        let path = std::env::temp_dir().join(format!("{}.redb", unique_name("gpu_replica_test_")));
+        TestStore::Redb(path)
+    }
+
+    /// A fresh prefix on the test etcd.
+    #[cfg(feature = "etcd")]
+    pub fn etcd() -> TestStore {
+        TestStore::Etcd(format!("{}/", unique_name("gpu_replica_test_")))
+    }
+
+    /// Opens the store (again). A redb file can be open only once: drop the engine that held
+    /// it before opening it again.
+    pub async fn open(&self) -> std::sync::Arc<dyn crate::StateStore> {
+        match self {
+            TestStore::Memory(store) => store.clone(),
+            TestStore::Redb(path) => std::sync::Arc::new(
+                crate::RedbStore::open(path).unwrap_or_else(|e| panic!("redb: {e}")),
+            ),
+            #[cfg(feature = "etcd")]
+            TestStore::Etcd(prefix) => std::sync::Arc::new(
+                crate::EtcdStore::connect(&etcd_endpoints(), prefix)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot reach the test etcd: {e}")),
+            ),
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let TestStore::Redb(path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Engine settings for tests: env attach (fake GPUs are visible as UUIDs), no stop grace (the
+/// test image's `sh` ignores SIGTERM), a port range of its own, test labels.
+pub fn config() -> crate::EngineConfig {
+    crate::EngineConfig {
+        port_range: port_range(),
+        gpu_attach: crate::GpuAttach::Env,
+        stop_timeout: std::time::Duration::ZERO,
+        labels: test_labels(),
+        ..Default::default()
+    }
+}
+
+/// An engine on the real Docker engine with `gpus` fake GPUs.
+pub async fn engine(
+    store: std::sync::Arc<dyn crate::StateStore>,
+    gpus: u32,
+    config: crate::EngineConfig,
+) -> crate::Engine {
+    crate::Engine::new(
+        std::sync::Arc::new(docker().await),
+        store,
+        std::sync::Arc::new(crate::StaticInventory::fake(gpus)),
+        config,
+    )
+}
+
+/// Runs `script` with `sh -c` in the current container of `name`; returns (output, exit code).
+pub async fn sh(engine: &crate::Engine, name: &str, script: &str) -> (String, i64) {
+    let argv = ["sh", "-c", script].map(str::to_string);
+    let out = engine
+        .exec(name, &argv, None)
+        .await
+        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
+    (out.output, out.exit_code)
+}

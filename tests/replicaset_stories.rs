@@ -19,9 +19,14 @@ fn request(name: &str, gpus: i64) -> RunRequest {
 
 async fn http_get(port: u16) -> String {
     tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("host port accepts");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", port)).expect("host port accepts");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+            .unwrap();
         let mut body = String::new();
         stream.read_to_string(&mut body).ok();
         body
@@ -31,7 +36,13 @@ async fn http_get(port: u16) -> String {
 }
 
 async fn free_gpus(engine: &Engine) -> usize {
-    engine.gpu_status().await.unwrap().iter().filter(|g| g.holder.is_none()).count()
+    engine
+        .gpu_status()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|g| g.holder.is_none())
+        .count()
 }
 
 /// run → patch to fewer GPUs → rollback, checking GPUs, files, volume data and the host port;
@@ -40,10 +51,16 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
     let config = testkit::config();
     let engine = testkit::engine(store.open().await, 4, config.clone()).await;
     let name = testkit::unique_name("story");
-    let volume = engine.create_volume(&testkit::unique_name("data"), "1GB").await.unwrap();
+    let volume = engine
+        .create_volume(&testkit::unique_name("data"), "1GB")
+        .await
+        .unwrap();
     let mut run = request(&name, 2);
     run.container_ports = vec!["8080".into()];
-    run.binds = vec![Bind { src: volume.version.docker_name.clone(), dest: "/data".into() }];
+    run.binds = vec![Bind {
+        src: volume.version.docker_name.clone(),
+        dest: "/data".into(),
+    }];
 
     // Version 1: 2 GPUs, visible inside; the host port reaches the container.
     let v1 = engine.run(run).await.unwrap();
@@ -55,17 +72,33 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
     assert_eq!(version_env, "1");
     let port = v1.version.ports[0].host_port;
     assert!(config.port_range.contains(port));
-    sh(&engine, &name, "echo served > /var/www/index.html && httpd -p 8080 -h /var/www").await;
+    sh(
+        &engine,
+        &name,
+        "echo served > /var/www/index.html && httpd -p 8080 -h /var/www",
+    )
+    .await;
     assert!(http_get(port).await.contains("served"));
     assert_eq!(free_gpus(&engine).await, 2);
 
     // Install something, delete a file of the image, write into the volume.
-    let (_, code) = sh(&engine, &name, &format!("echo pkg > /root/installed && rm {IMAGE_FILE} && echo kept > /data/payload")).await;
+    let (_, code) = sh(
+        &engine,
+        &name,
+        &format!("echo pkg > /root/installed && rm {IMAGE_FILE} && echo kept > /data/payload"),
+    )
+    .await;
     assert_eq!(code, 0);
 
     // Version 2: 1 GPU, same files, same deletion, same volume data, same host port.
     let v2 = engine
-        .patch(&name, PatchRequest { gpu_count: Some(1), ..Default::default() })
+        .patch(
+            &name,
+            PatchRequest {
+                gpu_count: Some(1),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(v2.version.version, 2);
@@ -74,7 +107,12 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
     let (files, _) = sh(&engine, &name, &format!("cat /root/installed /data/payload; test -e {IMAGE_FILE}; echo $?; echo $CONTAINER_VERSION")).await;
     assert_eq!(files, "pkg\nkept\n1\n2\n");
     assert_eq!(free_gpus(&engine).await, 3);
-    assert!(engine.runtime().inspect_container(&format!("{name}-1")).await.unwrap().is_none());
+    assert!(engine
+        .runtime()
+        .inspect_container(&format!("{name}-1"))
+        .await
+        .unwrap()
+        .is_none());
     sh(&engine, &name, "httpd -p 8080 -h /var/www").await;
     assert!(http_get(port).await.contains("served"));
 
@@ -83,10 +121,23 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
     let v3 = engine.rollback(&name, 1).await.unwrap();
     assert_eq!(v3.version.version, 3);
     assert_eq!(v3.version.gpus.len(), 2);
-    let (files, _) = sh(&engine, &name, &format!("cat /root/installed; test -e /root/v2-only; echo $?; test -e {IMAGE_FILE}; echo $?")).await;
+    let (files, _) = sh(
+        &engine,
+        &name,
+        &format!(
+            "cat /root/installed; test -e /root/v2-only; echo $?; test -e {IMAGE_FILE}; echo $?"
+        ),
+    )
+    .await;
     assert_eq!(files, "pkg\n1\n1\n");
     assert_eq!(free_gpus(&engine).await, 2);
-    let history: Vec<u32> = engine.history(&name).await.unwrap().iter().map(|v| v.version).collect();
+    let history: Vec<u32> = engine
+        .history(&name)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
     assert_eq!(history, vec![3, 2, 1]);
 
     // A new engine on the same store sees the same state.
@@ -109,9 +160,19 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
     assert_eq!(free_gpus(&engine).await, 4);
     assert!(engine.port_status().await.unwrap().used.is_empty());
     assert_eq!(engine.info(&name).await.unwrap_err().code(), 1016);
-    assert!(engine.runtime().inspect_container(&format!("{name}-4")).await.unwrap().is_none());
+    assert!(engine
+        .runtime()
+        .inspect_container(&format!("{name}-4"))
+        .await
+        .unwrap()
+        .is_none());
     let snapshot = format!("gpu-replica/{name}:v1").to_ascii_lowercase();
-    assert!(engine.runtime().inspect_image(&snapshot).await.unwrap().is_none());
+    assert!(engine
+        .runtime()
+        .inspect_image(&snapshot)
+        .await
+        .unwrap()
+        .is_none());
     engine.delete_volume(&volume.volume.name).await.unwrap();
 }
 
@@ -126,16 +187,29 @@ async fn stop_releases_and_continue_needs_the_same_gpus(store: TestStore) {
     let first = engine.run(run).await.unwrap();
 
     engine.pause(&a).await.unwrap();
-    assert_eq!(engine.info(&a).await.unwrap().replica_set.status, Status::Paused);
+    assert_eq!(
+        engine.info(&a).await.unwrap().replica_set.status,
+        Status::Paused
+    );
     assert_eq!(free_gpus(&engine).await, 2);
     engine.resume(&a).await.unwrap();
     assert_eq!(sh(&engine, &a, "echo -n up").await.0, "up");
 
     engine.stop(&a).await.unwrap();
-    assert_eq!(engine.info(&a).await.unwrap().replica_set.status, Status::Stopped);
+    assert_eq!(
+        engine.info(&a).await.unwrap().replica_set.status,
+        Status::Stopped
+    );
     assert_eq!(free_gpus(&engine).await, 4);
     assert!(engine.port_status().await.unwrap().used.is_empty());
-    assert_eq!(engine.exec(&a, &["true".to_string()], None).await.unwrap_err().code(), 1006);
+    assert_eq!(
+        engine
+            .exec(&a, &["true".to_string()], None)
+            .await
+            .unwrap_err()
+            .code(),
+        1006
+    );
 
     let taker = engine.run(request(&b, 2)).await.unwrap();
     assert_eq!(taker.version.gpus, first.version.gpus);
@@ -179,13 +253,22 @@ async fn bad_requests_create_and_claim_nothing(store: TestStore) {
     empty_image.image = String::new();
     cases.push((empty_image, 1001));
     let mut root_bind = request(&other, 0);
-    root_bind.binds = vec![Bind { src: "somevolume".into(), dest: "/".into() }];
+    root_bind.binds = vec![Bind {
+        src: "somevolume".into(),
+        dest: "/".into(),
+    }];
     cases.push((root_bind, 1000));
     let mut host_bind = request(&other, 0);
-    host_bind.binds = vec![Bind { src: "/etc".into(), dest: "/host".into() }];
+    host_bind.binds = vec![Bind {
+        src: "/etc".into(),
+        dest: "/host".into(),
+    }];
     cases.push((host_bind, 1037));
     let mut missing_volume = request(&other, 0);
-    missing_volume.binds = vec![Bind { src: "novolume".into(), dest: "/data".into() }];
+    missing_volume.binds = vec![Bind {
+        src: "novolume".into(),
+        dest: "/data".into(),
+    }];
     cases.push((missing_volume, 1000));
     let mut bad_port = request(&other, 0);
     bad_port.container_ports = vec!["ssh".into()];
@@ -194,19 +277,44 @@ async fn bad_requests_create_and_claim_nothing(store: TestStore) {
     for (case, code) in cases {
         let label = format!("{case:?}");
         assert_eq!(engine.run(case).await.unwrap_err().code(), code, "{label}");
-        let names: Vec<String> = engine.list().await.unwrap().into_iter().map(|i| i.replica_set.name).collect();
+        let names: Vec<String> = engine
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.replica_set.name)
+            .collect();
         assert_eq!(names, vec![name.clone()], "{label}");
         assert_eq!(free_gpus(&engine).await, 1, "{label}");
     }
-    let containers = engine.runtime().list_containers(gpu_replica_core::LABEL_REPLICA_SET).await.unwrap();
+    let containers = engine
+        .runtime()
+        .list_containers(gpu_replica_core::LABEL_REPLICA_SET)
+        .await
+        .unwrap();
     assert!(containers.iter().all(|c| !c.name.starts_with(&other)));
 
     // Patch and rollback refuse what makes no sense, and change nothing.
-    let patch = |gpus| PatchRequest { gpu_count: Some(gpus), ..Default::default() };
-    assert_eq!(engine.patch(&name, patch(-1)).await.unwrap_err().code(), 1012);
-    assert_eq!(engine.patch(&name, patch(1)).await.unwrap_err().code(), 1009);
-    assert_eq!(engine.patch(&name, patch(3)).await.unwrap_err().code(), 1013);
-    assert_eq!(engine.patch(&other, patch(1)).await.unwrap_err().code(), 1016);
+    let patch = |gpus| PatchRequest {
+        gpu_count: Some(gpus),
+        ..Default::default()
+    };
+    assert_eq!(
+        engine.patch(&name, patch(-1)).await.unwrap_err().code(),
+        1012
+    );
+    assert_eq!(
+        engine.patch(&name, patch(1)).await.unwrap_err().code(),
+        1009
+    );
+    assert_eq!(
+        engine.patch(&name, patch(3)).await.unwrap_err().code(),
+        1013
+    );
+    assert_eq!(
+        engine.patch(&other, patch(1)).await.unwrap_err().code(),
+        1016
+    );
     assert_eq!(engine.rollback(&name, -1).await.unwrap_err().code(), 1020);
     assert_eq!(engine.rollback(&name, 1).await.unwrap_err().code(), 1022);
     assert_eq!(engine.rollback(&name, 9).await.unwrap_err().code(), 1021);

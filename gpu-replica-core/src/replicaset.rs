@@ -250,7 +250,7 @@ impl Engine {
             let reusable = previous.iter().find(|p| {
                 &p.container_port == port
                     && holders.get(&p.host_port).is_none_or(|h| h == name)
-                    && (holders.get(&p.host_port).is_some() || host_port_is_free(p.host_port))
+                    && (holders.contains_key(&p.host_port) || host_port_is_free(p.host_port))
             });
             match reusable {
                 Some(p) => mappings.push(p.clone()),

@@ -114,9 +114,15 @@ pub async fn docker() -> DockerRuntime {
         .await
         .unwrap_or_else(|e| panic!("these tests need a Docker engine ({e}); run scripts/test.sh"));
     let docker = docker.with_helper_image(TEST_IMAGE);
-    ensure_image(&docker, TEST_IMAGE, 0)
-        .await
-        .unwrap_or_else(|e| panic!("cannot import the test image: {e}"));
+    // Tests run in parallel: import once, or concurrent imports leave dangling copies.
+    static IMPORTED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    IMPORTED
+        .get_or_init(|| async {
+            ensure_image(&docker, TEST_IMAGE, 0)
+                .await
+                .unwrap_or_else(|e| panic!("cannot import the test image: {e}"))
+        })
+        .await;
     docker
 }
 

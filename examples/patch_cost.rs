@@ -40,7 +40,13 @@ async fn patch_times(engine: &Engine, image: &str, rounds: usize) -> Vec<Duratio
         let start = Instant::now();
         let gpus = if round % 2 == 0 { 2 } else { 1 };
         engine
-            .patch(&name, PatchRequest { gpu_count: Some(gpus), ..Default::default() })
+            .patch(
+                &name,
+                PatchRequest {
+                    gpu_count: Some(gpus),
+                    ..Default::default()
+                },
+            )
             .await
             .expect("patch");
         times.push(start.elapsed());
@@ -56,9 +62,14 @@ fn median(mut times: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let rounds: usize = std::env::args().nth(1).and_then(|r| r.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
     let docker = testkit::docker().await;
-    testkit::ensure_image(&docker, HEAVY_IMAGE, 500 << 20).await.expect("heavy image");
+    testkit::ensure_image(&docker, HEAVY_IMAGE, 500 << 20)
+        .await
+        .expect("heavy image");
     let engine = Engine::new(
         Arc::new(docker),
         Arc::new(MemoryStore::new()),
@@ -77,5 +88,9 @@ async fn main() {
             max.unwrap_or_default().as_secs_f64()
         );
     }
-    engine.runtime().remove_image(HEAVY_IMAGE).await.expect("remove heavy image");
+    engine
+        .runtime()
+        .remove_image(HEAVY_IMAGE)
+        .await
+        .expect("remove heavy image");
 }

@@ -1,1 +1,88 @@
-fn main() {}
+//! `gpu-replica`: the server (`serve`) and a client for it (every other subcommand).
+//!
+//! The binary holds no logic of its own: `serve` wires the core engine to the HTTP router,
+//! and the client subcommands turn arguments into HTTP requests and answers into tables.
+
+mod client;
+mod commands;
+mod serve;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Versioned GPU containers over Docker: change GPUs, roll back, never lose what you installed.
+#[derive(Debug, Parser)]
+#[command(name = "gpu-replica", version, propagate_version = true)]
+struct Cli {
+    /// Server to talk to (client subcommands).
+    #[arg(
+        long,
+        global = true,
+        env = "GPU_REPLICA_SERVER",
+        default_value = "http://127.0.0.1:2378"
+    )]
+    server: String,
+    /// Print the server's JSON data instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve(serve::ServeArgs),
+    /// Print shell completions (bash, zsh, fish, …) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    #[command(flatten)]
+    Client(commands::ClientCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => match serve::serve(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gpu-replica: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "gpu-replica",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Client(command) => {
+            let client = client::Client::new(&cli.server);
+            match commands::execute(&client, command, cli.json).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

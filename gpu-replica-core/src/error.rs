@@ -201,6 +201,15 @@ pub enum Error {
     /// The state store answered with an error or could not be reached.
     #[error("state store: {0}")]
     Store(String),
+    /// An operation cannot be done in the object's present state (a stopped set, GPUs now
+    /// held by another, a volume still mounted); the user can act on the reason.
+    #[error("{op} refused: {reason}")]
+    Refused {
+        /// The operation.
+        op: Operation,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// An operation failed for a reason that is not the user's input.
     #[error("{op} failed: {reason}")]
     Failed {
@@ -240,7 +249,7 @@ impl Error {
             Error::Gpu(_) => 1038,
             Error::Docker(_) => 1039,
             Error::Store(_) => 1040,
-            Error::Failed { op, .. } => op.failure_code(),
+            Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
 
@@ -251,6 +260,14 @@ impl Error {
                 Error::Failed { op, reason }
             }
             other => other,
+        }
+    }
+
+    /// `op` refused in the present state, with the reason.
+    pub fn refused(op: Operation, reason: impl Into<String>) -> Error {
+        Error::Refused {
+            op,
+            reason: reason.into(),
         }
     }
 

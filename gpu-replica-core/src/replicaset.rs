@@ -280,7 +280,8 @@ impl Engine {
         Ok(mappings)
     }
 
-    pub(crate) fn container_spec(&self, name: &str, version: &Version) -> ContainerSpec {
+    /// The container a version of `name` is (or was) made of.
+    pub fn container_spec(&self, name: &str, version: &Version) -> ContainerSpec {
         let mut env = version.spec.env.clone();
         env.retain(|e| !e.starts_with("CONTAINER_VERSION="));
         env.push(format!("CONTAINER_VERSION={}", version.version));
@@ -368,13 +369,13 @@ impl Engine {
             .await?
             .map(|(v, _)| v)
             .ok_or_else(|| {
-                Error::failed(
+                Error::refused(
                     Operation::Rollback,
                     format!("'{name}' has no version {version}"),
                 )
             })?;
         if target.snapshot.is_none() {
-            return Err(Error::failed(
+            return Err(Error::refused(
                 Operation::Rollback,
                 format!(
                     "the filesystem of version {version} was pruned (only the newest {} snapshots are kept)",
@@ -689,7 +690,7 @@ impl Engine {
         let _guard = self.lock(&format!("rs:{name}")).await;
         let (mut head, revision) = self.head(name).await?;
         if head.status == Status::Stopped {
-            return Err(Error::failed(
+            return Err(Error::refused(
                 Operation::Pause,
                 format!("'{name}' is stopped and holds no GPUs; use continue or restart"),
             ));
@@ -734,7 +735,7 @@ impl Engine {
                 }))
                 .collect();
             if !busy.is_empty() {
-                return Err(Error::failed(
+                return Err(Error::refused(
                     Operation::Continue,
                     format!(
                         "'{name}' was stopped and {} now in use; restart it to get other GPUs and ports",
@@ -752,7 +753,7 @@ impl Engine {
         .unchanged(keys::replica_set(name), revision)
         .put(keys::replica_set(name), encode(&head));
         if !self.store.commit(txn).await? {
-            return Err(Error::failed(
+            return Err(Error::refused(
                 Operation::Continue,
                 format!("the GPUs or ports of '{name}' were just claimed by another replicaSet; restart it instead"),
             ));
@@ -828,7 +829,7 @@ impl Engine {
         }
         let (head, _) = self.head(name).await?;
         if head.status != Status::Running {
-            return Err(Error::failed(
+            return Err(Error::refused(
                 Operation::Exec,
                 format!("'{name}' is not running; continue or restart it first"),
             ));

@@ -243,7 +243,7 @@ impl Engine {
         let users = self.mounted_by(&current.docker_name).await?;
         if !users.is_empty() {
             let names: Vec<&str> = users.iter().map(|u| u.replica_set.name.as_str()).collect();
-            return Err(Error::failed(
+            return Err(Error::refused(
                 Operation::VolumeDelete,
                 format!(
                     "volume '{}' is mounted by replicaSet {}; delete them or patch them onto another volume first",

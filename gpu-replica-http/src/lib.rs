@@ -1,1 +1,78 @@
-pub fn x() {}
+//! # gpu-replica-http
+//!
+//! The HTTP face of gpu-replica: an axum [`Router`] over an `Arc<Engine>` that serves the
+//! gpu-docker-api contract under `/api/v1` (same routes, request fields, `{code, msg, data}`
+//! envelope and data shapes), plus list endpoints, `GET /ping` and `GET /openapi.json`.
+//!
+//! Handlers only translate: they extract the request, call one engine method and map the
+//! result. Every decision lives in `gpu-replica-core`.
+//!
+//! ```no_run
+//! # async fn demo(engine: std::sync::Arc<gpu_replica_core::Engine>) -> std::io::Result<()> {
+//! let app = gpu_replica_http::router(engine);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:2378").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+
+mod envelope;
+mod openapi;
+mod routes;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
+use axum::Router;
+use gpu_replica_core::Engine;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use crate::envelope::{ApiError, Envelope};
+pub use crate::openapi::ApiDoc;
+
+/// Largest request body accepted (the contract's bodies are a few hundred bytes).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Longest a request may take: a patch may stop (grace), commit and start a container.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Every route of the API over `engine`.
+pub fn router(engine: Arc<Engine>) -> Router {
+    use routes::{replicaset as rs, resources, volume};
+    let api = Router::new()
+        .route("/replicaSet", post(rs::run).get(rs::list))
+        .route(
+            "/replicaSet/{name}",
+            patch(rs::patch).get(rs::info).delete(rs::delete),
+        )
+        .route("/replicaSet/{name}/commit", post(rs::commit))
+        .route("/replicaSet/{name}/execute", post(rs::execute))
+        .route("/replicaSet/{name}/rollback", patch(rs::rollback))
+        .route("/replicaSet/{name}/stop", patch(rs::stop))
+        .route("/replicaSet/{name}/pause", patch(rs::pause))
+        .route("/replicaSet/{name}/continue", patch(rs::resume))
+        .route("/replicaSet/{name}/restart", patch(rs::restart))
+        .route("/replicaSet/{name}/history", get(rs::history))
+        .route("/volumes", post(volume::create).get(volume::list))
+        .route("/volumes/{name}", get(volume::info).delete(volume::delete))
+        .route("/volumes/{name}/size", patch(volume::resize))
+        .route("/volumes/{name}/history", get(volume::history))
+        .route("/resources/gpus", get(resources::gpus))
+        .route("/resources/ports", get(resources::ports));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/ping", get(routes::ping))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(engine)
+}

@@ -177,77 +177,80 @@ impl DockerRuntime {
             }),
         )
     }
+}
 
-    fn container_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
-        let mut env = spec.env.clone();
-        // The image may say NVIDIA_VISIBLE_DEVICES=all; the container must see only its own.
-        let visible = if spec.gpus.is_empty() {
-            "void".to_string()
-        } else {
-            spec.gpus.join(",")
-        };
-        env.retain(|e| !e.starts_with("NVIDIA_VISIBLE_DEVICES="));
-        env.push(format!("NVIDIA_VISIBLE_DEVICES={visible}"));
-        env.push("CUDA_DEVICE_ORDER=PCI_BUS_ID".into());
-        let device_requests = match (spec.gpu_attach, spec.gpus.is_empty()) {
-            (_, true) | (GpuAttach::Env, _) => None,
-            (GpuAttach::DeviceRequests, false) => Some(vec![DeviceRequest {
-                driver: Some("nvidia".into()),
-                device_ids: Some(spec.gpus.clone()),
-                capabilities: Some(vec![vec!["gpu".into()]]),
-                ..Default::default()
-            }]),
-            (GpuAttach::Cdi, false) => Some(vec![DeviceRequest {
-                driver: Some("cdi".into()),
-                device_ids: Some(
-                    spec.gpus
-                        .iter()
-                        .map(|u| format!("nvidia.com/gpu={u}"))
-                        .collect(),
-                ),
-                ..Default::default()
-            }]),
-        };
-        let port_bindings = spec
-            .ports
-            .iter()
-            .map(|p| {
-                (
-                    p.container_port.clone(),
-                    Some(vec![PortBinding {
-                        host_ip: None,
-                        host_port: Some(p.host_port.to_string()),
-                    }]),
-                )
-            })
-            .collect::<HashMap<_, _>>();
-        ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            env: Some(env),
-            cmd: spec.cmd.clone(),
-            tty: Some(true),
-            open_stdin: Some(true),
-            labels: Some(to_map(&spec.labels)),
-            exposed_ports: Some(
-                spec.ports
+/// The Docker create request for `spec`: GPUs by the attach mode, `NVIDIA_VISIBLE_DEVICES`
+/// set to the container's own GPUs (`void` when cardless), published ports, binds, Tty and
+/// OpenStdin so shell images stay up. Also what the HTTP layer shows as `config`/`hostConfig`.
+pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let mut env = spec.env.clone();
+    // The image may say NVIDIA_VISIBLE_DEVICES=all; the container must see only its own.
+    let visible = if spec.gpus.is_empty() {
+        "void".to_string()
+    } else {
+        spec.gpus.join(",")
+    };
+    env.retain(|e| !e.starts_with("NVIDIA_VISIBLE_DEVICES="));
+    env.push(format!("NVIDIA_VISIBLE_DEVICES={visible}"));
+    env.push("CUDA_DEVICE_ORDER=PCI_BUS_ID".into());
+    let device_requests = match (spec.gpu_attach, spec.gpus.is_empty()) {
+        (_, true) | (GpuAttach::Env, _) => None,
+        (GpuAttach::DeviceRequests, false) => Some(vec![DeviceRequest {
+            driver: Some("nvidia".into()),
+            device_ids: Some(spec.gpus.clone()),
+            capabilities: Some(vec![vec!["gpu".into()]]),
+            ..Default::default()
+        }]),
+        (GpuAttach::Cdi, false) => Some(vec![DeviceRequest {
+            driver: Some("cdi".into()),
+            device_ids: Some(
+                spec.gpus
                     .iter()
-                    .map(|p| p.container_port.clone())
+                    .map(|u| format!("nvidia.com/gpu={u}"))
                     .collect(),
             ),
-            host_config: Some(HostConfig {
-                binds: Some(
-                    spec.binds
-                        .iter()
-                        .map(|b| format!("{}:{}", b.src, b.dest))
-                        .collect(),
-                ),
-                port_bindings: Some(port_bindings),
-                device_requests,
-                privileged: Some(false),
-                ..Default::default()
-            }),
             ..Default::default()
-        }
+        }]),
+    };
+    let port_bindings = spec
+        .ports
+        .iter()
+        .map(|p| {
+            (
+                p.container_port.clone(),
+                Some(vec![PortBinding {
+                    host_ip: None,
+                    host_port: Some(p.host_port.to_string()),
+                }]),
+            )
+        })
+        .collect::<HashMap<_, _>>();
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        env: Some(env),
+        cmd: spec.cmd.clone(),
+        tty: Some(true),
+        open_stdin: Some(true),
+        labels: Some(to_map(&spec.labels)),
+        exposed_ports: Some(
+            spec.ports
+                .iter()
+                .map(|p| p.container_port.clone())
+                .collect(),
+        ),
+        host_config: Some(HostConfig {
+            binds: Some(
+                spec.binds
+                    .iter()
+                    .map(|b| format!("{}:{}", b.src, b.dest))
+                    .collect(),
+            ),
+            port_bindings: Some(port_bindings),
+            device_requests,
+            privileged: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -315,7 +318,7 @@ impl ContainerRuntime for DockerRuntime {
         };
         let created = self
             .docker
-            .create_container(Some(options), self.container_body(spec))
+            .create_container(Some(options), create_body(spec))
             .await
             .map_err(docker_err)?;
         Ok(created.id)

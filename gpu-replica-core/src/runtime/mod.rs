@@ -7,7 +7,7 @@
 mod docker;
 mod tar_size;
 
-pub use self::docker::DockerRuntime;
+pub use self::docker::{create_body, DockerRuntime};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

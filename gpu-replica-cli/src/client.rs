@@ -1,0 +1,93 @@
+//! A small HTTP client for the server's envelope `{code, msg, data}`.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// What can go wrong talking to the server.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The server could not be reached or answered garbage.
+    Transport(String),
+    /// The server answered with an error envelope.
+    Api {
+        /// Contract code.
+        code: u64,
+        /// The server's message.
+        msg: String,
+    },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Transport(msg) => write!(f, "{msg}"),
+            ClientError::Api { code, msg } => write!(f, "{msg} (code {code})"),
+        }
+    }
+}
+
+/// A client for one server.
+pub struct Client {
+    base: String,
+    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    /// A client for `base` (`http://127.0.0.1:2378`).
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends a request; returns `data` of a successful envelope.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: impl Into<String>,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let url = format!("{}{}", self.base, path.into());
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?
+            .to_bytes();
+        let envelope: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            ClientError::Transport(format!(
+                "{url} did not answer with JSON: {}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        })?;
+        let code = envelope.get("code").and_then(Value::as_u64).unwrap_or(0);
+        if code != 200 {
+            let msg = envelope
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("no message")
+                .to_string();
+            return Err(ClientError::Api { code, msg });
+        }
+        Ok(envelope.get("data").cloned().unwrap_or(Value::Null))
+    }
+}

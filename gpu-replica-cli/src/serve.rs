@@ -1,0 +1,184 @@
+//! `gpu-replica serve`: the engine on real backends behind the HTTP router.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpu_replica_core::{
+    ContainerRuntime, DockerRuntime, Engine, EngineConfig, GpuAttach, GpuInventory, NvmlInventory,
+    PortRange, RedbStore, StateStore, StaticInventory,
+};
+
+/// Settings of the server; every flag has a `GPU_REPLICA_*` environment twin.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Non-loopback addresses need --insecure.
+    #[arg(long, env = "GPU_REPLICA_ADDR", default_value = "127.0.0.1:2378")]
+    addr: SocketAddr,
+    /// Folder for state; the redb file lives here.
+    #[arg(
+        long,
+        env = "GPU_REPLICA_DATA_DIR",
+        default_value = "./gpu-replica-data"
+    )]
+    data_dir: PathBuf,
+    /// State store: a redb file path, or etcd://host:2379,host:2379 (feature `etcd`).
+    /// Default: <data-dir>/state.redb.
+    #[arg(long, env = "GPU_REPLICA_STORE")]
+    store: Option<String>,
+    /// GPUs: auto (NVML, else none with a warning), none, or fake:N synthetic GPUs.
+    #[arg(long, env = "GPU_REPLICA_GPUS", default_value = "auto")]
+    gpus: String,
+    /// How containers get GPUs: device-requests, cdi or env.
+    #[arg(
+        long,
+        env = "GPU_REPLICA_GPU_ATTACH",
+        default_value = "device-requests"
+    )]
+    gpu_attach: GpuAttach,
+    /// Host ports handed out to container ports.
+    #[arg(long, env = "GPU_REPLICA_PORT_RANGE", default_value = "40000-65535")]
+    port_range: PortRange,
+    /// Seconds a stop waits before killing the container.
+    #[arg(long, env = "GPU_REPLICA_STOP_TIMEOUT", default_value_t = 10)]
+    stop_timeout: u64,
+    /// Filesystem snapshots kept per replicaSet (older versions cannot be rolled back to).
+    #[arg(long, env = "GPU_REPLICA_KEEP_SNAPSHOTS", default_value_t = 10)]
+    keep_snapshots: usize,
+    /// Host folder bind sources may come from (repeatable; default none).
+    #[arg(
+        long = "allow-host-path",
+        env = "GPU_REPLICA_ALLOW_HOST_PATH",
+        value_delimiter = ','
+    )]
+    allow_host_paths: Vec<PathBuf>,
+    /// Allow listening on a non-loopback address (there is no authentication yet).
+    #[arg(long, env = "GPU_REPLICA_INSECURE")]
+    insecure: bool,
+    /// Extra label KEY=VALUE on every container, image and volume created (repeatable).
+    #[arg(long = "label", env = "GPU_REPLICA_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, env = "GPU_REPLICA_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("label '{text}' is not KEY=VALUE"))
+}
+
+async fn open_store(args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
+    match args.store.as_deref() {
+        Some(spec) if spec.starts_with("etcd://") => open_etcd(spec).await,
+        Some(path) => Ok(Arc::new(RedbStore::open(path).map_err(|e| e.to_string())?)),
+        None => {
+            std::fs::create_dir_all(&args.data_dir)
+                .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+            let path = args.data_dir.join("state.redb");
+            Ok(Arc::new(RedbStore::open(path).map_err(|e| e.to_string())?))
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(spec: &str) -> Result<Arc<dyn StateStore>, String> {
+    let endpoints: Vec<String> = spec["etcd://".len()..]
+        .split(',')
+        .map(|h| format!("http://{h}"))
+        .collect();
+    let store = gpu_replica_core::EtcdStore::connect(&endpoints, "gpu-replica/")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(_spec: &str) -> Result<Arc<dyn StateStore>, String> {
+    Err("this build has no etcd support: build with --features etcd".into())
+}
+
+fn open_inventory(spec: &str) -> Result<Arc<dyn GpuInventory>, String> {
+    if spec != "auto" {
+        return Ok(Arc::new(
+            StaticInventory::parse(spec).map_err(|e| e.to_string())?,
+        ));
+    }
+    match NvmlInventory::open() {
+        Ok(nvml) => Ok(Arc::new(nvml)),
+        Err(e) => {
+            tracing::warn!("no GPUs: {e}; continuing with none (use --gpus fake:N to try without)");
+            Ok(Arc::new(
+                StaticInventory::parse("none").map_err(|e| e.to_string())?,
+            ))
+        }
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log_level)
+                .map_err(|e| format!("--log-level: {e}"))?,
+        )
+        .init();
+    if !args.addr.ip().is_loopback() && !args.insecure {
+        return Err(format!(
+            "refusing to listen on {} without authentication; use a loopback address or --insecure",
+            args.addr
+        ));
+    }
+    let docker = DockerRuntime::connect().await.map_err(|e| e.to_string())?;
+    let docker_version = docker.version().await.map_err(|e| e.to_string())?;
+    let store = open_store(&args).await?;
+    let inventory = open_inventory(&args.gpus)?;
+    let gpus = inventory.gpus().await.map_err(|e| e.to_string())?;
+    let config = EngineConfig {
+        port_range: args.port_range,
+        gpu_attach: args.gpu_attach,
+        stop_timeout: Duration::from_secs(args.stop_timeout),
+        keep_snapshots: args.keep_snapshots,
+        allowed_host_paths: args.allow_host_paths.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        ..EngineConfig::default()
+    };
+    tracing::info!("{docker_version}");
+    tracing::info!("store: {}", store.describe());
+    tracing::info!("GPUs: {} from {}", gpus.len(), inventory.describe());
+    tracing::info!(
+        "ports: {}; GPU attach: {:?}",
+        config.port_range,
+        config.gpu_attach
+    );
+    let engine = Arc::new(Engine::new(Arc::new(docker), store, inventory, config));
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    tracing::info!("listening on http://{}", args.addr);
+    axum::serve(listener, gpu_replica_http::router(engine))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

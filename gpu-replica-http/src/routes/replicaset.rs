@@ -1,0 +1,196 @@
+//! `/api/v1/replicaSet…`
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use gpu_replica_core::{BindSwap, Engine, PatchRequest, ReplicaSetInfo, RunRequest};
+
+use super::Reply;
+use crate::envelope::ok;
+use crate::wire::{
+    CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
+    HistoryReply, InfoReply, PatchBody, ReplicaSetItem, ReplicaSetList, RollbackBody, RunBody,
+    RunReply, VersionView,
+};
+
+type Body<T> = Result<Json<T>, JsonRejection>;
+
+fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
+    ContainerNameReply {
+        container_name: info.version.container,
+    }
+}
+
+/// Run a new replicaSet: claim GPUs and ports, create and start `{name}-1`.
+#[utoipa::path(post, path = "/api/v1/replicaSet", tag = "replicaSet", request_body = RunBody,
+    responses((status = 200, body = RunReply), (status = "4XX", description = "1000-1003, 1008, 1012-1014, 1036, 1037"), (status = "5XX", description = "1004, 1039, 1040")))]
+pub async fn run(State(engine): State<Arc<Engine>>, body: Body<RunBody>) -> Reply<RunReply> {
+    let Json(body) = body?;
+    let info = engine
+        .run(RunRequest {
+            name: body.replica_set_name,
+            image: body.image_name,
+            gpu_count: body.gpu_count,
+            binds: body.binds.into_iter().map(Into::into).collect(),
+            env: body.env,
+            cmd: body.cmd,
+            container_ports: body.container_ports,
+        })
+        .await?;
+    Ok(ok(RunReply {
+        name: info.version.container,
+    }))
+}
+
+/// Every replicaSet with status, version, GPUs and ports.
+#[utoipa::path(get, path = "/api/v1/replicaSet", tag = "replicaSet", responses((status = 200, body = ReplicaSetList)))]
+pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<ReplicaSetList> {
+    let all = engine.list().await?;
+    Ok(ok(ReplicaSetList {
+        replica_sets: all.iter().map(ReplicaSetItem::from).collect(),
+    }))
+}
+
+/// New version with another GPU count and/or one bind swapped; `{}` recreates as is.
+#[utoipa::path(patch, path = "/api/v1/replicaSet/{name}", tag = "replicaSet", request_body = PatchBody,
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1000, 1009, 1012, 1013, 1016, 1037"), (status = "5XX", description = "1007")))]
+pub async fn patch(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Body<PatchBody>,
+) -> Reply<ContainerNameReply> {
+    let Json(body) = body?;
+    let request = PatchRequest {
+        gpu_count: body.gpu_patch.map(|g| g.gpu_count),
+        bind: body.volume_patch.map(|v| BindSwap {
+            old: v.old_bind.into(),
+            new: v.new_bind.into(),
+        }),
+    };
+    Ok(ok(new_version(engine.patch(&name, request).await?)))
+}
+
+/// New version with the spec and filesystem of an earlier one.
+#[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/rollback", tag = "replicaSet", request_body = RollbackBody,
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1000, 1016, 1020, 1021, 1022")))]
+pub async fn rollback(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Body<RollbackBody>,
+) -> Reply<ContainerNameReply> {
+    let Json(body) = body?;
+    Ok(ok(new_version(engine.rollback(&name, body.version).await?)))
+}
+
+/// New version with the same spec; GPUs claimed again.
+#[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/restart", tag = "replicaSet",
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1013, 1014, 1016"), (status = "5XX", description = "1011")))]
+pub async fn restart(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> Reply<ContainerNameReply> {
+    Ok(ok(new_version(engine.restart(&name).await?)))
+}
+
+/// Stop the container; release GPUs and ports.
+#[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/stop", tag = "replicaSet",
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016"), (status = "5XX", description = "1010")))]
+pub async fn stop(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+    engine.stop(&name).await?;
+    Ok(ok(()))
+}
+
+/// Stop the container; keep GPUs and ports.
+#[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/pause", tag = "replicaSet",
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016, 1018")))]
+pub async fn pause(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+    engine.pause(&name).await?;
+    Ok(ok(()))
+}
+
+/// Start the current container again (after a stop, with the same GPUs and ports).
+#[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/continue", tag = "replicaSet",
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016, 1019")))]
+pub async fn resume(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+    engine.resume(&name).await?;
+    Ok(ok(()))
+}
+
+/// Remove containers, records, claims and snapshots.
+#[utoipa::path(delete, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016"), (status = "5XX", description = "1005")))]
+pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+    engine.delete(&name).await?;
+    Ok(ok(()))
+}
+
+/// Run argv (no shell) in the current container.
+#[utoipa::path(post, path = "/api/v1/replicaSet/{name}/execute", tag = "replicaSet", request_body = ExecuteBody,
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = ExecuteReply), (status = "4XX", description = "1000, 1006, 1016")))]
+pub async fn execute(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Body<ExecuteBody>,
+) -> Reply<ExecuteReply> {
+    let Json(body) = body?;
+    let out = engine.exec(&name, &body.cmd, body.work_dir).await?;
+    Ok(ok(ExecuteReply {
+        stdout: out.output,
+        exit_code: out.exit_code,
+    }))
+}
+
+/// Commit the current container to an image.
+#[utoipa::path(post, path = "/api/v1/replicaSet/{name}/commit", tag = "replicaSet", request_body = CommitBody,
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = CommitReply), (status = "4XX", description = "1000, 1016"), (status = "5XX", description = "1015")))]
+pub async fn commit(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Body<CommitBody>,
+) -> Reply<CommitReply> {
+    let Json(body) = body?;
+    let image_name = engine.commit_image(&name, &body.new_image_name).await?;
+    Ok(ok(CommitReply { image_name }))
+}
+
+/// The current version, with Docker's config.
+#[utoipa::path(get, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = InfoReply), (status = "4XX", description = "1016")))]
+pub async fn info(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<InfoReply> {
+    let info = engine.info(&name).await?;
+    Ok(ok(InfoReply {
+        info: VersionView::new(&engine, &name, &info.version),
+    }))
+}
+
+/// Every version, newest first.
+#[utoipa::path(get, path = "/api/v1/replicaSet/{name}/history", tag = "replicaSet",
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = HistoryReply), (status = "4XX", description = "1016"), (status = "5XX", description = "1017")))]
+pub async fn history(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> Reply<HistoryReply> {
+    let versions = engine.history(&name).await?;
+    let history = versions
+        .iter()
+        .map(|v| HistoryItem {
+            version: v.version,
+            create_time: v.created_at.clone(),
+            status: VersionView::new(&engine, &name, v),
+        })
+        .collect();
+    Ok(ok(HistoryReply { history }))
+}

@@ -1,0 +1,42 @@
+//! `/api/v1/resources…`
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use gpu_replica_core::Engine;
+
+use crate::envelope::{ok, ApiError};
+use crate::wire::{DetailQuery, GpuDetail, GpuDetails, GpuMap, PortUsage, PortsReply};
+
+/// GPU usage: `{uuid: 0|1}`, or every GPU in detail with `?detail=true`.
+#[utoipa::path(get, path = "/api/v1/resources/gpus", tag = "resource",
+    params(("detail" = Option<bool>, Query, description = "Answer with index, name, memory, utilization and holder")),
+    responses((status = 200, body = GpuMap), (status = "5XX", description = "1038")))]
+pub async fn gpus(
+    State(engine): State<Arc<Engine>>,
+    query: Result<Query<DetailQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let status = engine.gpu_status().await?;
+    if query.detail {
+        let gpus = status.iter().map(GpuDetail::from).collect();
+        return Ok(ok(GpuDetails { gpus }).into_response());
+    }
+    let gpus = status
+        .iter()
+        .map(|s| (s.gpu.uuid.clone(), u8::from(s.holder.is_some())))
+        .collect();
+    Ok(ok(GpuMap { gpus }).into_response())
+}
+
+/// Port usage of the configured range.
+#[utoipa::path(get, path = "/api/v1/resources/ports", tag = "resource", responses((status = 200, body = PortsReply)))]
+pub async fn ports(State(engine): State<Arc<Engine>>) -> Result<Response, ApiError> {
+    let status = engine.port_status().await?;
+    Ok(ok(PortsReply {
+        ports: PortUsage::from(&status),
+    })
+    .into_response())
+}

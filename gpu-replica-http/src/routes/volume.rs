@@ -1,0 +1,102 @@
+//! `/api/v1/volumes…`
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use gpu_replica_core::{Engine, VolumeInfo};
+
+use super::Reply;
+use crate::envelope::ok;
+use crate::wire::{
+    VolumeCreateBody, VolumeHistoryItem, VolumeHistoryReply, VolumeInfoReply, VolumeItem,
+    VolumeList, VolumeReply, VolumeSizeBody, VolumeView,
+};
+
+type Body<T> = Result<Json<T>, JsonRejection>;
+
+fn reply(info: VolumeInfo) -> VolumeReply {
+    VolumeReply {
+        name: info.version.docker_name,
+        size: info.version.size,
+    }
+}
+
+/// Create volume `{name}-1`.
+#[utoipa::path(post, path = "/api/v1/volumes", tag = "volume", request_body = VolumeCreateBody,
+    responses((status = 200, body = VolumeReply), (status = "4XX", description = "1000, 1024, 1026, 1029, 1031, 1032"), (status = "5XX", description = "1023")))]
+pub async fn create(
+    State(engine): State<Arc<Engine>>,
+    body: Result<Json<VolumeCreateBody>, JsonRejection>,
+) -> Reply<VolumeReply> {
+    let Json(body) = body?;
+    Ok(ok(reply(
+        engine.create_volume(&body.name, &body.size).await?,
+    )))
+}
+
+/// Every volume.
+#[utoipa::path(get, path = "/api/v1/volumes", tag = "volume", responses((status = 200, body = VolumeList)))]
+pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<VolumeList> {
+    let all = engine.list_volumes().await?;
+    Ok(ok(VolumeList {
+        volumes: all.iter().map(VolumeItem::from).collect(),
+    }))
+}
+
+/// Resize: a new version with the data, users moved onto it.
+#[utoipa::path(patch, path = "/api/v1/volumes/{name}/size", tag = "volume", request_body = VolumeSizeBody,
+    params(("name" = String, Path, description = "Volume name")),
+    responses((status = 200, body = VolumeReply), (status = "4XX", description = "1000, 1028, 1029, 1030, 1033"), (status = "5XX", description = "1035")))]
+pub async fn resize(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Body<VolumeSizeBody>,
+) -> Reply<VolumeReply> {
+    let Json(body) = body?;
+    Ok(ok(reply(engine.resize_volume(&name, &body.size).await?)))
+}
+
+/// Delete the volume (refused while mounted).
+#[utoipa::path(delete, path = "/api/v1/volumes/{name}", tag = "volume",
+    params(("name" = String, Path, description = "Volume name")),
+    responses((status = 200, description = "data: null"), (status = "4XX", description = "1025, 1033")))]
+pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+    engine.delete_volume(&name).await?;
+    Ok(ok(()))
+}
+
+/// The current version.
+#[utoipa::path(get, path = "/api/v1/volumes/{name}", tag = "volume",
+    params(("name" = String, Path, description = "Volume name")),
+    responses((status = 200, body = VolumeInfoReply), (status = "4XX", description = "1033")))]
+pub async fn info(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> Reply<VolumeInfoReply> {
+    let info = engine.volume_info(&name).await?;
+    Ok(ok(VolumeInfoReply {
+        info: VolumeView::from(&info.version),
+    }))
+}
+
+/// Every version, newest first.
+#[utoipa::path(get, path = "/api/v1/volumes/{name}/history", tag = "volume",
+    params(("name" = String, Path, description = "Volume name")),
+    responses((status = 200, body = VolumeHistoryReply), (status = "4XX", description = "1033"), (status = "5XX", description = "1034")))]
+pub async fn history(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> Reply<VolumeHistoryReply> {
+    let versions = engine.volume_history(&name).await?;
+    let history = versions
+        .iter()
+        .map(|v| VolumeHistoryItem {
+            version: v.version,
+            create_time: v.created_at.clone(),
+            status: VolumeView::from(v),
+        })
+        .collect();
+    Ok(ok(VolumeHistoryReply { history }))
+}

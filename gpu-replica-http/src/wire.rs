@@ -1,0 +1,506 @@
+//! Request and response bodies exactly as the gpu-docker-api contract spells them, and the
+//! conversions from the core's types. Field names are the contract's (camelCase, and Docker's
+//! own PascalCase inside `config`/`hostConfig` and the volume `opt`).
+
+use std::collections::BTreeMap;
+
+use gpu_replica_core::runtime::create_body;
+use gpu_replica_core::{
+    Bind, Engine, GpuStatus, PortStatus, ReplicaSetInfo, Version, VolumeInfo, VolumeVersion,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A mount: a volume name, or an absolute host path.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BindBody {
+    /// Volume name (`bar-1`), or an absolute host path the operator allows.
+    pub src: String,
+    /// Absolute path in the container; not `/`.
+    pub dest: String,
+}
+
+impl From<BindBody> for Bind {
+    fn from(b: BindBody) -> Bind {
+        Bind {
+            src: b.src,
+            dest: b.dest,
+        }
+    }
+}
+
+/// `POST /api/v1/replicaSet`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunBody {
+    /// A local image; never pulled.
+    #[serde(default)]
+    pub image_name: String,
+    /// `[A-Za-z0-9_.]+`, no '-'.
+    #[serde(default)]
+    pub replica_set_name: String,
+    /// GPUs; 0 = none.
+    #[serde(default)]
+    pub gpu_count: i64,
+    /// Mounts.
+    #[serde(default)]
+    pub binds: Vec<BindBody>,
+    /// `KEY=value`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Command replacing the image's.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// Container ports, each published on a host port.
+    #[serde(default)]
+    pub container_ports: Vec<String>,
+}
+
+/// `{gpuCount}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuPatch {
+    /// New GPU count; 0 = none.
+    pub gpu_count: i64,
+}
+
+/// `{oldBind, newBind}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumePatch {
+    /// A bind the current version has.
+    pub old_bind: BindBody,
+    /// Its replacement.
+    pub new_bind: BindBody,
+}
+
+/// `PATCH /api/v1/replicaSet/{name}`; `{}` recreates the container as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchBody {
+    /// Change the GPU count.
+    #[serde(default)]
+    pub gpu_patch: Option<GpuPatch>,
+    /// Swap one bind.
+    #[serde(default)]
+    pub volume_patch: Option<VolumePatch>,
+}
+
+/// `PATCH /api/v1/replicaSet/{name}/rollback`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RollbackBody {
+    /// The version to return to.
+    pub version: i64,
+}
+
+/// `POST /api/v1/replicaSet/{name}/execute`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecuteBody {
+    /// argv, run without a shell.
+    pub cmd: Vec<String>,
+    /// Working directory.
+    #[serde(default)]
+    pub work_dir: Option<String>,
+}
+
+/// `POST /api/v1/replicaSet/{name}/commit`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitBody {
+    /// Image name (`repo:tag`).
+    pub new_image_name: String,
+}
+
+/// `POST /api/v1/volumes`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeCreateBody {
+    /// `[A-Za-z0-9_.]+`, no '-'.
+    #[serde(default)]
+    pub name: String,
+    /// Whole number with KB, MB, GB or TB.
+    #[serde(default)]
+    pub size: String,
+}
+
+/// `PATCH /api/v1/volumes/{name}/size`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeSizeBody {
+    /// Whole number with KB, MB, GB or TB.
+    #[serde(default)]
+    pub size: String,
+}
+
+/// `?detail=true`
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct DetailQuery {
+    /// Answer with index, name, memory, utilization and holder of each GPU.
+    #[serde(default)]
+    pub detail: bool,
+}
+
+/// `{name}` of the created container.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunReply {
+    /// Container name of version 1, `foo-1`.
+    pub name: String,
+}
+
+/// `{containerName}` of the new version.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerNameReply {
+    /// Container of the new version, `foo-2`.
+    pub container_name: String,
+}
+
+/// One version as the contract shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    /// Version number.
+    pub version: u32,
+    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    pub create_time: String,
+    /// Docker's container config (Image, Env, Cmd, ExposedPorts, Tty, …).
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// Docker's host config (Binds, PortBindings, DeviceRequests, …).
+    #[schema(value_type = Object)]
+    pub host_config: Value,
+    /// Docker's networking config.
+    #[schema(value_type = Object)]
+    pub networking_config: Value,
+    /// Platform (empty: the host's).
+    #[schema(value_type = Object)]
+    pub platform: Value,
+    /// Container name.
+    pub container_name: String,
+    /// GPUs of this version (beyond the contract).
+    pub gpus: Vec<String>,
+}
+
+impl VersionView {
+    /// The contract's view of `version` of replicaSet `name`.
+    pub fn new(engine: &Engine, name: &str, version: &Version) -> VersionView {
+        let mut body = create_body(&engine.container_spec(name, version));
+        let host_config = body.host_config.take();
+        let networking_config = body.networking_config.take();
+        VersionView {
+            version: version.version,
+            create_time: version.created_at.clone(),
+            config: serde_json::to_value(&body).unwrap_or(Value::Null),
+            host_config: serde_json::to_value(host_config).unwrap_or(Value::Null),
+            networking_config: serde_json::to_value(networking_config).unwrap_or(Value::Null),
+            platform: Value::Null,
+            container_name: version.container.clone(),
+            gpus: version.gpus.clone(),
+        }
+    }
+}
+
+/// `{info}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InfoReply {
+    /// The current version.
+    pub info: VersionView,
+}
+
+/// One history entry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryItem {
+    /// Version number.
+    pub version: u32,
+    /// When it was created.
+    pub create_time: String,
+    /// The version as `info` shows it.
+    pub status: VersionView,
+}
+
+/// `{history}`, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryReply {
+    /// Every version, newest first.
+    pub history: Vec<HistoryItem>,
+}
+
+/// `{stdout, exitCode}`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecuteReply {
+    /// stdout and stderr as produced.
+    pub stdout: String,
+    /// The command's exit code (beyond the contract).
+    pub exit_code: i64,
+}
+
+/// `{imageName}`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitReply {
+    /// The image written.
+    pub image_name: String,
+}
+
+/// One replicaSet in `GET /api/v1/replicaSet`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetItem {
+    /// Name.
+    pub name: String,
+    /// running, paused or stopped.
+    pub status: String,
+    /// Current version.
+    pub version: u32,
+    /// Its container.
+    pub container_name: String,
+    /// Image the set was created from.
+    pub image: String,
+    /// GPUs of the current container.
+    pub gpus: Vec<String>,
+    /// container port → host port.
+    pub ports: BTreeMap<String, u16>,
+    /// Creation time of the current version.
+    pub create_time: String,
+}
+
+impl From<&ReplicaSetInfo> for ReplicaSetItem {
+    fn from(info: &ReplicaSetInfo) -> ReplicaSetItem {
+        let status = serde_json::to_value(info.replica_set.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        ReplicaSetItem {
+            name: info.replica_set.name.clone(),
+            status,
+            version: info.version.version,
+            container_name: info.version.container.clone(),
+            image: info.version.spec.image.clone(),
+            gpus: info.replica_set.gpus.clone(),
+            ports: info
+                .replica_set
+                .ports
+                .iter()
+                .map(|p| (p.container_port.clone(), p.host_port))
+                .collect(),
+            create_time: info.version.created_at.clone(),
+        }
+    }
+}
+
+/// `{replicaSets}`
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetList {
+    /// Every replicaSet, by name.
+    pub replica_sets: Vec<ReplicaSetItem>,
+}
+
+/// `{name, size}` of the new volume version.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeReply {
+    /// Docker volume name, `bar-1`.
+    pub name: String,
+    /// Size as written.
+    pub size: String,
+}
+
+/// Docker's volume create options, as the contract shows them.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct VolumeOpt {
+    /// Volume driver.
+    pub driver: String,
+    /// `{size}`.
+    pub driver_opts: BTreeMap<String, String>,
+    /// Docker volume name.
+    pub name: String,
+}
+
+/// One volume version as the contract shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeView {
+    /// Version number.
+    pub version: u32,
+    /// When it was created.
+    pub create_time: String,
+    /// Docker's create options.
+    pub opt: VolumeOpt,
+    /// Whether Docker enforces the size (beyond the contract).
+    pub size_enforced: bool,
+}
+
+impl From<&VolumeVersion> for VolumeView {
+    fn from(v: &VolumeVersion) -> VolumeView {
+        VolumeView {
+            version: v.version,
+            create_time: v.created_at.clone(),
+            opt: VolumeOpt {
+                driver: v.driver.clone(),
+                driver_opts: BTreeMap::from([("size".to_string(), v.size.clone())]),
+                name: v.docker_name.clone(),
+            },
+            size_enforced: v.size_enforced,
+        }
+    }
+}
+
+/// `{Info}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeInfoReply {
+    /// The current version.
+    #[serde(rename = "Info")]
+    pub info: VolumeView,
+}
+
+/// One volume history entry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeHistoryItem {
+    /// Version number.
+    pub version: u32,
+    /// When it was created.
+    pub create_time: String,
+    /// The version as `info` shows it.
+    pub status: VolumeView,
+}
+
+/// `{history}`, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeHistoryReply {
+    /// Every version, newest first.
+    pub history: Vec<VolumeHistoryItem>,
+}
+
+/// One volume in `GET /api/v1/volumes`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeItem {
+    /// Name without version.
+    pub name: String,
+    /// Current version.
+    pub version: u32,
+    /// Docker volume of the current version.
+    pub docker_name: String,
+    /// Size as written.
+    pub size: String,
+    /// Whether Docker enforces it.
+    pub size_enforced: bool,
+    /// When the current version was created.
+    pub create_time: String,
+}
+
+impl From<&VolumeInfo> for VolumeItem {
+    fn from(info: &VolumeInfo) -> VolumeItem {
+        VolumeItem {
+            name: info.volume.name.clone(),
+            version: info.version.version,
+            docker_name: info.version.docker_name.clone(),
+            size: info.version.size.clone(),
+            size_enforced: info.version.size_enforced,
+            create_time: info.version.created_at.clone(),
+        }
+    }
+}
+
+/// `{volumes}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VolumeList {
+    /// Every volume, by name.
+    pub volumes: Vec<VolumeItem>,
+}
+
+/// `{gpus: {uuid: 0|1}}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GpuMap {
+    /// UUID → 0 free, 1 used.
+    pub gpus: BTreeMap<String, u8>,
+}
+
+/// One GPU in `?detail=true`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuDetail {
+    /// nvidia-smi index.
+    pub index: u32,
+    /// UUID.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Total memory in bytes, when known.
+    pub memory_total: Option<u64>,
+    /// Memory used in bytes, when known.
+    pub memory_used: Option<u64>,
+    /// Utilization percent, when known.
+    pub utilization: Option<u32>,
+    /// The replicaSet holding it.
+    pub holder: Option<String>,
+}
+
+impl From<&GpuStatus> for GpuDetail {
+    fn from(s: &GpuStatus) -> GpuDetail {
+        GpuDetail {
+            index: s.gpu.index,
+            uuid: s.gpu.uuid.clone(),
+            name: s.gpu.name.clone(),
+            memory_total: s.gpu.memory_total,
+            memory_used: s.gpu.memory_used,
+            utilization: s.gpu.utilization,
+            holder: s.holder.clone(),
+        }
+    }
+}
+
+/// `{gpus: [...]}` with details.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GpuDetails {
+    /// Every GPU in index order.
+    pub gpus: Vec<GpuDetail>,
+}
+
+/// Port usage, as the contract spells it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortUsage {
+    /// First port of the range.
+    pub start_port: u16,
+    /// Last port of the range.
+    pub end_port: u16,
+    /// Ports not claimed.
+    pub available_count: usize,
+    /// Claimed ports, each mapped to `{}`.
+    #[schema(value_type = Object)]
+    pub used_port_set: BTreeMap<String, Value>,
+}
+
+impl From<&PortStatus> for PortUsage {
+    fn from(s: &PortStatus) -> PortUsage {
+        PortUsage {
+            start_port: s.range.start,
+            end_port: s.range.end,
+            available_count: s.available,
+            used_port_set: s
+                .used
+                .iter()
+                .map(|p| (p.to_string(), Value::Object(Default::default())))
+                .collect(),
+        }
+    }
+}
+
+/// `{ports}`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PortsReply {
+    /// Port usage.
+    pub ports: PortUsage,
+}
+
+/// `GET /ping`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pong {
+    /// Always "pong".
+    pub ping: String,
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpu_replica_core::testkit::{self, sh};
-use gpu_replica_core::{ContainerRuntime, Engine, MemoryStore, PatchRequest, RunRequest};
+use gpu_replica_core::{Engine, MemoryStore, PatchRequest, RunRequest};
 
 const HEAVY_IMAGE: &str = "gpu-replica-test/busybox-heavy:latest";
 

@@ -36,23 +36,38 @@ pub fn ok<T: Serialize>(data: T) -> Envelope<T> {
 
 /// A core error on its way to the client.
 #[derive(Debug)]
-pub struct ApiError(pub Error);
+pub struct ApiError(pub Error, pub Option<StatusCode>);
+
+impl ApiError {
+    /// Answers with `status` instead of the one the error implies.
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.1 = Some(status);
+        self
+    }
+}
+
+impl ApiError {
+    /// Wraps a core error.
+    pub fn new(e: Error) -> ApiError {
+        ApiError(e, None)
+    }
+}
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
-        ApiError(e)
+        ApiError::new(e)
     }
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
-        ApiError(Error::InvalidParams(rejection.body_text()))
+        ApiError::new(Error::InvalidParams(rejection.body_text()))
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> ApiError {
-        ApiError(Error::InvalidParams(rejection.body_text()))
+        ApiError::new(Error::InvalidParams(rejection.body_text()))
     }
 }
 
@@ -89,7 +104,7 @@ pub fn status_of(error: &Error) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = status_of(&self.0);
+        let status = self.1.unwrap_or_else(|| status_of(&self.0));
         if status.is_server_error() {
             tracing::warn!(code = self.0.code(), "{}", self.0);
         }
@@ -99,5 +114,39 @@ impl IntoResponse for ApiError {
             data: None,
         };
         (status, Json(body)).into_response()
+    }
+}
+
+/// A JSON object body decoded into `T`; anything else (bad JSON, an array, a wrong type, a
+/// body over the limit) is code 1000 in the envelope, never a plain-text error.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<serde_json::Value>::from_request(request, state)
+            .await
+            .map_err(|rejection| match rejection {
+                JsonRejection::BytesRejection(_) => ApiError::new(Error::InvalidParams(format!(
+                    "request body larger than {} bytes",
+                    crate::BODY_LIMIT
+                )))
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE),
+                other => ApiError::from(other),
+            })?;
+        if !value.is_object() {
+            return Err(ApiError::new(Error::InvalidParams(
+                "the request body must be a JSON object".into(),
+            )));
+        }
+        serde_json::from_value(value)
+            .map(Body)
+            .map_err(|e| ApiError::new(Error::InvalidParams(e.to_string())))
     }
 }

@@ -2,20 +2,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::Json;
 use gpu_replica_core::{BindSwap, Engine, PatchRequest, ReplicaSetInfo, RunRequest};
 
 use super::Reply;
-use crate::envelope::ok;
+use crate::envelope::{ok, Body};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
     HistoryReply, InfoReply, PatchBody, ReplicaSetItem, ReplicaSetList, RollbackBody, RunBody,
     RunReply, VersionView,
 };
-
-type Body<T> = Result<Json<T>, JsonRejection>;
 
 fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
     ContainerNameReply {
@@ -26,8 +22,7 @@ fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
 /// Run a new replicaSet: claim GPUs and ports, create and start `{name}-1`.
 #[utoipa::path(post, path = "/api/v1/replicaSet", tag = "replicaSet", request_body = RunBody,
     responses((status = 200, body = RunReply), (status = "4XX", description = "1000-1003, 1008, 1012-1014, 1036, 1037"), (status = "5XX", description = "1004, 1039, 1040")))]
-pub async fn run(State(engine): State<Arc<Engine>>, body: Body<RunBody>) -> Reply<RunReply> {
-    let Json(body) = body?;
+pub async fn run(State(engine): State<Arc<Engine>>, Body(body): Body<RunBody>) -> Reply<RunReply> {
     let info = engine
         .run(RunRequest {
             name: body.replica_set_name,
@@ -60,9 +55,8 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<ReplicaSetList> {
 pub async fn patch(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
-    body: Body<PatchBody>,
+    Body(body): Body<PatchBody>,
 ) -> Reply<ContainerNameReply> {
-    let Json(body) = body?;
     let request = PatchRequest {
         gpu_count: body.gpu_patch.map(|g| g.gpu_count),
         bind: body.volume_patch.map(|v| BindSwap {
@@ -80,9 +74,8 @@ pub async fn patch(
 pub async fn rollback(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
-    body: Body<RollbackBody>,
+    Body(body): Body<RollbackBody>,
 ) -> Reply<ContainerNameReply> {
-    let Json(body) = body?;
     Ok(ok(new_version(engine.rollback(&name, body.version).await?)))
 }
 
@@ -140,9 +133,8 @@ pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
 pub async fn execute(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
-    body: Body<ExecuteBody>,
+    Body(body): Body<ExecuteBody>,
 ) -> Reply<ExecuteReply> {
-    let Json(body) = body?;
     let out = engine.exec(&name, &body.cmd, body.work_dir).await?;
     Ok(ok(ExecuteReply {
         stdout: out.output,
@@ -157,9 +149,8 @@ pub async fn execute(
 pub async fn commit(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
-    body: Body<CommitBody>,
+    Body(body): Body<CommitBody>,
 ) -> Reply<CommitReply> {
-    let Json(body) = body?;
     let image_name = engine.commit_image(&name, &body.new_image_name).await?;
     Ok(ok(CommitReply { image_name }))
 }

@@ -2,19 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::Json;
 use gpu_replica_core::{Engine, VolumeInfo};
 
 use super::Reply;
-use crate::envelope::ok;
+use crate::envelope::{ok, Body};
 use crate::wire::{
     VolumeCreateBody, VolumeHistoryItem, VolumeHistoryReply, VolumeInfoReply, VolumeItem,
     VolumeList, VolumeReply, VolumeSizeBody, VolumeView,
 };
-
-type Body<T> = Result<Json<T>, JsonRejection>;
 
 fn reply(info: VolumeInfo) -> VolumeReply {
     VolumeReply {
@@ -28,9 +24,8 @@ fn reply(info: VolumeInfo) -> VolumeReply {
     responses((status = 200, body = VolumeReply), (status = "4XX", description = "1000, 1024, 1026, 1029, 1031, 1032"), (status = "5XX", description = "1023")))]
 pub async fn create(
     State(engine): State<Arc<Engine>>,
-    body: Result<Json<VolumeCreateBody>, JsonRejection>,
+    Body(body): Body<VolumeCreateBody>,
 ) -> Reply<VolumeReply> {
-    let Json(body) = body?;
     Ok(ok(reply(
         engine.create_volume(&body.name, &body.size).await?,
     )))
@@ -52,9 +47,8 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<VolumeList> {
 pub async fn resize(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
-    body: Body<VolumeSizeBody>,
+    Body(body): Body<VolumeSizeBody>,
 ) -> Reply<VolumeReply> {
-    let Json(body) = body?;
     Ok(ok(reply(engine.resize_volume(&name, &body.size).await?)))
 }
 

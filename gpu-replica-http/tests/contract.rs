@@ -1,0 +1,169 @@
+//! The router against the contract, over a mock runtime: every contract route is served and
+//! documented, and shapes and codes are the contract's.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use gpu_replica_core::runtime::MockContainerRuntime;
+use gpu_replica_core::{Engine, EngineConfig, MemoryStore, StaticInventory};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// Every route of ../shared/contract/gpu-docker-api.openapi.json.
+const CONTRACT: &[(&str, &str)] = &[
+    ("post", "/api/v1/replicaSet"),
+    ("post", "/api/v1/replicaSet/{name}/commit"),
+    ("patch", "/api/v1/replicaSet/{name}/rollback"),
+    ("patch", "/api/v1/replicaSet/{name}"),
+    ("delete", "/api/v1/replicaSet/{name}"),
+    ("get", "/api/v1/replicaSet/{name}"),
+    ("patch", "/api/v1/replicaSet/{name}/stop"),
+    ("patch", "/api/v1/replicaSet/{name}/pause"),
+    ("patch", "/api/v1/replicaSet/{name}/continue"),
+    ("patch", "/api/v1/replicaSet/{name}/restart"),
+    ("post", "/api/v1/replicaSet/{name}/execute"),
+    ("get", "/api/v1/replicaSet/{name}/history"),
+    ("post", "/api/v1/volumes"),
+    ("delete", "/api/v1/volumes/{name}"),
+    ("get", "/api/v1/volumes/{name}"),
+    ("patch", "/api/v1/volumes/{name}/size"),
+    ("get", "/api/v1/resources/gpus"),
+    ("get", "/api/v1/resources/ports"),
+    ("get", "/api/v1/volumes/{name}/history"),
+];
+
+fn router(runtime: MockContainerRuntime) -> axum::Router {
+    let engine = Engine::new(
+        Arc::new(runtime),
+        Arc::new(MemoryStore::new()),
+        Arc::new(StaticInventory::fake(2)),
+        EngineConfig::default(),
+    );
+    gpu_replica_http::router(Arc::new(engine))
+}
+
+async fn call(app: &axum::Router, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "{method} {path}: not JSON: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, value)
+}
+
+#[tokio::test]
+async fn every_contract_route_is_served_and_documented() {
+    let app = router(MockContainerRuntime::new());
+    let (_, doc) = call(&app, "GET", "/openapi.json", "").await;
+    for (method, path) in CONTRACT {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+        let concrete = path.replace("{name}", "nobody");
+        let (status, reply) = call(&app, &method.to_uppercase(), &concrete, "{}").await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert!(reply["code"].is_number(), "{method} {path}: {reply}");
+    }
+    let description = doc["info"]["description"].as_str().unwrap();
+    for code in 1000..=1040 {
+        assert!(
+            description.contains(&code.to_string()),
+            "code {code} undocumented"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resources_answer_in_the_contract_shapes() {
+    let app = router(MockContainerRuntime::new());
+    let (status, gpus) = call(&app, "GET", "/api/v1/resources/gpus", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(gpus["code"], 200);
+    assert_eq!(gpus["msg"], "Success");
+    assert_eq!(gpus["data"]["gpus"].as_object().unwrap().len(), 2);
+    assert!(gpus["data"]["gpus"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|v| *v == json!(0)));
+    let (_, detail) = call(&app, "GET", "/api/v1/resources/gpus?detail=true", "").await;
+    assert_eq!(detail["data"]["gpus"][1]["index"], 1);
+    let (_, ports) = call(&app, "GET", "/api/v1/resources/ports", "").await;
+    assert_eq!(
+        ports["data"]["ports"],
+        json!({"StartPort": 40000, "EndPort": 65535, "AvailableCount": 25536, "UsedPortSet": {}})
+    );
+    let (status, pong) = call(&app, "GET", "/ping", "").await;
+    assert_eq!(
+        (status, &pong["data"]["ping"]),
+        (StatusCode::OK, &json!("pong"))
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_get_code_1000_in_the_envelope() {
+    let app = router(MockContainerRuntime::new());
+    for body in ["{", "[]", r#"{"gpuCount": true}"#, r#"{"binds": "x"}"#] {
+        let (status, reply) = call(&app, "POST", "/api/v1/replicaSet", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(reply["code"], 1000, "{body}");
+        assert_eq!(reply["data"], Value::Null);
+    }
+    let big = format!(
+        r#"{{"env": ["{}"]}}"#,
+        "x".repeat(gpu_replica_http::BODY_LIMIT)
+    );
+    let (status, reply) = call(&app, "POST", "/api/v1/replicaSet", &big).await;
+    assert_eq!(
+        (status, reply["code"].as_i64()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some(1000))
+    );
+}
+
+#[tokio::test]
+async fn a_docker_failure_on_run_is_1004_and_releases_the_gpus() {
+    let mut runtime = MockContainerRuntime::new();
+    runtime.expect_inspect_image().returning(|_| {
+        Ok(Some(gpu_replica_core::runtime::ImageState {
+            id: "sha256:x".into(),
+            tags: vec![],
+            layers: 1,
+            labels: Default::default(),
+        }))
+    });
+    runtime.expect_create_container().returning(|_| {
+        Err(gpu_replica_core::Error::Docker(
+            "no space left on device".into(),
+        ))
+    });
+    runtime.expect_remove_container().returning(|_| Ok(()));
+    let app = router(runtime);
+    let run = r#"{"imageName": "img", "replicaSetName": "foo", "gpuCount": 2}"#;
+    let (status, reply) = call(&app, "POST", "/api/v1/replicaSet", run).await;
+    assert_eq!(
+        (status, reply["code"].as_i64()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some(1004))
+    );
+    assert!(reply["msg"].as_str().unwrap().contains("no space left"));
+    let (_, gpus) = call(&app, "GET", "/api/v1/resources/gpus", "").await;
+    assert!(gpus["data"]["gpus"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|v| *v == json!(0)));
+    let (status, _) = call(&app, "GET", "/api/v1/replicaSet/foo", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

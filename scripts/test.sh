@@ -97,3 +97,5 @@ log "etcd on $GPU_REPLICA_TEST_ETCD"
 export RUST_BACKTRACE=1
 cargo test --workspace --all-features --all-targets
 cargo test --workspace --all-features --doc
+log "example: embedding the engine, on the real Docker engine"
+cargo run --quiet --all-features --example embed

@@ -29,7 +29,8 @@ use axum::routing::{get, patch, post};
 use axum::Router;
 use gpu_replica_core::Engine;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 pub use crate::envelope::{ApiError, Envelope};
 pub use crate::openapi::ApiDoc;
@@ -73,6 +74,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
         .with_state(engine)
 }

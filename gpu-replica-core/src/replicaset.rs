@@ -758,7 +758,11 @@ impl Engine {
                 format!("the GPUs or ports of '{name}' were just claimed by another replicaSet; restart it instead"),
             ));
         }
-        if let Err(e) = self.runtime.start_container(&container).await {
+        let started = self
+            .runtime
+            .restart_container(&container, self.config.stop_timeout)
+            .await;
+        if let Err(e) = started {
             let mut undo = head.clone();
             undo.status = if reclaimed {
                 Status::Stopped

@@ -18,8 +18,8 @@ use bollard::models::{
 use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, CreateImageOptions,
     DownloadFromContainerOptions, ListContainersOptions, ListImagesOptions, ListVolumesOptions,
-    RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions, StopContainerOptions,
-    UploadToContainerOptions,
+    RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions, RestartContainerOptions,
+    StopContainerOptions, UploadToContainerOptions,
 };
 use bollard::{body_try_stream, Docker};
 use bytes::Bytes;
@@ -344,6 +344,17 @@ impl ContainerRuntime for DockerRuntime {
             }) => Ok(()),
             Err(e) => Err(docker_err(e)),
         }
+    }
+
+    async fn restart_container(&self, name: &str, grace: Duration) -> Result<()> {
+        let options = RestartContainerOptions {
+            t: Some(grace.as_secs().try_into().unwrap_or(i32::MAX)),
+            ..Default::default()
+        };
+        self.docker
+            .restart_container(name, Some(options))
+            .await
+            .map_err(docker_err)
     }
 
     async fn remove_container(&self, name: &str) -> Result<()> {
@@ -703,6 +714,58 @@ mod tests {
             split_reference("localhost:5000/x"),
             ("localhost:5000/x", "latest")
         );
+    }
+
+    #[test]
+    fn each_attach_mode_gives_the_container_its_gpus_only() {
+        let mut spec = ContainerSpec {
+            name: "foo-1".into(),
+            image: "cuda".into(),
+            env: vec!["NVIDIA_VISIBLE_DEVICES=all".into()],
+            gpus: vec!["GPU-a".into(), "GPU-b".into()],
+            ..Default::default()
+        };
+        let visible = |body: &ContainerCreateBody| {
+            body.env
+                .iter()
+                .flatten()
+                .filter(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let requests = |body: ContainerCreateBody| body.host_config.unwrap().device_requests;
+
+        spec.gpu_attach = GpuAttach::DeviceRequests;
+        let body = create_body(&spec);
+        assert_eq!(visible(&body), vec!["NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b"]);
+        let request = &requests(body).unwrap()[0];
+        assert_eq!(request.driver.as_deref(), Some("nvidia"));
+        assert_eq!(
+            request.device_ids,
+            Some(vec!["GPU-a".into(), "GPU-b".into()])
+        );
+
+        spec.gpu_attach = GpuAttach::Cdi;
+        let request = &requests(create_body(&spec)).unwrap()[0];
+        assert_eq!(request.driver.as_deref(), Some("cdi"));
+        assert_eq!(
+            request.device_ids.as_ref().unwrap()[1],
+            "nvidia.com/gpu=GPU-b"
+        );
+
+        spec.gpu_attach = GpuAttach::Env;
+        assert!(requests(create_body(&spec)).is_none());
+
+        spec.gpus.clear();
+        spec.gpu_attach = GpuAttach::DeviceRequests;
+        let body = create_body(&spec);
+        assert_eq!(visible(&body), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
+        assert!(body
+            .env
+            .as_ref()
+            .unwrap()
+            .contains(&"CUDA_DEVICE_ORDER=PCI_BUS_ID".to_string()));
+        assert!(requests(body).is_none());
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn start_container(&self, name: &str) -> Result<()>;
     /// Stops a container, killing it after `grace`; a stopped one is left as is.
     async fn stop_container(&self, name: &str, grace: Duration) -> Result<()>;
+    /// Restarts a container (stopping it first with `grace`); starts a stopped one.
+    async fn restart_container(&self, name: &str, grace: Duration) -> Result<()>;
     /// Removes a container and its anonymous volumes, stopping it first; absent is fine.
     async fn remove_container(&self, name: &str) -> Result<()>;
     /// Inspects a container; `None` when it does not exist.

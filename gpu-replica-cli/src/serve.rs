@@ -154,6 +154,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         config.gpu_attach
     );
     let engine = Arc::new(Engine::new(Arc::new(docker), store, inventory, config));
+    // Finish or undo what a crash left in flight before taking new requests.
+    let recovery = engine
+        .recover()
+        .await
+        .map_err(|e| format!("recovery: {e}"))?;
+    tracing::info!("recovery: {recovery}");
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;

@@ -118,12 +118,20 @@ fn spawn(addr: &str, data_dir: &Path, port_range: &str) -> Child {
             "--label",
             "io.gpu-replica.test=1",
             "--log-level",
-            "warn",
+            "info",
         ])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--port-range", port_range])
-        .stdout(Stdio::null())
+        // Recovery at start removes orphans carrying all of the server's labels: a label of its
+        // own keeps it from touching the objects of the tests running beside it.
+        .arg("--label")
+        .arg(format!("io.gpu-replica.instance={}", data_dir.display()))
+        .stdout(
+            std::fs::File::create(data_dir.join("server.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        )
         .spawn()
         .unwrap()
 }

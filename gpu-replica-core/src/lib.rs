@@ -34,15 +34,18 @@
 
 mod engine;
 mod error;
+mod failpoint;
 pub mod gpu;
 pub mod keys;
 pub mod model;
+mod recovery;
 mod replicaset;
 mod resources;
 pub mod runtime;
 pub mod sched;
 mod size;
 pub mod store;
+mod transition;
 mod volume;
 
 #[cfg(feature = "testkit")]
@@ -50,11 +53,13 @@ pub mod testkit;
 
 pub use crate::engine::{Engine, EngineConfig, LABEL_REPLICA_SET, LABEL_VERSION, LABEL_VOLUME};
 pub use crate::error::{Error, Operation, Result};
+pub use crate::failpoint::{FAILPOINTS, FAILPOINT_EXIT_CODE};
 pub use crate::gpu::{GpuInfo, GpuInventory, NvmlInventory, StaticInventory};
 pub use crate::model::{
-    GpuStatus, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Version, Volume,
-    VolumeInfo, VolumeVersion,
+    GpuStatus, Intent, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Version,
+    Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
+pub use crate::recovery::Recovery;
 pub use crate::replicaset::{BindSwap, PatchRequest, RunRequest};
 pub use crate::runtime::{
     Bind, ContainerRuntime, DockerRuntime, ExecOutput, GpuAttach, PortMapping,

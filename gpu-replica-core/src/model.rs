@@ -58,10 +58,45 @@ pub struct ReplicaSet {
     pub gpus: Vec<String>,
     /// Host ports of the current container (claimed unless stopped); kept across versions.
     pub ports: Vec<PortMapping>,
-    /// A version being built and not yet current (an operation in flight).
-    pub pending: Option<u32>,
+    /// The operation in flight, recorded before Docker is touched; a restarted engine finishes
+    /// or undoes it (see [`crate::Engine::recover`]).
+    pub pending: Option<Intent>,
     /// When the replicaSet was created, `YYYY-MM-DD HH:MM:SS` UTC.
     pub created_at: String,
+}
+
+/// An operation in flight on a replicaSet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Intent {
+    /// Version 1 is being created and started.
+    Run,
+    /// Version `version` is being built to replace the current one.
+    NewVersion {
+        /// The version being built.
+        version: u32,
+        /// Whether it is to run (false keeps a paused or stopped set as it was).
+        run: bool,
+        /// GPUs claimed for it that the set did not hold before.
+        claimed_gpus: Vec<String>,
+        /// Host ports claimed for it that the set did not hold before.
+        claimed_ports: Vec<u16>,
+        /// GPUs held now and released once the old container is gone.
+        released_gpus: Vec<String>,
+        /// The volume whose resize this is part of (that resize decides the outcome).
+        resize: Option<String>,
+    },
+    /// The container is being stopped; GPUs and ports go once it is.
+    Stop,
+    /// The container is being stopped; GPUs and ports stay.
+    Pause,
+    /// The container is being started again.
+    Continue {
+        /// Whether claims were taken again (it was stopped) and go back on failure.
+        reclaimed: bool,
+    },
+    /// Everything of the set is being removed.
+    Delete,
 }
 
 /// One version of a replicaSet: one container, and later the snapshot of its filesystem.
@@ -104,8 +139,22 @@ pub struct Volume {
     pub current: u32,
     /// Highest version ever handed out.
     pub latest: u32,
+    /// A resize in flight, recorded before Docker is touched.
+    #[serde(default)]
+    pub pending: Option<VolumeIntent>,
     /// When it was created.
     pub created_at: String,
+}
+
+/// A volume resize in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeIntent {
+    /// The version being made.
+    pub version: u32,
+    /// ReplicaSets being moved onto it.
+    pub users: Vec<String>,
+    /// Whether the data copy finished: from then on the resize is finished, never undone.
+    pub copied: bool,
 }
 
 /// One version of a volume: one Docker volume `{name}-{version}`.

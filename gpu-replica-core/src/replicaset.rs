@@ -14,11 +14,13 @@ use crate::engine::{
     check_name, claim, encode, release, taken_by_others, Engine, LABEL_REPLICA_SET, LABEL_VERSION,
 };
 use crate::error::{Error, Operation, Result};
+use crate::failpoint::failpoint;
 use crate::keys;
-use crate::model::{now, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Version};
+use crate::model::{now, Intent, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Version};
 use crate::runtime::{Bind, ContainerSpec, ExecOutput, PortMapping};
 use crate::sched::{host_port_is_free, pick_gpus, pick_ports};
 use crate::store::Txn;
+use crate::transition::{Filesystem, Prepared};
 
 /// A request to run a new replicaSet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,30 +57,6 @@ pub struct BindSwap {
     pub old: Bind,
     /// Its replacement.
     pub new: Bind,
-}
-
-/// Which filesystem a new version starts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Filesystem {
-    /// The current container's, as it is now.
-    Current,
-    /// The snapshot of an earlier version.
-    Of(u32),
-}
-
-/// A new version created but not yet current.
-pub(crate) struct Prepared {
-    name: String,
-    head: ReplicaSet,
-    old: Version,
-    new: Version,
-    /// Whether the old container ran before we stopped it.
-    was_running: bool,
-    /// Whether the new container is to run (false keeps a paused or stopped set as it was).
-    run: bool,
-    claimed_gpus: Vec<String>,
-    claimed_ports: Vec<u16>,
-    released_gpus: Vec<String>,
 }
 
 fn parse_container_port(port: &str) -> Result<String> {
@@ -149,24 +127,44 @@ impl Engine {
             container_ports,
         };
         let version = self.claim_first_version(&name, spec).await?;
+        failpoint("run.recorded");
         let container = self.container_spec(&name, &version);
         let started = async {
             self.runtime.create_container(&container).await?;
-            self.runtime.start_container(&container.name).await
+            failpoint("run.created");
+            self.finish_run(&name).await
         }
         .await;
         if let Err(e) = started {
-            // Undo everything: the container, the records and the claims.
-            let cleanup = self.runtime.remove_container(&container.name).await;
-            let ports: Vec<u16> = version.ports.iter().map(|p| p.host_port).collect();
-            let txn = release(Txn::new(), &version.gpus, &ports)
-                .delete(keys::replica_set(&name))
-                .delete(keys::version(&name, 1));
-            self.commit(txn).await?;
-            cleanup?;
+            self.undo_run(&name, &version).await?;
             return Err(e.during(Operation::Run));
         }
         self.info(&name).await
+    }
+
+    /// Starts version 1 (if it is not running) and clears the intent.
+    pub(crate) async fn finish_run(&self, name: &str) -> Result<()> {
+        let container = format!("{name}-1");
+        if !self.is_running(&container).await? {
+            self.runtime.start_container(&container).await?;
+        }
+        failpoint("run.started");
+        let (mut head, revision) = self.head(name).await?;
+        head.pending = None;
+        let txn = Txn::new()
+            .unchanged(keys::replica_set(name), revision)
+            .put(keys::replica_set(name), encode(&head));
+        self.commit(txn).await
+    }
+
+    /// Removes everything a failed run made: the container, the records and the claims.
+    pub(crate) async fn undo_run(&self, name: &str, version: &Version) -> Result<()> {
+        self.runtime.remove_container(&version.container).await?;
+        let ports: Vec<u16> = version.ports.iter().map(|p| p.host_port).collect();
+        let txn = release(Txn::new(), &version.gpus, &ports)
+            .delete(keys::replica_set(name))
+            .delete(keys::version(name, 1));
+        self.commit(txn).await
     }
 
     /// Picks GPUs and ports for a new replicaSet and records it, retrying if another engine
@@ -196,7 +194,7 @@ impl Engine {
                 status: Status::Running,
                 gpus: gpus.clone(),
                 ports: ports.clone(),
-                pending: None,
+                pending: Some(Intent::Run),
                 created_at: version.created_at.clone(),
             };
             let host_ports: Vec<u16> = ports.iter().map(|p| p.host_port).collect();
@@ -217,7 +215,7 @@ impl Engine {
         ))
     }
 
-    async fn pick_gpus_for(
+    pub(crate) async fn pick_gpus_for(
         &self,
         name: &str,
         keep: &[String],
@@ -236,7 +234,7 @@ impl Engine {
     }
 
     /// Host ports for `container_ports`: `previous` ones when still free, new ones otherwise.
-    async fn pick_ports_for(
+    pub(crate) async fn pick_ports_for(
         &self,
         name: &str,
         container_ports: &[String],
@@ -301,13 +299,13 @@ impl Engine {
         }
     }
 
-    async fn head(&self, name: &str) -> Result<(ReplicaSet, u64)> {
+    pub(crate) async fn head(&self, name: &str) -> Result<(ReplicaSet, u64)> {
         self.read(&keys::replica_set(name))
             .await?
             .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
-    async fn version_record(&self, name: &str, version: u32) -> Result<Version> {
+    pub(crate) async fn version_record(&self, name: &str, version: u32) -> Result<Version> {
         self.read(&keys::version(name, version))
             .await?
             .map(|(v, _)| v)
@@ -405,262 +403,42 @@ impl Engine {
         spec: ReplicaSetSpec,
         filesystem: Filesystem,
     ) -> Result<ReplicaSetInfo> {
-        let prepared = self.prepare(name, spec, filesystem, true).await?;
+        let prepared = self.prepare(name, spec, filesystem, true, None).await?;
         let prepared = self.activate(prepared).await?;
         self.finish(prepared).await?;
         self.info(name).await
     }
 
     /// Prepares a new version with `spec` on the current filesystem that keeps the set's
-    /// status (a volume resize moving its users).
+    /// status, as part of resizing `volume`.
     pub(crate) async fn prepare_rebind(
         &self,
         name: &str,
         spec: ReplicaSetSpec,
+        volume: &str,
     ) -> Result<Prepared> {
-        self.prepare(name, spec, Filesystem::Current, false).await
-    }
-
-    /// Claims and records a new version, stops and snapshots the old container, creates the new
-    /// one. `run` false keeps a paused or stopped set paused or stopped (volume rebinds).
-    async fn prepare(
-        &self,
-        name: &str,
-        spec: ReplicaSetSpec,
-        filesystem: Filesystem,
-        run: bool,
-    ) -> Result<Prepared> {
-        let (head, revision) = self.head(name).await?;
-        let old = self.version_record(name, head.current).await?;
-        let run = run || head.status == Status::Running;
-        let claims_after = run || head.status.holds_claims();
-        let held_gpus = if head.status.holds_claims() {
-            head.gpus.clone()
-        } else {
-            Vec::new()
-        };
-        let (gpus, ports) = if claims_after {
-            let gpus = self
-                .pick_gpus_for(name, &held_gpus, spec.gpu_count as usize)
-                .await?;
-            let ports = self
-                .pick_ports_for(name, &spec.container_ports, &head.ports)
-                .await?;
-            (gpus, ports)
-        } else {
-            (head.gpus.clone(), head.ports.clone())
-        };
-        let held_ports: Vec<u16> = if head.status.holds_claims() {
-            head.ports.iter().map(|p| p.host_port).collect()
-        } else {
-            Vec::new()
-        };
-        let (claimed_gpus, claimed_ports) = if claims_after {
-            (
-                gpus.iter()
-                    .filter(|g| !held_gpus.contains(g))
-                    .cloned()
-                    .collect(),
-                ports
-                    .iter()
-                    .map(|p| p.host_port)
-                    .filter(|p| !held_ports.contains(p))
-                    .collect(),
-            )
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let released_gpus = held_gpus
-            .iter()
-            .filter(|g| !gpus.contains(g))
-            .cloned()
-            .collect();
-        let number = head.latest + 1;
-        let image = match filesystem {
-            Filesystem::Current => self.snapshot_name(name, old.version),
-            Filesystem::Of(k) => self
-                .version_record(name, k)
-                .await?
-                .snapshot
-                .ok_or_else(|| Error::Store(format!("version {k} has no snapshot")))?,
-        };
-        let new = Version {
-            version: number,
-            container: format!("{name}-{number}"),
+        self.prepare(
+            name,
             spec,
-            gpus,
-            ports,
-            image,
-            snapshot: None,
-            created_at: now(),
-        };
-        let mut pending_head = head.clone();
-        pending_head.latest = number;
-        pending_head.pending = Some(number);
-        let txn = claim(Txn::new(), name, &claimed_gpus, &claimed_ports)
-            .unchanged(keys::replica_set(name), revision)
-            .put(keys::replica_set(name), encode(&pending_head))
-            .put(keys::version(name, number), encode(&new));
-        self.commit(txn).await?;
-        let mut prepared = Prepared {
-            name: name.to_string(),
-            head: pending_head,
-            old,
-            new,
-            was_running: false,
-            run,
-            claimed_gpus,
-            claimed_ports,
-            released_gpus,
-        };
-        if let Err(e) = self.replace_container(&mut prepared).await {
-            self.abort(prepared).await;
-            return Err(e);
-        }
-        Ok(prepared)
-    }
-
-    /// Stops the old container, snapshots it (flattening a long chain) and creates the new one.
-    async fn replace_container(&self, prepared: &mut Prepared) -> Result<()> {
-        let old = &prepared.old;
-        let state = self.runtime.inspect_container(&old.container).await?;
-        prepared.was_running = state.as_ref().is_some_and(|s| s.running);
-        if prepared.was_running {
-            self.runtime
-                .stop_container(&old.container, self.config.stop_timeout)
-                .await?;
-        }
-        let snapshot = self.snapshot_name(&prepared.name, old.version);
-        let labels = self.labels(&[
-            (LABEL_REPLICA_SET, prepared.name.clone()),
-            (LABEL_VERSION, old.version.to_string()),
-        ]);
-        let depth = match self.runtime.inspect_image(&old.image).await? {
-            Some(image) => image.layers,
-            None => 0,
-        };
-        if depth + 1 > self.config.max_layers {
-            tracing::info!(container = %old.container, depth, "flattening snapshot");
-            self.runtime
-                .commit_flattened(&old.container, &snapshot, &labels)
-                .await?;
-        } else {
-            self.runtime
-                .commit(&old.container, &snapshot, &labels)
-                .await?;
-        }
-        let mut old = prepared.old.clone();
-        old.snapshot = Some(snapshot);
-        self.store
-            .put(&keys::version(&prepared.name, old.version), encode(&old))
-            .await?;
-        prepared.old = old;
-        let spec = self.container_spec(&prepared.name, &prepared.new);
-        self.runtime.create_container(&spec).await?;
-        Ok(())
-    }
-
-    /// Starts the new container (when it is to run); aborts on failure.
-    pub(crate) async fn activate(&self, prepared: Prepared) -> Result<Prepared> {
-        if !prepared.run {
-            return Ok(prepared);
-        }
-        match self.runtime.start_container(&prepared.new.container).await {
-            Ok(()) => Ok(prepared),
-            Err(e) => {
-                self.abort(prepared).await;
-                Err(e)
-            }
-        }
-    }
-
-    /// Removes the old container and makes the new version current; then prunes snapshots.
-    pub(crate) async fn finish(&self, prepared: Prepared) -> Result<()> {
-        let Prepared {
-            name,
-            mut head,
-            old,
-            new,
-            run,
-            released_gpus,
-            ..
-        } = prepared;
-        if let Err(e) = self.runtime.remove_container(&old.container).await {
-            tracing::warn!(container = %old.container, "old container not removed: {e}");
-        }
-        head.current = new.version;
-        head.pending = None;
-        head.gpus = new.gpus.clone();
-        head.ports = new.ports.clone();
-        if run {
-            head.status = Status::Running;
-        }
-        // GPUs go back to the pool only now that the container holding them is gone.
-        let txn =
-            release(Txn::new(), &released_gpus, &[]).put(keys::replica_set(&name), encode(&head));
-        self.commit(txn).await?;
-        if let Err(e) = self.prune_snapshots(&name).await {
-            tracing::warn!(replica_set = %name, "snapshot pruning failed: {e}");
-        }
-        Ok(())
-    }
-
-    /// Undoes a prepared version: its container, its claims and its record; the old container
-    /// runs again if it ran before. The version number stays used.
-    pub(crate) async fn abort(&self, prepared: Prepared) {
-        let Prepared {
-            name,
-            mut head,
-            old,
-            new,
-            was_running,
-            claimed_gpus,
-            claimed_ports,
-            ..
-        } = prepared;
-        if let Err(e) = self.runtime.remove_container(&new.container).await {
-            tracing::error!(container = %new.container, "cannot remove failed version: {e}");
-        }
-        if was_running {
-            if let Err(e) = self.runtime.start_container(&old.container).await {
-                tracing::error!(container = %old.container, "cannot restart old version: {e}");
-            }
-        }
-        head.pending = None;
-        let txn = release(Txn::new(), &claimed_gpus, &claimed_ports)
-            .delete(keys::version(&name, new.version))
-            .put(keys::replica_set(&name), encode(&head));
-        if let Err(e) = self.store.commit(txn).await {
-            tracing::error!(replica_set = %name, "cannot release claims of failed version: {e}");
-        }
-    }
-
-    pub(crate) fn snapshot_name(&self, name: &str, version: u32) -> String {
-        format!(
-            "{}/{}:v{version}",
-            self.config.snapshot_repo,
-            name.to_ascii_lowercase()
+            Filesystem::Current,
+            false,
+            Some(volume.to_string()),
         )
+        .await
     }
 
-    /// Untags snapshots beyond the newest `keep_snapshots`.
-    async fn prune_snapshots(&self, name: &str) -> Result<()> {
-        let versions: Vec<Version> = self.read_all(&keys::versions(name)).await?;
-        let keep = self.config.keep_snapshots.max(1);
-        for mut version in versions
-            .into_iter()
-            .rev()
-            .filter(|v| v.snapshot.is_some())
-            .skip(keep)
-        {
-            if let Some(snapshot) = version.snapshot.take() {
-                self.runtime.remove_image(&snapshot).await?;
-                self.store
-                    .put(&keys::version(name, version.version), encode(&version))
-                    .await?;
-            }
-        }
-        Ok(())
+    /// Writes `head` with `intent` pending, if nobody changed it since `revision`.
+    async fn record_intent(
+        &self,
+        head: &mut ReplicaSet,
+        revision: u64,
+        intent: Intent,
+    ) -> Result<()> {
+        head.pending = Some(intent);
+        let txn = Txn::new()
+            .unchanged(keys::replica_set(&head.name), revision)
+            .put(keys::replica_set(&head.name), encode(&*head));
+        self.commit(txn).await
     }
 
     /// Stops the container and releases its GPUs and ports.
@@ -668,21 +446,36 @@ impl Engine {
         let _guard = self.lock(&format!("rs:{name}")).await;
         let (mut head, revision) = self.head(name).await?;
         let container = format!("{name}-{}", head.current);
+        if head.status == Status::Stopped {
+            return self
+                .runtime
+                .stop_container(&container, self.config.stop_timeout)
+                .await
+                .map_err(|e| e.during(Operation::Stop));
+        }
+        let result = async {
+            self.record_intent(&mut head, revision, Intent::Stop)
+                .await?;
+            failpoint("stop.recorded");
+            self.finish_stop(head).await
+        }
+        .await;
+        result.map_err(|e| e.during(Operation::Stop))
+    }
+
+    /// Stops the container, then releases the claims and records the stop.
+    pub(crate) async fn finish_stop(&self, mut head: ReplicaSet) -> Result<()> {
+        let container = format!("{}-{}", head.name, head.current);
         self.runtime
             .stop_container(&container, self.config.stop_timeout)
-            .await
-            .map_err(|e| e.during(Operation::Stop))?;
-        if head.status == Status::Stopped {
-            return Ok(());
-        }
+            .await?;
+        failpoint("stop.stopped");
         let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
-        let txn =
-            release(Txn::new(), &head.gpus, &ports).unchanged(keys::replica_set(name), revision);
+        let txn = release(Txn::new(), &head.gpus, &ports);
         head.status = Status::Stopped;
-        let txn = txn.put(keys::replica_set(name), encode(&head));
-        self.commit(txn)
+        head.pending = None;
+        self.commit(txn.put(keys::replica_set(&head.name), encode(&head)))
             .await
-            .map_err(|e| e.during(Operation::Stop))
     }
 
     /// Stops the container but keeps its GPUs and ports.
@@ -695,26 +488,34 @@ impl Engine {
                 format!("'{name}' is stopped and holds no GPUs; use continue or restart"),
             ));
         }
-        let container = format!("{name}-{}", head.current);
+        let result = async {
+            self.record_intent(&mut head, revision, Intent::Pause)
+                .await?;
+            failpoint("pause.recorded");
+            self.finish_pause(head).await
+        }
+        .await;
+        result.map_err(|e| e.during(Operation::Pause))
+    }
+
+    /// Stops the container and records the pause.
+    pub(crate) async fn finish_pause(&self, mut head: ReplicaSet) -> Result<()> {
+        let container = format!("{}-{}", head.name, head.current);
         self.runtime
             .stop_container(&container, self.config.stop_timeout)
-            .await
-            .map_err(|e| e.during(Operation::Pause))?;
+            .await?;
+        failpoint("pause.stopped");
         head.status = Status::Paused;
-        let txn = Txn::new()
-            .unchanged(keys::replica_set(name), revision)
-            .put(keys::replica_set(name), encode(&head));
-        self.commit(txn)
+        head.pending = None;
+        self.commit(Txn::new().put(keys::replica_set(&head.name), encode(&head)))
             .await
-            .map_err(|e| e.during(Operation::Pause))
     }
 
     /// Starts the current container again; after a stop, first claims the same GPUs and ports
-    /// again, or fails saying who holds them.
+    /// again, or fails saying who holds them. (The contract calls this "continue".)
     pub async fn resume(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
         let (mut head, revision) = self.head(name).await?;
-        let container = format!("{name}-{}", head.current);
         let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
         let reclaimed = head.status == Status::Stopped;
         if reclaimed {
@@ -744,7 +545,9 @@ impl Engine {
                 ));
             }
         }
+        let before = head.status;
         head.status = Status::Running;
+        head.pending = Some(Intent::Continue { reclaimed });
         let txn = if reclaimed {
             claim(Txn::new(), name, &head.gpus, &ports)
         } else {
@@ -758,67 +561,91 @@ impl Engine {
                 format!("the GPUs or ports of '{name}' were just claimed by another replicaSet; restart it instead"),
             ));
         }
+        failpoint("continue.recorded");
+        self.finish_resume(head, before)
+            .await
+            .map_err(|e| e.during(Operation::Continue))
+    }
+
+    /// Starts the container and records it running; on failure puts the set back as it was
+    /// (`before`), releasing claims taken again.
+    pub(crate) async fn finish_resume(&self, mut head: ReplicaSet, before: Status) -> Result<()> {
+        let container = format!("{}-{}", head.name, head.current);
         let started = self
             .runtime
             .restart_container(&container, self.config.stop_timeout)
             .await;
+        let reclaimed = matches!(head.pending, Some(Intent::Continue { reclaimed: true }));
+        head.pending = None;
         if let Err(e) = started {
-            let mut undo = head.clone();
-            undo.status = if reclaimed {
-                Status::Stopped
-            } else {
-                Status::Paused
-            };
+            head.status = before;
+            let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
             let txn = if reclaimed {
                 release(Txn::new(), &head.gpus, &ports)
             } else {
                 Txn::new()
             }
-            .put(keys::replica_set(name), encode(&undo));
+            .put(keys::replica_set(&head.name), encode(&head));
             self.commit(txn).await?;
-            return Err(e.during(Operation::Continue));
+            return Err(e);
         }
-        Ok(())
+        failpoint("continue.started");
+        self.commit(Txn::new().put(keys::replica_set(&head.name), encode(&head)))
+            .await
     }
 
     /// Removes every container, record, claim and snapshot of the replicaSet.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
-        let (head, _) = self.head(name).await?;
-        let versions: Vec<Version> = self.read_all(&keys::versions(name)).await?;
+        let (mut head, revision) = self.head(name).await?;
         let result = async {
-            let label = format!("{LABEL_REPLICA_SET}={name}");
-            for container in self.runtime.list_containers(&label).await? {
-                self.runtime.remove_container(&container.id).await?;
-            }
-            self.runtime
-                .remove_container(&format!("{name}-{}", head.current))
+            self.record_intent(&mut head, revision, Intent::Delete)
                 .await?;
-            let ports: Vec<u16> = if head.status.holds_claims() {
-                head.ports.iter().map(|p| p.host_port).collect()
-            } else {
-                Vec::new()
-            };
-            let gpus = if head.status.holds_claims() {
-                head.gpus.clone()
-            } else {
-                Vec::new()
-            };
-            let txn = versions
-                .iter()
-                .fold(release(Txn::new(), &gpus, &ports), |t, v| {
-                    t.delete(keys::version(name, v.version))
-                })
-                .delete(keys::replica_set(name));
-            self.commit(txn).await?;
-            // Newest first: a snapshot goes only once the snapshots built on it are gone.
-            for snapshot in versions.iter().rev().filter_map(|v| v.snapshot.as_ref()) {
-                self.runtime.remove_image(snapshot).await?;
-            }
-            Ok(())
+            failpoint("delete.recorded");
+            self.finish_delete(head).await
         }
         .await;
         result.map_err(|e: Error| e.during(Operation::Delete))
+    }
+
+    /// Removes containers, then records and claims, then snapshots; safe to repeat.
+    pub(crate) async fn finish_delete(&self, head: ReplicaSet) -> Result<()> {
+        let name = head.name.clone();
+        let versions: Vec<Version> = self.read_all(&keys::versions(&name)).await?;
+        let label = format!("{LABEL_REPLICA_SET}={name}");
+        for container in self.runtime.list_containers(&label).await? {
+            self.runtime.remove_container(&container.id).await?;
+        }
+        self.runtime
+            .remove_container(&format!("{name}-{}", head.current))
+            .await?;
+        failpoint("delete.containers_removed");
+        // Release only claims this set holds: a stopped set's GPUs may be someone else's now.
+        let gpu_holders = self.gpu_holders().await?;
+        let port_holders = self.port_holders().await?;
+        let gpus: Vec<String> = gpu_holders
+            .into_iter()
+            .filter(|(_, holder)| holder == &name)
+            .map(|(gpu, _)| gpu)
+            .collect();
+        let ports: Vec<u16> = port_holders
+            .into_iter()
+            .filter(|(_, holder)| holder == &name)
+            .map(|(port, _)| port)
+            .collect();
+        let txn = versions
+            .iter()
+            .fold(release(Txn::new(), &gpus, &ports), |t, v| {
+                t.delete(keys::version(&name, v.version))
+            })
+            .delete(keys::replica_set(&name));
+        self.commit(txn).await?;
+        failpoint("delete.records_removed");
+        // Newest first: a snapshot goes only once the snapshots built on it are gone.
+        for snapshot in versions.iter().rev().filter_map(|v| v.snapshot.as_ref()) {
+            self.runtime.remove_image(snapshot).await?;
+        }
+        Ok(())
     }
 
     /// Runs `argv` (no shell) in the current container.

@@ -7,12 +7,13 @@
 
 use crate::engine::{check_name, encode, Engine, LABEL_VERSION, LABEL_VOLUME};
 use crate::error::{Error, Operation, Result};
+use crate::failpoint::failpoint;
 use crate::keys;
-use crate::model::{now, ReplicaSetInfo, Volume, VolumeInfo, VolumeVersion};
-use crate::replicaset::Prepared;
+use crate::model::{now, ReplicaSetInfo, Volume, VolumeInfo, VolumeIntent, VolumeVersion};
 use crate::runtime::Bind;
 use crate::size::parse_size;
 use crate::store::Txn;
+use crate::transition::Prepared;
 
 impl Engine {
     /// Creates volume `name` as Docker volume `{name}-1` of `size` (`20GB`).
@@ -34,6 +35,7 @@ impl Engine {
             name: name.to_string(),
             current: 1,
             latest: 1,
+            pending: None,
             created_at: version.created_at.clone(),
         };
         if self.runtime.inspect_volume(&docker_name).await?.is_some() {
@@ -87,7 +89,7 @@ impl Engine {
         Ok(version)
     }
 
-    async fn volume_head(&self, name: &str) -> Result<(Volume, VolumeVersion)> {
+    pub(crate) async fn volume_head(&self, name: &str) -> Result<(Volume, VolumeVersion)> {
         let name = base_volume_name(name);
         let (head, _) = self
             .read::<Volume>(&keys::volume(name))
@@ -142,40 +144,62 @@ impl Engine {
             created_at: now(),
         };
         head.latest = number;
+        head.pending = Some(VolumeIntent {
+            version: number,
+            users: users.iter().map(|u| u.replica_set.name.clone()).collect(),
+            copied: false,
+        });
         let txn = Txn::new()
             .put(keys::volume(&name), encode(&head))
             .put(keys::volume_version(&name, number), encode(&next));
         self.commit(txn).await?;
-        let moved = self.move_volume(&name, &current, &next, &users).await;
-        let next = match moved {
+        failpoint("resize.recorded");
+        let next = match self.move_volume(&mut head, &current, &next, &users).await {
             Ok(next) => next,
             Err(e) => {
-                let txn = Txn::new().delete(keys::volume_version(&name, number));
+                head.pending = None;
+                let txn = Txn::new()
+                    .delete(keys::volume_version(&name, number))
+                    .put(keys::volume(&name), encode(&head));
                 self.commit(txn).await?;
                 return Err(e.during(Operation::VolumeResize));
             }
         };
-        head.current = number;
-        self.commit(Txn::new().put(keys::volume(&name), encode(&head)))
-            .await?;
-        if let Err(e) = self.runtime.remove_volume(&current.docker_name).await {
-            tracing::warn!(volume = %current.docker_name, "old volume not removed: {e}");
-        }
+        failpoint("resize.finished");
+        self.complete_resize(&mut head, &current).await?;
         Ok(VolumeInfo {
             volume: head,
             version: next,
         })
     }
 
+    /// Makes the new version current and removes the old Docker volume.
+    pub(crate) async fn complete_resize(
+        &self,
+        head: &mut Volume,
+        old: &VolumeVersion,
+    ) -> Result<()> {
+        if let Some(intent) = head.pending.take() {
+            head.current = intent.version;
+        }
+        self.commit(Txn::new().put(keys::volume(&head.name), encode(&*head)))
+            .await?;
+        if let Err(e) = self.runtime.remove_volume(&old.docker_name).await {
+            tracing::warn!(volume = %old.docker_name, "old volume not removed: {e}");
+        }
+        Ok(())
+    }
+
     /// Creates `next`, stops the users, copies, rebinds the users; all or nothing.
     async fn move_volume(
         &self,
-        name: &str,
+        head: &mut Volume,
         current: &VolumeVersion,
         next: &VolumeVersion,
         users: &[ReplicaSetInfo],
     ) -> Result<VolumeVersion> {
-        let next = self.create_docker_volume(name, next).await?;
+        let next = self.create_docker_volume(&head.name, next).await?;
+        failpoint("resize.volume_created");
         let mut prepared: Vec<Prepared> = Vec::new();
         let outcome = async {
             for user in users {
@@ -190,11 +214,20 @@ impl Engine {
                         dest: bind.dest.clone(),
                     };
                 }
-                prepared.push(self.prepare_rebind(&user.replica_set.name, spec).await?);
+                prepared.push(
+                    self.prepare_rebind(&user.replica_set.name, spec, &head.name)
+                        .await?,
+                );
             }
+            failpoint("resize.prepared");
             // Every user is stopped now: the copy sees data at rest.
             self.runtime
                 .copy_volume(&current.docker_name, &next.docker_name)
+                .await?;
+            if let Some(intent) = head.pending.as_mut() {
+                intent.copied = true;
+            }
+            self.commit(Txn::new().put(keys::volume(&head.name), encode(&*head)))
                 .await
         }
         .await;
@@ -205,6 +238,7 @@ impl Engine {
             self.runtime.remove_volume(&next.docker_name).await.ok();
             return Err(e);
         }
+        failpoint("resize.copied");
         let mut started = Vec::new();
         let mut pending = prepared.into_iter();
         for p in pending.by_ref() {
@@ -219,6 +253,7 @@ impl Engine {
                 }
             }
         }
+        failpoint("resize.started");
         for p in started {
             self.finish(p).await?;
         }

@@ -4,7 +4,7 @@
 //! socket). Types here are the engine's own, so the engine never sees a bollard type and a mock
 //! runtime stays small.
 
-mod docker;
+pub(crate) mod docker;
 mod tar_size;
 
 pub use self::docker::{create_body, DockerRuntime};

@@ -1,0 +1,289 @@
+//! Crash recovery: what a starting engine does with operations a crash left in flight, and with
+//! Docker objects the store no longer knows.
+//!
+//! Every multi-step operation writes its intent into the head record before touching Docker
+//! (see [`crate::model::Intent`]), and every step is idempotent. [`Engine::recover`] therefore
+//! finishes what can be finished (a new version whose container exists; a stop; a delete; a
+//! resize whose copy is done) and undoes the rest (claims released, the old container running
+//! again), then removes labelled containers, images and volumes no record refers to.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_VOLUME};
+use crate::error::Result;
+use crate::keys;
+use crate::model::{Intent, ReplicaSet, Status, Version, Volume, VolumeVersion};
+use crate::runtime::docker::HELPER_LABEL;
+use crate::store::Txn;
+use crate::transition::Prepared;
+
+/// What [`Engine::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Operations finished ("patch of foo to version 3").
+    pub finished: Vec<String>,
+    /// Operations undone.
+    pub undone: Vec<String>,
+    /// Docker objects removed because no record refers to them.
+    pub orphans_removed: Vec<String>,
+    /// Problems that need a person: a current container that is gone.
+    pub missing: Vec<String>,
+}
+
+impl fmt::Display for Recovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} finished, {} undone, {} orphans removed, {} missing",
+            self.finished.len(),
+            self.undone.len(),
+            self.orphans_removed.len(),
+            self.missing.len()
+        )?;
+        for line in self
+            .finished
+            .iter()
+            .chain(&self.undone)
+            .chain(&self.orphans_removed)
+            .chain(&self.missing)
+        {
+            write!(f, "; {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Finishes or undoes every operation a crash left in flight, removes orphaned Docker
+    /// objects, and reports current containers that are gone. Call it once at start, before
+    /// serving requests.
+    pub async fn recover(&self) -> Result<Recovery> {
+        let mut report = Recovery::default();
+        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        for head in heads {
+            let Some(intent) = head.pending.clone() else {
+                continue;
+            };
+            let name = head.name.clone();
+            let _guard = self.lock(&format!("rs:{name}")).await;
+            match intent {
+                Intent::Run => {
+                    let version = self.version_record(&name, 1).await?;
+                    let created = self
+                        .runtime
+                        .inspect_container(&version.container)
+                        .await?
+                        .is_some();
+                    if created && self.finish_run(&name).await.is_ok() {
+                        report.finished.push(format!("run of {name}"));
+                    } else {
+                        self.undo_run(&name, &version).await?;
+                        report.undone.push(format!("run of {name}"));
+                    }
+                }
+                // The resize it belongs to decides, below.
+                Intent::NewVersion {
+                    resize: Some(_), ..
+                } => {}
+                Intent::NewVersion { version, .. } => {
+                    let line = format!("new version {version} of {name}");
+                    if self.recover_version(head, version, true).await? {
+                        report.finished.push(line);
+                    } else {
+                        report.undone.push(line);
+                    }
+                }
+                Intent::Stop => {
+                    self.finish_stop(head).await?;
+                    report.finished.push(format!("stop of {name}"));
+                }
+                Intent::Pause => {
+                    self.finish_pause(head).await?;
+                    report.finished.push(format!("pause of {name}"));
+                }
+                Intent::Continue { reclaimed } => {
+                    let before = if reclaimed {
+                        Status::Stopped
+                    } else {
+                        Status::Paused
+                    };
+                    match self.finish_resume(head, before).await {
+                        Ok(()) => report.finished.push(format!("continue of {name}")),
+                        Err(_) => report.undone.push(format!("continue of {name}")),
+                    }
+                }
+                Intent::Delete => {
+                    self.finish_delete(head).await?;
+                    report.finished.push(format!("delete of {name}"));
+                }
+            }
+        }
+        let volumes: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
+        for volume in volumes.into_iter().filter(|v| v.pending.is_some()) {
+            let _guard = self.lock(&format!("vol:{}", volume.name)).await;
+            self.recover_resize(volume, &mut report).await?;
+        }
+        self.remove_orphans(&mut report).await?;
+        self.check_current_containers(&mut report).await?;
+        if report != Recovery::default() {
+            tracing::warn!("recovery: {report}");
+        }
+        Ok(report)
+    }
+
+    /// Finishes the new version if `forward` and its container was created, else undoes it.
+    /// Returns whether it finished.
+    async fn recover_version(&self, head: ReplicaSet, version: u32, forward: bool) -> Result<bool> {
+        let name = head.name.clone();
+        let old = self.version_record(&name, head.current).await?;
+        let new = self.version_record(&name, version).await?;
+        let created = self
+            .runtime
+            .inspect_container(&new.container)
+            .await?
+            .is_some();
+        let Some(prepared) = Prepared::from_records(head, old, new) else {
+            return Ok(false);
+        };
+        if forward && created {
+            let prepared = match self.activate(prepared).await {
+                Ok(prepared) => prepared,
+                Err(_) => return Ok(false),
+            };
+            self.finish(prepared).await?;
+            Ok(true)
+        } else {
+            self.abort(prepared).await;
+            Ok(false)
+        }
+    }
+
+    /// A resize finishes once its copy is done; before that it is undone, users included.
+    async fn recover_resize(&self, mut volume: Volume, report: &mut Recovery) -> Result<()> {
+        let Some(intent) = volume.pending.clone() else {
+            return Ok(());
+        };
+        let old: VolumeVersion = self
+            .read(&keys::volume_version(&volume.name, volume.current))
+            .await?
+            .map(|(v, _)| v)
+            .ok_or_else(|| {
+                crate::Error::Store(format!("volume {} has no current record", volume.name))
+            })?;
+        for user in &intent.users {
+            let _guard = self.lock(&format!("rs:{user}")).await;
+            let Some((head, _)) = self.read::<ReplicaSet>(&keys::replica_set(user)).await? else {
+                continue;
+            };
+            if let Some(Intent::NewVersion {
+                version,
+                resize: Some(of),
+                ..
+            }) = head.pending.clone()
+            {
+                if of == volume.name {
+                    self.recover_version(head, version, intent.copied).await?;
+                }
+            }
+        }
+        let line = format!("resize of {} to version {}", volume.name, intent.version);
+        if intent.copied {
+            self.complete_resize(&mut volume, &old).await?;
+            report.finished.push(line);
+        } else {
+            let docker_name = format!("{}-{}", volume.name, intent.version);
+            self.runtime.remove_volume(&docker_name).await?;
+            volume.pending = None;
+            let txn = Txn::new()
+                .delete(keys::volume_version(&volume.name, intent.version))
+                .put(keys::volume(&volume.name), encode(&volume));
+            self.commit(txn).await?;
+            report.undone.push(line);
+        }
+        Ok(())
+    }
+
+    /// Removes labelled containers, snapshot images and volumes that no record refers to.
+    async fn remove_orphans(&self, report: &mut Recovery) -> Result<()> {
+        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let versions: Vec<Version> = self.read_all(keys::ALL_VERSIONS).await?;
+        let current: HashSet<String> = heads
+            .iter()
+            .map(|h| format!("{}-{}", h.name, h.current))
+            .collect();
+        let selected = |labels: &std::collections::BTreeMap<String, String>| {
+            self.config
+                .labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        };
+        for container in self.runtime.list_containers(LABEL_REPLICA_SET).await? {
+            if selected(&container.labels) && !current.contains(&container.name) {
+                self.runtime.remove_container(&container.id).await?;
+                report
+                    .orphans_removed
+                    .push(format!("container {}", container.name));
+            }
+        }
+        for helper in self.runtime.list_containers(HELPER_LABEL).await? {
+            self.runtime.remove_container(&helper.id).await?;
+            report
+                .orphans_removed
+                .push(format!("helper container {}", helper.name));
+        }
+        let referenced: HashSet<&String> = versions
+            .iter()
+            .flat_map(|v| v.snapshot.iter().chain(std::iter::once(&v.image)))
+            .collect();
+        let prefix = format!("{}/", self.config.snapshot_repo);
+        for image in self.runtime.list_images(LABEL_REPLICA_SET).await? {
+            if !selected(&image.labels) {
+                continue;
+            }
+            for tag in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
+                if !referenced.contains(tag) && self.runtime.remove_image(tag).await.is_ok() {
+                    report.orphans_removed.push(format!("image {tag}"));
+                }
+            }
+        }
+        let volume_heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
+        let live: HashSet<String> = volume_heads
+            .iter()
+            .map(|v| format!("{}-{}", v.name, v.current))
+            .collect();
+        for volume in self.runtime.list_volumes(LABEL_VOLUME).await? {
+            if selected(&volume.labels)
+                && !live.contains(&volume.name)
+                && self.runtime.remove_volume(&volume.name).await.is_ok()
+            {
+                report
+                    .orphans_removed
+                    .push(format!("volume {}", volume.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts current containers that should run and do not; reports those that are gone.
+    async fn check_current_containers(&self, report: &mut Recovery) -> Result<()> {
+        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        for head in heads {
+            let container = format!("{}-{}", head.name, head.current);
+            match self.runtime.inspect_container(&container).await? {
+                None => report
+                    .missing
+                    .push(format!("container {container} of {} is gone", head.name)),
+                Some(state) if head.status == Status::Running && !state.running => {
+                    if let Err(e) = self.runtime.start_container(&container).await {
+                        report
+                            .missing
+                            .push(format!("container {container} does not start: {e}"));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,362 @@
+//! How a replicaSet moves to a new version, carrying its filesystem.
+//!
+//! [`Engine::prepare`] claims what the new version needs and records the intent in the head,
+//! before Docker is touched; then it stops the old container, snapshots its filesystem to
+//! `{repo}/{name}:v{k}` (flattened when the chain nears the layer limit) and creates the new
+//! container. [`Engine::activate`] starts it; [`Engine::finish`] removes the old container and
+//! makes the new version current; [`Engine::abort`] undoes a prepared version. Each step is
+//! idempotent, so a restarted engine can finish or undo a transition from its records alone.
+
+use crate::engine::{claim, encode, release, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
+use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
+use crate::keys;
+use crate::model::{now, Intent, ReplicaSet, ReplicaSetSpec, Status, Version};
+use crate::store::Txn;
+
+/// Which filesystem a new version starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Filesystem {
+    /// The current container's, as it is now.
+    Current,
+    /// The snapshot of an earlier version.
+    Of(u32),
+}
+
+/// A new version recorded (and perhaps created) but not yet current.
+pub(crate) struct Prepared {
+    pub(crate) name: String,
+    /// The head as recorded, with the intent in `pending`.
+    head: ReplicaSet,
+    old: Version,
+    new: Version,
+    /// Whether the old container ran before the transition.
+    was_running: bool,
+    run: bool,
+    claimed_gpus: Vec<String>,
+    claimed_ports: Vec<u16>,
+    released_gpus: Vec<String>,
+}
+
+impl Prepared {
+    /// Rebuilds a transition from its records (crash recovery); `None` if the head records no
+    /// new version.
+    pub(crate) fn from_records(head: ReplicaSet, old: Version, new: Version) -> Option<Prepared> {
+        let Some(Intent::NewVersion {
+            run,
+            claimed_gpus,
+            claimed_ports,
+            released_gpus,
+            ..
+        }) = head.pending.clone()
+        else {
+            return None;
+        };
+        Some(Prepared {
+            name: head.name.clone(),
+            was_running: head.status == Status::Running,
+            head,
+            old,
+            new,
+            run,
+            claimed_gpus,
+            claimed_ports,
+            released_gpus,
+        })
+    }
+}
+
+impl Engine {
+    /// Claims and records a new version, stops and snapshots the old container, creates the new
+    /// one. `run` false keeps a paused or stopped set paused or stopped (volume rebinds);
+    /// `resize` names the volume resize this is part of.
+    pub(crate) async fn prepare(
+        &self,
+        name: &str,
+        spec: ReplicaSetSpec,
+        filesystem: Filesystem,
+        run: bool,
+        resize: Option<String>,
+    ) -> Result<Prepared> {
+        let mut prepared = self
+            .record_transition(name, spec, filesystem, run, resize)
+            .await?;
+        failpoint("version.recorded");
+        if let Err(e) = self.replace_container(&mut prepared).await {
+            self.abort(prepared).await;
+            return Err(e);
+        }
+        Ok(prepared)
+    }
+
+    /// Picks GPUs and ports and writes the intent, the claims and the new version record in one
+    /// transaction; retries when another engine claims the same GPUs or ports first.
+    async fn record_transition(
+        &self,
+        name: &str,
+        spec: ReplicaSetSpec,
+        filesystem: Filesystem,
+        run: bool,
+        resize: Option<String>,
+    ) -> Result<Prepared> {
+        for _ in 0..8 {
+            let (head, revision) = self.head(name).await?;
+            let old = self.version_record(name, head.current).await?;
+            let run = run || head.status == Status::Running;
+            let claims_after = run || head.status.holds_claims();
+            let held_gpus = if head.status.holds_claims() {
+                head.gpus.clone()
+            } else {
+                Vec::new()
+            };
+            let held_ports: Vec<u16> = if head.status.holds_claims() {
+                head.ports.iter().map(|p| p.host_port).collect()
+            } else {
+                Vec::new()
+            };
+            let (gpus, ports) = if claims_after {
+                let gpus = self
+                    .pick_gpus_for(name, &held_gpus, spec.gpu_count as usize)
+                    .await?;
+                let ports = self
+                    .pick_ports_for(name, &spec.container_ports, &head.ports)
+                    .await?;
+                (gpus, ports)
+            } else {
+                (head.gpus.clone(), head.ports.clone())
+            };
+            let (claimed_gpus, claimed_ports): (Vec<String>, Vec<u16>) = if claims_after {
+                (
+                    gpus.iter()
+                        .filter(|g| !held_gpus.contains(g))
+                        .cloned()
+                        .collect(),
+                    ports
+                        .iter()
+                        .map(|p| p.host_port)
+                        .filter(|p| !held_ports.contains(p))
+                        .collect(),
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let released_gpus: Vec<String> = held_gpus
+                .iter()
+                .filter(|g| !gpus.contains(g))
+                .cloned()
+                .collect();
+            let number = head.latest + 1;
+            let image = match filesystem {
+                Filesystem::Current => self.snapshot_name(name, old.version),
+                Filesystem::Of(k) => self
+                    .version_record(name, k)
+                    .await?
+                    .snapshot
+                    .ok_or_else(|| Error::Store(format!("version {k} has no snapshot")))?,
+            };
+            let new = Version {
+                version: number,
+                container: format!("{name}-{number}"),
+                spec: spec.clone(),
+                gpus,
+                ports,
+                image,
+                snapshot: None,
+                created_at: now(),
+            };
+            let mut recorded = head.clone();
+            recorded.latest = number;
+            recorded.pending = Some(Intent::NewVersion {
+                version: number,
+                run,
+                claimed_gpus: claimed_gpus.clone(),
+                claimed_ports: claimed_ports.clone(),
+                released_gpus: released_gpus.clone(),
+                resize: resize.clone(),
+            });
+            let txn = claim(Txn::new(), name, &claimed_gpus, &claimed_ports)
+                .unchanged(keys::replica_set(name), revision)
+                .put(keys::replica_set(name), encode(&recorded))
+                .put(keys::version(name, number), encode(&new));
+            if self.store.commit(txn).await? {
+                return Ok(Prepared {
+                    name: name.to_string(),
+                    was_running: head.status == Status::Running,
+                    head: recorded,
+                    old,
+                    new,
+                    run,
+                    claimed_gpus,
+                    claimed_ports,
+                    released_gpus,
+                });
+            }
+            let (_, now_revision) = self.head(name).await?;
+            if now_revision != revision {
+                return Err(Error::Store(format!(
+                    "'{name}' was changed by another engine during this operation"
+                )));
+            }
+            // Only a claim was lost to another engine: pick again.
+        }
+        Err(Error::Store(
+            "GPUs or ports kept being claimed by others; try again".into(),
+        ))
+    }
+
+    /// Stops the old container, snapshots it (flattening a long chain) and creates the new one.
+    async fn replace_container(&self, prepared: &mut Prepared) -> Result<()> {
+        let old = prepared.old.clone();
+        if self.is_running(&old.container).await? {
+            self.runtime
+                .stop_container(&old.container, self.config.stop_timeout)
+                .await?;
+        }
+        failpoint("version.stopped");
+        let snapshot = self.snapshot_name(&prepared.name, old.version);
+        let labels = self.labels(&[
+            (LABEL_REPLICA_SET, prepared.name.clone()),
+            (LABEL_VERSION, old.version.to_string()),
+        ]);
+        let depth = match self.runtime.inspect_image(&old.image).await? {
+            Some(image) => image.layers,
+            None => 0,
+        };
+        if depth + 1 > self.config.max_layers {
+            tracing::info!(container = %old.container, depth, "flattening snapshot");
+            self.runtime
+                .commit_flattened(&old.container, &snapshot, &labels)
+                .await?;
+        } else {
+            self.runtime
+                .commit(&old.container, &snapshot, &labels)
+                .await?;
+        }
+        let mut old = old;
+        old.snapshot = Some(snapshot);
+        self.store
+            .put(&keys::version(&prepared.name, old.version), encode(&old))
+            .await?;
+        prepared.old = old;
+        failpoint("version.committed");
+        let spec = self.container_spec(&prepared.name, &prepared.new);
+        self.runtime.create_container(&spec).await?;
+        failpoint("version.created");
+        Ok(())
+    }
+
+    pub(crate) async fn is_running(&self, container: &str) -> Result<bool> {
+        Ok(self
+            .runtime
+            .inspect_container(container)
+            .await?
+            .is_some_and(|c| c.running))
+    }
+
+    /// Starts the new container (when it is to run); aborts on failure.
+    pub(crate) async fn activate(&self, prepared: Prepared) -> Result<Prepared> {
+        if !prepared.run || self.is_running(&prepared.new.container).await? {
+            return Ok(prepared);
+        }
+        match self.runtime.start_container(&prepared.new.container).await {
+            Ok(()) => {
+                failpoint("version.started");
+                Ok(prepared)
+            }
+            Err(e) => {
+                self.abort(prepared).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the old container and makes the new version current; then prunes snapshots.
+    pub(crate) async fn finish(&self, prepared: Prepared) -> Result<()> {
+        let Prepared {
+            name,
+            mut head,
+            old,
+            new,
+            run,
+            released_gpus,
+            ..
+        } = prepared;
+        if let Err(e) = self.runtime.remove_container(&old.container).await {
+            tracing::warn!(container = %old.container, "old container not removed: {e}");
+        }
+        failpoint("version.old_removed");
+        head.current = new.version;
+        head.pending = None;
+        head.gpus = new.gpus.clone();
+        head.ports = new.ports.clone();
+        if run {
+            head.status = Status::Running;
+        }
+        // GPUs go back to the pool only now that the container holding them is gone.
+        let txn =
+            release(Txn::new(), &released_gpus, &[]).put(keys::replica_set(&name), encode(&head));
+        self.commit(txn).await?;
+        if let Err(e) = self.prune_snapshots(&name).await {
+            tracing::warn!(replica_set = %name, "snapshot pruning failed: {e}");
+        }
+        Ok(())
+    }
+
+    /// Undoes a prepared version: its container, its claims and its record; the old container
+    /// runs again if it ran before. The version number stays used.
+    pub(crate) async fn abort(&self, prepared: Prepared) {
+        let Prepared {
+            name,
+            mut head,
+            old,
+            new,
+            was_running,
+            claimed_gpus,
+            claimed_ports,
+            ..
+        } = prepared;
+        if let Err(e) = self.runtime.remove_container(&new.container).await {
+            tracing::error!(container = %new.container, "cannot remove failed version: {e}");
+        }
+        if was_running && !self.is_running(&old.container).await.unwrap_or(true) {
+            if let Err(e) = self.runtime.start_container(&old.container).await {
+                tracing::error!(container = %old.container, "cannot restart old version: {e}");
+            }
+        }
+        head.pending = None;
+        let txn = release(Txn::new(), &claimed_gpus, &claimed_ports)
+            .delete(keys::version(&name, new.version))
+            .put(keys::replica_set(&name), encode(&head));
+        if let Err(e) = self.store.commit(txn).await {
+            tracing::error!(replica_set = %name, "cannot release claims of failed version: {e}");
+        }
+    }
+
+    pub(crate) fn snapshot_name(&self, name: &str, version: u32) -> String {
+        format!(
+            "{}/{}:v{version}",
+            self.config.snapshot_repo,
+            name.to_ascii_lowercase()
+        )
+    }
+
+    /// Untags snapshots beyond the newest `keep_snapshots`.
+    async fn prune_snapshots(&self, name: &str) -> Result<()> {
+        let versions: Vec<Version> = self.read_all(&keys::versions(name)).await?;
+        let keep = self.config.keep_snapshots.max(1);
+        for mut version in versions
+            .into_iter()
+            .rev()
+            .filter(|v| v.snapshot.is_some())
+            .skip(keep)
+        {
+            if let Some(snapshot) = version.snapshot.take() {
+                self.runtime.remove_image(&snapshot).await?;
+                self.store
+                    .put(&keys::version(name, version.version), encode(&version))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

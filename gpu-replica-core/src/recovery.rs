@@ -226,11 +226,22 @@ impl Engine {
                     .push(format!("container {}", container.name));
             }
         }
+        // Helpers that moved data of our volumes (the label holds the Docker volume name).
+        let volume_heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
+        let ours = |docker_name: &str| {
+            volume_heads.iter().any(|v| {
+                docker_name
+                    .rsplit_once('-')
+                    .is_some_and(|(base, _)| base == v.name)
+            })
+        };
         for helper in self.runtime.list_containers(HELPER_LABEL).await? {
-            self.runtime.remove_container(&helper.id).await?;
-            report
-                .orphans_removed
-                .push(format!("helper container {}", helper.name));
+            if helper.labels.get(HELPER_LABEL).is_some_and(|v| ours(v)) {
+                self.runtime.remove_container(&helper.id).await?;
+                report
+                    .orphans_removed
+                    .push(format!("helper container {}", helper.name));
+            }
         }
         let referenced: HashSet<&String> = versions
             .iter()
@@ -247,7 +258,7 @@ impl Engine {
                 }
             }
         }
-        let volume_heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
+
         let live: HashSet<String> = volume_heads
             .iter()
             .map(|v| format!("{}-{}", v.name, v.current))

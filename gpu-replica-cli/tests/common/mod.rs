@@ -1,0 +1,245 @@
+//! Test scaffolding for the server binary: start, restart and kill `gpu-replica serve`, talk
+//! to it over HTTP and through the CLI. Shared by every test file of this crate.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gpu_replica_core::testkit;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gpu-replica");
+
+/// A server process on its own data dir and port; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub port_range: String,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// A server with a host port range of its own, or `port_range` when given.
+    pub fn start(data_dir: &Path, port_range: Option<String>) -> Server {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let port_range = port_range.unwrap_or_else(|| {
+            let range = testkit::port_range();
+            format!("{}-{}", range.start, range.end)
+        });
+        let child = spawn(&addr, data_dir, &port_range);
+        let server = Server {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            port_range,
+        };
+        server.wait_ready();
+        server
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(&self.addr).is_ok()
+                && http(&self.addr, "GET", "/ping", None).1["code"] == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server on {} did not come up", self.addr);
+    }
+
+    /// SIGTERM, wait for a clean exit, start again on the same data dir and address.
+    pub fn restart(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "server exited with {status}");
+        self.child = spawn(&self.addr, &self.data_dir, &self.port_range);
+        self.wait_ready();
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        http(&self.addr, method, path, body)
+    }
+
+    /// SIGTERM, then start again with `failpoint` armed.
+    pub fn restart_armed(&mut self, failpoint: &str) {
+        self.terminate();
+        self.child = spawn_with(
+            &self.addr,
+            &self.data_dir,
+            &self.port_range,
+            Some(failpoint),
+        );
+        self.wait_ready();
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "server exited with {status}");
+    }
+
+    /// Waits for the server to exit by itself (a failpoint); returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the server again (unarmed) after it exited.
+    pub fn start_again(&mut self) {
+        self.child = spawn(&self.addr, &self.data_dir, &self.port_range);
+        self.wait_ready();
+    }
+
+    /// Sends a request whose answer may never come (the server may exit on the way).
+    pub fn call_may_fail(&self, method: &str, path: &str, body: Option<Value>) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        if let Ok(mut stream) = TcpStream::connect(&self.addr) {
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(request.as_bytes());
+            let mut answer = String::new();
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+            let _ = stream.read_to_string(&mut answer);
+        }
+    }
+
+    /// The CLI binary against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--server")
+            .arg(format!("http://{}", self.addr))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+pub fn spawn(addr: &str, data_dir: &Path, port_range: &str) -> Child {
+    spawn_with(addr, data_dir, port_range, None)
+}
+
+/// Starts the server binary; `failpoint` arms `GPU_REPLICA_FAILPOINT`.
+pub fn spawn_with(addr: &str, data_dir: &Path, port_range: &str, failpoint: Option<&str>) -> Child {
+    let mut command = Command::new(BIN);
+    if let Some(failpoint) = failpoint {
+        command.env("GPU_REPLICA_FAILPOINT", failpoint);
+    }
+    command
+        .args([
+            "serve",
+            "--gpus",
+            "fake:4",
+            "--gpu-attach",
+            "env",
+            "--stop-timeout",
+            "0",
+        ])
+        .args([
+            "--addr",
+            addr,
+            "--label",
+            "io.gpu-replica.test=1",
+            "--log-level",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--port-range", port_range])
+        // Recovery at start removes orphans carrying all of the server's labels: a label of its
+        // own keeps it from touching the objects of the tests running beside it.
+        .arg("--label")
+        .arg(format!("io.gpu-replica.instance={}", data_dir.display()))
+        .stdout(
+            std::fs::File::create(data_dir.join("server.log"))
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        )
+        .spawn()
+        .unwrap()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.
+pub fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let raw = body.map(|b| b.to_string());
+    http_raw(addr, method, path, raw.as_deref())
+}
+
+pub fn http_raw(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let (_, payload) = answer.split_once("\r\n\r\n").unwrap();
+    (
+        status,
+        serde_json::from_str(payload).unwrap_or_else(|_| panic!("not JSON: {answer}")),
+    )
+}
+
+pub fn data_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(testkit::unique_name("gpu_replica_e2e_"));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -35,14 +35,16 @@ impl fmt::Display for ClientError {
 /// A client for one server.
 pub struct Client {
     base: String,
+    token: Option<String>,
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Client {
     /// A client for `base` (`http://127.0.0.1:2378`).
-    pub fn new(base: &str) -> Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
+            token,
             http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -56,10 +58,14 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let url = format!("{}{}", self.base, path.into());
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(&url)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
         let response = self

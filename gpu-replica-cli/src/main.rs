@@ -24,6 +24,9 @@ struct Cli {
         default_value = "http://127.0.0.1:2378"
     )]
     server: String,
+    /// Bearer token: the server requires it (serve), the client sends it.
+    #[arg(long, global = true, env = "GPU_REPLICA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print the server's JSON data instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -48,7 +51,7 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => match serve::serve(args).await {
+        Command::Serve(args) => match serve::serve(args, cli.token).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gpu-replica: {e}");
@@ -65,7 +68,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Client(command) => {
-            let client = client::Client::new(&cli.server);
+            let client = client::Client::new(&cli.server, cli.token);
             match commands::execute(&client, command, cli.json).await {
                 Ok(code) => code,
                 Err(e) => {

@@ -53,7 +53,10 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     allow_host_paths: Vec<PathBuf>,
-    /// Allow listening on a non-loopback address (there is no authentication yet).
+    /// File holding the bearer token (instead of --token; trailing whitespace ignored).
+    #[arg(long, env = "GPU_REPLICA_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Allow a non-loopback address without a token.
     #[arg(long, env = "GPU_REPLICA_INSECURE")]
     insecure: bool,
     /// Extra label KEY=VALUE on every container, image and volume created (repeatable).
@@ -117,17 +120,29 @@ fn open_inventory(spec: &str) -> Result<Arc<dyn GpuInventory>, String> {
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM.
-pub async fn serve(args: ServeArgs) -> Result<(), String> {
+/// Runs the server until SIGINT or SIGTERM; with a token, every route but /ping needs it.
+pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log_level)
                 .map_err(|e| format!("--log-level: {e}"))?,
         )
         .init();
-    if !args.addr.ip().is_loopback() && !args.insecure {
+    let token = match (&args.token_file, token) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?
+                .trim_end()
+                .to_string(),
+        ),
+        (None, token) => token,
+    };
+    if token.as_deref() == Some("") {
+        return Err("the token is empty".into());
+    }
+    if !args.addr.ip().is_loopback() && token.is_none() && !args.insecure {
         return Err(format!(
-            "refusing to listen on {} without authentication; use a loopback address or --insecure",
+            "refusing to listen on {} without a token: give --token or --token-file, use a loopback address, or --insecure",
             args.addr
         ));
     }
@@ -164,7 +179,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     tracing::info!("listening on http://{}", args.addr);
-    axum::serve(listener, gpu_replica_http::router(engine))
+    let app = match token {
+        Some(token) => {
+            tracing::info!("bearer token required on every route but /ping");
+            gpu_replica_http::router_with_token(engine, token)
+        }
+        None => gpu_replica_http::router(engine),
+    };
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;

@@ -654,3 +654,52 @@ fn a_public_address_needs_insecure() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
 }
+
+#[test]
+fn with_a_token_the_cli_must_send_it() {
+    let dir = data_dir();
+    std::fs::write(dir.join("token"), "t0ken\n").unwrap();
+    let addr = format!("0.0.0.0:{}", free_port());
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--gpus",
+            "fake:1",
+            "--addr",
+            &addr,
+            "--log-level",
+            "warn",
+        ])
+        .arg("--token-file")
+        .arg(dir.join("token"))
+        .arg("--data-dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let local = addr.replace("0.0.0.0", "http://127.0.0.1");
+    let gpus = |token: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command.args(["--server", &local, "--json", "gpus"]);
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        command.output().unwrap()
+    };
+    let mut ready = false;
+    for _ in 0..100 {
+        if gpus(Some("t0ken")).status.success() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ready, "server with a token did not answer");
+    let refused = gpus(None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("1042"));
+    assert!(!gpus(Some("wrong")).status.success());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -25,6 +25,9 @@ pub const LABEL_REPLICA_SET: &str = "io.gpu-replica.replicaset";
 pub const LABEL_VERSION: &str = "io.gpu-replica.version";
 /// Label carrying the volume name on volumes.
 pub const LABEL_VOLUME: &str = "io.gpu-replica.volume";
+/// Label carrying the identity of the store that records an object: recovery removes only
+/// orphans of its own store, never those of another deployment on the same Docker host.
+pub const LABEL_STORE: &str = "io.gpu-replica.store";
 
 /// Host paths never mounted, whatever the operator allows.
 const FORBIDDEN_HOST_PATHS: &[&str] = &[
@@ -80,6 +83,8 @@ pub struct Engine {
     pub(crate) inventory: Arc<dyn GpuInventory>,
     pub(crate) config: EngineConfig,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Identity of the store, known once [`Engine::recover`] has run.
+    pub(crate) store_id: std::sync::OnceLock<String>,
 }
 
 impl Engine {
@@ -96,6 +101,7 @@ impl Engine {
             inventory,
             config,
             locks: Mutex::new(HashMap::new()),
+            store_id: std::sync::OnceLock::new(),
         }
     }
 
@@ -190,6 +196,9 @@ impl Engine {
     /// Labels for an object of replicaSet `name`, version `version`.
     pub(crate) fn labels(&self, pairs: &[(&str, String)]) -> BTreeMap<String, String> {
         let mut labels = self.config.labels.clone();
+        if let Some(id) = self.store_id.get() {
+            labels.insert(LABEL_STORE.to_string(), id.clone());
+        }
         labels.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
         labels
     }

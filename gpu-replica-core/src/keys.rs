@@ -54,3 +54,6 @@ pub fn volume_version(name: &str, v: u32) -> String {
 pub fn volume_versions(name: &str) -> String {
     format!("volume-versions/{name}/")
 }
+
+/// The store's identity, written once by the first engine that recovers on it.
+pub const STORE_ID: &str = "meta/store-id";

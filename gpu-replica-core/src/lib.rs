@@ -51,7 +51,9 @@ mod volume;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use crate::engine::{Engine, EngineConfig, LABEL_REPLICA_SET, LABEL_VERSION, LABEL_VOLUME};
+pub use crate::engine::{
+    Engine, EngineConfig, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME,
+};
 pub use crate::error::{Error, Operation, Result};
 pub use crate::failpoint::{FAILPOINTS, FAILPOINT_EXIT_CODE};
 pub use crate::gpu::{GpuInfo, GpuInventory, NvmlInventory, StaticInventory};

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_VOLUME};
+use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
 use crate::error::Result;
 use crate::keys;
 use crate::model::{Intent, ReplicaSet, Status, Version, Volume, VolumeVersion};
@@ -59,6 +59,7 @@ impl Engine {
     /// objects, and reports current containers that are gone. Call it once at start, before
     /// serving requests.
     pub async fn recover(&self) -> Result<Recovery> {
+        self.load_store_id().await?;
         let mut report = Recovery::default();
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
         for head in heads {
@@ -130,6 +131,27 @@ impl Engine {
             tracing::warn!("recovery: {report}");
         }
         Ok(report)
+    }
+
+    /// Reads the store's identity, creating it on a new store.
+    async fn load_store_id(&self) -> Result<()> {
+        let fresh = {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            format!("{:x}{:x}", nanos, std::process::id())
+        };
+        let txn = Txn::new()
+            .absent(keys::STORE_ID)
+            .put(keys::STORE_ID, fresh.clone().into_bytes());
+        self.store.commit(txn).await?;
+        let id = match self.store.get(keys::STORE_ID).await? {
+            Some(entry) => String::from_utf8_lossy(&entry.value).into_owned(),
+            None => fresh,
+        };
+        let _ = self.store_id.set(id);
+        Ok(())
     }
 
     /// Finishes the new version if `forward` and its container was created, else undoes it.
@@ -212,11 +234,9 @@ impl Engine {
             .iter()
             .map(|h| format!("{}-{}", h.name, h.current))
             .collect();
+        // Only objects this store recorded: never another deployment's on the same host.
         let selected = |labels: &std::collections::BTreeMap<String, String>| {
-            self.config
-                .labels
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
+            labels.get(LABEL_STORE) == self.store_id.get()
         };
         for container in self.runtime.list_containers(LABEL_REPLICA_SET).await? {
             if selected(&container.labels) && !current.contains(&container.name) {

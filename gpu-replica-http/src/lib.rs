@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod envelope;
 mod openapi;
 mod routes;
@@ -40,8 +41,18 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Longest a request may take: a patch may stop (grace), commit and start a container.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Every route of the API over `engine`.
+/// Every route of the API over `engine`, open to anyone who can reach it (bind it to
+/// loopback, or use [`router_with_token`]).
 pub fn router(engine: Arc<Engine>) -> Router {
+    routes(engine, None)
+}
+
+/// Every route of the API over `engine`; all but `/ping` need `Authorization: Bearer <token>`.
+pub fn router_with_token(engine: Arc<Engine>, token: String) -> Router {
+    routes(engine, Some(token))
+}
+
+fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
     use routes::{replicaset as rs, resources, volume};
     let api = Router::new()
         .route("/replicaSet", post(rs::run).get(rs::list))
@@ -63,12 +74,21 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/volumes/{name}/history", get(volume::history))
         .route("/resources/gpus", get(resources::gpus))
         .route("/resources/ports", get(resources::ports));
-    Router::new()
+    let guarded = Router::new()
         .nest("/api/v1", api)
-        .route("/ping", get(routes::ping))
         .route("/openapi.json", get(openapi::document))
         .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
+        .method_not_allowed_fallback(routes::method_not_allowed);
+    let guarded = match token {
+        Some(token) => guarded.layer(axum::middleware::from_fn_with_state(
+            Arc::new(auth::Token::new(token)),
+            auth::require_token,
+        )),
+        None => guarded,
+    };
+    Router::new()
+        .route("/ping", get(routes::ping))
+        .merge(guarded)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

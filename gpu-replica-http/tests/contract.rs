@@ -78,7 +78,7 @@ async fn every_contract_route_is_served_and_documented() {
         assert!(reply["code"].is_number(), "{method} {path}: {reply}");
     }
     let description = doc["info"]["description"].as_str().unwrap();
-    for code in 1000..=1040 {
+    for code in 1000..=1042 {
         assert!(
             description.contains(&code.to_string()),
             "code {code} undocumented"
@@ -166,4 +166,45 @@ async fn a_docker_failure_on_run_is_1004_and_releases_the_gpus() {
         .all(|v| *v == json!(0)));
     let (status, _) = call(&app, "GET", "/api/v1/replicaSet/foo", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn with_a_token_every_route_but_ping_needs_it() {
+    let engine = Engine::new(
+        Arc::new(MockContainerRuntime::new()),
+        Arc::new(MemoryStore::new()),
+        Arc::new(StaticInventory::fake(1)),
+        EngineConfig::default(),
+    );
+    let app = gpu_replica_http::router_with_token(Arc::new(engine), "s3cret".into());
+    let send = |auth: Option<&str>, path: &str| {
+        let mut request = Request::builder().uri(path);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        app.clone().oneshot(request.body(Body::empty()).unwrap())
+    };
+    assert_eq!(send(None, "/ping").await.unwrap().status(), StatusCode::OK);
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret"),
+        Some("Bearer s3cre"),
+    ] {
+        for path in ["/api/v1/resources/gpus", "/openapi.json", "/api/v1/nothing"] {
+            let response = send(auth, path).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{auth:?} {path}"
+            );
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(body["code"], 1042);
+        }
+    }
+    let response = send(Some("Bearer s3cret"), "/api/v1/resources/gpus")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -320,7 +320,7 @@ async fn bad_requests_create_and_claim_nothing(store: TestStore) {
     assert_eq!(engine.rollback(&name, 9).await.unwrap_err().code(), 1021);
     let info = engine.info(&name).await.unwrap();
     assert_eq!(info.version.version, 1);
-    // A failed patch does not use up a version number either, nor hold a GPU.
+    // A refused patch does not use up a version number, nor hold a GPU.
     assert_eq!(info.replica_set.latest, 1);
     assert_eq!(free_gpus(&engine).await, 1);
     engine.delete(&name).await.unwrap();

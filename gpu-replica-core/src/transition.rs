@@ -324,6 +324,10 @@ impl Engine {
             }
         }
         head.pending = None;
+        // The number was never seen as a version: hand it out again, so history has no gaps.
+        if head.latest == new.version {
+            head.latest -= 1;
+        }
         let txn = release(Txn::new(), &claimed_gpus, &claimed_ports)
             .delete(keys::version(&name, new.version))
             .put(keys::replica_set(&name), encode(&head));

@@ -388,6 +388,7 @@ impl ContainerRuntime for DockerRuntime {
             running: state.running.unwrap_or(false),
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
             labels: config.labels.unwrap_or_default().into_iter().collect(),
+            env: config.env.unwrap_or_default(),
         }))
     }
 
@@ -416,6 +417,7 @@ impl ContainerRuntime for DockerRuntime {
                 running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
                 status: c.status.unwrap_or_default(),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
+                env: Vec::new(),
             })
             .collect())
     }

@@ -108,6 +108,8 @@ pub struct ContainerState {
     pub status: String,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// Its environment, `KEY=value` (empty in listings).
+    pub env: Vec<String>,
 }
 
 /// Output of a command run in a container.

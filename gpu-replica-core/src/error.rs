@@ -198,9 +198,12 @@ pub enum Error {
     /// The Docker engine answered with an error or could not be reached.
     #[error("docker: {0}")]
     Docker(String),
-    /// The state store answered with an error or could not be reached.
+    /// The state store answered with an error.
     #[error("state store: {0}")]
     Store(String),
+    /// Docker or the state store cannot be reached now; nothing was changed, try again.
+    #[error("{0} is unreachable; nothing was changed, try again when it is back")]
+    Unavailable(String),
     /// An operation cannot be done in the object's present state (a stopped set, GPUs now
     /// held by another, a volume still mounted); the user can act on the reason.
     #[error("{op} refused: {reason}")]
@@ -249,6 +252,7 @@ impl Error {
             Error::Gpu(_) => 1038,
             Error::Docker(_) => 1039,
             Error::Store(_) => 1040,
+            Error::Unavailable(_) => 1041,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }

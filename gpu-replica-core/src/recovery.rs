@@ -62,63 +62,9 @@ impl Engine {
         self.load_store_id().await?;
         let mut report = Recovery::default();
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
-        for head in heads {
-            let Some(intent) = head.pending.clone() else {
-                continue;
-            };
-            let name = head.name.clone();
-            let _guard = self.lock(&format!("rs:{name}")).await;
-            match intent {
-                Intent::Run => {
-                    let version = self.version_record(&name, 1).await?;
-                    let created = self
-                        .runtime
-                        .inspect_container(&version.container)
-                        .await?
-                        .is_some();
-                    if created && self.finish_run(&name).await.is_ok() {
-                        report.finished.push(format!("run of {name}"));
-                    } else {
-                        self.undo_run(&name, &version).await?;
-                        report.undone.push(format!("run of {name}"));
-                    }
-                }
-                // The resize it belongs to decides, below.
-                Intent::NewVersion {
-                    resize: Some(_), ..
-                } => {}
-                Intent::NewVersion { version, .. } => {
-                    let line = format!("new version {version} of {name}");
-                    if self.recover_version(head, version, true).await? {
-                        report.finished.push(line);
-                    } else {
-                        report.undone.push(line);
-                    }
-                }
-                Intent::Stop => {
-                    self.finish_stop(head).await?;
-                    report.finished.push(format!("stop of {name}"));
-                }
-                Intent::Pause => {
-                    self.finish_pause(head).await?;
-                    report.finished.push(format!("pause of {name}"));
-                }
-                Intent::Continue { reclaimed } => {
-                    let before = if reclaimed {
-                        Status::Stopped
-                    } else {
-                        Status::Paused
-                    };
-                    match self.finish_resume(head, before).await {
-                        Ok(()) => report.finished.push(format!("continue of {name}")),
-                        Err(_) => report.undone.push(format!("continue of {name}")),
-                    }
-                }
-                Intent::Delete => {
-                    self.finish_delete(head).await?;
-                    report.finished.push(format!("delete of {name}"));
-                }
-            }
+        for head in heads.into_iter().filter(|h| h.pending.is_some()) {
+            let _guard = self.lock(&format!("rs:{}", head.name)).await;
+            self.recover_set(head, &mut report).await?;
         }
         let volumes: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
         for volume in volumes.into_iter().filter(|v| v.pending.is_some()) {
@@ -131,6 +77,87 @@ impl Engine {
             tracing::warn!("recovery: {report}");
         }
         Ok(report)
+    }
+
+    /// Finishes or undoes the operation recorded in `head` (the caller holds the set's lock).
+    async fn recover_set(&self, head: ReplicaSet, report: &mut Recovery) -> Result<()> {
+        let Some(intent) = head.pending.clone() else {
+            return Ok(());
+        };
+        let name = head.name.clone();
+        match intent {
+            Intent::Run => {
+                let version = self.version_record(&name, 1).await?;
+                let created = self
+                    .runtime
+                    .inspect_container(&version.container)
+                    .await?
+                    .is_some();
+                if created && self.finish_run(&name).await.is_ok() {
+                    report.finished.push(format!("run of {name}"));
+                } else {
+                    self.undo_run(&name, &version).await?;
+                    report.undone.push(format!("run of {name}"));
+                }
+            }
+            // The resize it belongs to decides, below.
+            Intent::NewVersion {
+                resize: Some(_), ..
+            } => {}
+            Intent::NewVersion { version, .. } => {
+                let line = format!("new version {version} of {name}");
+                if self.recover_version(head, version, true).await? {
+                    report.finished.push(line);
+                } else {
+                    report.undone.push(line);
+                }
+            }
+            Intent::Stop => {
+                self.finish_stop(head).await?;
+                report.finished.push(format!("stop of {name}"));
+            }
+            Intent::Pause => {
+                self.finish_pause(head).await?;
+                report.finished.push(format!("pause of {name}"));
+            }
+            Intent::Continue { reclaimed } => {
+                let before = if reclaimed {
+                    Status::Stopped
+                } else {
+                    Status::Paused
+                };
+                match self.finish_resume(head, before).await {
+                    Ok(()) => report.finished.push(format!("continue of {name}")),
+                    Err(_) => report.undone.push(format!("continue of {name}")),
+                }
+            }
+            Intent::Delete => {
+                self.finish_delete(head).await?;
+                report.finished.push(format!("delete of {name}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles what a failed operation left on `name` (the store or Docker went away midway)
+    /// before the next operation on it; the caller holds the set's lock.
+    pub(crate) async fn settle(&self, name: &str) -> Result<()> {
+        let Some((head, _)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await? else {
+            return Ok(());
+        };
+        if matches!(
+            head.pending,
+            None | Some(Intent::NewVersion {
+                resize: Some(_),
+                ..
+            })
+        ) {
+            return Ok(());
+        }
+        let mut report = Recovery::default();
+        self.recover_set(head, &mut report).await?;
+        tracing::warn!(replica_set = %name, "settled an interrupted operation: {report}");
+        Ok(())
     }
 
     /// Reads the store's identity, creating it on a new store.

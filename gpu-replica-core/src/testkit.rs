@@ -246,3 +246,82 @@ pub async fn sh(engine: &crate::Engine, name: &str, script: &str) -> (String, i6
         .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
     (out.output, out.exit_code)
 }
+
+/// An etcd of a test's own (the `etcd` binary from Debian's etcd-server), for tests that stop
+/// and start it; killed on drop.
+pub struct EtcdProcess {
+    child: Option<std::process::Child>,
+    data_dir: std::path::PathBuf,
+    client_port: u16,
+    peer_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+impl EtcdProcess {
+    /// Starts etcd on free loopback ports with a fresh data dir; panics if it cannot.
+    pub fn start() -> EtcdProcess {
+        let data_dir = std::env::temp_dir().join(unique_name("gpu_replica_etcd_"));
+        let mut etcd = EtcdProcess {
+            child: None,
+            data_dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
+        etcd.resume();
+        etcd
+    }
+
+    /// The client endpoint, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (as a crash or an outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data; waits until it answers.
+    pub fn resume(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = std::process::Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &self.endpoint()])
+            .args(["--advertise-client-urls", &self.endpoint()])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start etcd ({e}); install etcd-server or run scripts/test.sh")
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("etcd did not come up on {}", self.endpoint());
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}

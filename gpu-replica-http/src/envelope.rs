@@ -97,7 +97,9 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::VolumeNameSlash(_)
         | Error::ImageNotFound(_)
         | Error::BindRefused(_) => StatusCode::BAD_REQUEST,
-        Error::Gpu(_) | Error::Docker(_) | Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Gpu(_) | Error::Docker(_) | Error::Store(_) | Error::Unavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -49,6 +49,13 @@ pub struct DockerRuntime {
 fn docker_err(e: BollardError) -> Error {
     match e {
         BollardError::DockerResponseServerError { message, .. } => Error::Docker(message),
+        // The engine cannot be reached at all (socket gone, connection refused, timeout).
+        BollardError::IOError { .. }
+        | BollardError::HyperLegacyError { .. }
+        | BollardError::RequestTimeoutError
+        | BollardError::SocketNotFoundError(_) => {
+            Error::Unavailable(format!("the Docker engine ({e})"))
+        }
         other => Error::Docker(other.to_string()),
     }
 }

@@ -17,15 +17,35 @@ pub struct EtcdStore {
     prefix: String,
 }
 
-fn store_err(e: impl std::fmt::Display) -> Error {
-    Error::Store(format!("etcd: {e}"))
+fn store_err(e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    match &e {
+        E::TransportError(_) | E::IoError(_) => Error::Unavailable(format!("etcd ({e})")),
+        E::GRpcStatus(status)
+            if matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+            ) =>
+        {
+            Error::Unavailable(format!("etcd ({})", status.message()))
+        }
+        _ => Error::Store(format!("etcd: {e}")),
+    }
 }
 
 impl EtcdStore {
     /// Connects to `endpoints` (`http://host:port`); every key is stored under `prefix`, so
     /// several deployments (or test runs) can share one cluster.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
-        let client = Client::connect(endpoints, None).await.map_err(store_err)?;
+        // Bounded waits: a request to an etcd that is gone fails in seconds with a clear error
+        // instead of hanging; the channel reconnects by itself when etcd is back.
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(3))
+            .with_timeout(std::time::Duration::from_secs(5));
+        let client = Client::connect(endpoints, Some(options))
+            .await
+            .map_err(store_err)?;
         Ok(EtcdStore {
             client,
             endpoints: endpoints.to_vec(),
@@ -38,7 +58,9 @@ impl EtcdStore {
     }
 
     fn entry(&self, kv: &etcd_client::KeyValue) -> Result<Entry> {
-        let key = kv.key_str().map_err(store_err)?;
+        let key = kv
+            .key_str()
+            .map_err(|e| Error::Store(format!("etcd: {e}")))?;
         Ok(Entry {
             key: key.strip_prefix(&self.prefix).unwrap_or(key).to_string(),
             value: kv.value().to_vec(),

@@ -319,7 +319,7 @@ impl Engine {
             return Err(Error::NegativeGpuCount(count));
         }
         let _guard = self.lock(&format!("rs:{name}")).await;
-        self.settle(&name).await?;
+        self.settle(name).await?;
         let (head, _) = self.head(name).await?;
         let current = self.version_record(name, head.current).await?;
         let mut spec = current.spec.clone();
@@ -360,7 +360,7 @@ impl Engine {
         let version = u32::try_from(version)
             .map_err(|_| Error::InvalidParams(format!("version {version} is too large")))?;
         let _guard = self.lock(&format!("rs:{name}")).await;
-        self.settle(&name).await?;
+        self.settle(name).await?;
         let (head, _) = self.head(name).await?;
         if version == head.current {
             return Err(Error::NoNeedRollback(version));
@@ -393,7 +393,7 @@ impl Engine {
     /// kept; a stopped set gets any free ones).
     pub async fn restart(&self, name: &str) -> Result<ReplicaSetInfo> {
         let _guard = self.lock(&format!("rs:{name}")).await;
-        self.settle(&name).await?;
+        self.settle(name).await?;
         let (head, _) = self.head(name).await?;
         let current = self.version_record(name, head.current).await?;
         self.new_version(name, current.spec, Filesystem::Current)
@@ -448,7 +448,7 @@ impl Engine {
     /// Stops the container and releases its GPUs and ports.
     pub async fn stop(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
-        self.settle(&name).await?;
+        self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
         let container = format!("{name}-{}", head.current);
         if head.status == Status::Stopped {
@@ -486,7 +486,7 @@ impl Engine {
     /// Stops the container but keeps its GPUs and ports.
     pub async fn pause(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
-        self.settle(&name).await?;
+        self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
         if head.status == Status::Stopped {
             return Err(Error::refused(
@@ -521,7 +521,7 @@ impl Engine {
     /// again, or fails saying who holds them. (The contract calls this "continue".)
     pub async fn resume(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
-        self.settle(&name).await?;
+        self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
         let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
         let reclaimed = head.status == Status::Stopped;
@@ -604,7 +604,7 @@ impl Engine {
     /// Removes every container, record, claim and snapshot of the replicaSet.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
-        self.settle(&name).await?;
+        self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
         let result = async {
             self.record_intent(&mut head, revision, Intent::Delete)

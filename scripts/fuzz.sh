@@ -27,6 +27,7 @@ cleanup() {
   ids=$(docker ps -aq --filter label=io.gpu-replica.test); [ -z "$ids" ] || docker rm -f $ids >/dev/null
   ids=$(docker volume ls -q --filter label=io.gpu-replica.test); [ -z "$ids" ] || docker volume rm -f $ids >/dev/null
   ids=$(docker images -q --filter label=io.gpu-replica.replicaset); [ -z "$ids" ] || docker rmi -f $ids >/dev/null 2>&1 || true
+  docker rmi gpu-replica/helper:empty >/dev/null 2>&1 || true
   rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -41,7 +42,10 @@ run() { # name, schema, extra args...
       --report junit --report-junit-path "$workdir/$name.xml" >"$workdir/$name.out" 2>&1; then
     status=1
   fi
-  tail -25 "$workdir/$name.out"
+  if grep -q "FAILURES" "$workdir/$name.out"; then
+    sed -n '/FAILURES/,/WARNINGS/p' "$workdir/$name.out"
+  fi
+  sed -n '/SUMMARY/,$p' "$workdir/$name.out"
   python3 - "$workdir/$name.xml" "$name" <<'PY'
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()

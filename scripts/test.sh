@@ -42,6 +42,7 @@ sweep_docker() {
   # Images: newest first, so snapshots go before the snapshots they build on.
   ids=$(docker images -q --filter label=io.gpu-replica.test 2>/dev/null | awk '!seen[$0]++' || true)
   [ -z "$ids" ] || docker rmi -f $ids >/dev/null 2>&1 || true
+  docker rmi gpu-replica/helper:empty >/dev/null 2>&1 || true
 }
 
 cleanup() {

@@ -33,6 +33,8 @@ use crate::error::{Error, Result};
 
 /// Label on helper containers, so a sweep can find any left behind by a crash.
 pub const HELPER_LABEL: &str = "io.gpu-replica.helper";
+/// The image helper containers are created from (never started): an empty filesystem.
+pub const HELPER_IMAGE: &str = "gpu-replica/helper:empty";
 
 const SIZE_UNKNOWN: u8 = 0;
 const SIZE_ENFORCED: u8 = 1;
@@ -97,7 +99,8 @@ impl DockerRuntime {
         })
     }
 
-    /// Uses `image` for the helper containers that move volume data (default: any local image).
+    /// Uses `image` for the helper containers that move volume data (default: an empty image
+    /// of our own, imported on first use).
     pub fn with_helper_image(mut self, image: impl Into<String>) -> DockerRuntime {
         self.helper_image = Some(image.into());
         self
@@ -131,19 +134,28 @@ impl DockerRuntime {
         Ok(())
     }
 
+    /// The image of helper containers: the configured one, or a tiny image of our own (an empty
+    /// filesystem, imported once), so volume data moves even on a host without any image.
     async fn helper_image(&self) -> Result<String> {
         if let Some(image) = &self.helper_image {
             return Ok(image.clone());
         }
-        let images = self
-            .docker
-            .list_images(None::<ListImagesOptions>)
-            .await
-            .map_err(docker_err)?;
-        images
-            .into_iter()
-            .find_map(|i| i.repo_tags.into_iter().find(|t| t != "<none>:<none>"))
-            .ok_or_else(|| Error::Docker("no local image to create a helper container from".into()))
+        if self.inspect_image(HELPER_IMAGE).await?.is_none() {
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            header.set_mode(0o755);
+            tar.append_data(&mut header, "data", std::io::empty())
+                .map_err(|e| Error::Docker(format!("building the helper image: {e}")))?;
+            let bytes = tar
+                .into_inner()
+                .map_err(|e| Error::Docker(format!("building the helper image: {e}")))?;
+            let body = futures_util::stream::iter([Ok(Bytes::from(bytes))]);
+            let changes = vec![format!("LABEL {HELPER_LABEL}=image")];
+            self.import_image(body, HELPER_IMAGE, changes).await?;
+        }
+        Ok(HELPER_IMAGE.to_string())
     }
 
     /// A created, never started container that mounts `volume` at `/data`.

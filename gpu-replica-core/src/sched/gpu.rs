@@ -28,6 +28,12 @@ pub fn pick_gpus(
     if free.len() < wanted {
         return None;
     }
+    if gpus.iter().all(|g| g.distances.is_empty()) {
+        // No topology: every set is as close as any other, so the lowest indices win.
+        let mut uuids: Vec<String> = keep.to_vec();
+        uuids.extend(free[..wanted].iter().map(|&i| gpus[i].uuid.clone()));
+        return Some(uuids);
+    }
     let distance = |a: usize, b: usize| -> u32 { gpus[a].distances.get(b).copied().unwrap_or(0) };
     // Grow a set greedily from a seed, always adding the free GPU closest to the set.
     let grow = |mut chosen: Vec<usize>| -> (u32, Vec<usize>) {

@@ -1,7 +1,9 @@
 //! The embedded default store: one redb file, no server.
 //!
-//! redb is synchronous; every call runs on tokio's blocking pool. A write transaction is
-//! exclusive, so checking a [`Txn`]'s conditions and applying its writes inside one is atomic.
+//! redb is synchronous. Reads are served from memory-mapped pages in microseconds and run in
+//! place; writes wait for the disk (fsync) and run on tokio's blocking pool. A write
+//! transaction is exclusive, so checking a [`Txn`]'s conditions and applying its writes inside
+//! one is atomic.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,43 +110,35 @@ impl RedbStore {
 #[async_trait]
 impl StateStore for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        let key = key.to_string();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(store_err)?;
-            let entries = tx.open_table(ENTRIES).map_err(store_err)?;
-            Ok(entries.get(key.as_str()).map_err(store_err)?.map(|v| {
-                let (revision, value) = v.value();
-                Entry {
-                    key: key.clone(),
-                    value: value.to_vec(),
-                    revision,
-                }
-            }))
-        })
-        .await
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let entries = tx.open_table(ENTRIES).map_err(store_err)?;
+        Ok(entries.get(key).map_err(store_err)?.map(|v| {
+            let (revision, value) = v.value();
+            Entry {
+                key: key.to_string(),
+                value: value.to_vec(),
+                revision,
+            }
+        }))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
-        let prefix = prefix.to_string();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(store_err)?;
-            let entries = tx.open_table(ENTRIES).map_err(store_err)?;
-            let mut found = Vec::new();
-            for item in entries.range(prefix.as_str()..).map_err(store_err)? {
-                let (key, value) = item.map_err(store_err)?;
-                if !key.value().starts_with(&prefix) {
-                    break;
-                }
-                let (revision, bytes) = value.value();
-                found.push(Entry {
-                    key: key.value().to_string(),
-                    value: bytes.to_vec(),
-                    revision,
-                });
+        let tx = self.db.begin_read().map_err(store_err)?;
+        let entries = tx.open_table(ENTRIES).map_err(store_err)?;
+        let mut found = Vec::new();
+        for item in entries.range(prefix..).map_err(store_err)? {
+            let (key, value) = item.map_err(store_err)?;
+            if !key.value().starts_with(prefix) {
+                break;
             }
-            Ok(found)
-        })
-        .await
+            let (revision, bytes) = value.value();
+            found.push(Entry {
+                key: key.value().to_string(),
+                value: bytes.to_vec(),
+                revision,
+            });
+        }
+        Ok(found)
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64> {

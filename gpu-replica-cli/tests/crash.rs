@@ -270,6 +270,20 @@ async fn crash_at_every_failpoint_of(group: &str) {
             "{failpoint} was not reached"
         );
         server.start_again();
+        // The recovery is reported: what it did with the operation in flight, nothing missing.
+        let (_, status) = server.call("GET", "/api/v1/status", None);
+        let recovery = &status["data"]["recovery"];
+        assert_eq!(recovery["missing"], json!([]), "{failpoint}: {status}");
+        let handled = ["finished", "undone", "orphansRemoved"]
+            .iter()
+            .map(|k| recovery[k].as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+        let nothing_left = ["delete.records_removed", "resize.finished"].contains(failpoint)
+            || failpoint.ends_with(".old_removed");
+        assert!(
+            handled > 0 || nothing_left,
+            "{failpoint}: recovery reported nothing: {status}"
+        );
         check(&server, &world, failpoint).await;
         // Clean up through the API: it must still work.
         let (_, list) = server.call("GET", "/api/v1/replicaSet", None);

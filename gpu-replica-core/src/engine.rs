@@ -85,6 +85,8 @@ pub struct Engine {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Identity of the store, known once [`Engine::recover`] has run.
     pub(crate) store_id: std::sync::OnceLock<String>,
+    /// What the last [`Engine::recover`] did.
+    pub(crate) last_recovery: Mutex<Option<crate::Recovery>>,
 }
 
 impl Engine {
@@ -102,7 +104,17 @@ impl Engine {
             config,
             locks: Mutex::new(HashMap::new()),
             store_id: std::sync::OnceLock::new(),
+            last_recovery: Mutex::new(None),
         }
+    }
+
+    /// What the last [`Engine::recover`] finished, undid, removed and found missing; `None`
+    /// before it ran.
+    pub fn last_recovery(&self) -> Option<crate::Recovery> {
+        self.last_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The configuration in force.

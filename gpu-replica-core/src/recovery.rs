@@ -19,7 +19,8 @@ use crate::store::Txn;
 use crate::transition::Prepared;
 
 /// What [`Engine::recover`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Recovery {
     /// Operations finished ("patch of foo to version 3").
     pub finished: Vec<String>,
@@ -76,6 +77,7 @@ impl Engine {
         if report != Recovery::default() {
             tracing::warn!("recovery: {report}");
         }
+        *self.last_recovery.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         Ok(report)
     }
 

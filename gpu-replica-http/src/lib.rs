@@ -73,7 +73,8 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
         .route("/volumes/{name}/size", patch(volume::resize))
         .route("/volumes/{name}/history", get(volume::history))
         .route("/resources/gpus", get(resources::gpus))
-        .route("/resources/ports", get(resources::ports));
+        .route("/resources/ports", get(resources::ports))
+        .route("/status", get(resources::status));
     let guarded = Router::new()
         .nest("/api/v1", api)
         .route("/openapi.json", get(openapi::document))

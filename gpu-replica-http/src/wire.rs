@@ -504,3 +504,35 @@ pub struct Pong {
     /// Always "pong".
     pub ping: String,
 }
+
+/// What the last start-up recovery did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryView {
+    /// Operations a crash left in flight that were finished.
+    pub finished: Vec<String>,
+    /// Operations that were undone.
+    pub undone: Vec<String>,
+    /// Containers, images and volumes of ours that no record referred to.
+    pub orphans_removed: Vec<String>,
+    /// Current containers that are gone (need a person: restart or delete the set).
+    pub missing: Vec<String>,
+}
+
+/// `GET /api/v1/status`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusReply {
+    /// The last recovery; null when the engine has not run one.
+    pub recovery: Option<RecoveryView>,
+}
+
+impl From<gpu_replica_core::Recovery> for RecoveryView {
+    fn from(r: gpu_replica_core::Recovery) -> RecoveryView {
+        RecoveryView {
+            finished: r.finished,
+            undone: r.undone,
+            orphans_removed: r.orphans_removed,
+            missing: r.missing,
+        }
+    }
+}

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use gpu_replica_core::Engine;
 
 use crate::envelope::{ok, ApiError};
-use crate::wire::{DetailQuery, GpuDetail, GpuDetails, GpuMap, PortUsage, PortsReply};
+use crate::wire::{
+    DetailQuery, GpuDetail, GpuDetails, GpuMap, PortUsage, PortsReply, RecoveryView, StatusReply,
+};
 
 /// GPU usage: `{uuid: 0|1}`, or every GPU in detail with `?detail=true`.
 #[utoipa::path(get, path = "/api/v1/resources/gpus", tag = "resource",
@@ -39,4 +41,13 @@ pub async fn ports(State(engine): State<Arc<Engine>>) -> Result<Response, ApiErr
         ports: PortUsage::from(&status),
     })
     .into_response())
+}
+
+/// What the start-up recovery finished, undid, removed, and which current containers are gone.
+#[utoipa::path(get, path = "/api/v1/status", tag = "resource", responses((status = 200, body = StatusReply)))]
+pub async fn status(State(engine): State<Arc<Engine>>) -> Response {
+    ok(StatusReply {
+        recovery: engine.last_recovery().map(RecoveryView::from),
+    })
+    .into_response()
 }

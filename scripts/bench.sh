@@ -46,8 +46,11 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0));
 addr=127.0.0.1:$(port)
 api=http://$addr/api/v1
 start=$(now)
+# The 2 MB bench image has a busybox `cp`: volume copies run inside Docker (--copy-image).
+"$examples/bench_image" gpu-replica-bench/img:2MB 0 >/dev/null
 "$bin" serve --addr "$addr" --data-dir "$work/data" --gpus fake:8 --gpu-attach env \
-  --stop-timeout 0 --port-range 48000-48199 --label $label --log-level warn >"$work/server.log" 2>&1 &
+  --stop-timeout 0 --port-range 48000-48199 --label $label --log-level warn \
+  --copy-image gpu-replica-bench/img:2MB >"$work/server.log" 2>&1 &
 server=$!
 until curl -sf "http://$addr/ping" >/dev/null; do sleep 0.01; done
 ready=$(elapsed "$start" "$(now)")

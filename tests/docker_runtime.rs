@@ -151,6 +151,15 @@ async fn volume_data_is_measured_and_copied_through_the_api() {
     );
     docker.copy_volume(&from, &to).await.unwrap();
     assert_eq!(docker.volume_used_bytes(&to).await.unwrap(), 300 * 1024 + 3);
+    // The same copy inside Docker, with `cp -a` in a container of an image that has one.
+    let by_cp = testkit::unique_name("volc");
+    docker.create_volume(&by_cp, None, &labels).await.unwrap();
+    let fast = testkit::docker().await.with_copy_image(TEST_IMAGE);
+    fast.copy_volume(&from, &by_cp).await.unwrap();
+    assert_eq!(
+        docker.volume_used_bytes(&by_cp).await.unwrap(),
+        300 * 1024 + 3
+    );
 
     let reader = testkit::unique_name("reader");
     let mut s = spec(&reader, TEST_IMAGE);
@@ -173,7 +182,7 @@ async fn volume_data_is_measured_and_copied_through_the_api() {
 
     let listed = docker.list_volumes(testkit::TEST_LABEL).await.unwrap();
     assert!(listed.iter().any(|v| v.name == from));
-    for volume in [&from, &to] {
+    for volume in [&from, &to, &by_cp] {
         docker.remove_volume(volume).await.unwrap();
         assert!(docker.inspect_volume(volume).await.unwrap().is_none());
     }

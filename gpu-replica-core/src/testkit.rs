@@ -41,6 +41,7 @@ const APPLETS: &[&str] = &[
     "touch",
     "du",
     "sha256sum",
+    "cp",
 ];
 
 /// Labels every test object carries.

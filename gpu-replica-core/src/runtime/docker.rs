@@ -44,6 +44,9 @@ const SIZE_IGNORED: u8 = 2;
 pub struct DockerRuntime {
     docker: Docker,
     helper_image: Option<String>,
+    /// An image with `cp`: volume data is then copied inside Docker at disk speed instead of
+    /// streamed through the archive API.
+    copy_image: Option<String>,
     /// Whether the local volume driver accepts `size`; detected on the first sized create.
     size_support: AtomicU8,
 }
@@ -95,6 +98,7 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             helper_image: None,
+            copy_image: None,
             size_support: AtomicU8::new(SIZE_UNKNOWN),
         })
     }
@@ -104,6 +108,68 @@ impl DockerRuntime {
     pub fn with_helper_image(mut self, image: impl Into<String>) -> DockerRuntime {
         self.helper_image = Some(image.into());
         self
+    }
+
+    /// Copies volume data with `cp -a` in a container of `image` (any image with a `cp`, a
+    /// CUDA image for instance) instead of through the archive API: several times faster.
+    pub fn with_copy_image(mut self, image: impl Into<String>) -> DockerRuntime {
+        self.copy_image = Some(image.into());
+        self
+    }
+
+    /// Runs `cp -a` from one volume to the other in a container of `image`; waits for it.
+    async fn copy_inside(&self, image: &str, from: &str, to: &str) -> Result<()> {
+        let name = format!("gpu-replica-helper-copy-{to}");
+        self.remove_container(&name).await?;
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec!["cp".into()]),
+            cmd: Some(vec!["-a".into(), "/from/.".into(), "/to/".into()]),
+            labels: Some(HashMap::from([(HELPER_LABEL.to_string(), to.to_string())])),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                binds: Some(vec![format!("{from}:/from:ro"), format!("{to}:/to")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let outcome = async {
+            self.docker
+                .create_container(Some(options), body)
+                .await
+                .map_err(docker_err)?;
+            self.docker
+                .start_container(&name, None)
+                .await
+                .map_err(docker_err)?;
+            let mut wait = self.docker.wait_container(
+                &name,
+                None::<bollard::query_parameters::WaitContainerOptions>,
+            );
+            while let Some(status) = wait.next().await {
+                match status {
+                    Ok(status) if status.status_code == 0 => {}
+                    Ok(status) => {
+                        return Err(Error::Docker(format!(
+                            "cp -a exited with {}",
+                            status.status_code
+                        )))
+                    }
+                    Err(BollardError::DockerContainerWaitError { code, error }) => {
+                        return Err(Error::Docker(format!("cp -a exited with {code}: {error}")))
+                    }
+                    Err(e) => return Err(docker_err(e)),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.remove_container(&name).await?;
+        outcome
     }
 
     /// The bollard client, for callers that need an API this trait does not cover.
@@ -681,6 +747,9 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn copy_volume(&self, from: &str, to: &str) -> Result<()> {
+        if let Some(image) = &self.copy_image {
+            return self.copy_inside(image, from, to).await;
+        }
         let source = self.helper(from, "from").await?;
         let target = match self.helper(to, "to").await {
             Ok(target) => target,

@@ -190,7 +190,6 @@ async fn volume_data_is_measured_and_copied_through_the_api() {
 
 #[tokio::test]
 async fn a_published_port_reaches_the_container() {
-    use std::io::{Read, Write};
     let docker = testkit::docker().await;
     let name = testkit::unique_name("port");
     let port = gpu_replica_core::sched::pick_ports(
@@ -216,20 +215,7 @@ async fn a_published_port_reaches_the_container() {
         .await
         .unwrap();
     assert_eq!(served.exit_code, 0, "{}", served.output);
-    let body = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream
-            .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body
-    })
-    .await
-    .unwrap();
+    let body = testkit::http_get(port).await;
     assert!(body.contains("hello"), "{body}");
     docker.remove_container(&name).await.unwrap();
 }

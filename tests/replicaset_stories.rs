@@ -1,8 +1,6 @@
 //! User stories of replicaSets on the real Docker engine, each on memory, redb and etcd.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::time::Duration;
 
 use gpu_replica_core::testkit::{self, sh, TestStore, IMAGE_FILE, TEST_IMAGE};
 use gpu_replica_core::{Bind, Engine, PatchRequest, RunRequest, Status};
@@ -15,24 +13,6 @@ fn request(name: &str, gpus: i64) -> RunRequest {
         env: vec!["USER=tester".into()],
         ..Default::default()
     }
-}
-
-async fn http_get(port: u16) -> String {
-    tokio::task::spawn_blocking(move || {
-        let mut stream =
-            std::net::TcpStream::connect(("127.0.0.1", port)).expect("host port accepts");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream
-            .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).ok();
-        body
-    })
-    .await
-    .unwrap()
 }
 
 async fn free_gpus(engine: &Engine) -> usize {
@@ -78,7 +58,7 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
         "echo served > /var/www/index.html && httpd -p 8080 -h /var/www",
     )
     .await;
-    assert!(http_get(port).await.contains("served"));
+    assert!(testkit::http_get(port).await.contains("served"));
     assert_eq!(free_gpus(&engine).await, 2);
 
     // Install something, delete a file of the image, write into the volume.
@@ -114,7 +94,7 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
         .unwrap()
         .is_none());
     sh(&engine, &name, "httpd -p 8080 -h /var/www").await;
-    assert!(http_get(port).await.contains("served"));
+    assert!(testkit::http_get(port).await.contains("served"));
 
     // Version 3 = rollback to 1: 2 GPUs and version 1's filesystem.
     sh(&engine, &name, "echo v2 > /root/v2-only").await;

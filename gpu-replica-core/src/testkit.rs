@@ -326,3 +326,20 @@ impl Drop for EtcdProcess {
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
+
+/// `GET /index.html` over HTTP/1.0 on a host port of 127.0.0.1; the whole answer, or what
+/// arrived before the connection closed.
+pub async fn http_get(port: u16) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("host port {port} refuses connections: {e}"));
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let _ = stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .unwrap_or_default()
+}

@@ -101,6 +101,19 @@ fn request_for(failpoint: &str, w: &World) -> (&'static str, String, Option<Valu
     }
 }
 
+/// The files `prepare` wrote into `a`'s rootfs and volume are still there.
+fn assert_files_intact(server: &Server, w: &World, context: &str) {
+    let (_, out) = server.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{}/execute", w.a),
+        Some(json!({"cmd": ["cat", "/root/keep", "/data/keep"]})),
+    );
+    assert_eq!(
+        out["data"]["stdout"], "rootfs\nvolume\n",
+        "{context}: {out}"
+    );
+}
+
 /// Every invariant the crash must not have broken.
 async fn check(server: &Server, w: &World, failpoint: &str) {
     let (_, list) = server.call("GET", "/api/v1/replicaSet", None);
@@ -173,13 +186,7 @@ async fn check(server: &Server, w: &World, failpoint: &str) {
             set["status"]
         );
         // Versions: newest first, no number twice, the current one on top.
-        let (_, history) = server.call("GET", &format!("/api/v1/replicaSet/{name}/history"), None);
-        let versions: Vec<i64> = history["data"]["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["version"].as_i64().unwrap())
-            .collect();
+        let versions = server.versions(name);
         assert!(
             versions.windows(2).all(|w| w[0] > w[1]),
             "{failpoint}: {versions:?}"
@@ -191,15 +198,7 @@ async fn check(server: &Server, w: &World, failpoint: &str) {
         );
         // Files survive.
         if name == w.a && set["status"] == "running" {
-            let (_, out) = server.call(
-                "POST",
-                &format!("/api/v1/replicaSet/{}/execute", w.a),
-                Some(json!({"cmd": ["cat", "/root/keep", "/data/keep"]})),
-            );
-            assert_eq!(
-                out["data"]["stdout"], "rootfs\nvolume\n",
-                "{failpoint}: {out}"
-            );
+            assert_files_intact(server, w, failpoint);
         }
     }
     // No leftover containers of ours beyond the current ones.
@@ -236,15 +235,7 @@ async fn check(server: &Server, w: &World, failpoint: &str) {
             .iter()
             .all(|h| h["version"].as_i64() != Some(after)));
         if a["status"] == "running" {
-            let (_, out) = server.call(
-                "POST",
-                &format!("/api/v1/replicaSet/{}/execute", w.a),
-                Some(json!({"cmd": ["cat", "/root/keep", "/data/keep"]})),
-            );
-            assert_eq!(
-                out["data"]["stdout"], "rootfs\nvolume\n",
-                "{failpoint} after the next patch: {out}"
-            );
+            assert_files_intact(server, w, &format!("{failpoint}, after the next patch"));
         }
     }
 }

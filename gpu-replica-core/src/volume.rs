@@ -323,8 +323,14 @@ impl Engine {
     pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
         let heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
         let mut infos = Vec::with_capacity(heads.len());
-        for head in heads {
-            let (volume, version) = self.volume_head(&head.name).await?;
+        for volume in heads {
+            let key = keys::volume_version(&volume.name, volume.current);
+            let (version, _) = self.read::<VolumeVersion>(&key).await?.ok_or_else(|| {
+                Error::Store(format!(
+                    "volume '{}' has no current version record",
+                    volume.name
+                ))
+            })?;
             infos.push(VolumeInfo { volume, version });
         }
         Ok(infos)

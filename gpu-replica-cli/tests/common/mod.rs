@@ -137,6 +137,17 @@ impl Server {
         }
     }
 
+    /// Version numbers of `name`'s history, as the server lists them (newest first).
+    pub fn versions(&self, name: &str) -> Vec<i64> {
+        let (_, history) = self.call("GET", &format!("/api/v1/replicaSet/{name}/history"), None);
+        history["data"]["history"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no history of {name}: {history}"))
+            .iter()
+            .map(|h| h["version"].as_i64().unwrap())
+            .collect()
+    }
+
     /// The CLI binary against this server.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)

@@ -49,6 +49,45 @@ impl Client {
         }
     }
 
+    /// Opens a GET whose answer is a stream (logs, events); an error answer is returned as
+    /// the envelope's error.
+    pub async fn open(
+        &self,
+        path: impl Into<String>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let url = format!("{}{}", self.base, path.into());
+        let mut request = Request::builder().method(Method::GET).uri(&url);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
+        let response = self
+            .http
+            .request(request)
+            .await
+            .map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?
+            .to_bytes();
+        let envelope: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Err(ClientError::Api {
+            code: envelope.get("code").and_then(Value::as_u64).unwrap_or(0),
+            msg: envelope
+                .get("msg")
+                .and_then(Value::as_str)
+                .unwrap_or("no message")
+                .to_string(),
+        })
+    }
+
     /// Sends a request; returns `data` of a successful envelope.
     pub async fn call(
         &self,

@@ -32,6 +32,8 @@ pub enum ClientCommand {
         /// Container port to publish on a host port (22, 53/udp).
         #[arg(long = "port", short)]
         ports: Vec<String>,
+        #[command(flatten)]
+        resources: ResourceArgs,
         /// Command replacing the image's.
         #[arg(last = true)]
         cmd: Vec<String>,
@@ -61,6 +63,62 @@ pub enum ClientCommand {
         /// Its replacement, SRC:DEST.
         #[arg(long, requires = "old_bind")]
         new_bind: Option<String>,
+        #[command(flatten)]
+        resources: ResourceArgs,
+    },
+    /// Show or set the timers that stop a replicaSet (idle GPUs, a set time).
+    Timers {
+        /// ReplicaSet name.
+        name: String,
+        /// Stop after the GPUs were idle this long (30m, 2h).
+        #[arg(long)]
+        idle: Option<String>,
+        /// Stop at this time, RFC 3339 (2026-11-23T08:00:00Z).
+        #[arg(long)]
+        at: Option<String>,
+        /// Remove both timers.
+        #[arg(long, conflicts_with_all = ["idle", "at"])]
+        clear: bool,
+    },
+    /// A new replicaSet from a version of another (its spec and filesystem).
+    Clone {
+        /// ReplicaSet to clone.
+        source: String,
+        /// Name of the new replicaSet.
+        name: String,
+        /// Version to clone (default: the current one).
+        #[arg(long)]
+        version: Option<i64>,
+        /// GPUs of the clone (default: as the cloned version).
+        #[arg(long, short)]
+        gpus: Option<i64>,
+        #[command(flatten)]
+        resources: ResourceArgs,
+    },
+    /// Print the current container's log.
+    Logs {
+        /// ReplicaSet name.
+        name: String,
+        /// Only the last N lines.
+        #[arg(long = "tail", short = 'n')]
+        tail: Option<u64>,
+        /// Keep printing what the container writes until it stops.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// CPU, memory, network and GPU figures of the current container.
+    Stats {
+        /// ReplicaSet name.
+        name: String,
+    },
+    /// Lifecycle events: the last N, then (with -f) live ones.
+    Events {
+        /// Stored events to show first.
+        #[arg(long = "tail", short = 'n', default_value_t = 20)]
+        tail: usize,
+        /// Keep printing events as they happen.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Return to an earlier version's spec and filesystem (as a new version).
     Rollback {
@@ -158,6 +216,30 @@ pub enum VolumeCommand {
     },
 }
 
+/// CPU, memory and shm asked for (each within the share of the GPU count).
+#[derive(Debug, clap::Args)]
+pub struct ResourceArgs {
+    /// CPUs (1.5 allowed).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory with KB, MB, GB or TB.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Size of /dev/shm with KB, MB, GB or TB.
+    #[arg(long)]
+    shm: Option<String>,
+}
+
+impl ResourceArgs {
+    /// The request's `resources` object, or `None` when nothing was asked.
+    fn body(&self) -> Option<Value> {
+        if self.cpus.is_none() && self.memory.is_none() && self.shm.is_none() {
+            return None;
+        }
+        Some(json!({ "cpus": self.cpus, "memory": self.memory, "shmSize": self.shm }))
+    }
+}
+
 fn bind(text: &str) -> Result<Value, ClientError> {
     let (src, dest) = text
         .rsplit_once(':')
@@ -198,6 +280,7 @@ pub async fn execute(
             binds,
             env,
             ports,
+            resources,
             cmd,
         } => {
             let binds = binds
@@ -210,6 +293,9 @@ pub async fn execute(
             });
             if !cmd.is_empty() {
                 body["cmd"] = json!(cmd);
+            }
+            if let Some(resources) = resources.body() {
+                body["resources"] = resources;
             }
             let data = with_spinner(
                 format!("running {name}"),
@@ -237,8 +323,12 @@ pub async fn execute(
             gpus,
             old_bind,
             new_bind,
+            resources,
         } => {
             let mut body = json!({});
+            if let Some(resources) = resources.body() {
+                body["resourcePatch"] = resources;
+            }
             if let Some(gpus) = gpus {
                 body["gpuPatch"] = json!({ "gpuCount": gpus });
             }
@@ -313,6 +403,57 @@ pub async fn execute(
             )
         }
         C::Volume(command) => volume(client, command).await?,
+        C::Timers {
+            name,
+            idle,
+            at,
+            clear,
+        } => {
+            let path = format!("{}/timers", rs(&name));
+            let data = if clear || idle.is_some() || at.is_some() {
+                let body = json!({ "idleStop": idle, "stopAt": at });
+                client.call(Method::PUT, path, Some(body)).await?
+            } else {
+                client.call(Method::GET, path, None).await?
+            };
+            (data, View::Timers)
+        }
+        C::Clone {
+            source,
+            name,
+            version,
+            gpus,
+            resources,
+        } => {
+            let mut body = json!({ "name": name, "version": version, "gpuCount": gpus });
+            if let Some(resources) = resources.body() {
+                body["resources"] = resources;
+            }
+            let call = client.call(Method::POST, format!("{}/clone", rs(&source)), Some(body));
+            (
+                with_spinner(format!("cloning {source} into {name}"), call).await?,
+                View::Field("name"),
+            )
+        }
+        C::Logs { name, tail, follow } => {
+            let mut path = format!("{}/logs?follow={follow}", rs(&name));
+            if let Some(tail) = tail {
+                path.push_str(&format!("&tail={tail}"));
+            }
+            stream_logs(client.open(path).await?).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        C::Stats { name } => (
+            client
+                .call(Method::GET, format!("{}/stats", rs(&name)), None)
+                .await?,
+            View::Stats,
+        ),
+        C::Events { tail, follow } => {
+            let path = format!("/api/v1/events?replay={tail}&follow={follow}");
+            stream_events(client.open(path).await?, as_json).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         C::Gpus => (
             client
                 .call(Method::GET, "/api/v1/resources/gpus?detail=true", None)
@@ -382,8 +523,69 @@ async fn volume(client: &Client, command: VolumeCommand) -> Result<(Value, View)
     })
 }
 
+/// Copies a log response to stdout as it arrives.
+async fn stream_logs(response: hyper::Response<hyper::body::Incoming>) -> Result<(), ClientError> {
+    use http_body_util::BodyExt;
+    use std::io::Write;
+    let mut body = response.into_body();
+    let mut out = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Transport(format!("log stream: {e}")))?;
+        if let Some(chunk) = frame.data_ref() {
+            let _ = out.write_all(chunk);
+            let _ = out.flush();
+        }
+    }
+    Ok(())
+}
+
+/// Prints Server-Sent Events, one line each (or their JSON with --json).
+async fn stream_events(
+    response: hyper::Response<hyper::body::Incoming>,
+    as_json: bool,
+) -> Result<(), ClientError> {
+    use http_body_util::BodyExt;
+    let mut body = response.into_body();
+    let mut pending = String::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ClientError::Transport(format!("event stream: {e}")))?;
+        let Some(chunk) = frame.data_ref() else {
+            continue;
+        };
+        pending.push_str(&String::from_utf8_lossy(chunk));
+        while let Some(end) = pending.find('\n') {
+            let line: String = pending.drain(..=end).collect();
+            let Some(data) = line.trim_end().strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+                continue;
+            };
+            if as_json {
+                println!("{event}");
+            } else {
+                println!(
+                    "{}  {:<14} {:<16} {:<6} {}",
+                    text(&event["time"]),
+                    text(&event["kind"]),
+                    text(&event["target"]),
+                    if event["ok"] == Value::Bool(true) {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    },
+                    text(&event["message"])
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How an answer is shown.
 enum View {
+    Timers,
+    Stats,
     Done,
     Field(&'static str),
     ReplicaSets,
@@ -395,6 +597,11 @@ enum View {
     VolumeHistory,
     Gpus,
     Ports,
+}
+
+fn idle_words(secs: &Value) -> String {
+    secs.as_u64()
+        .map_or("-".into(), |s| format!("after {s} s of idle GPUs"))
 }
 
 fn exit_code(view: &View, data: &Value) -> ExitCode {
@@ -448,9 +655,43 @@ fn print(view: &View, data: &Value) {
                 &rows,
             );
         }
+        View::Timers => {
+            println!("idle stop  {}", idle_words(&data["idleStopSecs"]));
+            println!("stop at    {}", text(&data["stopAt"]));
+        }
+        View::Stats => {
+            let mib = |v: &Value| {
+                v.as_u64()
+                    .map_or("-".into(), |b| format!("{} MiB", b >> 20))
+            };
+            println!("container  {}", text(&data["container"]));
+            println!("cpu        {}%", text(&data["cpuPercent"]));
+            println!(
+                "memory     {} / {}",
+                mib(&data["memoryUsed"]),
+                mib(&data["memoryLimit"])
+            );
+            println!(
+                "network    rx {} B, tx {} B",
+                text(&data["netRx"]),
+                text(&data["netTx"])
+            );
+            println!("pids       {}", text(&data["pids"]));
+            for g in data["gpus"].as_array().into_iter().flatten() {
+                println!(
+                    "gpu {}      {}  util {}%  memory {} / {}",
+                    text(&g["index"]),
+                    text(&g["uuid"]),
+                    text(&g["utilization"]),
+                    mib(&g["memoryUsed"]),
+                    mib(&g["memoryTotal"])
+                );
+            }
+        }
         View::Info => {
             let info = &data["info"];
             println!("container  {}", text(&info["containerName"]));
+            println!("status     {}", text(&data["status"]));
             println!("version    {}", text(&info["version"]));
             println!("created    {}", text(&info["createTime"]));
             println!("image      {}", text(&info["config"]["Image"]));
@@ -473,6 +714,25 @@ fn print(view: &View, data: &Value) {
             }
             for bind in info["hostConfig"]["Binds"].as_array().into_iter().flatten() {
                 println!("bind       {}", text(bind));
+            }
+            let limits = &info["resources"];
+            let bytes = |v: &Value| {
+                v.as_u64()
+                    .map_or("-".into(), |b| format!("{} MiB", b >> 20))
+            };
+            println!(
+                "resources  cpus {}, memory {}, shm {}",
+                text(&limits["cpus"]),
+                bytes(&limits["memory"]),
+                bytes(&limits["shmSize"])
+            );
+            let timers = &data["timers"];
+            if !timers["idleStopSecs"].is_null() || !timers["stopAt"].is_null() {
+                println!(
+                    "timers     idle stop {}, stop at {}",
+                    idle_words(&timers["idleStopSecs"]),
+                    text(&timers["stopAt"])
+                );
             }
         }
         View::History => {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gpu_replica_core::{
-    ContainerRuntime, DockerRuntime, Engine, EngineConfig, GpuAttach, GpuInventory, NvmlInventory,
-    PortRange, RedbStore, StateStore, StaticInventory,
+    parse_cpus, parse_duration, parse_size, ContainerRuntime, DockerRuntime, Engine, EngineConfig,
+    GpuAttach, GpuInventory, Limits, NvmlInventory, PortRange, RedbStore, ResourcePolicy,
+    StateStore, StaticInventory,
 };
 
 /// Settings of the server; every flag has a `GPU_REPLICA_*` environment twin.
@@ -66,9 +67,46 @@ pub struct ServeArgs {
     /// Extra label KEY=VALUE on every container, image and volume created (repeatable).
     #[arg(long = "label", env = "GPU_REPLICA_LABELS", value_delimiter = ',', value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// CPUs each GPU brings to its container (1.5 allowed); unlimited when not given.
+    #[arg(long, env = "GPU_REPLICA_CPUS_PER_GPU", value_parser = cpus)]
+    cpus_per_gpu: Option<u64>,
+    /// Memory each GPU brings (KB, MB, GB, TB: 32GB); unlimited when not given.
+    #[arg(long, env = "GPU_REPLICA_MEMORY_PER_GPU", value_parser = size)]
+    memory_per_gpu: Option<u64>,
+    /// /dev/shm each GPU brings (8GB); Docker's 64MB when not given.
+    #[arg(long, env = "GPU_REPLICA_SHM_PER_GPU", value_parser = size)]
+    shm_per_gpu: Option<u64>,
+    /// CPUs of a container without GPUs.
+    #[arg(long, env = "GPU_REPLICA_CARDLESS_CPUS", value_parser = cpus)]
+    cardless_cpus: Option<u64>,
+    /// Memory of a container without GPUs.
+    #[arg(long, env = "GPU_REPLICA_CARDLESS_MEMORY", value_parser = size)]
+    cardless_memory: Option<u64>,
+    /// /dev/shm of a container without GPUs.
+    #[arg(long, env = "GPU_REPLICA_CARDLESS_SHM", value_parser = size)]
+    cardless_shm: Option<u64>,
+    /// Start containers without an init process (by default tini runs as PID 1 and reaps
+    /// orphans, so they cannot hold GPU memory).
+    #[arg(long, env = "GPU_REPLICA_NO_INIT")]
+    no_init: bool,
+    /// How often idle and stop-at timers are checked (30s, 1m).
+    #[arg(long, env = "GPU_REPLICA_TIMER_INTERVAL", default_value = "15s", value_parser = duration)]
+    timer_interval: u64,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "GPU_REPLICA_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+fn cpus(text: &str) -> Result<u64, String> {
+    parse_cpus(text).map_err(|e| e.to_string())
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn duration(text: &str) -> Result<u64, String> {
+    parse_duration(text).map_err(|e| e.to_string())
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -165,6 +203,20 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         keep_snapshots: args.keep_snapshots,
         allowed_host_paths: args.allow_host_paths.clone(),
         labels: args.labels.iter().cloned().collect(),
+        resources: ResourcePolicy {
+            per_gpu: Limits {
+                millicpus: args.cpus_per_gpu,
+                memory: args.memory_per_gpu,
+                shm: args.shm_per_gpu,
+            },
+            cardless: Limits {
+                millicpus: args.cardless_cpus,
+                memory: args.cardless_memory,
+                shm: args.cardless_shm,
+            },
+            init: !args.no_init,
+        },
+        timer_interval: Duration::from_secs(args.timer_interval),
         ..EngineConfig::default()
     };
     tracing::info!("{docker_version}");
@@ -182,6 +234,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         .await
         .map_err(|e| format!("recovery: {e}"))?;
     tracing::info!("recovery: {recovery}");
+    let _timers = engine.spawn_timers();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
@@ -189,12 +242,16 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     let app = match token {
         Some(token) => {
             tracing::info!("bearer token required on every route but /ping");
-            gpu_replica_http::router_with_token(engine, token)
+            gpu_replica_http::router_with_token(engine.clone(), token)
         }
-        None => gpu_replica_http::router(engine),
+        None => gpu_replica_http::router(engine.clone()),
     };
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Followed logs and event streams end, so the shutdown is not held open.
+            engine.close();
+        })
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");

@@ -13,8 +13,10 @@ use serde::Serialize;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
+use crate::events::EventLog;
 use crate::gpu::GpuInventory;
 use crate::keys;
+use crate::limits::ResourcePolicy;
 use crate::runtime::{Bind, ContainerRuntime, GpuAttach};
 use crate::sched::PortRange;
 use crate::store::{StateStore, Txn};
@@ -59,6 +61,10 @@ pub struct EngineConfig {
     pub snapshot_repo: String,
     /// Extra labels on every container, image and volume the engine creates.
     pub labels: BTreeMap<String, String>,
+    /// CPU, memory and shm per GPU, the cardless share, and whether containers get an init.
+    pub resources: ResourcePolicy,
+    /// How often [`Engine::spawn_timers`] checks the timers (default 15 s).
+    pub timer_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +78,8 @@ impl Default for EngineConfig {
             allowed_host_paths: Vec::new(),
             snapshot_repo: "gpu-replica".into(),
             labels: BTreeMap::new(),
+            resources: ResourcePolicy::default(),
+            timer_interval: Duration::from_secs(15),
         }
     }
 }
@@ -87,6 +95,12 @@ pub struct Engine {
     pub(crate) store_id: std::sync::OnceLock<String>,
     /// What the last [`Engine::recover`] did.
     pub(crate) last_recovery: Mutex<Option<crate::Recovery>>,
+    /// The event log's live side.
+    pub(crate) events: EventLog,
+    /// Since when each replicaSet with an idle timer has had all its GPUs idle.
+    pub(crate) idle_since: Mutex<HashMap<String, std::time::Instant>>,
+    /// Set by [`Engine::close`]: long-lived streams end.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Engine {
@@ -105,7 +119,23 @@ impl Engine {
             locks: Mutex::new(HashMap::new()),
             store_id: std::sync::OnceLock::new(),
             last_recovery: Mutex::new(None),
+            events: EventLog::default(),
+            idle_since: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Tells long-lived readers (followed logs, event streams) to end, so a server can shut
+    /// down gracefully; operations are not affected.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Engine::close`] was called.
+    pub async fn closed(&self) {
+        let mut watch = self.closing.subscribe();
+        // The sender lives in `self`, so this cannot fail while we are borrowed.
+        let _ = watch.wait_for(|closing| *closing).await;
     }
 
     /// What the last [`Engine::recover`] finished, undid, removed and found missing; `None`

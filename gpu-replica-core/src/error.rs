@@ -48,6 +48,10 @@ pub enum Operation {
     VolumeResize,
     /// Read GPU or port status, or list objects.
     Status,
+    /// Clone a replicaSet into a new one.
+    Clone,
+    /// Read a container's logs or live statistics.
+    Logs,
 }
 
 impl Operation {
@@ -72,6 +76,8 @@ impl Operation {
             Operation::VolumeHistory => 1034,
             Operation::VolumeResize => 1035,
             Operation::Status => 500,
+            Operation::Clone => 1044,
+            Operation::Logs => 1045,
         }
     }
 }
@@ -97,6 +103,8 @@ impl fmt::Display for Operation {
             Operation::VolumeHistory => "volume history",
             Operation::VolumeResize => "volume resize",
             Operation::Status => "status",
+            Operation::Clone => "clone",
+            Operation::Logs => "logs",
         };
         f.write_str(word)
     }
@@ -192,6 +200,9 @@ pub enum Error {
     /// A bind mount the operator's policy does not allow.
     #[error("bind refused: {0}")]
     BindRefused(String),
+    /// Resources asked beyond the share the GPU count gives.
+    #[error("over the share: {0}")]
+    OverShare(String),
     /// A GPU inventory could not be read.
     #[error("GPU inventory: {0}")]
     Gpu(String),
@@ -249,6 +260,7 @@ impl Error {
             Error::VolumeNotFound(_) => 1033,
             Error::ImageNotFound(_) => 1036,
             Error::BindRefused(_) => 1037,
+            Error::OverShare(_) => 1043,
             Error::Gpu(_) => 1038,
             Error::Docker(_) => 1039,
             Error::Store(_) => 1040,

@@ -57,3 +57,11 @@ pub fn volume_versions(name: &str) -> String {
 
 /// The store's identity, written once by the first engine that recovers on it.
 pub const STORE_ID: &str = "meta/store-id";
+
+/// Event number `seq`; zero-padded so key order is time order.
+pub fn event(seq: u64) -> String {
+    format!("events/{seq:020}")
+}
+
+/// Prefix of every event.
+pub const EVENTS: &str = "events/";

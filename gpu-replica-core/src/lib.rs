@@ -32,12 +32,16 @@
 
 #![warn(missing_docs)]
 
+mod clone;
 mod engine;
 mod error;
+mod events;
 mod failpoint;
 pub mod gpu;
 pub mod keys;
+pub mod limits;
 pub mod model;
+mod observe;
 mod recovery;
 mod replicaset;
 mod resources;
@@ -45,30 +49,37 @@ pub mod runtime;
 pub mod sched;
 mod size;
 pub mod store;
+mod timers;
 mod transition;
 mod volume;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use crate::clone::CloneRequest;
 pub use crate::engine::{
     Engine, EngineConfig, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME,
 };
 pub use crate::error::{Error, Operation, Result};
+pub use crate::events::{Event, KEEP_EVENTS};
 pub use crate::failpoint::{FAILPOINTS, FAILPOINT_EXIT_CODE};
 pub use crate::gpu::{GpuInfo, GpuInventory, NvmlInventory, StaticInventory};
+pub use crate::limits::{parse_cpus, Limits, ResourcePolicy};
 pub use crate::model::{
-    GpuStatus, Intent, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Version,
-    Volume, VolumeInfo, VolumeIntent, VolumeVersion,
+    GpuStatus, Intent, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Timers,
+    Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
+pub use crate::observe::Stats;
 pub use crate::recovery::Recovery;
 pub use crate::replicaset::{BindSwap, PatchRequest, RunRequest};
 pub use crate::runtime::{
-    Bind, ContainerRuntime, DockerRuntime, ExecOutput, GpuAttach, PortMapping,
+    Bind, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach, LogStream,
+    PortMapping,
 };
 pub use crate::sched::PortRange;
 pub use crate::size::parse_size;
 pub use crate::store::{MemoryStore, RedbStore, StateStore};
+pub use crate::timers::{parse_duration, parse_time};
 
 #[cfg(feature = "etcd")]
 pub use crate::store::EtcdStore;

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::Limits;
 use crate::runtime::{Bind, PortMapping};
 
 /// Whether a replicaSet's current container runs, and whether it holds its GPUs and ports.
@@ -41,6 +42,10 @@ pub struct ReplicaSetSpec {
     pub cmd: Option<Vec<String>>,
     /// Container ports (`22/tcp`), each published on a host port.
     pub container_ports: Vec<String>,
+    /// CPU, memory and shm the user asked for (within the share of the GPU count); fields
+    /// not asked for get the share.
+    #[serde(default)]
+    pub resources: Limits,
 }
 
 /// The head record of a replicaSet.
@@ -63,6 +68,28 @@ pub struct ReplicaSet {
     pub pending: Option<Intent>,
     /// When the replicaSet was created, `YYYY-MM-DD HH:MM:SS` UTC.
     pub created_at: String,
+    /// Timers that stop the set on their own.
+    #[serde(default)]
+    pub timers: Timers,
+}
+
+/// Timers that stop a replicaSet (releasing its GPUs and ports, as a stop does).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timers {
+    /// Stop once every GPU of the set has been idle (0 % utilization) this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_stop_secs: Option<u64>,
+    /// Stop at this time, in seconds since the Unix epoch; cleared once it fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_at: Option<i64>,
+}
+
+impl Timers {
+    /// Whether no timer is set.
+    pub fn is_empty(&self) -> bool {
+        self.idle_stop_secs.is_none() && self.stop_at.is_none()
+    }
 }
 
 /// An operation in flight on a replicaSet.
@@ -117,6 +144,9 @@ pub struct Version {
     /// Snapshot image of its filesystem, taken when it was superseded (`None` while current or
     /// once pruned).
     pub snapshot: Option<String>,
+    /// CPU, memory and shm limits its container was created with.
+    #[serde(default)]
+    pub limits: Limits,
     /// When it was created.
     pub created_at: String,
 }
@@ -203,6 +233,28 @@ pub struct PortStatus {
     pub used: Vec<u16>,
     /// Ports of the range not claimed.
     pub available: usize,
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Microseconds since the Unix epoch as RFC 3339, `2026-11-22T14:05:01.123456Z`.
+pub fn rfc3339_micros(micros: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// Current UTC time as the contract writes it.

@@ -77,6 +77,7 @@ impl Engine {
         if report != Recovery::default() {
             tracing::warn!("recovery: {report}");
         }
+        self.emit("recovery", "", true, report.to_string()).await;
         *self.last_recovery.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         Ok(report)
     }

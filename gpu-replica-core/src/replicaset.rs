@@ -14,8 +14,10 @@ use crate::engine::{
     check_name, claim, encode, release, taken_by_others, Engine, LABEL_REPLICA_SET, LABEL_VERSION,
 };
 use crate::error::{Error, Operation, Result};
+use crate::events::describe_info;
 use crate::failpoint::failpoint;
 use crate::keys;
+use crate::limits::Limits;
 use crate::model::{now, Intent, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Version};
 use crate::runtime::{Bind, ContainerSpec, ExecOutput, PortMapping};
 use crate::sched::{host_port_is_free, pick_gpus, pick_ports};
@@ -39,6 +41,9 @@ pub struct RunRequest {
     pub cmd: Option<Vec<String>>,
     /// Container ports to publish (`22`, `53/udp`).
     pub container_ports: Vec<String>,
+    /// CPU, memory and shm wanted, within the share of `gpu_count` GPUs; what is not asked
+    /// for gets the share.
+    pub resources: Limits,
 }
 
 /// A change to a replicaSet; an empty patch recreates it as it is.
@@ -48,6 +53,9 @@ pub struct PatchRequest {
     pub gpu_count: Option<i64>,
     /// One bind swapped for another.
     pub bind: Option<BindSwap>,
+    /// CPU, memory or shm asked anew (within the share of the new GPU count); fields left
+    /// `None` keep the earlier ask.
+    pub resources: Option<Limits>,
 }
 
 /// Replace the mount `old` with `new`.
@@ -73,6 +81,12 @@ fn parse_container_port(port: &str) -> Result<String> {
 impl Engine {
     /// Creates replicaSet `name` at version 1 and starts it.
     pub async fn run(&self, request: RunRequest) -> Result<ReplicaSetInfo> {
+        let name = request.name.clone();
+        self.recorded("run", &name, describe_info, self.run_set(request))
+            .await
+    }
+
+    async fn run_set(&self, request: RunRequest) -> Result<ReplicaSetInfo> {
         let RunRequest {
             name,
             image,
@@ -81,6 +95,7 @@ impl Engine {
             env,
             cmd,
             container_ports,
+            resources,
         } = request;
         check_name(&name, Error::NameEmpty, Error::NameHasDash)?;
         if image.trim().is_empty() {
@@ -108,6 +123,7 @@ impl Engine {
                 "a container port is listed twice".into(),
             ));
         }
+        self.config.resources.grant(gpu_count as u32, &resources)?;
         let _guard = self.lock(&format!("rs:{name}")).await;
         self.settle(&name).await?;
         if self.store.get(&keys::replica_set(&name)).await?.is_some() {
@@ -126,8 +142,9 @@ impl Engine {
             env,
             cmd,
             container_ports,
+            resources,
         };
-        let version = self.claim_first_version(&name, spec).await?;
+        let version = self.claim_first_version(&name, spec, &image).await?;
         failpoint("run.recorded");
         let container = self.container_spec(&name, &version);
         let started = async {
@@ -161,6 +178,9 @@ impl Engine {
     /// Removes everything a failed run made: the container, the records and the claims.
     pub(crate) async fn undo_run(&self, name: &str, version: &Version) -> Result<()> {
         self.runtime.remove_container(&version.container).await?;
+        if version.image == self.clone_base(name) {
+            self.runtime.remove_image(&version.image).await?;
+        }
         let ports: Vec<u16> = version.ports.iter().map(|p| p.host_port).collect();
         let txn = release(Txn::new(), &version.gpus, &ports)
             .delete(keys::replica_set(name))
@@ -170,7 +190,13 @@ impl Engine {
 
     /// Picks GPUs and ports for a new replicaSet and records it, retrying if another engine
     /// claims the same GPUs first.
-    async fn claim_first_version(&self, name: &str, spec: ReplicaSetSpec) -> Result<Version> {
+    /// `image` is what the container is created from: the user's image, or a clone's base.
+    pub(crate) async fn claim_first_version(
+        &self,
+        name: &str,
+        spec: ReplicaSetSpec,
+        image: &str,
+    ) -> Result<Version> {
         for _ in 0..8 {
             let gpus = self
                 .pick_gpus_for(name, &[], spec.gpu_count as usize)
@@ -181,7 +207,8 @@ impl Engine {
             let version = Version {
                 version: 1,
                 container: format!("{name}-1"),
-                image: spec.image.clone(),
+                image: image.to_string(),
+                limits: self.config.resources.fit(spec.gpu_count, &spec.resources),
                 spec: spec.clone(),
                 gpus: gpus.clone(),
                 ports: ports.clone(),
@@ -197,6 +224,7 @@ impl Engine {
                 ports: ports.clone(),
                 pending: Some(Intent::Run),
                 created_at: version.created_at.clone(),
+                timers: Default::default(),
             };
             let host_ports: Vec<u16> = ports.iter().map(|p| p.host_port).collect();
             let txn = claim(Txn::new(), name, &gpus, &host_ports)
@@ -293,6 +321,8 @@ impl Engine {
             ports: version.ports.clone(),
             gpus: version.gpus.clone(),
             gpu_attach: self.config.gpu_attach,
+            limits: version.limits,
+            init: self.config.resources.init,
             labels: self.labels(&[
                 (LABEL_REPLICA_SET, name.to_string()),
                 (LABEL_VERSION, version.version.to_string()),
@@ -315,6 +345,11 @@ impl Engine {
 
     /// Changes GPU count and/or one bind; an empty patch recreates the container as it is.
     pub async fn patch(&self, name: &str, patch: PatchRequest) -> Result<ReplicaSetInfo> {
+        self.recorded("patch", name, describe_info, self.patch_set(name, patch))
+            .await
+    }
+
+    async fn patch_set(&self, name: &str, patch: PatchRequest) -> Result<ReplicaSetInfo> {
         if let Some(count) = patch.gpu_count.filter(|c| *c < 0) {
             return Err(Error::NegativeGpuCount(count));
         }
@@ -340,10 +375,17 @@ impl Engine {
             self.check_bind(&swap.new).await?;
             spec.binds[slot] = swap.new.clone();
         }
-        let asked_for_something = patch.gpu_count.is_some() || patch.bind.is_some();
+        if let Some(asked) = patch.resources {
+            spec.resources = asked.or(spec.resources);
+            self.config
+                .resources
+                .grant(spec.gpu_count, &spec.resources)?;
+        }
+        let asked_for_something =
+            patch.gpu_count.is_some() || patch.bind.is_some() || patch.resources.is_some();
         if asked_for_something && spec == current.spec {
             return Err(Error::NoNeedPatch(format!(
-                "'{name}' already has {} GPUs and these binds",
+                "'{name}' already has {} GPUs, these binds and these resources",
                 spec.gpu_count
             )));
         }
@@ -354,6 +396,16 @@ impl Engine {
 
     /// New version with the spec and filesystem of `version`.
     pub async fn rollback(&self, name: &str, version: i64) -> Result<ReplicaSetInfo> {
+        self.recorded(
+            "rollback",
+            name,
+            |info| format!("to version {version}: {}", describe_info(info)),
+            self.rollback_set(name, version),
+        )
+        .await
+    }
+
+    async fn rollback_set(&self, name: &str, version: i64) -> Result<ReplicaSetInfo> {
         if version < 0 {
             return Err(Error::NegativeVersion(version));
         }
@@ -392,6 +444,11 @@ impl Engine {
     /// New version with the same spec and filesystem; GPUs are claimed again (the ones held are
     /// kept; a stopped set gets any free ones).
     pub async fn restart(&self, name: &str) -> Result<ReplicaSetInfo> {
+        self.recorded("restart", name, describe_info, self.restart_set(name))
+            .await
+    }
+
+    async fn restart_set(&self, name: &str) -> Result<ReplicaSetInfo> {
         let _guard = self.lock(&format!("rs:{name}")).await;
         self.settle(name).await?;
         let (head, _) = self.head(name).await?;
@@ -447,6 +504,16 @@ impl Engine {
 
     /// Stops the container and releases its GPUs and ports.
     pub async fn stop(&self, name: &str) -> Result<()> {
+        self.recorded(
+            "stop",
+            name,
+            |_| "stopped; GPUs and ports released".into(),
+            self.stop_set(name),
+        )
+        .await
+    }
+
+    pub(crate) async fn stop_set(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
@@ -485,6 +552,16 @@ impl Engine {
 
     /// Stops the container but keeps its GPUs and ports.
     pub async fn pause(&self, name: &str) -> Result<()> {
+        self.recorded(
+            "pause",
+            name,
+            |_| "stopped; GPUs and ports kept".into(),
+            self.pause_set(name),
+        )
+        .await
+    }
+
+    async fn pause_set(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
@@ -520,6 +597,16 @@ impl Engine {
     /// Starts the current container again; after a stop, first claims the same GPUs and ports
     /// again, or fails saying who holds them. (The contract calls this "continue".)
     pub async fn resume(&self, name: &str) -> Result<()> {
+        self.recorded(
+            "continue",
+            name,
+            |_| "running again".into(),
+            self.resume_set(name),
+        )
+        .await
+    }
+
+    async fn resume_set(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
@@ -603,6 +690,16 @@ impl Engine {
 
     /// Removes every container, record, claim and snapshot of the replicaSet.
     pub async fn delete(&self, name: &str) -> Result<()> {
+        self.recorded(
+            "delete",
+            name,
+            |_| "containers, records, claims and snapshots removed".into(),
+            self.delete_set(name),
+        )
+        .await
+    }
+
+    async fn delete_set(&self, name: &str) -> Result<()> {
         let _guard = self.lock(&format!("rs:{name}")).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
@@ -653,6 +750,7 @@ impl Engine {
         for snapshot in versions.iter().rev().filter_map(|v| v.snapshot.as_ref()) {
             self.runtime.remove_image(snapshot).await?;
         }
+        self.runtime.remove_image(&self.clone_base(&name)).await?;
         Ok(())
     }
 

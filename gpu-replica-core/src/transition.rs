@@ -161,6 +161,7 @@ impl Engine {
                 gpus,
                 ports,
                 image,
+                limits: self.config.resources.fit(spec.gpu_count, &spec.resources),
                 snapshot: None,
                 created_at: now(),
             };

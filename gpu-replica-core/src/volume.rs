@@ -15,9 +15,26 @@ use crate::size::parse_size;
 use crate::store::Txn;
 use crate::transition::Prepared;
 
+fn describe_volume(info: &VolumeInfo) -> String {
+    format!(
+        "{} now current ({})",
+        info.version.docker_name, info.version.size
+    )
+}
+
 impl Engine {
     /// Creates volume `name` as Docker volume `{name}-1` of `size` (`20GB`).
     pub async fn create_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
+        self.recorded(
+            "volume.create",
+            name,
+            describe_volume,
+            self.create_volume_inner(name, size),
+        )
+        .await
+    }
+
+    async fn create_volume_inner(&self, name: &str, size: &str) -> Result<VolumeInfo> {
         check_volume_name(name)?;
         let size_bytes = parse_size(size)?;
         let _guard = self.lock(&format!("vol:{name}")).await;
@@ -107,6 +124,16 @@ impl Engine {
     /// Resizes volume `name` to `size`: a new version with the data copied, and every managed
     /// replicaSet mounting it moved onto the new version.
     pub async fn resize_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
+        self.recorded(
+            "volume.resize",
+            base_volume_name(name),
+            describe_volume,
+            self.resize_volume_inner(name, size),
+        )
+        .await
+    }
+
+    async fn resize_volume_inner(&self, name: &str, size: &str) -> Result<VolumeInfo> {
         let name = base_volume_name(name).to_string();
         let size_bytes = parse_size(size)?;
         let _guard = self.lock(&format!("vol:{name}")).await;
@@ -272,6 +299,16 @@ impl Engine {
 
     /// Deletes the volume; refused while a replicaSet mounts it.
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        self.recorded(
+            "volume.delete",
+            base_volume_name(name),
+            |_| "every version removed".into(),
+            self.delete_volume_inner(name),
+        )
+        .await
+    }
+
+    async fn delete_volume_inner(&self, name: &str) -> Result<()> {
         let name = base_volume_name(name).to_string();
         let _guard = self.lock(&format!("vol:{name}")).await;
         let (_, current) = self.volume_head(&name).await?;

@@ -96,7 +96,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::VolumeNameHasDash(_)
         | Error::VolumeNameSlash(_)
         | Error::ImageNotFound(_)
-        | Error::BindRefused(_) => StatusCode::BAD_REQUEST,
+        | Error::BindRefused(_)
+        | Error::OverShare(_) => StatusCode::BAD_REQUEST,
         Error::Gpu(_) | Error::Docker(_) | Error::Store(_) | Error::Unavailable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
         }

@@ -53,7 +53,7 @@ pub fn router_with_token(engine: Arc<Engine>, token: String) -> Router {
 }
 
 fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
-    use routes::{replicaset as rs, resources, volume};
+    use routes::{events, instance, replicaset as rs, resources, volume};
     let api = Router::new()
         .route("/replicaSet", post(rs::run).get(rs::list))
         .route(
@@ -68,6 +68,14 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
         .route("/replicaSet/{name}/continue", patch(rs::resume))
         .route("/replicaSet/{name}/restart", patch(rs::restart))
         .route("/replicaSet/{name}/history", get(rs::history))
+        .route(
+            "/replicaSet/{name}/timers",
+            get(instance::timers).put(instance::set_timers),
+        )
+        .route("/replicaSet/{name}/clone", post(instance::clone))
+        .route("/replicaSet/{name}/logs", get(instance::logs))
+        .route("/replicaSet/{name}/stats", get(instance::stats))
+        .route("/events", get(events::events))
         .route("/volumes", post(volume::create).get(volume::list))
         .route("/volumes/{name}", get(volume::info).delete(volume::delete))
         .route("/volumes/{name}/size", patch(volume::resize))

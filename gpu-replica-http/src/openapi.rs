@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{self, replicaset, resources, volume};
+use crate::routes::{self, events, instance, replicaset, resources, volume};
 use crate::wire;
 
 /// The OpenAPI document of this server.
@@ -11,7 +11,7 @@ use crate::wire;
 #[openapi(
     info(
         title = "gpu-replica",
-        description = "Versioned GPU containers over Docker; a drop-in for gpu-docker-api.\n\nEvery answer is `{code, msg, data}`. Codes: 200 Success, 1000 invalid params, 1001 image name empty, 1002 container name empty, 1003 name contains '-', 1004 run failed, 1005 delete failed, 1006 execute failed, 1007 patch failed, 1008 already exists, 1009 no need to patch, 1010 stop failed, 1011 restart failed, 1012 gpu count < 0, 1013 not enough GPUs, 1014 not enough ports, 1015 commit failed, 1016 not found, 1017 history failed, 1018 pause failed, 1019 continue failed, 1020 version < 0, 1021 rollback failed, 1022 no need to roll back, 1023 volume create failed, 1024 volume name empty, 1025 volume delete failed, 1026 volume exists, 1027 volume name must contain version, 1028 same size, 1029 size unit not KB/MB/GB/TB, 1030 used bytes exceed the new size, 1031 volume name contains '-', 1032 volume name begins with '/', 1033 volume not found, 1034 volume history failed, 1035 volume resize failed, 1036 image not present locally, 1037 bind refused by host-path policy, 1038 GPU inventory failure, 1039 Docker failure, 1040 state store failure, 1041 Docker or the store unreachable (HTTP 503; retry), 1042 missing or wrong bearer token (HTTP 401)."
+        description = "Versioned GPU containers over Docker; a drop-in for gpu-docker-api.\n\nEvery answer is `{code, msg, data}`. Codes: 200 Success, 1000 invalid params, 1001 image name empty, 1002 container name empty, 1003 name contains '-', 1004 run failed, 1005 delete failed, 1006 execute failed, 1007 patch failed, 1008 already exists, 1009 no need to patch, 1010 stop failed, 1011 restart failed, 1012 gpu count < 0, 1013 not enough GPUs, 1014 not enough ports, 1015 commit failed, 1016 not found, 1017 history failed, 1018 pause failed, 1019 continue failed, 1020 version < 0, 1021 rollback failed, 1022 no need to roll back, 1023 volume create failed, 1024 volume name empty, 1025 volume delete failed, 1026 volume exists, 1027 volume name must contain version, 1028 same size, 1029 size unit not KB/MB/GB/TB, 1030 used bytes exceed the new size, 1031 volume name contains '-', 1032 volume name begins with '/', 1033 volume not found, 1034 volume history failed, 1035 volume resize failed, 1036 image not present locally, 1037 bind refused by host-path policy, 1038 GPU inventory failure, 1039 Docker failure, 1040 state store failure, 1041 Docker or the store unreachable (HTTP 503; retry), 1042 missing or wrong bearer token (HTTP 401), 1043 CPU, memory or shm beyond the share of the GPU count, 1044 clone failed, 1045 logs or stats failed."
     ),
     paths(
         routes::ping,
@@ -36,6 +36,12 @@ use crate::wire;
         volume::history,
         resources::gpus,
         resources::ports,
+        instance::timers,
+        instance::set_timers,
+        instance::clone,
+        instance::logs,
+        instance::stats,
+        events::events,
     ),
     components(schemas(
         wire::RunBody,
@@ -72,6 +78,13 @@ use crate::wire;
         wire::PortsReply,
         wire::PortUsage,
         wire::Pong,
+        wire::ResourcesBody,
+        wire::ResourcesView,
+        wire::TimersBody,
+        wire::TimersView,
+        wire::CloneBody,
+        wire::StatsReply,
+        wire::EventView,
     ))
 )]
 pub struct ApiDoc;

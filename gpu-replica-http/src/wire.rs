@@ -4,9 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use gpu_replica_core::model::rfc3339;
 use gpu_replica_core::runtime::create_body;
 use gpu_replica_core::{
-    Bind, Engine, GpuStatus, PortStatus, ReplicaSetInfo, Version, VolumeInfo, VolumeVersion,
+    parse_cpus, parse_duration, parse_size, parse_time, Bind, Engine, Error, Event, GpuInfo,
+    GpuStatus, Limits, PortStatus, ReplicaSetInfo, Stats, Timers, Version, VolumeInfo,
+    VolumeVersion,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -55,6 +58,226 @@ pub struct RunBody {
     /// Container ports, each published on a host port.
     #[serde(default)]
     pub container_ports: Vec<String>,
+    /// CPU, memory and shm, within the share of `gpuCount` GPUs (beyond the contract).
+    #[serde(default)]
+    pub resources: Option<ResourcesBody>,
+}
+
+/// CPU, memory and shm asked for; each at most the share of the GPU count, which is also
+/// what a field left out gets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesBody {
+    /// CPUs, fractions allowed (1.5).
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Memory with KB, MB, GB or TB (`16GB`).
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Size of /dev/shm with KB, MB, GB or TB.
+    #[serde(default)]
+    pub shm_size: Option<String>,
+}
+
+impl ResourcesBody {
+    /// The core's limits; a malformed number or size is an error.
+    pub fn to_limits(&self) -> Result<Limits, Error> {
+        Ok(Limits {
+            millicpus: self.cpus.map(|c| parse_cpus(&c.to_string())).transpose()?,
+            memory: self.memory.as_deref().map(parse_size).transpose()?,
+            shm: self.shm_size.as_deref().map(parse_size).transpose()?,
+        })
+    }
+}
+
+/// The limits a container runs with.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesView {
+    /// CPUs; null = unlimited.
+    pub cpus: Option<f64>,
+    /// Memory in bytes; null = unlimited.
+    pub memory: Option<u64>,
+    /// /dev/shm in bytes; null = Docker's 64 MiB.
+    pub shm_size: Option<u64>,
+}
+
+impl From<Limits> for ResourcesView {
+    fn from(l: Limits) -> ResourcesView {
+        ResourcesView {
+            cpus: l.millicpus.map(|m| m as f64 / 1000.0),
+            memory: l.memory,
+            shm_size: l.shm,
+        }
+    }
+}
+
+/// `PUT /api/v1/replicaSet/{name}/timers`: both fields replace what was set; null clears.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimersBody {
+    /// Stop after the GPUs were idle this long: a whole number with s, m, h or d (`30m`).
+    #[serde(default)]
+    pub idle_stop: Option<String>,
+    /// Stop at this time, RFC 3339 (`2026-11-23T08:00:00Z`).
+    #[serde(default)]
+    pub stop_at: Option<String>,
+}
+
+impl TimersBody {
+    /// The core's timers; malformed durations or times are errors.
+    pub fn to_timers(&self) -> Result<Timers, Error> {
+        Ok(Timers {
+            idle_stop_secs: self.idle_stop.as_deref().map(parse_duration).transpose()?,
+            stop_at: self.stop_at.as_deref().map(parse_time).transpose()?,
+        })
+    }
+}
+
+/// Timers of a replicaSet.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimersView {
+    /// Seconds of GPU idleness after which the set stops; null = no idle timer.
+    pub idle_stop_secs: Option<u64>,
+    /// When the set stops, RFC 3339; null = no stop time.
+    pub stop_at: Option<String>,
+}
+
+impl From<&Timers> for TimersView {
+    fn from(t: &Timers) -> TimersView {
+        TimersView {
+            idle_stop_secs: t.idle_stop_secs,
+            stop_at: t.stop_at.map(rfc3339),
+        }
+    }
+}
+
+/// `POST /api/v1/replicaSet/{name}/clone`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneBody {
+    /// Name of the new replicaSet.
+    #[serde(default)]
+    pub name: String,
+    /// Version to clone; the current one when left out.
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// GPUs of the clone; the cloned version's count when left out.
+    #[serde(default)]
+    pub gpu_count: Option<i64>,
+    /// CPU, memory and shm of the clone.
+    #[serde(default)]
+    pub resources: Option<ResourcesBody>,
+}
+
+/// `?tail=N&follow=true`
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct LogsQuery {
+    /// Only the last N lines; all when left out.
+    #[serde(default)]
+    pub tail: Option<u64>,
+    /// Keep the response open and stream what the container writes until it stops.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// Live figures of the current container and its GPUs.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsReply {
+    /// The container measured.
+    pub container: String,
+    /// CPU use in percent of one CPU (200 = two CPUs busy), over about a second.
+    pub cpu_percent: f64,
+    /// Memory in use, bytes (page cache excluded).
+    pub memory_used: u64,
+    /// Memory limit, bytes.
+    pub memory_limit: u64,
+    /// Bytes received.
+    pub net_rx: u64,
+    /// Bytes sent.
+    pub net_tx: u64,
+    /// Processes and threads.
+    pub pids: u64,
+    /// Each GPU the set holds (memory and utilization when NVML knows them).
+    pub gpus: Vec<GpuDetail>,
+}
+
+impl From<Stats> for StatsReply {
+    fn from(s: Stats) -> StatsReply {
+        let c = s.container_stats;
+        StatsReply {
+            container: s.container,
+            cpu_percent: (c.cpu_percent * 100.0).round() / 100.0,
+            memory_used: c.memory_used,
+            memory_limit: c.memory_limit,
+            net_rx: c.net_rx,
+            net_tx: c.net_tx,
+            pids: c.pids,
+            gpus: s
+                .gpus
+                .iter()
+                .map(|g: &GpuInfo| {
+                    GpuDetail::from(&GpuStatus {
+                        gpu: g.clone(),
+                        holder: None,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `?replay=N&follow=false`
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct EventsQuery {
+    /// Stored events sent first, newest N (default 20; 0 = none).
+    #[serde(default = "default_replay")]
+    pub replay: usize,
+    /// Keep the stream open for live events (default true).
+    #[serde(default = "default_follow")]
+    pub follow: bool,
+}
+
+fn default_replay() -> usize {
+    20
+}
+
+fn default_follow() -> bool {
+    true
+}
+
+/// One lifecycle change, the `data` of a Server-Sent Event (its `id` is `seq`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    /// Increasing number; send it back as `Last-Event-ID` to resume after it.
+    pub seq: u64,
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// run, patch, rollback, restart, stop, pause, continue, delete, clone, timers,
+    /// timer.idle, timer.at, volume.create, volume.resize, volume.delete, recovery.
+    pub kind: String,
+    /// ReplicaSet or volume name (empty for recovery).
+    pub target: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What came of it, or why it failed.
+    pub message: String,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> EventView {
+        EventView {
+            seq: e.seq,
+            time: e.time,
+            kind: e.kind,
+            target: e.target,
+            ok: e.ok,
+            message: e.message,
+        }
+    }
 }
 
 /// `{gpuCount}`
@@ -85,6 +308,9 @@ pub struct PatchBody {
     /// Swap one bind.
     #[serde(default)]
     pub volume_patch: Option<VolumePatch>,
+    /// Ask for other CPU, memory or shm (beyond the contract).
+    #[serde(default)]
+    pub resource_patch: Option<ResourcesBody>,
 }
 
 /// `PATCH /api/v1/replicaSet/{name}/rollback`
@@ -179,6 +405,8 @@ pub struct VersionView {
     pub container_name: String,
     /// GPUs of this version (beyond the contract).
     pub gpus: Vec<String>,
+    /// CPU, memory and shm limits of this version (beyond the contract).
+    pub resources: ResourcesView,
 }
 
 impl VersionView {
@@ -196,6 +424,7 @@ impl VersionView {
             platform: Value::Null,
             container_name: version.container.clone(),
             gpus: version.gpus.clone(),
+            resources: version.limits.into(),
         }
     }
 }
@@ -205,6 +434,10 @@ impl VersionView {
 pub struct InfoReply {
     /// The current version.
     pub info: VersionView,
+    /// running, paused or stopped (beyond the contract).
+    pub status: String,
+    /// Timers that stop the set (beyond the contract).
+    pub timers: TimersView,
 }
 
 /// One history entry.

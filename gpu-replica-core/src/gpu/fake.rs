@@ -1,21 +1,25 @@
 //! A fixed GPU list: synthetic GPUs for hosts without any (`fake:N`), or GPUs named by the
 //! operator.
 
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 
 use super::{GpuInfo, GpuInventory};
 use crate::error::{Error, Result};
 
-/// A [`GpuInventory`] whose GPUs never change.
+/// A [`GpuInventory`] whose GPUs never change; only their utilization can be set (clones
+/// share it), to stand for work on fake GPUs.
 #[derive(Debug, Clone)]
 pub struct StaticInventory {
-    gpus: Vec<GpuInfo>,
+    gpus: Arc<Mutex<Vec<GpuInfo>>>,
     label: String,
 }
 
 impl StaticInventory {
     /// `count` synthetic GPUs with stable UUIDs (`GPU-00000000-0000-4000-8000-00000000000N`), so
-    /// that state written by one process still matches the GPUs of the next.
+    /// that state written by one process still matches the GPUs of the next. Nothing runs on
+    /// them, so they report 0 % utilization until [`StaticInventory::set_utilization`].
     pub fn fake(count: u32) -> StaticInventory {
         let gpus = (0..count)
             .map(|index| GpuInfo {
@@ -24,20 +28,36 @@ impl StaticInventory {
                 name: "Fake GPU".to_string(),
                 memory_total: None,
                 memory_used: None,
-                utilization: None,
+                utilization: Some(0),
                 distances: Vec::new(),
             })
             .collect();
         StaticInventory {
-            gpus,
+            gpus: Arc::new(Mutex::new(gpus)),
             label: format!("fake:{count}"),
+        }
+    }
+
+    /// Sets the utilization GPU `uuid` reports (a test hook for idle timers); `false` when no
+    /// such GPU exists.
+    pub fn set_utilization(&self, uuid: &str, percent: Option<u32>) -> bool {
+        let mut gpus = self.gpus.lock().unwrap_or_else(|p| p.into_inner());
+        match gpus.iter_mut().find(|g| g.uuid == uuid) {
+            Some(gpu) => {
+                gpu.utilization = percent;
+                true
+            }
+            None => false,
         }
     }
 
     /// GPUs given by the operator (for instance read from a file).
     pub fn from_list(gpus: Vec<GpuInfo>) -> StaticInventory {
         let label = format!("static list of {}", gpus.len());
-        StaticInventory { gpus, label }
+        StaticInventory {
+            gpus: Arc::new(Mutex::new(gpus)),
+            label,
+        }
     }
 
     /// Parses `fake:N` or `none`.
@@ -56,7 +76,7 @@ impl StaticInventory {
 #[async_trait]
 impl GpuInventory for StaticInventory {
     async fn gpus(&self) -> Result<Vec<GpuInfo>> {
-        Ok(self.gpus.clone())
+        Ok(self.gpus.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     fn describe(&self) -> String {

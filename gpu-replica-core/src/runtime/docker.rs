@@ -18,8 +18,9 @@ use bollard::models::{
 use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, CreateImageOptions,
     DownloadFromContainerOptions, ListContainersOptions, ListImagesOptions, ListVolumesOptions,
-    RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions, RestartContainerOptions,
-    StopContainerOptions, UploadToContainerOptions,
+    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
+    RestartContainerOptions, StatsOptions, StopContainerOptions, TagImageOptions,
+    UploadToContainerOptions,
 };
 use bollard::{body_try_stream, Docker};
 use bytes::Bytes;
@@ -27,9 +28,11 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use super::tar_size::TarSizeCounter;
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerState, ExecOutput, GpuAttach, ImageState, VolumeState,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStats, ExecOutput, GpuAttach,
+    ImageState, LogStream, VolumeState,
 };
 use crate::error::{Error, Result};
+use crate::limits::Limits;
 
 /// Label on helper containers, so a sweep can find any left behind by a crash.
 pub const HELPER_LABEL: &str = "io.gpu-replica.helper";
@@ -333,9 +336,45 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             port_bindings: Some(port_bindings),
             device_requests,
             privileged: Some(false),
+            nano_cpus: spec
+                .limits
+                .millicpus
+                .map(|m| to_i64(m.saturating_mul(1_000_000))),
+            memory: spec.limits.memory.map(to_i64),
+            shm_size: spec.limits.shm.map(to_i64),
+            init: spec.init.then_some(true),
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// CPU percent the way `docker stats` computes it: the container's share of the host's CPU
+/// time between two samples, times the number of CPUs.
+fn cpu_percent(stats: &bollard::models::ContainerStatsResponse) -> f64 {
+    let (Some(now), Some(before)) = (&stats.cpu_stats, &stats.precpu_stats) else {
+        return 0.0;
+    };
+    let total = |s: &bollard::models::ContainerCpuStats| {
+        s.cpu_usage
+            .as_ref()
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0)
+    };
+    let container = total(now).saturating_sub(total(before)) as f64;
+    let system = now
+        .system_cpu_usage
+        .unwrap_or(0)
+        .saturating_sub(before.system_cpu_usage.unwrap_or(0)) as f64;
+    let cpus = f64::from(now.online_cpus.unwrap_or(1).max(1));
+    if system > 0.0 {
+        container / system * cpus * 100.0
+    } else {
+        0.0
     }
 }
 
@@ -462,6 +501,8 @@ impl ContainerRuntime for DockerRuntime {
         };
         let state = found.state.unwrap_or_default();
         let config = found.config.unwrap_or_default();
+        let host = found.host_config.unwrap_or_default();
+        let positive = |v: Option<i64>| v.filter(|v| *v > 0).map(|v| v as u64);
         Ok(Some(ContainerState {
             id: found.id.unwrap_or_default(),
             name: found
@@ -474,6 +515,12 @@ impl ContainerRuntime for DockerRuntime {
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
             labels: config.labels.unwrap_or_default().into_iter().collect(),
             env: config.env.unwrap_or_default(),
+            limits: Limits {
+                millicpus: positive(host.nano_cpus).map(|n| n / 1_000_000),
+                memory: positive(host.memory),
+                shm: positive(host.shm_size),
+            },
+            init: host.init.unwrap_or(false),
         }))
     }
 
@@ -503,8 +550,68 @@ impl ContainerRuntime for DockerRuntime {
                 status: c.status.unwrap_or_default(),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
                 env: Vec::new(),
+                limits: Limits::default(),
+                init: false,
             })
             .collect())
+    }
+
+    async fn logs(&self, name: &str, tail: Option<u64>, follow: bool) -> Result<LogStream> {
+        // Ask for the container first, so a missing one is an error, not an empty stream.
+        self.docker
+            .inspect_container(name, None)
+            .await
+            .map_err(docker_err)?;
+        let options = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_string(), |n| n.to_string()),
+            ..Default::default()
+        };
+        let stream = self
+            .docker
+            .logs(name, Some(options))
+            .map_ok(|chunk| chunk.into_bytes())
+            .map_err(docker_err);
+        Ok(stream.boxed())
+    }
+
+    async fn stats(&self, name: &str) -> Result<ContainerStats> {
+        // Not one-shot: Docker waits for a second sample, so the CPU figure covers a real
+        // interval (about one second).
+        let options = StatsOptions {
+            stream: false,
+            one_shot: false,
+        };
+        let stats = self
+            .docker
+            .stats(name, Some(options))
+            .next()
+            .await
+            .ok_or_else(|| Error::Docker(format!("no statistics for '{name}'")))?
+            .map_err(docker_err)?;
+        let memory = stats.memory_stats.clone().unwrap_or_default();
+        // cgroup v1 counts page cache as usage; `docker stats` leaves it out.
+        let cache = memory
+            .stats
+            .as_ref()
+            .and_then(|s| s.get("total_inactive_file").or(s.get("inactive_file")))
+            .copied()
+            .unwrap_or(0);
+        let networks = stats.networks.clone().unwrap_or_default();
+        Ok(ContainerStats {
+            cpu_percent: cpu_percent(&stats),
+            memory_used: memory.usage.unwrap_or(0).saturating_sub(cache),
+            memory_limit: memory.limit.unwrap_or(0),
+            net_rx: networks.values().filter_map(|n| n.rx_bytes).sum(),
+            net_tx: networks.values().filter_map(|n| n.tx_bytes).sum(),
+            pids: stats
+                .pids_stats
+                .as_ref()
+                .and_then(|p| p.current)
+                .unwrap_or(0),
+        })
     }
 
     async fn exec(
@@ -601,6 +708,18 @@ impl ContainerRuntime for DockerRuntime {
             .await?
             .ok_or_else(|| Error::Docker(format!("imported image {image} is missing")))?;
         Ok(imported.id)
+    }
+
+    async fn tag_image(&self, source: &str, target: &str) -> Result<()> {
+        let (repo, tag) = split_reference(target);
+        let options = TagImageOptions {
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+        };
+        self.docker
+            .tag_image(source, Some(options))
+            .await
+            .map_err(docker_err)
     }
 
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>> {

@@ -16,6 +16,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::limits::Limits;
+
+/// A container's log output as it arrives: chunks of bytes, stdout and stderr interleaved.
+pub type LogStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>;
 
 /// How a container is given its GPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -91,6 +95,10 @@ pub struct ContainerSpec {
     pub gpu_attach: GpuAttach,
     /// Labels to set.
     pub labels: BTreeMap<String, String>,
+    /// CPU, memory and shm limits.
+    pub limits: Limits,
+    /// Whether an init process (tini) runs as PID 1.
+    pub init: bool,
 }
 
 /// What Docker says about a container.
@@ -110,6 +118,28 @@ pub struct ContainerState {
     pub labels: BTreeMap<String, String>,
     /// Its environment, `KEY=value` (empty in listings).
     pub env: Vec<String>,
+    /// Its CPU, memory and shm limits (default in listings).
+    pub limits: Limits,
+    /// Whether it runs an init process (false in listings).
+    pub init: bool,
+}
+
+/// Live figures of one running container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStats {
+    /// CPU use over the last sampling interval, in percent of one CPU (200 = two CPUs busy).
+    pub cpu_percent: f64,
+    /// Memory in use, bytes (page cache excluded, as `docker stats` shows it).
+    pub memory_used: u64,
+    /// Memory limit, bytes (the host's memory when unlimited).
+    pub memory_limit: u64,
+    /// Bytes received over all networks.
+    pub net_rx: u64,
+    /// Bytes sent over all networks.
+    pub net_tx: u64,
+    /// Processes and threads in the container.
+    pub pids: u64,
 }
 
 /// Output of a command run in a container.
@@ -168,6 +198,11 @@ pub trait ContainerRuntime: Send + Sync {
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerState>>;
     /// Containers carrying label `key` (any value), running or not.
     async fn list_containers(&self, label: &str) -> Result<Vec<ContainerState>>;
+    /// The container's log: the last `tail` lines (all when `None`), then, with `follow`, what
+    /// it writes until it stops.
+    async fn logs(&self, name: &str, tail: Option<u64>, follow: bool) -> Result<LogStream>;
+    /// CPU, memory, network and process figures of a running container.
+    async fn stats(&self, name: &str) -> Result<ContainerStats>;
     /// Runs `argv` (no shell) in a running container, in `workdir` if given.
     async fn exec(
         &self,
@@ -192,6 +227,8 @@ pub trait ContainerRuntime: Send + Sync {
         image: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<String>;
+    /// Gives image `source` the extra reference `target` (`repo:tag`).
+    async fn tag_image(&self, source: &str, target: &str) -> Result<()>;
     /// Inspects an image; `None` when it is not present.
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>>;
     /// Images carrying label `key` (any value).

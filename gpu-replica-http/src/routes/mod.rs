@@ -1,5 +1,7 @@
 //! Handlers: extract, call one engine method, map the result.
 
+pub mod events;
+pub mod instance;
 pub mod replicaset;
 pub mod resources;
 pub mod volume;

@@ -9,9 +9,17 @@ use super::Reply;
 use crate::envelope::{ok, Body};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
-    HistoryReply, InfoReply, PatchBody, ReplicaSetItem, ReplicaSetList, RollbackBody, RunBody,
-    RunReply, VersionView,
+    HistoryReply, InfoReply, PatchBody, ReplicaSetItem, ReplicaSetList, ResourcesBody,
+    RollbackBody, RunBody, RunReply, VersionView,
 };
+
+/// `running`, `paused` or `stopped`.
+pub(crate) fn status_word(status: gpu_replica_core::Status) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
 
 fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
     ContainerNameReply {
@@ -21,8 +29,14 @@ fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
 
 /// Run a new replicaSet: claim GPUs and ports, create and start `{name}-1`.
 #[utoipa::path(post, path = "/api/v1/replicaSet", tag = "replicaSet", request_body = RunBody,
-    responses((status = 200, body = RunReply), (status = "4XX", description = "1000-1003, 1008, 1012-1014, 1036, 1037"), (status = "5XX", description = "1004, 1039, 1040")))]
+    responses((status = 200, body = RunReply), (status = "4XX", description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043"), (status = "5XX", description = "1004, 1039, 1040")))]
 pub async fn run(State(engine): State<Arc<Engine>>, Body(body): Body<RunBody>) -> Reply<RunReply> {
+    let resources = body
+        .resources
+        .as_ref()
+        .map(ResourcesBody::to_limits)
+        .transpose()?
+        .unwrap_or_default();
     let info = engine
         .run(RunRequest {
             name: body.replica_set_name,
@@ -32,6 +46,7 @@ pub async fn run(State(engine): State<Arc<Engine>>, Body(body): Body<RunBody>) -
             env: body.env,
             cmd: body.cmd,
             container_ports: body.container_ports,
+            resources,
         })
         .await?;
     Ok(ok(RunReply {
@@ -51,7 +66,7 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<ReplicaSetList> {
 /// New version with another GPU count and/or one bind swapped; `{}` recreates as is.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}", tag = "replicaSet", request_body = PatchBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1000, 1009, 1012, 1013, 1016, 1037"), (status = "5XX", description = "1007")))]
+    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1000, 1009, 1012, 1013, 1016, 1029, 1037, 1043"), (status = "5XX", description = "1007")))]
 pub async fn patch(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -63,6 +78,11 @@ pub async fn patch(
             old: v.old_bind.into(),
             new: v.new_bind.into(),
         }),
+        resources: body
+            .resource_patch
+            .as_ref()
+            .map(ResourcesBody::to_limits)
+            .transpose()?,
     };
     Ok(ok(new_version(engine.patch(&name, request).await?)))
 }
@@ -163,6 +183,8 @@ pub async fn info(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -
     let info = engine.info(&name).await?;
     Ok(ok(InfoReply {
         info: VersionView::new(&engine, &name, &info.version),
+        status: status_word(info.replica_set.status),
+        timers: (&info.replica_set.timers).into(),
     }))
 }
 

@@ -1,0 +1,139 @@
+//! Clone: a new replicaSet from any version of an existing one, with that version's spec and
+//! filesystem, under its own name, with its own GPUs and host ports.
+//!
+//! The clone's first container is created from a base image `{repo}/{clone}:base`: a commit
+//! of the source's current container, or a second reference to the snapshot of an earlier
+//! version (no copy). The base belongs to the clone, so deleting the source leaves the clone
+//! intact, and deleting the clone removes it. The clone is recorded (intent `Run`) before its
+//! base image exists, so a crash at any step is finished or undone like a run.
+
+use crate::engine::{check_name, Engine, LABEL_REPLICA_SET};
+use crate::error::{Error, Operation, Result};
+use crate::events::describe_info;
+use crate::keys;
+use crate::limits::Limits;
+use crate::model::{ReplicaSetInfo, Version};
+
+/// A request to clone a replicaSet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloneRequest {
+    /// The replicaSet to clone.
+    pub source: String,
+    /// Name of the new replicaSet.
+    pub name: String,
+    /// The version to clone; the current one when `None`.
+    pub version: Option<u32>,
+    /// GPUs for the clone; the source version's count when `None`.
+    pub gpu_count: Option<i64>,
+    /// CPU, memory and shm asked for; the source version's asks when `None`.
+    pub resources: Option<Limits>,
+}
+
+impl Engine {
+    /// The image a clone's first container is created from.
+    pub(crate) fn clone_base(&self, name: &str) -> String {
+        format!(
+            "{}/{}:base",
+            self.config.snapshot_repo,
+            name.to_ascii_lowercase()
+        )
+    }
+
+    /// Creates replicaSet `request.name` from a version of `request.source` and starts it.
+    pub async fn clone_set(&self, request: CloneRequest) -> Result<ReplicaSetInfo> {
+        let name = request.name.clone();
+        self.recorded(
+            "clone",
+            &name,
+            |info| format!("from {}: {}", request.source, describe_info(info)),
+            self.clone_inner(&request),
+        )
+        .await
+    }
+
+    async fn clone_inner(&self, request: &CloneRequest) -> Result<ReplicaSetInfo> {
+        let CloneRequest {
+            source,
+            name,
+            version,
+            gpu_count,
+            resources,
+        } = request;
+        check_name(name, Error::NameEmpty, Error::NameHasDash)?;
+        if let Some(count) = gpu_count.filter(|c| *c < 0) {
+            return Err(Error::NegativeGpuCount(count));
+        }
+        if source == name {
+            return Err(Error::AlreadyExists(name.clone()));
+        }
+        // Both sets are locked, in name order, so two clones the other way round cannot
+        // wait on each other.
+        let (first, second) = if source < name {
+            (source, name)
+        } else {
+            (name, source)
+        };
+        let _first = self.lock(&format!("rs:{first}")).await;
+        let _second = self.lock(&format!("rs:{second}")).await;
+        self.settle(source).await?;
+        self.settle(name).await?;
+        if self.store.get(&keys::replica_set(name)).await?.is_some() {
+            return Err(Error::AlreadyExists(name.clone()));
+        }
+        let (head, _) = self.head(source).await?;
+        let number = version.unwrap_or(head.current);
+        let origin: Version = self
+            .read(&keys::version(source, number))
+            .await?
+            .map(|(v, _)| v)
+            .ok_or_else(|| {
+                Error::refused(
+                    Operation::Clone,
+                    format!("'{source}' has no version {number}"),
+                )
+            })?;
+        let from_current = number == head.current;
+        if !from_current && origin.snapshot.is_none() {
+            return Err(Error::refused(
+                Operation::Clone,
+                format!("the filesystem of version {number} of '{source}' was pruned"),
+            ));
+        }
+        let mut spec = origin.spec.clone();
+        if let Some(count) = gpu_count {
+            spec.gpu_count = *count as u32;
+        }
+        if let Some(asked) = resources {
+            spec.resources = asked.or(spec.resources);
+        }
+        self.config
+            .resources
+            .grant(spec.gpu_count, &spec.resources)?;
+        for bind in &spec.binds {
+            self.check_bind(bind).await?;
+        }
+        let base = self.clone_base(name);
+        let version = self.claim_first_version(name, spec, &base).await?;
+        let made = async {
+            let labels = self.labels(&[(LABEL_REPLICA_SET, name.clone())]);
+            match &origin.snapshot {
+                Some(snapshot) if !from_current => self.runtime.tag_image(snapshot, &base).await,
+                _ => self
+                    .runtime
+                    .commit(&origin.container, &base, &labels)
+                    .await
+                    .map(|_| ()),
+            }?;
+            self.runtime
+                .create_container(&self.container_spec(name, &version))
+                .await?;
+            self.finish_run(name).await
+        }
+        .await;
+        if let Err(e) = made {
+            self.undo_run(name, &version).await?;
+            return Err(e.during(Operation::Clone));
+        }
+        self.info(name).await
+    }
+}

@@ -1,0 +1,148 @@
+//! The event log: every lifecycle change (run, patch, rollback, stop, a timer firing, a volume
+//! resize, crash recovery, …) with its time and outcome.
+//!
+//! Events are written to the store (`events/{seq}`, the newest [`KEEP_EVENTS`] kept), so they
+//! outlive the process, and are broadcast to live subscribers ([`Engine::subscribe`]). Writing
+//! an event never fails the operation it describes.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::engine::{encode, Engine};
+use crate::error::Result;
+use crate::keys;
+use crate::model::ReplicaSetInfo;
+use crate::store::Txn;
+
+/// Events kept in the store; older ones are dropped.
+pub const KEEP_EVENTS: usize = 1000;
+
+/// One lifecycle change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Increasing number (microseconds since the epoch, made unique); resume after it.
+    pub seq: u64,
+    /// When it happened, RFC 3339 UTC.
+    pub time: String,
+    /// What happened: `run`, `patch`, `rollback`, `restart`, `stop`, `pause`, `continue`,
+    /// `delete`, `clone`, `timer.idle`, `timer.at`, `timers`, `volume.create`,
+    /// `volume.resize`, `volume.delete`, `recovery`.
+    pub kind: String,
+    /// The replicaSet or volume concerned (empty for recovery).
+    pub target: String,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What came of it, or why it failed.
+    pub message: String,
+}
+
+/// Broadcast side of the log.
+pub(crate) struct EventLog {
+    sender: broadcast::Sender<Event>,
+    last_seq: Mutex<u64>,
+}
+
+impl Default for EventLog {
+    fn default() -> EventLog {
+        EventLog {
+            sender: broadcast::channel(1024).0,
+            last_seq: Mutex::new(0),
+        }
+    }
+}
+
+impl EventLog {
+    /// A number larger than every one handed out before, close to the clock.
+    fn next_seq(&self) -> u64 {
+        let micros = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
+        *last = (*last + 1).max(micros as u64);
+        *last
+    }
+}
+
+/// What a successful replicaSet change led to, in words.
+pub(crate) fn describe_info(info: &ReplicaSetInfo) -> String {
+    format!(
+        "{} now current ({} GPU(s))",
+        info.version.container,
+        info.version.gpus.len()
+    )
+}
+
+impl Engine {
+    /// Records an event: stored, then broadcast. A store failure is logged, not returned.
+    pub(crate) async fn emit(&self, kind: &str, target: &str, ok: bool, message: String) {
+        let seq = self.events.next_seq();
+        let event = Event {
+            seq,
+            time: crate::model::rfc3339_micros(seq),
+            kind: kind.to_string(),
+            target: target.to_string(),
+            ok,
+            message,
+        };
+        let txn = Txn::new().put(keys::event(seq), encode(&event));
+        if let Err(e) = self.store.commit(txn).await {
+            tracing::warn!(error = %e, kind, target, "event not stored");
+        }
+        if seq % 64 == 0 {
+            if let Err(e) = self.prune_events().await {
+                tracing::warn!(error = %e, "old events not pruned");
+            }
+        }
+        // No subscriber is fine.
+        let _ = self.events.sender.send(event);
+    }
+
+    /// Runs `op` and records its outcome as event `kind` on `target`; `describe` says what a
+    /// success led to.
+    pub(crate) async fn recorded<T>(
+        &self,
+        kind: &str,
+        target: &str,
+        describe: impl FnOnce(&T) -> String,
+        op: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let result = op.await;
+        let (ok, message) = match &result {
+            Ok(value) => (true, describe(value)),
+            Err(e) => (false, e.to_string()),
+        };
+        self.emit(kind, target, ok, message).await;
+        result
+    }
+
+    async fn prune_events(&self) -> Result<()> {
+        let all = self.store.list(keys::EVENTS).await?;
+        if all.len() <= KEEP_EVENTS {
+            return Ok(());
+        }
+        let excess = all.len() - KEEP_EVENTS;
+        let txn = all[..excess]
+            .iter()
+            .fold(Txn::new(), |t, e| t.delete(e.key.clone()));
+        self.store.commit(txn).await?;
+        Ok(())
+    }
+
+    /// Live events from now on. A subscriber that falls more than 1024 events behind misses
+    /// the oldest (and is told so by the receiver); [`Engine::events`] reads them back.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.sender.subscribe()
+    }
+
+    /// Stored events, oldest first: the newest `last`, only those after `after` when given.
+    pub async fn events(&self, last: usize, after: Option<u64>) -> Result<Vec<Event>> {
+        let mut events: Vec<Event> = self.read_all(keys::EVENTS).await?;
+        if let Some(after) = after {
+            events.retain(|e| e.seq > after);
+        }
+        let skip = events.len().saturating_sub(last);
+        Ok(events.split_off(skip))
+    }
+}

@@ -181,7 +181,10 @@ async fn a_stop_time_stops_the_set_releases_its_gpus_and_survives_a_new_engine()
         stop_at: Some(soon - 60),
         ..Default::default()
     };
-    assert_eq!(engine.set_timers(&name, past).await.unwrap_err().code(), 1000);
+    assert_eq!(
+        engine.set_timers(&name, past).await.unwrap_err().code(),
+        1000
+    );
     let timers = Timers {
         stop_at: Some(soon),
         ..Default::default()
@@ -197,7 +200,10 @@ async fn a_stop_time_stops_the_set_releases_its_gpus_and_survives_a_new_engine()
     assert_eq!(restarted.tick_timers().await.unwrap(), vec![name.clone()]);
     let info = restarted.info(&name).await.unwrap();
     assert_eq!(info.replica_set.status, Status::Stopped);
-    assert_eq!(info.replica_set.timers.stop_at, None, "a fired stop time is cleared");
+    assert_eq!(
+        info.replica_set.timers.stop_at, None,
+        "a fired stop time is cleared"
+    );
     let held = restarted
         .gpu_status()
         .await
@@ -434,7 +440,11 @@ async fn logs_can_be_tailed_and_followed_and_stats_measure_the_container() {
     assert_eq!(stats.container, format!("{name}-1"));
     assert_eq!(stats.container_stats.memory_limit, 64 * MB);
     assert!(stats.container_stats.memory_used > 0);
-    assert!(stats.container_stats.pids >= 2, "{:?}", stats.container_stats);
+    assert!(
+        stats.container_stats.pids >= 2,
+        "{:?}",
+        stats.container_stats
+    );
     assert_eq!(stats.gpus.len(), 1);
     assert_eq!(stats.gpus[0].utilization, Some(0));
 
@@ -509,7 +519,11 @@ async fn every_lifecycle_change_is_an_event_with_its_outcome() {
     let kinds: Vec<(String, bool)> = stored.iter().map(|e| (e.kind.clone(), e.ok)).collect();
     assert_eq!(kinds, expected);
     assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
-    assert!(stored[3].message.contains("not enough GPUs"), "{}", stored[3].message);
+    assert!(
+        stored[3].message.contains("not enough GPUs"),
+        "{}",
+        stored[3].message
+    );
     let after = engine.events(100, Some(stored[5].seq)).await.unwrap();
     assert_eq!(after.len(), 2);
 }

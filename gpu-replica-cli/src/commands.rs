@@ -87,8 +87,8 @@ pub enum ClientCommand {
         /// Name of the new replicaSet.
         name: String,
         /// Version to clone (default: the current one).
-        #[arg(long)]
-        version: Option<i64>,
+        #[arg(long = "from-version", value_name = "VERSION")]
+        from_version: Option<i64>,
         /// GPUs of the clone (default: as the cloned version).
         #[arg(long, short)]
         gpus: Option<i64>,
@@ -421,11 +421,11 @@ pub async fn execute(
         C::Clone {
             source,
             name,
-            version,
+            from_version,
             gpus,
             resources,
         } => {
-            let mut body = json!({ "name": name, "version": version, "gpuCount": gpus });
+            let mut body = json!({ "name": name, "version": from_version, "gpuCount": gpus });
             if let Some(resources) = resources.body() {
                 body["resources"] = resources;
             }

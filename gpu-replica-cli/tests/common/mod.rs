@@ -20,6 +20,8 @@ pub struct Server {
     pub addr: String,
     pub data_dir: PathBuf,
     pub port_range: String,
+    /// Settings given as `GPU_REPLICA_*` environment variables, kept across restarts.
+    pub env: Vec<(String, String)>,
 }
 
 pub fn free_port() -> u16 {
@@ -33,17 +35,31 @@ pub fn free_port() -> u16 {
 impl Server {
     /// A server with a host port range of its own, or `port_range` when given.
     pub fn start(data_dir: &Path, port_range: Option<String>) -> Server {
+        Server::start_with_env(data_dir, port_range, &[])
+    }
+
+    /// Like [`Server::start`], with extra settings as environment variables.
+    pub fn start_with_env(
+        data_dir: &Path,
+        port_range: Option<String>,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let addr = format!("127.0.0.1:{}", free_port());
         let port_range = port_range.unwrap_or_else(|| {
             let range = testkit::port_range();
             format!("{}-{}", range.start, range.end)
         });
-        let child = spawn(&addr, data_dir, &port_range);
+        let child = spawn_with(&addr, data_dir, &port_range, None, &env);
         let server = Server {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
             port_range,
+            env,
         };
         server.wait_ready();
         server
@@ -72,7 +88,13 @@ impl Server {
             .success());
         let status = self.child.wait().unwrap();
         assert!(status.success(), "server exited with {status}");
-        self.child = spawn(&self.addr, &self.data_dir, &self.port_range);
+        self.child = spawn_with(
+            &self.addr,
+            &self.data_dir,
+            &self.port_range,
+            None,
+            &self.env,
+        );
         self.wait_ready();
     }
 
@@ -88,6 +110,7 @@ impl Server {
             &self.data_dir,
             &self.port_range,
             Some(failpoint),
+            &self.env,
         );
         self.wait_ready();
     }
@@ -118,7 +141,13 @@ impl Server {
 
     /// Starts the server again (unarmed) after it exited.
     pub fn start_again(&mut self) {
-        self.child = spawn(&self.addr, &self.data_dir, &self.port_range);
+        self.child = spawn_with(
+            &self.addr,
+            &self.data_dir,
+            &self.port_range,
+            None,
+            &self.env,
+        );
         self.wait_ready();
     }
 
@@ -171,13 +200,16 @@ impl Server {
     }
 }
 
-pub fn spawn(addr: &str, data_dir: &Path, port_range: &str) -> Child {
-    spawn_with(addr, data_dir, port_range, None)
-}
-
-/// Starts the server binary; `failpoint` arms `GPU_REPLICA_FAILPOINT`.
-pub fn spawn_with(addr: &str, data_dir: &Path, port_range: &str, failpoint: Option<&str>) -> Child {
+/// Starts the server binary; `failpoint` arms `GPU_REPLICA_FAILPOINT`; `env` adds settings.
+pub fn spawn_with(
+    addr: &str,
+    data_dir: &Path,
+    port_range: &str,
+    failpoint: Option<&str>,
+    env: &[(String, String)],
+) -> Child {
     let mut command = Command::new(BIN);
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(failpoint) = failpoint {
         command.env("GPU_REPLICA_FAILPOINT", failpoint);
     }

@@ -44,6 +44,8 @@ pub struct Event {
 pub(crate) struct EventLog {
     sender: broadcast::Sender<Event>,
     last_seq: Mutex<u64>,
+    /// Events recorded by this process; old ones are pruned every 64th.
+    recorded: std::sync::atomic::AtomicU64,
 }
 
 impl Default for EventLog {
@@ -51,6 +53,7 @@ impl Default for EventLog {
         EventLog {
             sender: broadcast::channel(1024).0,
             last_seq: Mutex::new(0),
+            recorded: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -90,7 +93,11 @@ impl Engine {
         if let Err(e) = self.store.commit(txn).await {
             tracing::warn!(error = %e, kind, target, "event not stored");
         }
-        if seq % 64 == 0 {
+        let recorded = self
+            .events
+            .recorded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if recorded.is_multiple_of(64) {
             if let Err(e) = self.prune_events().await {
                 tracing::warn!(error = %e, "old events not pruned");
             }
@@ -144,5 +151,41 @@ impl Engine {
         }
         let skip = events.len().saturating_sub(last);
         Ok(events.split_off(skip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::gpu::StaticInventory;
+    use crate::runtime::MockContainerRuntime;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn the_store_keeps_the_newest_events_in_order() {
+        let engine = Engine::new(
+            Arc::new(MockContainerRuntime::new()),
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticInventory::fake(0)),
+            Default::default(),
+        );
+        let total = KEEP_EVENTS + 100;
+        for i in 0..total {
+            engine.emit("run", &format!("s{i}"), true, String::new()).await;
+        }
+        let stored = engine.events(usize::MAX, None).await.unwrap();
+        assert!(stored.len() >= KEEP_EVENTS && stored.len() < KEEP_EVENTS + 64);
+        assert_eq!(stored.last().unwrap().target, format!("s{}", total - 1));
+        assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
+        let last_two = engine.events(2, None).await.unwrap();
+        assert_eq!(last_two[1].target, format!("s{}", total - 1));
+        assert!(engine
+            .events(10, Some(last_two[0].seq))
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.seq > last_two[0].seq));
     }
 }

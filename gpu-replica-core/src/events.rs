@@ -173,7 +173,9 @@ mod tests {
         );
         let total = KEEP_EVENTS + 100;
         for i in 0..total {
-            engine.emit("run", &format!("s{i}"), true, String::new()).await;
+            engine
+                .emit("run", &format!("s{i}"), true, String::new())
+                .await;
         }
         let stored = engine.events(usize::MAX, None).await.unwrap();
         assert!(stored.len() >= KEEP_EVENTS && stored.len() < KEEP_EVENTS + 64);

@@ -35,11 +35,15 @@ const CONTRACT: &[(&str, &str)] = &[
 ];
 
 fn router(runtime: MockContainerRuntime) -> axum::Router {
+    router_with(runtime, EngineConfig::default())
+}
+
+fn router_with(runtime: MockContainerRuntime, config: EngineConfig) -> axum::Router {
     let engine = Engine::new(
         Arc::new(runtime),
         Arc::new(MemoryStore::new()),
         Arc::new(StaticInventory::fake(2)),
-        EngineConfig::default(),
+        config,
     );
     gpu_replica_http::router(Arc::new(engine))
 }
@@ -78,7 +82,7 @@ async fn every_contract_route_is_served_and_documented() {
         assert!(reply["code"].is_number(), "{method} {path}: {reply}");
     }
     let description = doc["info"]["description"].as_str().unwrap();
-    for code in 1000..=1042 {
+    for code in 1000..=1045 {
         assert!(
             description.contains(&code.to_string()),
             "code {code} undocumented"
@@ -207,4 +211,134 @@ async fn with_a_token_every_route_but_ping_needs_it() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_instance_requests_get_their_codes_before_anything_is_touched() {
+    let config = EngineConfig {
+        resources: gpu_replica_core::ResourcePolicy {
+            per_gpu: gpu_replica_core::Limits {
+                millicpus: Some(2000),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // The mock has no expectations: any Docker call would panic.
+    let app = router_with(MockContainerRuntime::new(), config);
+    let run = |resources: Value| {
+        json!({"imageName": "img", "replicaSetName": "foo", "gpuCount": 1, "resources": resources})
+            .to_string()
+    };
+    let cases = [
+        ("POST", "/api/v1/replicaSet", run(json!({"cpus": 4})), 1043),
+        ("POST", "/api/v1/replicaSet", run(json!({"cpus": -1})), 1000),
+        (
+            "POST",
+            "/api/v1/replicaSet",
+            run(json!({"memory": "1XB"})),
+            1029,
+        ),
+        (
+            "POST",
+            "/api/v1/replicaSet",
+            run(json!({"memory": "1KB"})),
+            1000,
+        ),
+        (
+            "PUT",
+            "/api/v1/replicaSet/foo/timers",
+            json!({"idleStop": "soon"}).to_string(),
+            1000,
+        ),
+        (
+            "PUT",
+            "/api/v1/replicaSet/foo/timers",
+            json!({"stopAt": "tomorrow"}).to_string(),
+            1000,
+        ),
+        (
+            "PUT",
+            "/api/v1/replicaSet/foo/timers",
+            json!({"idleStop": "30m"}).to_string(),
+            1016,
+        ),
+        ("GET", "/api/v1/replicaSet/foo/timers", String::new(), 1016),
+        (
+            "POST",
+            "/api/v1/replicaSet/foo/clone",
+            json!({"name": "bar", "version": -1}).to_string(),
+            1020,
+        ),
+        (
+            "POST",
+            "/api/v1/replicaSet/foo/clone",
+            json!({"name": "b-r"}).to_string(),
+            1003,
+        ),
+        (
+            "POST",
+            "/api/v1/replicaSet/foo/clone",
+            json!({"name": "bar"}).to_string(),
+            1016,
+        ),
+        (
+            "GET",
+            "/api/v1/replicaSet/foo/logs?tail=x",
+            String::new(),
+            1000,
+        ),
+        ("GET", "/api/v1/replicaSet/foo/logs", String::new(), 1016),
+        ("GET", "/api/v1/replicaSet/foo/stats", String::new(), 1016),
+        ("GET", "/api/v1/events?replay=many", String::new(), 1000),
+    ];
+    for (method, path, body, code) in cases {
+        let (status, reply) = call(&app, method, path, &body).await;
+        assert_eq!(reply["code"], code, "{method} {path} {body}: {reply}");
+        assert!(status.is_client_error(), "{method} {path}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn events_replay_as_server_sent_events() {
+    let app = router(MockContainerRuntime::new());
+    // Two failed runs are two events.
+    for name in ["a-b", "c-d"] {
+        let body = json!({"imageName": "img", "replicaSetName": name}).to_string();
+        call(&app, "POST", "/api/v1/replicaSet", &body).await;
+    }
+    let request = Request::builder()
+        .uri("/api/v1/events?replay=5&follow=false")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0]["kind"], "run");
+    assert_eq!(events[0]["target"], "a-b");
+    assert_eq!(events[0]["ok"], false);
+    assert!(
+        text.contains(&format!("id: {}", events[1]["seq"])),
+        "{text}"
+    );
+
+    // Resuming after the first gives only the second.
+    let request = Request::builder()
+        .uri("/api/v1/events?follow=false")
+        .header("last-event-id", events[0]["seq"].to_string())
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(text.matches("data: ").count(), 1, "{text}");
+    assert!(text.contains("c-d"), "{text}");
 }

@@ -97,6 +97,11 @@ fn request_for(failpoint: &str, w: &World) -> (&'static str, String, Option<Valu
             format!("/api/v1/volumes/{}/size", w.vol),
             Some(json!({"size": "40MB"})),
         ),
+        "clone" => (
+            "POST",
+            format!("/api/v1/replicaSet/{}/clone", w.a),
+            Some(json!({"name": w.b, "gpuCount": 1})),
+        ),
         other => panic!("no request for failpoint group {other}"),
     }
 }
@@ -215,6 +220,14 @@ async fn check(server: &Server, w: &World, failpoint: &str) {
         .map(|s| s["containerName"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(mine, current, "{failpoint}: leftover containers");
+    // A clone that was undone leaves no base image behind.
+    if !sets.iter().any(|s| s["name"] == w.b.as_str()) {
+        let base = format!("gpu-replica/{}:base", w.b.to_ascii_lowercase());
+        assert!(
+            docker.inspect_image(&base).await.unwrap().is_none(),
+            "{failpoint}: {base} left behind"
+        );
+    }
 
     // The next patch works, with a version number never used before.
     if let Some(a) = sets.iter().find(|s| s["name"] == w.a.as_str()) {
@@ -303,7 +316,7 @@ macro_rules! crash_tests {
 
 mod killed_at_every_failpoint_of {
     use super::*;
-    crash_tests!(run, version, stop, pause, delete, resize);
+    crash_tests!(run, version, stop, pause, delete, resize, clone);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r#continue() {

@@ -10,6 +10,7 @@
 use crate::engine::{check_name, Engine, LABEL_REPLICA_SET};
 use crate::error::{Error, Operation, Result};
 use crate::events::describe_info;
+use crate::failpoint::failpoint;
 use crate::keys;
 use crate::limits::Limits;
 use crate::model::{ReplicaSetInfo, Version};
@@ -114,6 +115,7 @@ impl Engine {
         }
         let base = self.clone_base(name);
         let version = self.claim_first_version(name, spec, &base).await?;
+        failpoint("clone.recorded");
         let made = async {
             let labels = self.labels(&[(LABEL_REPLICA_SET, name.clone())]);
             match &origin.snapshot {
@@ -124,9 +126,11 @@ impl Engine {
                     .await
                     .map(|_| ()),
             }?;
+            failpoint("clone.based");
             self.runtime
                 .create_container(&self.container_spec(name, &version))
                 .await?;
+            failpoint("clone.created");
             self.finish_run(name).await
         }
         .await;

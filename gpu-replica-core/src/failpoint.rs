@@ -33,6 +33,9 @@ pub const FAILPOINTS: &[&str] = &[
     "resize.copied",
     "resize.started",
     "resize.finished",
+    "clone.recorded",
+    "clone.based",
+    "clone.created",
 ];
 
 /// Exits the process if `name` is the armed failpoint.

@@ -101,6 +101,9 @@ pub struct Engine {
     pub(crate) idle_since: Mutex<HashMap<String, std::time::Instant>>,
     /// Set by [`Engine::close`]: long-lived streams end.
     closing: tokio::sync::watch::Sender<bool>,
+    /// `info` answers by name, with the store generation they were read at; valid while the
+    /// store's generation is unchanged (only for stores that have one).
+    pub(crate) info_cache: Mutex<HashMap<String, (u64, crate::model::ReplicaSetInfo)>>,
 }
 
 impl Engine {
@@ -122,6 +125,7 @@ impl Engine {
             events: EventLog::default(),
             idle_since: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::Sender::new(false),
+            info_cache: Mutex::new(HashMap::new()),
         }
     }
 

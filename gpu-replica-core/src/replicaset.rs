@@ -793,8 +793,32 @@ impl Engine {
         Ok(image.to_string())
     }
 
-    /// The replicaSet with its current version.
+    /// The replicaSet with its current version. Where the store has a generation (redb,
+    /// memory), answers are kept until the next write to the store.
     pub async fn info(&self, name: &str) -> Result<ReplicaSetInfo> {
+        // Read the generation before the records: a write that lands in between moves it,
+        // so what is cached under it is never newer-looking than it is.
+        let Some(generation) = self.store.generation() else {
+            return self.read_info(name).await;
+        };
+        {
+            let cache = self.info_cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, info)) = cache.get(name) {
+                if *at == generation {
+                    return Ok(info.clone());
+                }
+            }
+        }
+        let info = self.read_info(name).await?;
+        let mut cache = self.info_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= 4096 {
+            cache.retain(|_, (at, _)| *at == generation);
+        }
+        cache.insert(name.to_string(), (generation, info.clone()));
+        Ok(info)
+    }
+
+    async fn read_info(&self, name: &str) -> Result<ReplicaSetInfo> {
         let (head, _) = self.head(name).await?;
         let version = self
             .version_record(name, head.current)
@@ -846,5 +870,58 @@ mod tests {
         for bad in ["0", "70000", "ssh", "22/xyz", ""] {
             assert_eq!(parse_container_port(bad).unwrap_err().code(), 1000, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use std::sync::Arc;
+
+    use crate::gpu::StaticInventory;
+    use crate::runtime::MockContainerRuntime;
+    use crate::store::{MemoryStore, StateStore};
+    use crate::{keys, Engine};
+
+    fn head(status: &str) -> Vec<u8> {
+        format!(
+            r#"{{"name":"c","current":1,"latest":1,"status":"{status}","gpus":[],"ports":[],"pending":null,"created_at":"t"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn info_is_cached_until_the_store_is_written() {
+        let store = Arc::new(MemoryStore::new());
+        let version = br#"{"version":1,"container":"c-1","spec":{"image":"i","gpu_count":0,"binds":[],"env":[],"cmd":null,"container_ports":[]},"gpus":[],"ports":[],"image":"i","snapshot":null,"created_at":"t"}"#;
+        store
+            .put(&keys::version("c", 1), version.to_vec())
+            .await
+            .unwrap();
+        store
+            .put(&keys::replica_set("c"), head("running"))
+            .await
+            .unwrap();
+        let engine = Engine::new(
+            Arc::new(MockContainerRuntime::new()),
+            store.clone(),
+            Arc::new(StaticInventory::fake(0)),
+            Default::default(),
+        );
+        assert_eq!(
+            engine.info("c").await.unwrap().replica_set.status,
+            crate::Status::Running
+        );
+        assert_eq!(engine.info_cache.lock().unwrap().len(), 1);
+        // A write by anyone holding the same store object is seen at once.
+        store
+            .put(&keys::replica_set("c"), head("stopped"))
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.info("c").await.unwrap().replica_set.status,
+            crate::Status::Stopped
+        );
+        store.delete(&keys::replica_set("c")).await.unwrap();
+        assert_eq!(engine.info("c").await.unwrap_err().code(), 1016);
     }
 }

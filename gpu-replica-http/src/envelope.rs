@@ -21,7 +21,19 @@ pub struct Envelope<T> {
 
 impl<T: Serialize> IntoResponse for Envelope<T> {
     fn into_response(self) -> Response {
-        Json(self).into_response()
+        // One buffer sized for a typical answer, rather than Json's small growing one.
+        let mut body = Vec::with_capacity(1024);
+        match serde_json::to_writer(&mut body, &self) {
+            Ok(()) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(_) => Json(self).into_response(),
+        }
     }
 }
 

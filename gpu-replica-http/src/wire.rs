@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use gpu_replica_core::model::rfc3339;
 use gpu_replica_core::runtime::create_body;
+use gpu_replica_core::runtime::docker_models::{ContainerCreateBody, HostConfig, NetworkingConfig};
 use gpu_replica_core::{
     parse_cpus, parse_duration, parse_size, parse_time, Bind, Engine, Error, Event, GpuInfo,
     GpuStatus, Limits, PortStatus, ReplicaSetInfo, Stats, Timers, Version, VolumeInfo,
@@ -391,13 +392,13 @@ pub struct VersionView {
     pub create_time: String,
     /// Docker's container config (Image, Env, Cmd, ExposedPorts, Tty, …).
     #[schema(value_type = Object)]
-    pub config: Value,
+    pub config: ContainerCreateBody,
     /// Docker's host config (Binds, PortBindings, DeviceRequests, …).
     #[schema(value_type = Object)]
-    pub host_config: Value,
+    pub host_config: Option<HostConfig>,
     /// Docker's networking config.
     #[schema(value_type = Object)]
-    pub networking_config: Value,
+    pub networking_config: Option<NetworkingConfig>,
     /// Platform (empty: the host's).
     #[schema(value_type = Object)]
     pub platform: Value,
@@ -418,9 +419,9 @@ impl VersionView {
         VersionView {
             version: version.version,
             create_time: version.created_at.clone(),
-            config: serde_json::to_value(&body).unwrap_or(Value::Null),
-            host_config: serde_json::to_value(host_config).unwrap_or(Value::Null),
-            networking_config: serde_json::to_value(networking_config).unwrap_or(Value::Null),
+            config: body,
+            host_config,
+            networking_config,
             platform: Value::Null,
             container_name: version.container.clone(),
             gpus: version.gpus.clone(),

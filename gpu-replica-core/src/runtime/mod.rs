@@ -8,6 +8,8 @@ pub(crate) mod docker;
 mod tar_size;
 
 pub use self::docker::{create_body, DockerRuntime};
+/// Docker's own API types, as [`create_body`] returns them.
+pub use bollard::models as docker_models;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

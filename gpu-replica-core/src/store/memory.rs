@@ -108,4 +108,13 @@ impl StateStore for MemoryStore {
     fn describe(&self) -> String {
         "memory (not persisted)".into()
     }
+
+    fn generation(&self) -> Option<u64> {
+        Some(
+            self.inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .revision,
+        )
+    }
 }

@@ -107,4 +107,10 @@ pub trait StateStore: Send + Sync {
     async fn commit(&self, txn: Txn) -> Result<bool>;
     /// A short description for logs and the startup summary.
     fn describe(&self) -> String;
+    /// A number that changes with every write, for stores that no one writes to but through
+    /// this object (redb locks its file; memory is in-process): reads may then be cached until
+    /// it changes. `None` where others may write too (etcd).
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }

@@ -24,6 +24,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Writes attempted, counted once each is over (see [`StateStore::generation`]).
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
@@ -44,6 +46,7 @@ impl RedbStore {
         Ok(RedbStore {
             db: Arc::new(db),
             path,
+            writes: Arc::default(),
         })
     }
 
@@ -56,6 +59,22 @@ impl RedbStore {
         tokio::task::spawn_blocking(move || work(&db))
             .await
             .map_err(store_err)?
+    }
+
+    /// Like [`RedbStore::blocking`] for a write: the generation moves once the write is over,
+    /// even if the caller stopped waiting for it.
+    async fn writing<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T> + Send + 'static,
+    {
+        let writes = self.writes.clone();
+        self.blocking(move |db| {
+            let result = work(db);
+            writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            result
+        })
+        .await
     }
 
     /// Runs `txn` inside one write transaction; `None` when a condition fails.
@@ -143,7 +162,7 @@ impl StateStore for RedbStore {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64> {
         let txn = Txn::new().put(key, value);
-        self.blocking(move |db| {
+        self.writing(move |db| {
             RedbStore::write(db, txn)?
                 .ok_or_else(|| Error::Store("unconditional put refused".into()))
         })
@@ -152,7 +171,7 @@ impl StateStore for RedbStore {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let key = key.to_string();
-        self.blocking(move |db| {
+        self.writing(move |db| {
             let tx = db.begin_write().map_err(store_err)?;
             let existed = {
                 let mut entries = tx.open_table(ENTRIES).map_err(store_err)?;
@@ -166,11 +185,15 @@ impl StateStore for RedbStore {
     }
 
     async fn commit(&self, txn: Txn) -> Result<bool> {
-        self.blocking(move |db| Ok(RedbStore::write(db, txn)?.is_some()))
+        self.writing(move |db| Ok(RedbStore::write(db, txn)?.is_some()))
             .await
     }
 
     fn describe(&self) -> String {
         format!("redb {}", self.path.display())
+    }
+
+    fn generation(&self) -> Option<u64> {
+        Some(self.writes.load(std::sync::atomic::Ordering::SeqCst))
     }
 }

@@ -49,25 +49,38 @@ impl Client {
         }
     }
 
+    /// Sends one request with the token, if any; the answer as it comes.
+    async fn send(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
+        self.http
+            .request(request)
+            .await
+            .map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))
+    }
+
     /// Opens a GET whose answer is a stream (logs, events); an error answer is returned as
     /// the envelope's error.
     pub async fn open(
         &self,
         path: impl Into<String>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let url = format!("{}{}", self.base, path.into());
-        let mut request = Request::builder().method(Method::GET).uri(&url);
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        let response = self.send(Method::GET, path.into(), None).await?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -95,23 +108,9 @@ impl Client {
         path: impl Into<String>,
         body: Option<Value>,
     ) -> Result<Value, ClientError> {
-        let url = format!("{}{}", self.base, path.into());
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut request = Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("content-type", "application/json");
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        let path = path.into();
+        let url = format!("{}{}", self.base, path);
+        let response = self.send(method, path, body).await?;
         let bytes = response
             .into_body()
             .collect()

@@ -58,6 +58,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     allow_host_paths: Vec<PathBuf>,
+    /// A Docker volume not created by this server that binds may mount anyway (repeatable;
+    /// default none: only this server's own volumes).
+    #[arg(
+        long = "allow-volume",
+        env = "GPU_REPLICA_ALLOW_VOLUME",
+        value_delimiter = ','
+    )]
+    allow_volumes: Vec<String>,
     /// File holding the bearer token (instead of --token; trailing whitespace ignored).
     #[arg(long, env = "GPU_REPLICA_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -92,6 +100,11 @@ pub struct ServeArgs {
     /// How often idle and stop-at timers are checked (30s, 1m).
     #[arg(long, env = "GPU_REPLICA_TIMER_INTERVAL", default_value = "15s", value_parser = duration)]
     timer_interval: u64,
+    /// How often every replicaSet is compared with Docker (besides Docker's events): a
+    /// container that stopped outside the server is started again, one that vanished is shown
+    /// `exited` (30s, 1m).
+    #[arg(long, env = "GPU_REPLICA_RECONCILE_INTERVAL", default_value = "30s", value_parser = duration)]
+    reconcile_interval: u64,
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "GPU_REPLICA_LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -202,6 +215,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         stop_timeout: Duration::from_secs(args.stop_timeout),
         keep_snapshots: args.keep_snapshots,
         allowed_host_paths: args.allow_host_paths.clone(),
+        allowed_volumes: args.allow_volumes.clone(),
         labels: args.labels.iter().cloned().collect(),
         resources: ResourcePolicy {
             per_gpu: Limits {
@@ -217,6 +231,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             init: !args.no_init,
         },
         timer_interval: Duration::from_secs(args.timer_interval),
+        reconcile_interval: Duration::from_secs(args.reconcile_interval),
         ..EngineConfig::default()
     };
     tracing::info!("{docker_version}");
@@ -235,6 +250,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         .map_err(|e| format!("recovery: {e}"))?;
     tracing::info!("recovery: {recovery}");
     let _timers = engine.spawn_timers();
+    let _reconciler = engine.spawn_reconciler();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;

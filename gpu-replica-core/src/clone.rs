@@ -31,13 +31,9 @@ pub struct CloneRequest {
 }
 
 impl Engine {
-    /// The image a clone's first container is created from.
-    pub(crate) fn clone_base(&self, name: &str) -> String {
-        format!(
-            "{}/{}:base",
-            self.config.snapshot_repo,
-            name.to_ascii_lowercase()
-        )
+    /// The image the first container of the clone with id `id` is created from.
+    pub(crate) fn clone_base(&self, id: &str) -> String {
+        crate::names::clone_base(&self.config.snapshot_repo, id)
     }
 
     /// Creates replicaSet `request.name` from a version of `request.source` and starts it.
@@ -110,11 +106,14 @@ impl Engine {
         self.config
             .resources
             .grant(spec.gpu_count, &spec.resources)?;
+        let mut checked = Vec::with_capacity(spec.binds.len());
         for bind in &spec.binds {
-            self.check_bind(bind).await?;
+            checked.push(self.check_bind(bind).await?);
         }
-        let base = self.clone_base(name);
-        let version = self.claim_first_version(name, spec, &base).await?;
+        spec.binds = checked;
+        let id = crate::names::new_id()?;
+        let base = self.clone_base(&id);
+        let version = self.claim_first_version(name, &id, spec, &base).await?;
         failpoint("clone.recorded");
         let made = async {
             let labels = self.labels(&[(LABEL_REPLICA_SET, name.clone())]);
@@ -135,7 +134,7 @@ impl Engine {
         }
         .await;
         if let Err(e) = made {
-            self.undo_run(name, &version).await?;
+            self.undo_run(name, &id, &version).await?;
             return Err(e.during(Operation::Clone));
         }
         self.info(name).await

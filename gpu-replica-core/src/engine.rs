@@ -65,6 +65,12 @@ pub struct EngineConfig {
     pub resources: ResourcePolicy,
     /// How often [`Engine::spawn_timers`] checks the timers (default 15 s).
     pub timer_interval: Duration,
+    /// How often [`Engine::spawn_reconciler`] compares every set with Docker, besides
+    /// reacting to Docker's events (default 30 s).
+    pub reconcile_interval: Duration,
+    /// Docker volumes not managed by this engine that binds may mount anyway (default none:
+    /// only volumes this engine created).
+    pub allowed_volumes: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +86,8 @@ impl Default for EngineConfig {
             labels: BTreeMap::new(),
             resources: ResourcePolicy::default(),
             timer_interval: Duration::from_secs(15),
+            reconcile_interval: Duration::from_secs(30),
+            allowed_volumes: Vec::new(),
         }
     }
 }
@@ -104,6 +112,8 @@ pub struct Engine {
     /// `info` answers by name, with the store generation they were read at; valid while the
     /// store's generation is unchanged (only for stores that have one).
     pub(crate) info_cache: Mutex<HashMap<String, (u64, crate::model::ReplicaSetInfo)>>,
+    /// Sets the reconciler should look at soon.
+    pub(crate) nudges: Arc<crate::reconcile::Nudges>,
 }
 
 impl Engine {
@@ -126,6 +136,7 @@ impl Engine {
             idle_since: Mutex::new(HashMap::new()),
             closing: tokio::sync::watch::Sender::new(false),
             info_cache: Mutex::new(HashMap::new()),
+            nudges: Arc::default(),
         }
     }
 
@@ -140,6 +151,11 @@ impl Engine {
         let mut watch = self.closing.subscribe();
         // The sender lives in `self`, so this cannot fail while we are borrowed.
         let _ = watch.wait_for(|closing| *closing).await;
+    }
+
+    /// A receiver that turns true once [`Engine::close`] was called.
+    pub(crate) fn closing_receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// What the last [`Engine::recover`] finished, undid, removed and found missing; `None`
@@ -205,8 +221,8 @@ impl Engine {
         if self.store.commit(txn).await? {
             Ok(())
         } else {
-            Err(Error::Store(
-                "a record changed under us (another engine on the same store?)".into(),
+            Err(Error::Conflict(
+                "the records changed under this request (another engine on the same store?)".into(),
             ))
         }
     }
@@ -249,9 +265,10 @@ impl Engine {
         labels
     }
 
-    /// Checks one bind: destination absolute and not `/`, host sources under an allowed root
-    /// and never a system path, volume sources existing.
-    pub(crate) async fn check_bind(&self, bind: &Bind) -> Result<()> {
+    /// Checks one bind and returns it as it will be mounted: destination absolute and not
+    /// `/`; a host source resolved (symlinks, `..`) and then under an allowed root and never a
+    /// system path; a volume source existing and managed by this engine (or allowed by name).
+    pub(crate) async fn check_bind(&self, bind: &Bind) -> Result<Bind> {
         if !bind.dest.starts_with('/') {
             return Err(Error::InvalidParams(format!(
                 "bind destination '{}' must be an absolute path",
@@ -270,66 +287,108 @@ impl Engine {
             return Err(Error::InvalidParams("bind source must not be empty".into()));
         }
         if bind.is_host_path() {
-            return self.check_host_path(&bind.src);
+            let resolved = self.check_host_path(&bind.src)?;
+            return Ok(Bind {
+                src: resolved.to_string_lossy().into_owned(),
+                dest: bind.dest.clone(),
+            });
         }
-        if self.runtime.inspect_volume(&bind.src).await?.is_none() {
+        self.check_volume_source(&bind.src).await?;
+        Ok(bind.clone())
+    }
+
+    /// A volume may be mounted when this engine manages it (the current version of one of its
+    /// volumes) or the operator allows it by name; never another application's volume.
+    async fn check_volume_source(&self, src: &str) -> Result<()> {
+        let allowed = self.config.allowed_volumes.iter().any(|v| v == src);
+        if !allowed {
+            let managed = match src.rsplit_once('-') {
+                Some((base, number)) => match number.parse::<u32>() {
+                    Ok(number) => self
+                        .read::<crate::model::Volume>(&keys::volume(base))
+                        .await?
+                        .is_some_and(|(v, _)| v.current == number),
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !managed {
+                return Err(Error::BindRefused(format!(
+                    "volume '{src}' is not a current volume of this server (create one with POST \
+                     /api/v1/volumes and bind its versioned name, e.g. 'data-1'; the operator may \
+                     allow other volumes with --allow-volume)"
+                )));
+            }
+        }
+        if self.runtime.inspect_volume(src).await?.is_none() {
             return Err(Error::InvalidParams(format!(
-                "volume '{}' does not exist; create it first (POST /api/v1/volumes)",
-                bind.src
+                "volume '{src}' does not exist; create it first (POST /api/v1/volumes)"
             )));
         }
         Ok(())
     }
 
-    fn check_host_path(&self, src: &str) -> Result<()> {
-        let path = Path::new(src);
-        if path
-            .components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-        {
-            return Err(Error::BindRefused(format!(
-                "host path '{src}' must not contain '..' or '.'"
-            )));
-        }
+    /// Resolves a host path (symlinks, `.` and `..`) and checks the result against the policy.
+    fn check_host_path(&self, src: &str) -> Result<PathBuf> {
+        let path = resolve_path(Path::new(src));
         if path.components().all(|c| c == Component::RootDir)
             || FORBIDDEN_HOST_PATHS.iter().any(|f| path.starts_with(f))
         {
             return Err(Error::BindRefused(format!(
-                "host path '{src}' is a system path"
+                "host path '{src}' is a system path ({})",
+                path.display()
             )));
         }
         if !self
             .config
             .allowed_host_paths
             .iter()
-            .any(|root| path.starts_with(root))
+            .any(|root| path.starts_with(resolve_path(root)))
         {
             return Err(Error::BindRefused(format!(
-                "host path '{src}' is not under a folder the operator allows (--allow-host-path)"
+                "host path '{src}' ({}) is not under a folder the operator allows (--allow-host-path)",
+                path.display()
             )));
         }
-        Ok(())
+        Ok(path)
     }
 }
 
-/// Checks a replicaSet or volume name: `[A-Za-z0-9_.]+`.
+/// `path` with symlinks, `.` and `..` resolved: the longest prefix that exists is resolved by
+/// the file system, the rest (which does not exist yet) by its components.
+pub(crate) fn resolve_path(path: &Path) -> PathBuf {
+    let components: Vec<Component> = path.components().collect();
+    for split in (1..=components.len()).rev() {
+        let prefix: PathBuf = components[..split].iter().collect();
+        if let Ok(mut resolved) = std::fs::canonicalize(&prefix) {
+            for component in &components[split..] {
+                match component {
+                    Component::ParentDir => {
+                        resolved.pop();
+                    }
+                    Component::Normal(part) => resolved.push(part),
+                    _ => {}
+                }
+            }
+            return resolved;
+        }
+    }
+    let mut resolved = PathBuf::from("/");
+    for component in components {
+        match component {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(part) => resolved.push(part),
+            _ => {}
+        }
+    }
+    resolved
+}
+
+/// Checks a replicaSet or volume name (see [`crate::names::check`]).
 pub(crate) fn check_name(name: &str, empty: Error, dash: fn(String) -> Error) -> Result<()> {
-    if name.is_empty() {
-        return Err(empty);
-    }
-    if name.contains('-') {
-        return Err(dash(name.to_string()));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        || name.len() > 128
-    {
-        return Err(Error::InvalidParams(format!(
-            "name '{name}' may hold only letters, digits, '_' and '.' (at most 128)"
-        )));
-    }
-    Ok(())
+    crate::names::check(name, empty, dash)
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -391,16 +450,6 @@ mod tests {
         )
     }
 
-    #[test]
-    fn names_hold_only_safe_characters() {
-        let check =
-            |n: &str| check_name(n, Error::NameEmpty, Error::NameHasDash).map_err(|e| e.code());
-        assert_eq!(check("foo_1.a"), Ok(()));
-        assert_eq!(check(""), Err(1002));
-        assert_eq!(check("foo-1"), Err(1003));
-        assert_eq!(check("foo/bar"), Err(1000));
-    }
-
     #[tokio::test]
     async fn host_paths_need_an_allowed_root_and_never_a_system_path() {
         let open = engine(EngineConfig {
@@ -423,6 +472,34 @@ mod tests {
                 open.check_bind(&bind(refused)).await.unwrap_err().code(),
                 1037,
                 "{refused}"
+            );
+        }
+        // `..` and symlinks are resolved before the policy is applied.
+        let dir = tempfile::tempdir().unwrap();
+        let allowed = dir.path().join("allowed");
+        std::fs::create_dir(&allowed).unwrap();
+        std::os::unix::fs::symlink("/etc", allowed.join("etc-link")).unwrap();
+        let sandboxed = engine(EngineConfig {
+            allowed_host_paths: vec![allowed.clone()],
+            ..Default::default()
+        });
+        let inside = format!("{}/sub/../data", allowed.display());
+        assert_eq!(
+            sandboxed.check_bind(&bind(&inside)).await.unwrap().src,
+            format!("{}/data", allowed.canonicalize().unwrap().display())
+        );
+        for escaping in [
+            format!("{}/etc-link/passwd", allowed.display()),
+            format!("{}/../outside", allowed.display()),
+        ] {
+            assert_eq!(
+                sandboxed
+                    .check_bind(&bind(&escaping))
+                    .await
+                    .unwrap_err()
+                    .code(),
+                1037,
+                "{escaping}"
             );
         }
         let closed = engine(EngineConfig::default());

@@ -212,6 +212,13 @@ pub enum Error {
     /// The state store answered with an error.
     #[error("state store: {0}")]
     Store(String),
+    /// Another request (of this engine or of another engine on the same store) changed the
+    /// same records first; nothing of this request was kept, try again.
+    #[error("conflict: {0}; nothing was changed, try again")]
+    Conflict(String),
+    /// The container is not running (Docker refused to act on it).
+    #[error("container not running: {0}")]
+    NotRunning(String),
     /// Docker or the state store cannot be reached now; nothing was changed, try again.
     #[error("{0} is unreachable; nothing was changed, try again when it is back")]
     Unavailable(String),
@@ -265,6 +272,8 @@ impl Error {
             Error::Docker(_) => 1039,
             Error::Store(_) => 1040,
             Error::Unavailable(_) => 1041,
+            Error::Conflict(_) => 1046,
+            Error::NotRunning(_) => 1047,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }

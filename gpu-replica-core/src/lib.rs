@@ -41,7 +41,9 @@ pub mod gpu;
 pub mod keys;
 pub mod limits;
 pub mod model;
+pub mod names;
 mod observe;
+mod reconcile;
 mod recovery;
 mod replicaset;
 mod resources;
@@ -70,11 +72,12 @@ pub use crate::model::{
     Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
 pub use crate::observe::Stats;
+pub use crate::reconcile::Reconciled;
 pub use crate::recovery::Recovery;
 pub use crate::replicaset::{BindSwap, PatchRequest, RunRequest};
 pub use crate::runtime::{
-    Bind, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach, LogStream,
-    PortMapping,
+    Bind, ContainerEvent, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach,
+    LogStream, PortMapping,
 };
 pub use crate::sched::PortRange;
 pub use crate::size::parse_size;

@@ -18,12 +18,21 @@ pub enum Status {
     Paused,
     /// Container stopped; GPUs and ports released.
     Stopped,
+    /// Meant to run, but its container exited or vanished outside the engine and could not be
+    /// started again; still holds its GPUs and ports. `continue` (which recreates a vanished
+    /// container from its version record) or a patch makes it run again.
+    Exited,
 }
 
 impl Status {
     /// Whether GPU and port claims are held in this state.
     pub fn holds_claims(self) -> bool {
         self != Status::Stopped
+    }
+
+    /// Whether the user wants the container running (running, or running until it exited).
+    pub fn wants_running(self) -> bool {
+        matches!(self, Status::Running | Status::Exited)
     }
 }
 
@@ -51,8 +60,13 @@ pub struct ReplicaSetSpec {
 /// The head record of a replicaSet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaSet {
-    /// Name, `[A-Za-z0-9_.]+`.
+    /// Name, `[A-Za-z0-9][A-Za-z0-9_.]*`.
     pub name: String,
+    /// Immutable id given at run (32 hex digits): snapshot and clone-base images are named by
+    /// it, never by the name. Empty in records written before ids existed; see
+    /// [`ReplicaSet::image_id`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// The version whose container is current.
     pub current: u32,
     /// The highest version number ever handed out; never reused.
@@ -83,6 +97,18 @@ pub struct Timers {
     /// Stop at this time, in seconds since the Unix epoch; cleared once it fired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_at: Option<i64>,
+}
+
+impl ReplicaSet {
+    /// What this set's images are named by: its id, or for a set recorded before ids existed,
+    /// its name in hex (injective, valid for Docker).
+    pub fn image_id(&self) -> String {
+        if self.id.is_empty() {
+            crate::names::legacy_id(&self.name)
+        } else {
+            self.id.clone()
+        }
+    }
 }
 
 impl Timers {

@@ -28,19 +28,25 @@ pub struct Recovery {
     pub undone: Vec<String>,
     /// Docker objects removed because no record refers to them.
     pub orphans_removed: Vec<String>,
-    /// Problems that need a person: a current container that is gone.
+    /// Problems that need a person: a current container that is gone or does not start (its
+    /// set is shown `exited`).
     pub missing: Vec<String>,
+    /// Drift between the records and Docker settled at start (a container started again, a
+    /// claim without a holder released).
+    #[serde(default)]
+    pub reconciled: Vec<String>,
 }
 
 impl fmt::Display for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} finished, {} undone, {} orphans removed, {} missing",
+            "{} finished, {} undone, {} orphans removed, {} missing, {} reconciled",
             self.finished.len(),
             self.undone.len(),
             self.orphans_removed.len(),
-            self.missing.len()
+            self.missing.len(),
+            self.reconciled.len()
         )?;
         for line in self
             .finished
@@ -48,6 +54,7 @@ impl fmt::Display for Recovery {
             .chain(&self.undone)
             .chain(&self.orphans_removed)
             .chain(&self.missing)
+            .chain(&self.reconciled)
         {
             write!(f, "; {line}")?;
         }
@@ -73,7 +80,10 @@ impl Engine {
             self.recover_resize(volume, &mut report).await?;
         }
         self.remove_orphans(&mut report).await?;
-        self.check_current_containers(&mut report).await?;
+        // Start-up is one pass of the reconciler: current containers end as the records say.
+        let pass = self.reconcile().await?;
+        report.reconciled = pass.settled;
+        report.missing = pass.shown;
         if report != Recovery::default() {
             tracing::warn!("recovery: {report}");
         }
@@ -99,7 +109,7 @@ impl Engine {
                 if created && self.finish_run(&name).await.is_ok() {
                     report.finished.push(format!("run of {name}"));
                 } else {
-                    self.undo_run(&name, &version).await?;
+                    self.undo_run(&name, &head.image_id(), &version).await?;
                     report.undone.push(format!("run of {name}"));
                 }
             }
@@ -206,6 +216,15 @@ impl Engine {
             self.finish(prepared).await?;
             Ok(true)
         } else {
+            if prepared.was_running() {
+                // A killed engine may have left a stop of the old container in its grace
+                // period, which Docker finishes on its own later: stop it ourselves and wait,
+                // so the start below is the last word and the container ends up running.
+                let old = prepared.old_container().to_string();
+                self.runtime
+                    .stop_container(&old, self.config.stop_timeout)
+                    .await?;
+            }
             self.abort(prepared).await;
             Ok(false)
         }
@@ -321,28 +340,6 @@ impl Engine {
                 report
                     .orphans_removed
                     .push(format!("volume {}", volume.name));
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts current containers that should run and do not; reports those that are gone.
-    async fn check_current_containers(&self, report: &mut Recovery) -> Result<()> {
-        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
-        for head in heads {
-            let container = format!("{}-{}", head.name, head.current);
-            match self.runtime.inspect_container(&container).await? {
-                None => report
-                    .missing
-                    .push(format!("container {container} of {} is gone", head.name)),
-                Some(state) if head.status == Status::Running && !state.running => {
-                    if let Err(e) = self.runtime.start_container(&container).await {
-                        report
-                            .missing
-                            .push(format!("container {container} does not start: {e}"));
-                    }
-                }
-                Some(_) => {}
             }
         }
         Ok(())

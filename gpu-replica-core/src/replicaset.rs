@@ -129,8 +129,15 @@ impl Engine {
         if self.store.get(&keys::replica_set(&name)).await?.is_some() {
             return Err(Error::AlreadyExists(name));
         }
+        let mut checked = Vec::with_capacity(binds.len());
         for bind in &binds {
-            self.check_bind(bind).await?;
+            checked.push(self.check_bind(bind).await?);
+        }
+        let binds = checked;
+        if !crate::names::is_image_reference(&image) {
+            return Err(Error::InvalidParams(format!(
+                "imageName '{image}' is not a Docker image reference (lowercase repository, optional :tag)"
+            )));
         }
         if self.runtime.inspect_image(&image).await?.is_none() {
             return Err(Error::ImageNotFound(image));
@@ -144,7 +151,8 @@ impl Engine {
             container_ports,
             resources,
         };
-        let version = self.claim_first_version(&name, spec, &image).await?;
+        let id = crate::names::new_id()?;
+        let version = self.claim_first_version(&name, &id, spec, &image).await?;
         failpoint("run.recorded");
         let container = self.container_spec(&name, &version);
         let started = async {
@@ -154,7 +162,7 @@ impl Engine {
         }
         .await;
         if let Err(e) = started {
-            self.undo_run(&name, &version).await?;
+            self.undo_run(&name, &id, &version).await?;
             return Err(e.during(Operation::Run));
         }
         self.info(&name).await
@@ -176,9 +184,9 @@ impl Engine {
     }
 
     /// Removes everything a failed run made: the container, the records and the claims.
-    pub(crate) async fn undo_run(&self, name: &str, version: &Version) -> Result<()> {
+    pub(crate) async fn undo_run(&self, name: &str, id: &str, version: &Version) -> Result<()> {
         self.runtime.remove_container(&version.container).await?;
-        if version.image == self.clone_base(name) {
+        if version.image == self.clone_base(id) {
             self.runtime.remove_image(&version.image).await?;
         }
         let ports: Vec<u16> = version.ports.iter().map(|p| p.host_port).collect();
@@ -190,10 +198,12 @@ impl Engine {
 
     /// Picks GPUs and ports for a new replicaSet and records it, retrying if another engine
     /// claims the same GPUs first.
-    /// `image` is what the container is created from: the user's image, or a clone's base.
+    /// `image` is what the container is created from: the user's image, or a clone's base;
+    /// `id` is the new set's immutable id.
     pub(crate) async fn claim_first_version(
         &self,
         name: &str,
+        id: &str,
         spec: ReplicaSetSpec,
         image: &str,
     ) -> Result<Version> {
@@ -217,6 +227,7 @@ impl Engine {
             };
             let head = ReplicaSet {
                 name: name.to_string(),
+                id: id.to_string(),
                 current: 1,
                 latest: 1,
                 status: Status::Running,
@@ -238,9 +249,8 @@ impl Engine {
                 return Err(Error::AlreadyExists(name.to_string()));
             }
         }
-        Err(Error::failed(
-            Operation::Run,
-            "GPUs or ports kept being claimed by others; try again",
+        Err(Error::Conflict(
+            "the GPUs or ports picked kept being claimed by other requests".into(),
         ))
     }
 
@@ -365,15 +375,21 @@ impl Engine {
             let slot = spec
                 .binds
                 .iter()
-                .position(|b| b == &swap.old)
+                .position(|b| {
+                    b == &swap.old
+                        || swap.old.is_host_path()
+                            && b.src
+                                == crate::engine::resolve_path(std::path::Path::new(&swap.old.src))
+                                    .to_string_lossy()
+                            && b.dest == swap.old.dest
+                })
                 .ok_or_else(|| {
                     Error::InvalidParams(format!(
                         "'{}:{}' is not a bind of '{name}'",
                         swap.old.src, swap.old.dest
                     ))
                 })?;
-            self.check_bind(&swap.new).await?;
-            spec.binds[slot] = swap.new.clone();
+            spec.binds[slot] = self.check_bind(&swap.new).await?;
         }
         if let Some(asked) = patch.resources {
             spec.resources = asked.or(spec.resources);
@@ -664,11 +680,22 @@ impl Engine {
     /// Starts the container and records it running; on failure puts the set back as it was
     /// (`before`), releasing claims taken again.
     pub(crate) async fn finish_resume(&self, mut head: ReplicaSet, before: Status) -> Result<()> {
-        let container = format!("{}-{}", head.name, head.current);
-        let started = self
-            .runtime
-            .restart_container(&container, self.config.stop_timeout)
-            .await;
+        let container = crate::names::container(&head.name, head.current);
+        let started = async {
+            if self.runtime.inspect_container(&container).await?.is_none() {
+                // It vanished outside the engine: make it again from its version record (from
+                // the image it was created from; what it wrote since is gone with it).
+                let version = self.version_record(&head.name, head.current).await?;
+                tracing::warn!(%container, "container is gone; creating it again from its record");
+                self.runtime
+                    .create_container(&self.container_spec(&head.name, &version))
+                    .await?;
+            }
+            self.runtime
+                .restart_container(&container, self.config.stop_timeout)
+                .await
+        }
+        .await;
         let reclaimed = matches!(head.pending, Some(Intent::Continue { reclaimed: true }));
         head.pending = None;
         if let Err(e) = started {
@@ -750,7 +777,9 @@ impl Engine {
         for snapshot in versions.iter().rev().filter_map(|v| v.snapshot.as_ref()) {
             self.runtime.remove_image(snapshot).await?;
         }
-        self.runtime.remove_image(&self.clone_base(&name)).await?;
+        self.runtime
+            .remove_image(&self.clone_base(&head.image_id()))
+            .await?;
         Ok(())
     }
 
@@ -771,10 +800,21 @@ impl Engine {
                 format!("'{name}' is not running; continue or restart it first"),
             ));
         }
-        self.runtime
-            .exec(&format!("{name}-{}", head.current), argv, workdir)
-            .await
-            .map_err(|e| e.during(Operation::Exec))
+        let container = crate::names::container(name, head.current);
+        match self.runtime.exec(&container, argv, workdir).await {
+            Err(Error::NotRunning(_)) => {
+                // The records say running, Docker says otherwise: the reconciler settles it.
+                self.nudge_reconcile(name);
+                Err(Error::refused(
+                    Operation::Exec,
+                    format!(
+                        "the container {container} of '{name}' is not running (it exited or was \
+                         stopped outside gpu-replica); continue it, or wait for it to be restarted"
+                    ),
+                ))
+            }
+            other => other.map_err(|e| e.during(Operation::Exec)),
+        }
     }
 
     /// Commits the current container to image `image`.
@@ -783,6 +823,12 @@ impl Engine {
             return Err(Error::InvalidParams(
                 "newImageName must not be empty".into(),
             ));
+        }
+        if !crate::names::is_image_reference(image) {
+            return Err(Error::InvalidParams(format!(
+                "newImageName '{image}' is not a Docker image reference: lowercase letters, digits \
+                 and single '.', '_' or '-' between them, then an optional ':tag'"
+            )));
         }
         let (head, _) = self.head(name).await?;
         let labels = self.labels(&[(LABEL_REPLICA_SET, name.to_string())]);

@@ -39,6 +39,16 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// Whether the old container ran before the transition.
+    pub(crate) fn was_running(&self) -> bool {
+        self.was_running
+    }
+
+    /// The old container's name.
+    pub(crate) fn old_container(&self) -> &str {
+        &self.old.container
+    }
+
     /// Rebuilds a transition from its records (crash recovery); `None` if the head records no
     /// new version.
     pub(crate) fn from_records(head: ReplicaSet, old: Version, new: Version) -> Option<Prepared> {
@@ -102,7 +112,7 @@ impl Engine {
         for _ in 0..8 {
             let (head, revision) = self.head(name).await?;
             let old = self.version_record(name, head.current).await?;
-            let run = run || head.status == Status::Running;
+            let run = run || head.status.wants_running();
             let claims_after = run || head.status.holds_claims();
             let held_gpus = if head.status.holds_claims() {
                 head.gpus.clone()
@@ -147,7 +157,7 @@ impl Engine {
                 .collect();
             let number = head.latest + 1;
             let image = match filesystem {
-                Filesystem::Current => self.snapshot_name(name, old.version),
+                Filesystem::Current => self.snapshot_name(&head, old.version),
                 Filesystem::Of(k) => self
                     .version_record(name, k)
                     .await?
@@ -194,27 +204,30 @@ impl Engine {
             }
             let (_, now_revision) = self.head(name).await?;
             if now_revision != revision {
-                return Err(Error::Store(format!(
+                return Err(Error::Conflict(format!(
                     "'{name}' was changed by another engine during this operation"
                 )));
             }
             // Only a claim was lost to another engine: pick again.
         }
-        Err(Error::Store(
-            "GPUs or ports kept being claimed by others; try again".into(),
+        Err(Error::Conflict(
+            "the GPUs or ports picked kept being claimed by other requests".into(),
         ))
     }
 
     /// Stops the old container, snapshots it (flattening a long chain) and creates the new one.
     async fn replace_container(&self, prepared: &mut Prepared) -> Result<()> {
         let old = prepared.old.clone();
-        if self.is_running(&old.container).await? {
+        let Some(state) = self.runtime.inspect_container(&old.container).await? else {
+            return self.replace_vanished_container(prepared).await;
+        };
+        if state.running {
             self.runtime
                 .stop_container(&old.container, self.config.stop_timeout)
                 .await?;
         }
         failpoint("version.stopped");
-        let snapshot = self.snapshot_name(&prepared.name, old.version);
+        let snapshot = self.snapshot_name(&prepared.head, old.version);
         let labels = self.labels(&[
             (LABEL_REPLICA_SET, prepared.name.clone()),
             (LABEL_VERSION, old.version.to_string()),
@@ -239,6 +252,28 @@ impl Engine {
             .put(&keys::version(&prepared.name, old.version), encode(&old))
             .await?;
         prepared.old = old;
+        failpoint("version.committed");
+        let spec = self.container_spec(&prepared.name, &prepared.new);
+        self.runtime.create_container(&spec).await?;
+        failpoint("version.created");
+        Ok(())
+    }
+
+    /// The old container vanished outside the engine, so its filesystem cannot be carried: the
+    /// new version starts from the image the old one was created from (a `Filesystem::Of`
+    /// rollback keeps its snapshot).
+    async fn replace_vanished_container(&self, prepared: &mut Prepared) -> Result<()> {
+        let old = &prepared.old;
+        tracing::warn!(container = %old.container, "container is gone; the new version starts from its image");
+        if prepared.new.image == self.snapshot_name(&prepared.head, old.version) {
+            prepared.new.image = old.image.clone();
+            self.store
+                .put(
+                    &keys::version(&prepared.name, prepared.new.version),
+                    encode(&prepared.new),
+                )
+                .await?;
+        }
         failpoint("version.committed");
         let spec = self.container_spec(&prepared.name, &prepared.new);
         self.runtime.create_container(&spec).await?;
@@ -337,12 +372,9 @@ impl Engine {
         }
     }
 
-    pub(crate) fn snapshot_name(&self, name: &str, version: u32) -> String {
-        format!(
-            "{}/{}:v{version}",
-            self.config.snapshot_repo,
-            name.to_ascii_lowercase()
-        )
+    /// The snapshot image of version `version` of `head`'s set, named by its id.
+    pub(crate) fn snapshot_name(&self, head: &ReplicaSet, version: u32) -> String {
+        crate::names::snapshot_image(&self.config.snapshot_repo, &head.image_id(), version)
     }
 
     /// Untags snapshots beyond the newest `keep_snapshots`.

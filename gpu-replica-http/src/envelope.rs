@@ -96,7 +96,9 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::NotEnoughGpus { .. }
         | Error::NotEnoughPorts { .. }
         | Error::ShrinkBelowUsage { .. }
-        | Error::Refused { .. } => StatusCode::CONFLICT,
+        | Error::Refused { .. }
+        | Error::Conflict(_)
+        | Error::NotRunning(_) => StatusCode::CONFLICT,
         Error::InvalidParams(_)
         | Error::ImageNameEmpty
         | Error::NameEmpty
@@ -134,8 +136,31 @@ impl IntoResponse for ApiError {
 
 /// A JSON object body decoded into `T`; anything else (bad JSON, an array, a wrong type, a
 /// body over the limit) is code 1000 in the envelope, never a plain-text error.
+///
+/// The body is read as JSON when the Content-Type is missing, JSON (`application/json`, or any
+/// `+json` type), or `application/x-www-form-urlencoded`: that is what `curl -d` sends unless
+/// told otherwise, and a person typing curl means JSON. Any other type is refused.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
+
+/// Whether a request with this Content-Type may carry a JSON body.
+fn json_content_type(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(value) = content_type else {
+        return true;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence == "application/x-www-form-urlencoded"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<S, T> axum::extract::FromRequest<S> for Body<T>
 where
@@ -145,16 +170,33 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<serde_json::Value>::from_request(request, state)
+        let content_type = request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .cloned();
+        if !json_content_type(content_type.as_ref()) {
+            return Err(ApiError::new(Error::InvalidParams(format!(
+                "the request body must be JSON (Content-Type: application/json), not {}",
+                content_type
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("binary")
+            ))));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
             .await
-            .map_err(|rejection| match rejection {
-                JsonRejection::BytesRejection(_) => ApiError::new(Error::InvalidParams(format!(
+            .map_err(|_| {
+                ApiError::new(Error::InvalidParams(format!(
                     "request body larger than {} bytes",
                     crate::BODY_LIMIT
                 )))
-                .with_status(StatusCode::PAYLOAD_TOO_LARGE),
-                other => ApiError::from(other),
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
             })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(Error::InvalidParams(format!(
+                "the request body is not valid JSON: {e}"
+            )))
+        })?;
         if !value.is_object() {
             return Err(ApiError::new(Error::InvalidParams(
                 "the request body must be a JSON object".into(),
@@ -163,5 +205,25 @@ where
         serde_json::from_value(value)
             .map(Body)
             .map_err(|e| ApiError::new(Error::InvalidParams(e.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_content_type;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn curl_defaults_and_json_types_are_read_as_json() {
+        let accepts = |v: &str| json_content_type(Some(&HeaderValue::from_str(v).unwrap()));
+        assert!(json_content_type(None));
+        assert!(accepts("application/json"));
+        assert!(accepts("application/json; charset=utf-8"));
+        assert!(accepts("Application/JSON"));
+        assert!(accepts("application/x-www-form-urlencoded"));
+        assert!(accepts("application/merge-patch+json"));
+        assert!(!accepts("text/plain"));
+        assert!(!accepts("multipart/form-data; boundary=x"));
+        assert!(!accepts("application/xml"));
     }
 }

@@ -12,15 +12,15 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, DeviceRequest, HostConfig, PortBinding,
-    VolumeCreateRequest,
+    ContainerConfig, ContainerCreateBody, DeviceRequest, HostConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, CreateImageOptions,
-    DownloadFromContainerOptions, ListContainersOptions, ListImagesOptions, ListVolumesOptions,
-    LogsOptions, RemoveContainerOptions, RemoveImageOptions, RemoveVolumeOptions,
-    RestartContainerOptions, StatsOptions, StopContainerOptions, TagImageOptions,
-    UploadToContainerOptions,
+    DownloadFromContainerOptions, EventsOptions, ListContainersOptions, ListImagesOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
+    RemoveVolumeOptions, RestartContainerOptions, StatsOptions, StopContainerOptions,
+    TagImageOptions, UploadToContainerOptions,
 };
 use bollard::{body_try_stream, Docker};
 use bytes::Bytes;
@@ -28,8 +28,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use super::tar_size::TarSizeCounter;
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStats, ExecOutput, GpuAttach,
-    ImageState, LogStream, VolumeState,
+    ContainerEvent, ContainerEventStream, ContainerRuntime, ContainerSpec, ContainerState,
+    ContainerStats, ExecOutput, GpuAttach, ImageState, LogStream, VolumeState,
 };
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -56,6 +56,12 @@ pub struct DockerRuntime {
 
 fn docker_err(e: BollardError) -> Error {
     match e {
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } if message.contains("is not running") || message.contains("is paused") => {
+            Error::NotRunning(message)
+        }
         BollardError::DockerResponseServerError { message, .. } => Error::Docker(message),
         // The engine cannot be reached at all (socket gone, connection refused, timeout).
         BollardError::IOError { .. }
@@ -343,6 +349,12 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             memory: spec.limits.memory.map(to_i64),
             shm_size: spec.limits.shm.map(to_i64),
             init: spec.init.then_some(true),
+            // A daemon or host restart brings running sets back by themselves; a stop through
+            // the API stays a stop.
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -462,9 +474,10 @@ impl ContainerRuntime for DockerRuntime {
         };
         match self.docker.stop_container(name, Some(options)).await {
             Ok(()) => Ok(()),
-            // 304: already stopped.
+            // 304: already stopped; 404: gone, so not running either.
             Err(BollardError::DockerResponseServerError {
-                status_code: 304, ..
+                status_code: 304 | 404,
+                ..
             }) => Ok(()),
             Err(e) => Err(docker_err(e)),
         }
@@ -905,6 +918,36 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if !is_not_found(&e) => Err(docker_err(e)),
             _ => Ok(()),
         }
+    }
+
+    async fn container_events(&self, label: &str) -> Result<ContainerEventStream> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![label.to_string()]),
+            (
+                "event".to_string(),
+                ["start", "die", "stop", "destroy"]
+                    .map(String::from)
+                    .to_vec(),
+            ),
+        ]);
+        let options = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        // Ask once so an unreachable engine is an error now, not an empty stream.
+        self.version().await?;
+        let stream = self.docker.events(Some(options)).map(|message| {
+            let message = message.map_err(docker_err)?;
+            let attributes = message.actor.and_then(|a| a.attributes).unwrap_or_default();
+            let container = attributes.get("name").cloned().unwrap_or_default();
+            Ok(ContainerEvent {
+                container,
+                action: message.action.unwrap_or_default(),
+                labels: attributes.into_iter().collect(),
+            })
+        });
+        Ok(Box::pin(stream))
     }
 }
 

@@ -179,6 +179,20 @@ pub struct VolumeState {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A container's lifecycle as Docker reports it, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// Container name.
+    pub container: String,
+    /// What happened: `start`, `die`, `stop`, `destroy`.
+    pub action: String,
+    /// The container's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Container events, until Docker goes away (the stream then ends or yields an error).
+pub type ContainerEventStream = futures_util::stream::BoxStream<'static, Result<ContainerEvent>>;
+
 /// The Docker operations the engine is built on.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
@@ -257,4 +271,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn copy_volume(&self, from: &str, to: &str) -> Result<()>;
     /// Removes a volume; absent is fine, in use is an error.
     async fn remove_volume(&self, name: &str) -> Result<()>;
+
+    /// Start, die, stop and destroy events of containers carrying `label` (`key=value`), from
+    /// now on.
+    async fn container_events(&self, label: &str) -> Result<ContainerEventStream>;
 }

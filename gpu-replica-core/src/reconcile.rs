@@ -1,0 +1,342 @@
+//! Reconciliation, level-triggered: the records say what should be, Docker says what is, and
+//! the engine settles the difference where the records say what to do, or shows it.
+//!
+//! - A set recorded running whose container stopped outside the engine (a `docker stop`, a stop
+//!   that a killed engine left in its grace period) is started again. One whose container
+//!   vanished, or does not start, is shown `exited` (status in info and list, and an event);
+//!   `continue` or a patch makes it run again. It keeps its GPUs and ports meanwhile.
+//! - A set recorded paused or stopped whose container runs (started outside the engine) is
+//!   stopped again.
+//! - A GPU or port claim whose holder does not exist, is stopped, or no longer lists it is
+//!   released.
+//!
+//! Sets with an operation in flight are left to that operation (and to recovery, should it have
+//! died). [`Engine::reconcile`] is one pass; [`Engine::spawn_reconciler`] runs one per set on
+//! each Docker container event and a full pass every [`crate::EngineConfig::reconcile_interval`].
+//! [`Engine::recover`] runs one pass at start.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_STORE};
+use crate::error::Result;
+use crate::keys;
+use crate::model::{ReplicaSet, Status};
+use crate::names;
+use crate::store::{Entry, Txn};
+
+/// What one reconcile pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Drift settled: a container started or stopped, a stray claim released.
+    pub settled: Vec<String>,
+    /// Drift shown, for a person: a set marked `exited`.
+    pub shown: Vec<String>,
+}
+
+impl Reconciled {
+    /// Whether the pass found nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.settled.is_empty() && self.shown.is_empty()
+    }
+}
+
+/// The sets named by events or by a failed request, waiting for the reconciler.
+#[derive(Default)]
+pub(crate) struct Nudges {
+    names: std::sync::Mutex<HashSet<String>>,
+    /// Set when everything should be looked at (Docker came back).
+    everything: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Nudges {
+    fn push(&self, name: &str) {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
+        self.notify.notify_one();
+    }
+
+    fn push_everything(&self) {
+        self.everything
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn take_everything(&self) -> bool {
+        self.everything
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn take(&self) -> Vec<String> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names.drain().collect()
+    }
+}
+
+impl Engine {
+    /// One pass over every replicaSet and every claim; see the module documentation.
+    pub async fn reconcile(&self) -> Result<Reconciled> {
+        let mut pass = Reconciled::default();
+        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        for head in heads {
+            self.reconcile_one(&head.name, &mut pass).await?;
+        }
+        self.release_stray_claims(&mut pass).await?;
+        Ok(pass)
+    }
+
+    /// Reconciles one replicaSet (its container against its head).
+    pub async fn reconcile_set(&self, name: &str) -> Result<Reconciled> {
+        let mut pass = Reconciled::default();
+        self.reconcile_one(name, &mut pass).await?;
+        Ok(pass)
+    }
+
+    /// Asks a running reconciler to look at `name` soon.
+    pub(crate) fn nudge_reconcile(&self, name: &str) {
+        self.nudges.push(name);
+    }
+
+    async fn reconcile_one(&self, name: &str, pass: &mut Reconciled) -> Result<()> {
+        let _guard = self.lock(&format!("rs:{name}")).await;
+        let Some((mut head, revision)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await?
+        else {
+            return Ok(());
+        };
+        if head.pending.is_some() {
+            return Ok(());
+        }
+        let container = names::container(name, head.current);
+        let state = self.runtime.inspect_container(&container).await?;
+        let running = state.as_ref().is_some_and(|s| s.running);
+        // Docker's restart policy is already bringing it back.
+        let restarting = state.as_ref().is_some_and(|s| s.status == "restarting");
+        match head.status {
+            Status::Running if running || restarting => Ok(()),
+            Status::Running => {
+                let why = match state {
+                    Some(_) => match self.runtime.start_container(&container).await {
+                        Ok(()) => {
+                            let line = format!(
+                                "{container} of {name} had stopped outside gpu-replica: started again"
+                            );
+                            return self.settled(name, line, pass).await;
+                        }
+                        Err(e) => format!("does not start: {e}"),
+                    },
+                    None => "is gone".to_string(),
+                };
+                head.status = Status::Exited;
+                let txn = Txn::new()
+                    .unchanged(keys::replica_set(name), revision)
+                    .put(keys::replica_set(name), encode(&head));
+                if self.store.commit(txn).await? {
+                    let line = format!(
+                        "{container} of {name} {why}: shown exited (continue or patch it to run it again)"
+                    );
+                    tracing::warn!(replica_set = %name, "{line}");
+                    self.emit("reconcile", name, false, line.clone()).await;
+                    pass.shown.push(line);
+                }
+                Ok(())
+            }
+            Status::Exited if running => {
+                head.status = Status::Running;
+                let txn = Txn::new()
+                    .unchanged(keys::replica_set(name), revision)
+                    .put(keys::replica_set(name), encode(&head));
+                if self.store.commit(txn).await? {
+                    let line = format!("{container} of {name} runs again: shown running");
+                    self.settled(name, line, pass).await?;
+                }
+                Ok(())
+            }
+            Status::Paused | Status::Stopped if running => {
+                self.runtime
+                    .stop_container(&container, self.config.stop_timeout)
+                    .await?;
+                let line =
+                    format!(
+                    "{container} of {name} was started outside gpu-replica while {}: stopped again",
+                    if head.status == Status::Paused { "paused" } else { "stopped" }
+                );
+                self.settled(name, line, pass).await
+            }
+            Status::Exited | Status::Paused | Status::Stopped => Ok(()),
+        }
+    }
+
+    async fn settled(&self, name: &str, line: String, pass: &mut Reconciled) -> Result<()> {
+        tracing::info!(replica_set = %name, "reconcile: {line}");
+        self.emit("reconcile", name, true, line.clone()).await;
+        pass.settled.push(line);
+        Ok(())
+    }
+
+    /// Releases claims whose holder does not exist, is stopped, or does not list them; each
+    /// in a transaction that holds only if neither the claim nor the holder changed meanwhile.
+    async fn release_stray_claims(&self, pass: &mut Reconciled) -> Result<()> {
+        let gpus = self.store.list(keys::GPU_CLAIMS).await?;
+        let ports = self.store.list(keys::PORT_CLAIMS).await?;
+        let claims = gpus
+            .iter()
+            .map(|e| (e, Claimed::Gpu(&e.key[keys::GPU_CLAIMS.len()..])))
+            .chain(ports.iter().filter_map(|e| {
+                let port = e.key[keys::PORT_CLAIMS.len()..].parse().ok()?;
+                Some((e, Claimed::Port(port)))
+            }));
+        for (entry, claimed) in claims {
+            self.release_if_stray(entry, claimed, pass).await?;
+        }
+        Ok(())
+    }
+
+    async fn release_if_stray(
+        &self,
+        entry: &Entry,
+        claimed: Claimed<'_>,
+        pass: &mut Reconciled,
+    ) -> Result<()> {
+        let holder = String::from_utf8_lossy(&entry.value).into_owned();
+        let head = self.read::<ReplicaSet>(&keys::replica_set(&holder)).await?;
+        let why = match &head {
+            None => "no such set",
+            Some((h, _)) if h.pending.is_some() => return Ok(()),
+            Some((h, _)) if !h.status.holds_claims() => "the set is stopped",
+            Some((h, _)) if !claimed.listed_in(h) => "the set does not hold it",
+            Some(_) => return Ok(()),
+        };
+        let txn = Txn::new()
+            .unchanged(entry.key.clone(), entry.revision)
+            .delete(entry.key.clone());
+        let txn = match &head {
+            None => txn.absent(keys::replica_set(&holder)),
+            Some((_, revision)) => txn.unchanged(keys::replica_set(&holder), *revision),
+        };
+        if self.store.commit(txn).await? {
+            let line = format!("{claimed} claimed by '{holder}' released: {why}");
+            self.settled(&holder, line, pass).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the reconciler until the engine is closed or dropped: one set on each Docker event
+    /// about its containers (or a nudge), every set each `reconcile_interval`. Docker going
+    /// away is waited out: the event stream is opened again once it is back.
+    pub fn spawn_reconciler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let engine: Weak<Engine> = Arc::downgrade(self);
+        let interval = self.config.reconcile_interval;
+        let closing = self.closing_receiver();
+        tokio::spawn(async move {
+            let events = tokio::spawn(watch_docker(engine.clone()));
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut closing = closing;
+            loop {
+                let Some(nudges) = engine.upgrade().map(|e| e.nudges_handle()) else {
+                    break;
+                };
+                let full = tokio::select! {
+                    _ = ticks.tick() => true,
+                    _ = nudges.notify.notified() => false,
+                    _ = closing.wait_for(|c| *c) => break,
+                };
+                drop(nudges);
+                let Some(engine) = engine.upgrade() else {
+                    break;
+                };
+                let names = engine.nudges.take();
+                let outcome = if full || engine.nudges.take_everything() {
+                    engine.reconcile().await.map(|_| ())
+                } else {
+                    let mut pass = Reconciled::default();
+                    let mut outcome = Ok(());
+                    for name in names {
+                        outcome = outcome.and(engine.reconcile_one(&name, &mut pass).await);
+                    }
+                    outcome
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(error = %e, "reconcile pass failed; the next one retries");
+                }
+            }
+            events.abort();
+        })
+    }
+
+    fn nudges_handle(self: &Arc<Self>) -> Arc<Nudges> {
+        self.nudges.clone()
+    }
+}
+
+/// Follows Docker's events about this store's containers and nudges the reconciler for the
+/// set each one belongs to; reopens the stream when Docker comes back.
+async fn watch_docker(engine: Weak<Engine>) {
+    loop {
+        let Some(strong) = engine.upgrade() else {
+            return;
+        };
+        let label = match strong.store_id.get() {
+            Some(id) => format!("{LABEL_STORE}={id}"),
+            None => LABEL_REPLICA_SET.to_string(),
+        };
+        let runtime = strong.runtime.clone();
+        drop(strong);
+        match runtime.container_events(&label).await {
+            Ok(mut stream) => {
+                // Whatever happened while we were not listening.
+                if let Some(engine) = engine.upgrade() {
+                    engine.nudges.push_everything();
+                }
+                while let Some(event) = stream.next().await {
+                    let Ok(event) = event else { break };
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
+                    if let Some(set) = event.labels.get(LABEL_REPLICA_SET) {
+                        tracing::debug!(container = %event.container, action = %event.action, "docker event");
+                        engine.nudge_reconcile(set);
+                    }
+                }
+                // The stream ended: Docker went away or restarted. Look at everything once
+                // it is back, then follow again.
+                if let Some(engine) = engine.upgrade() {
+                    engine.nudges.push_everything();
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "docker events unavailable; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// A claimed GPU or port.
+#[derive(Clone, Copy)]
+enum Claimed<'a> {
+    Gpu(&'a str),
+    Port(u16),
+}
+
+impl Claimed<'_> {
+    fn listed_in(self, head: &ReplicaSet) -> bool {
+        match self {
+            Claimed::Gpu(uuid) => head.gpus.iter().any(|g| g == uuid),
+            Claimed::Port(port) => head.ports.iter().any(|p| p.host_port == port),
+        }
+    }
+}
+
+impl std::fmt::Display for Claimed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claimed::Gpu(uuid) => write!(f, "GPU {uuid}"),
+            Claimed::Port(port) => write!(f, "port {port}"),
+        }
+    }
+}

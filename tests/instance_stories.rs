@@ -382,7 +382,9 @@ async fn a_clone_gets_the_files_of_the_version_it_came_from_and_its_own_gpus_and
     assert_eq!(files, "one\ntwo\n");
     let docker = testkit::docker().await;
     for name in [&now, &old] {
-        let base = format!("gpu-replica/{name}:base");
+        let history = engine.history(name).await.unwrap();
+        let base = history.last().unwrap().image.clone();
+        assert!(base.ends_with(":base"), "{base}");
         assert!(docker.inspect_image(&base).await.unwrap().is_some());
         engine.delete(name).await.unwrap();
         assert!(docker.inspect_image(&base).await.unwrap().is_none());

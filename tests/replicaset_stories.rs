@@ -136,6 +136,14 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
     let v4 = engine.patch(&name, PatchRequest::default()).await.unwrap();
     assert_eq!(v4.version.version, 4);
     assert_eq!(v4.version.gpus, v3.version.gpus);
+    let snapshot = engine
+        .history(&name)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|v| v.version == 1)
+        .and_then(|v| v.snapshot)
+        .unwrap();
     engine.delete(&name).await.unwrap();
     assert_eq!(free_gpus(&engine).await, 4);
     assert!(engine.port_status().await.unwrap().used.is_empty());
@@ -146,7 +154,6 @@ async fn versions_carry_files_gpus_and_ports(store: TestStore) {
         .await
         .unwrap()
         .is_none());
-    let snapshot = format!("gpu-replica/{name}:v1").to_ascii_lowercase();
     assert!(engine
         .runtime()
         .inspect_image(&snapshot)

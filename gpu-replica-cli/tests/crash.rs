@@ -222,11 +222,16 @@ async fn check(server: &Server, w: &World, failpoint: &str) {
     assert_eq!(mine, current, "{failpoint}: leftover containers");
     // A clone that was undone leaves no base image behind.
     if !sets.iter().any(|s| s["name"] == w.b.as_str()) {
-        let base = format!("gpu-replica/{}:base", w.b.to_ascii_lowercase());
-        assert!(
-            docker.inspect_image(&base).await.unwrap().is_none(),
-            "{failpoint}: {base} left behind"
-        );
+        // Base images are named by the clone's id: look for any of this server's.
+        let bases: Vec<String> = docker
+            .list_images(&instance)
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|i| i.tags)
+            .filter(|t| t.ends_with(":base"))
+            .collect();
+        assert!(bases.is_empty(), "{failpoint}: {bases:?} left behind");
     }
 
     // The next patch works, with a version number never used before.

@@ -518,6 +518,32 @@ impl Engine {
         self.commit(txn).await
     }
 
+    /// When Docker could not be reached, the recorded intent is dropped so that what the user
+    /// is told ("nothing was changed") stays true: the next request does not finish it behind
+    /// their back. (Had Docker acted after all, the reconciler settles the container.)
+    async fn forget_unreached(&self, name: &str, result: Result<()>) -> Result<()> {
+        let Err(Error::Unavailable(reason)) = result else {
+            return result;
+        };
+        if let Ok(Some((mut head, revision))) =
+            self.read::<ReplicaSet>(&keys::replica_set(name)).await
+        {
+            if matches!(
+                head.pending,
+                Some(Intent::Stop | Intent::Pause | Intent::Delete)
+            ) {
+                head.pending = None;
+                let txn = Txn::new()
+                    .unchanged(keys::replica_set(name), revision)
+                    .put(keys::replica_set(name), encode(&head));
+                if let Err(e) = self.store.commit(txn).await {
+                    tracing::warn!(replica_set = %name, "intent kept after an outage: {e}");
+                }
+            }
+        }
+        Err(Error::Unavailable(reason))
+    }
+
     /// Stops the container and releases its GPUs and ports.
     pub async fn stop(&self, name: &str) -> Result<()> {
         self.recorded(
@@ -548,7 +574,9 @@ impl Engine {
             self.finish_stop(head).await
         }
         .await;
-        result.map_err(|e| e.during(Operation::Stop))
+        self.forget_unreached(name, result)
+            .await
+            .map_err(|e| e.during(Operation::Stop))
     }
 
     /// Stops the container, then releases the claims and records the stop.
@@ -594,7 +622,9 @@ impl Engine {
             self.finish_pause(head).await
         }
         .await;
-        result.map_err(|e| e.during(Operation::Pause))
+        self.forget_unreached(name, result)
+            .await
+            .map_err(|e| e.during(Operation::Pause))
     }
 
     /// Stops the container and records the pause.
@@ -737,7 +767,9 @@ impl Engine {
             self.finish_delete(head).await
         }
         .await;
-        result.map_err(|e: Error| e.during(Operation::Delete))
+        self.forget_unreached(name, result)
+            .await
+            .map_err(|e: Error| e.during(Operation::Delete))
     }
 
     /// Removes containers, then records and claims, then snapshots; safe to repeat.

@@ -327,6 +327,125 @@ impl Drop for EtcdProcess {
     }
 }
 
+/// A Docker daemon of a test's own: its own data root, exec root, socket and config, inside its
+/// own network namespace (a second daemon in the host's namespace deletes the host's `docker0`
+/// when it exits). Entered with `nsenter --net=…`, not `ip netns exec` (which remounts /sys,
+/// and dockerd then fails with "Devices cgroup isn't mounted"). Needs root; panics otherwise.
+pub struct PrivateDockerd {
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+    netns: String,
+}
+
+impl PrivateDockerd {
+    /// Starts the daemon with the host daemon's storage driver; waits until it answers.
+    pub fn start() -> PrivateDockerd {
+        // Short paths: containerd's sockets live under the exec root (108-byte limit).
+        // One per test process.
+        let tag = std::process::id() % 100_000;
+        let dir = std::path::PathBuf::from(format!("/tmp/grd{tag}"));
+        let netns = format!("grtest{tag}");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let driver = std::process::Command::new("docker")
+            .args(["info", "--format", "{{.Driver}}"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| "vfs".into());
+        std::fs::write(
+            dir.join("daemon.json"),
+            format!("{{\"storage-driver\": \"{driver}\"}}"),
+        )
+        .unwrap();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &netns])
+            .output();
+        let added = std::process::Command::new("ip")
+            .args(["netns", "add", &netns])
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run ip ({e}); install iproute2"));
+        assert!(added.success(), "ip netns add {netns} failed (needs root)");
+        let mut daemon = PrivateDockerd {
+            child: None,
+            dir,
+            netns,
+        };
+        daemon.resume();
+        daemon
+    }
+
+    /// The daemon's socket path.
+    pub fn socket(&self) -> String {
+        self.dir.join("docker.sock").display().to_string()
+    }
+
+    /// Stops the daemon (SIGTERM, as an operator or a package upgrade would) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same data; waits until it answers.
+    pub fn resume(&mut self) {
+        let d = &self.dir;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("dockerd.log"))
+            .unwrap();
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.netns))
+            .arg("dockerd")
+            .arg(format!("--data-root={}", d.join("root").display()))
+            .arg(format!("--exec-root={}", d.join("x").display()))
+            .arg(format!("--pidfile={}", d.join("pid").display()))
+            .arg(format!("--host=unix://{}", self.socket()))
+            .arg(format!("--config-file={}", d.join("daemon.json").display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nsenter dockerd ({e})"));
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            let up = std::process::Command::new("docker")
+                .args(["-H", &format!("unix://{}", self.socket()), "version"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if up {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let log = std::fs::read_to_string(d.join("dockerd.log")).unwrap_or_default();
+        panic!("private dockerd did not come up:\n{log}");
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// `GET /index.html` over HTTP/1.0 on a host port of 127.0.0.1; the whole answer, or what
 /// arrived before the connection closed.
 pub async fn http_get(port: u16) -> String {

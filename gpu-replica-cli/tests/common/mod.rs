@@ -213,16 +213,12 @@ pub fn spawn_with(
     if let Some(failpoint) = failpoint {
         command.env("GPU_REPLICA_FAILPOINT", failpoint);
     }
+    command.args(["serve", "--gpus", "fake:4", "--gpu-attach", "env"]);
+    // No stop grace (the test image's sh ignores SIGTERM), unless the test sets one.
+    if !env.iter().any(|(k, _)| k == "GPU_REPLICA_STOP_TIMEOUT") {
+        command.args(["--stop-timeout", "0"]);
+    }
     command
-        .args([
-            "serve",
-            "--gpus",
-            "fake:4",
-            "--gpu-attach",
-            "env",
-            "--stop-timeout",
-            "0",
-        ])
         .args([
             "--addr",
             addr,

@@ -100,6 +100,17 @@ impl DockerRuntime {
     /// engine speaks, so older engines (20.10 speaks 1.41) work too.
     pub async fn connect() -> Result<DockerRuntime> {
         let docker = Docker::connect_with_defaults().map_err(docker_err)?;
+        DockerRuntime::negotiate(docker).await
+    }
+
+    /// Connects to the engine listening on the Unix socket `path` (a second daemon, say).
+    pub async fn connect_socket(path: &str) -> Result<DockerRuntime> {
+        let docker = Docker::connect_with_socket(path, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(docker_err)?;
+        DockerRuntime::negotiate(docker).await
+    }
+
+    async fn negotiate(docker: Docker) -> Result<DockerRuntime> {
         let docker = docker
             .negotiate_version()
             .await

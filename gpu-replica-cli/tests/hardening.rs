@@ -1,0 +1,242 @@
+//! The server tried from outside as a new user would: the README's curl examples typed as they
+//! are, odd names and bodies, and a kill at a bad moment.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{data_dir, http_raw, Server};
+use gpu_replica_core::testkit::{self, TEST_IMAGE};
+use serde_json::{json, Value};
+
+/// The `sh` block of the README's "The HTTP API" section.
+fn readme_curl_block() -> String {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split_once("## The HTTP API")
+        .expect("README has an HTTP API section")
+        .1;
+    let block = section.split_once("```sh\n").expect("an sh block").1;
+    block
+        .split_once("```")
+        .expect("a closed block")
+        .0
+        .to_string()
+}
+
+/// Tags the test image as `image` unless the host has it; returns whether it did.
+fn provide_image(image: &str) -> bool {
+    let present = Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !present {
+        assert!(Command::new("docker")
+            .args(["tag", TEST_IMAGE, image])
+            .status()
+            .unwrap()
+            .success());
+    }
+    !present
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_curl_examples_work_as_written() {
+    testkit::docker().await;
+    let tagged = provide_image("ubuntu:22.04");
+    let dir = data_dir();
+    let server = Server::start(&dir, None);
+    let block = readme_curl_block();
+    assert!(block.contains("S=http://127.0.0.1:2378/api/v1"));
+    let block = block.replace(
+        "S=http://127.0.0.1:2378/api/v1",
+        &format!("S=http://{}/api/v1", server.addr),
+    );
+    // Each answer on a line of its own; the commands themselves are run as written.
+    let script = format!("set -e\ncurl() {{ command curl \"$@\"; echo; }}\n{block}");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert_eq!(answers.len(), block.matches("curl -s").count(), "{stdout}");
+    for answer in &answers {
+        assert_eq!(answer["code"], 200, "{answer}\nall: {stdout}");
+    }
+    for volume in ["data", "other"] {
+        let (status, answer) = server.call("DELETE", &format!("/api/v1/volumes/{volume}"), None);
+        assert_eq!(status, 200, "{answer}");
+    }
+    if tagged {
+        Command::new("docker")
+            .args(["rmi", "ubuntu:22.04"])
+            .output()
+            .unwrap();
+    }
+}
+
+/// A request with this Content-Type header (or none) and a JSON body.
+fn post_typed(addr: &str, path: &str, content_type: Option<&str>, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let header = content_type
+        .map(|t| format!("Content-Type: {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let (_, payload) = answer.split_once("\r\n\r\n").unwrap();
+    (status, serde_json::from_str(payload).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_and_names_are_judged_before_docker_sees_them() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let server = Server::start(&dir, None);
+    let volume = testkit::unique_name("ctype");
+    let body = json!({"name": volume, "size": "10MB"}).to_string();
+    // curl's default form type and a missing type are read as JSON; other types are 1000.
+    let (status, answer) = post_typed(
+        &server.addr,
+        "/api/v1/volumes",
+        Some("application/x-www-form-urlencoded"),
+        &body,
+    );
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (200, json!(200)),
+        "{answer}"
+    );
+    let other = json!({"name": format!("{volume}b"), "size": "10MB"}).to_string();
+    let (status, answer) = post_typed(&server.addr, "/api/v1/volumes", None, &other);
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (200, json!(200)),
+        "{answer}"
+    );
+    let (status, answer) = post_typed(&server.addr, "/api/v1/volumes", Some("text/plain"), &body);
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (400, json!(1000)),
+        "{answer}"
+    );
+
+    // Names Docker would refuse are 400 with the contract's code, never a 500.
+    for name in ["..", "_x", ".a"] {
+        let run = json!({"imageName": TEST_IMAGE, "replicaSetName": name, "gpuCount": 0});
+        let (status, answer) = http_raw(
+            &server.addr,
+            "POST",
+            "/api/v1/replicaSet",
+            Some(&run.to_string()),
+        );
+        assert_eq!(
+            (status, answer["code"].clone()),
+            (400, json!(1000)),
+            "{name}: {answer}"
+        );
+    }
+    for name in ["__main__", ".."] {
+        let create = json!({"name": name, "size": "1GB"});
+        let (status, answer) = http_raw(
+            &server.addr,
+            "POST",
+            "/api/v1/volumes",
+            Some(&create.to_string()),
+        );
+        assert_eq!(
+            (status, answer["code"].clone()),
+            (400, json!(1000)),
+            "{name}: {answer}"
+        );
+    }
+    for name in [volume.clone(), format!("{volume}b")] {
+        assert_eq!(
+            server
+                .call("DELETE", &format!("/api/v1/volumes/{name}"), None)
+                .0,
+            200
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_killed_while_docker_stops_the_old_container_ends_running() {
+    testkit::docker().await;
+    let dir = data_dir();
+    // A 4 s grace that the test image's sh (PID 1 without init) sits out in full.
+    let mut server = Server::start_with_env(
+        &dir,
+        None,
+        &[
+            ("GPU_REPLICA_STOP_TIMEOUT", "4"),
+            ("GPU_REPLICA_NO_INIT", "true"),
+        ],
+    );
+    let name = testkit::unique_name("killed");
+    let run = json!({"imageName": TEST_IMAGE, "replicaSetName": name, "gpuCount": 1});
+    let (status, answer) = server.call("POST", "/api/v1/replicaSet", Some(run));
+    assert_eq!(status, 200, "{answer}");
+
+    let addr = server.addr.clone();
+    let patch_path = format!("/api/v1/replicaSet/{name}");
+    let patch = std::thread::spawn(move || {
+        let body = json!({"gpuPatch": {"gpuCount": 2}}).to_string();
+        let _ = std::panic::catch_unwind(|| http_raw(&addr, "PATCH", &patch_path, Some(&body)));
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGKILL in the middle of Docker's grace period for the old container.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let killed_at = Instant::now();
+    let _ = patch.join();
+    server.start_again();
+
+    // Long after Docker would have finished the abandoned stop, the set runs as recorded.
+    let settled = killed_at + Duration::from_secs(7);
+    std::thread::sleep(settled.saturating_duration_since(Instant::now()));
+    let (status, info) = server.call("GET", &format!("/api/v1/replicaSet/{name}"), None);
+    assert_eq!(status, 200, "{info}");
+    let container = info["data"]["info"]["containerName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{info}"))
+        .to_string();
+    let running = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", &container])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "true");
+    let exec = json!({"cmd": ["true"]});
+    let (status, answer) = server.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{name}/execute"),
+        Some(exec),
+    );
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (200, json!(200)),
+        "{answer}"
+    );
+    let (status, _) = server.call("DELETE", &format!("/api/v1/replicaSet/{name}"), None);
+    assert_eq!(status, 200);
+}

@@ -238,10 +238,7 @@ impl Engine {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut closing = closing;
-            loop {
-                let Some(nudges) = engine.upgrade().map(|e| e.nudges_handle()) else {
-                    break;
-                };
+            while let Some(nudges) = engine.upgrade().map(|e| e.nudges_handle()) {
                 let full = tokio::select! {
                     _ = ticks.tick() => true,
                     _ = nudges.notify.notified() => false,

@@ -416,9 +416,10 @@ async fn every_error_a_client_can_cause_has_its_code() {
         (
             "POST",
             rs("/commit"),
+            // Judged before Docker sees it: the caller's mistake, not a failure of ours.
             Some(r#"{"newImageName": "Not A Valid:Name"}"#),
-            1015,
-            500,
+            1000,
+            400,
         ),
         ("POST", rs("/execute"), Some(r#"{"cmd": []}"#), 1000, 400),
         ("DELETE", "/api/v1/volumes/nothing".into(), None, 1033, 404),

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{data_dir, http_raw, Server};
+use common::{data_dir, http_raw, http_typed, Server};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
 use serde_json::{json, Value};
 
@@ -89,23 +89,8 @@ async fn the_readme_curl_examples_work_as_written() {
     }
 }
 
-/// A request with this Content-Type header (or none) and a JSON body.
 fn post_typed(addr: &str, path: &str, content_type: Option<&str>, body: &str) -> (u16, Value) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let header = content_type
-        .map(|t| format!("Content-Type: {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{header}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer[9..12].parse().unwrap();
-    let (_, payload) = answer.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(payload).unwrap())
+    http_typed(addr, "POST", path, content_type, Some(body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

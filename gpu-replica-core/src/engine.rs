@@ -300,29 +300,29 @@ impl Engine {
     /// A volume may be mounted when this engine manages it (the current version of one of its
     /// volumes) or the operator allows it by name; never another application's volume.
     async fn check_volume_source(&self, src: &str) -> Result<()> {
-        let allowed = self.config.allowed_volumes.iter().any(|v| v == src);
-        if !allowed {
-            let managed = match src.rsplit_once('-') {
-                Some((base, number)) => match number.parse::<u32>() {
-                    Ok(number) => self
-                        .read::<crate::model::Volume>(&keys::volume(base))
-                        .await?
-                        .is_some_and(|(v, _)| v.current == number),
-                    Err(_) => false,
-                },
-                None => false,
-            };
-            if !managed {
-                return Err(Error::BindRefused(format!(
-                    "volume '{src}' is not a current volume of this server (create one with POST \
-                     /api/v1/volumes and bind its versioned name, e.g. 'data-1'; the operator may \
-                     allow other volumes with --allow-volume)"
-                )));
-            }
-        }
         if self.runtime.inspect_volume(src).await?.is_none() {
             return Err(Error::InvalidParams(format!(
                 "volume '{src}' does not exist; create it first (POST /api/v1/volumes)"
+            )));
+        }
+        if self.config.allowed_volumes.iter().any(|v| v == src) {
+            return Ok(());
+        }
+        let managed = match src.rsplit_once('-') {
+            Some((base, number)) => match number.parse::<u32>() {
+                Ok(number) => self
+                    .read::<crate::model::Volume>(&keys::volume(base))
+                    .await?
+                    .is_some_and(|(v, _)| v.current == number),
+                Err(_) => false,
+            },
+            None => false,
+        };
+        if !managed {
+            return Err(Error::BindRefused(format!(
+                "volume '{src}' is not a current volume of this server (create one with POST \
+                 /api/v1/volumes and bind its versioned name, e.g. 'data-1'; the operator may \
+                 allow other volumes with --allow-volume)"
             )));
         }
         Ok(())

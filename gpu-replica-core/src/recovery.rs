@@ -345,3 +345,131 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mockall::predicate::eq;
+    use mockall::Sequence;
+
+    use crate::engine::encode;
+    use crate::gpu::StaticInventory;
+    use crate::keys;
+    use crate::model::{Intent, ReplicaSet, ReplicaSetSpec, Status, Version};
+    use crate::runtime::{ContainerState, MockContainerRuntime};
+    use crate::store::{MemoryStore, StateStore};
+    use crate::{Engine, EngineConfig};
+
+    fn version(number: u32) -> Version {
+        Version {
+            version: number,
+            container: format!("set-{number}"),
+            spec: ReplicaSetSpec {
+                image: "img".into(),
+                gpu_count: 0,
+                binds: vec![],
+                env: vec![],
+                cmd: None,
+                container_ports: vec![],
+                resources: Default::default(),
+            },
+            gpus: vec![],
+            ports: vec![],
+            image: "img".into(),
+            snapshot: None,
+            limits: Default::default(),
+            created_at: String::new(),
+        }
+    }
+
+    fn stopped(name: &str) -> ContainerState {
+        ContainerState {
+            id: name.into(),
+            name: name.into(),
+            image: "img".into(),
+            running: false,
+            status: "exited".into(),
+            labels: Default::default(),
+            env: vec![],
+            limits: Default::default(),
+            init: false,
+        }
+    }
+
+    /// A patch whose engine was killed before its new container existed: the old container may
+    /// still be in the grace period of a stop that Docker finishes later. Recovery stops it
+    /// itself (waiting), and only then starts it again, so it ends running.
+    #[tokio::test]
+    async fn an_undone_patch_stops_the_old_container_before_starting_it_again() {
+        let store = Arc::new(MemoryStore::new());
+        let head = ReplicaSet {
+            name: "set".into(),
+            id: String::new(),
+            current: 1,
+            latest: 2,
+            status: Status::Running,
+            gpus: vec![],
+            ports: vec![],
+            pending: Some(Intent::NewVersion {
+                version: 2,
+                run: true,
+                claimed_gpus: vec![],
+                claimed_ports: vec![],
+                released_gpus: vec![],
+                resize: None,
+            }),
+            created_at: String::new(),
+            timers: Default::default(),
+        };
+        store
+            .put(&keys::replica_set("set"), encode(&head))
+            .await
+            .unwrap();
+        store
+            .put(&keys::version("set", 1), encode(&version(1)))
+            .await
+            .unwrap();
+        store
+            .put(&keys::version("set", 2), encode(&version(2)))
+            .await
+            .unwrap();
+
+        let mut runtime = MockContainerRuntime::new();
+        let mut order = Sequence::new();
+        runtime
+            .expect_inspect_container()
+            .with(eq("set-2"))
+            .returning(|_| Ok(None));
+        runtime
+            .expect_stop_container()
+            .withf(|name, _| name == "set-1")
+            .times(1)
+            .in_sequence(&mut order)
+            .returning(|_, _| Ok(()));
+        runtime
+            .expect_remove_container()
+            .with(eq("set-2"))
+            .returning(|_| Ok(()));
+        runtime
+            .expect_inspect_container()
+            .with(eq("set-1"))
+            .returning(|name| Ok(Some(stopped(name))));
+        runtime
+            .expect_start_container()
+            .with(eq("set-1"))
+            .times(1)
+            .in_sequence(&mut order)
+            .returning(|_| Ok(()));
+        let engine = Engine::new(
+            Arc::new(runtime),
+            store.clone(),
+            Arc::new(StaticInventory::fake(1)),
+            EngineConfig::default(),
+        );
+        engine.settle("set").await.unwrap();
+        let (head, _) = engine.head("set").await.unwrap();
+        assert_eq!((head.current, head.latest, head.pending), (1, 1, None));
+        assert!(store.get(&keys::version("set", 2)).await.unwrap().is_none());
+    }
+}

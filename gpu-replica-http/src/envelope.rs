@@ -210,8 +210,29 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::json_content_type;
-    use axum::http::HeaderValue;
+    use super::{json_content_type, status_of};
+    use axum::http::{HeaderValue, StatusCode};
+    use gpu_replica_core::{Error, Operation};
+
+    #[test]
+    fn races_and_stopped_containers_are_conflicts_and_only_our_faults_are_5xx() {
+        let conflict = Error::Conflict("head changed".into());
+        assert_eq!(
+            (status_of(&conflict), conflict.code()),
+            (StatusCode::CONFLICT, 1046)
+        );
+        let stopped = Error::NotRunning("container x is not running".into());
+        assert_eq!(
+            (status_of(&stopped), stopped.code()),
+            (StatusCode::CONFLICT, 1047)
+        );
+        let refused = Error::refused(Operation::Exec, "not running");
+        assert_eq!(status_of(&refused), StatusCode::CONFLICT);
+        let names = Error::InvalidParams("name '..' must begin with a letter".into());
+        assert_eq!(status_of(&names), StatusCode::BAD_REQUEST);
+        let down = Error::Unavailable("the Docker engine".into());
+        assert_eq!(status_of(&down), StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[test]
     fn curl_defaults_and_json_types_are_read_as_json() {

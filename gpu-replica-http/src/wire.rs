@@ -435,7 +435,7 @@ impl VersionView {
 pub struct InfoReply {
     /// The current version.
     pub info: VersionView,
-    /// running, paused or stopped (beyond the contract).
+    /// running, paused, stopped or exited (beyond the contract).
     pub status: String,
     /// Timers that stop the set (beyond the contract).
     pub timers: TimersView,
@@ -484,7 +484,8 @@ pub struct CommitReply {
 pub struct ReplicaSetItem {
     /// Name.
     pub name: String,
-    /// running, paused or stopped.
+    /// running, paused, stopped, or exited (its container stopped or vanished outside the
+    /// server and could not be started again; `continue` or a patch runs it again).
     pub status: String,
     /// Current version.
     pub version: u32,
@@ -749,8 +750,12 @@ pub struct RecoveryView {
     pub undone: Vec<String>,
     /// Containers, images and volumes of ours that no record referred to.
     pub orphans_removed: Vec<String>,
-    /// Current containers that are gone (need a person: restart or delete the set).
+    /// Current containers that are gone or do not start: their sets are shown `exited`
+    /// (continue or patch runs them again).
     pub missing: Vec<String>,
+    /// Drift the start-up reconcile pass settled (a container started again, a stray claim
+    /// released).
+    pub reconciled: Vec<String>,
 }
 
 /// `GET /api/v1/status`
@@ -767,6 +772,7 @@ impl From<gpu_replica_core::Recovery> for RecoveryView {
             undone: r.undone,
             orphans_removed: r.orphans_removed,
             missing: r.missing,
+            reconciled: r.reconciled,
         }
     }
 }

@@ -257,13 +257,27 @@ pub fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, 
 }
 
 pub fn http_raw(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    http_typed(addr, method, path, Some("application/json"), body)
+}
+
+/// Like [`http_raw`] with this Content-Type header, or none.
+pub fn http_typed(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let body = body.unwrap_or("");
+    let header = content_type
+        .map(|t| format!("Content-Type: {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{header}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).unwrap();

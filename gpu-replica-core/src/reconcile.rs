@@ -15,7 +15,7 @@
 //! each Docker container event and a full pass every [`crate::EngineConfig::reconcile_interval`].
 //! [`Engine::recover`] runs one pass at start.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use crate::error::Result;
 use crate::keys;
 use crate::model::{ReplicaSet, Status};
 use crate::names;
+use crate::runtime::ContainerState;
 use crate::store::{Entry, Txn};
 
 /// What one reconcile pass did.
@@ -80,11 +81,24 @@ impl Nudges {
 }
 
 impl Engine {
-    /// One pass over every replicaSet and every claim; see the module documentation.
+    /// One pass over every replicaSet and every claim; see the module documentation. Docker
+    /// is asked once for all containers; only a set that looks drifted is looked at again,
+    /// under its lock.
     pub async fn reconcile(&self) -> Result<Reconciled> {
         let mut pass = Reconciled::default();
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let containers: HashMap<String, ContainerState> = self
+            .runtime
+            .list_containers(LABEL_REPLICA_SET)
+            .await?
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
         for head in heads {
+            let container = containers.get(&names::container(&head.name, head.current));
+            if head.pending.is_none() && !drifted(head.status, container) {
+                continue;
+            }
             self.reconcile_one(&head.name, &mut pass).await?;
         }
         self.release_stray_claims(&mut pass).await?;
@@ -114,11 +128,11 @@ impl Engine {
         }
         let container = names::container(name, head.current);
         let state = self.runtime.inspect_container(&container).await?;
+        if !drifted(head.status, state.as_ref()) {
+            return Ok(());
+        }
         let running = state.as_ref().is_some_and(|s| s.running);
-        // Docker's restart policy is already bringing it back.
-        let restarting = state.as_ref().is_some_and(|s| s.status == "restarting");
         match head.status {
-            Status::Running if running || restarting => Ok(()),
             Status::Running => {
                 let why = match state {
                     Some(_) => match self.runtime.start_container(&container).await {
@@ -310,6 +324,17 @@ async fn watch_docker(engine: Weak<Engine>) {
             Err(e) => tracing::debug!(error = %e, "docker events unavailable; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Whether a set recorded `status` disagrees with its container (`None`: gone).
+fn drifted(status: Status, container: Option<&ContainerState>) -> bool {
+    let running = container.is_some_and(|c| c.running);
+    // Docker's restart policy is already bringing it back.
+    let restarting = container.is_some_and(|c| c.status == "restarting");
+    match status {
+        Status::Running => !running && !restarting,
+        Status::Exited | Status::Paused | Status::Stopped => running,
     }
 }
 

@@ -561,21 +561,25 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(docker_err)?;
         Ok(found
             .into_iter()
-            .map(|c| ContainerState {
-                id: c.id.unwrap_or_default(),
-                name: c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-                    .to_string(),
-                image: c.image.unwrap_or_default(),
-                running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
-                status: c.status.unwrap_or_default(),
-                labels: c.labels.unwrap_or_default().into_iter().collect(),
-                env: Vec::new(),
-                limits: Limits::default(),
-                init: false,
+            .map(|c| {
+                // The state word (`running`, `restarting`, `exited`), as inspect gives it.
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                ContainerState {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_string(),
+                    image: c.image.unwrap_or_default(),
+                    running: state == "running",
+                    status: state,
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    env: Vec::new(),
+                    limits: Limits::default(),
+                    init: false,
+                }
             })
             .collect())
     }

@@ -107,8 +107,12 @@ async fn every_accepted_name_lives_a_whole_life() {
             .await
             .unwrap();
         assert_eq!(patched.version.version, 2, "{name}");
-        engine.rollback(&name, 1).await.unwrap();
+        let rolled = engine.rollback(&name, 1).await.unwrap();
         assert_eq!(sh(&engine, &name, "cat /root/file").await.0.trim(), "mine");
+        // The list reads current-version copies: they follow every change.
+        let listed = engine.list().await.unwrap();
+        let listed = listed.iter().find(|i| i.replica_set.name == name).unwrap();
+        assert_eq!(listed.version, rolled.version);
         let clone = format!("{name}_c.");
         engine
             .clone_set(CloneRequest {

@@ -21,6 +21,15 @@ pub fn versions(name: &str) -> String {
 /// Prefix of all versions of all replicaSets.
 pub const ALL_VERSIONS: &str = "versions/";
 
+/// A copy of the current version of replicaSet `name`, written in the same transaction as the
+/// version itself, so that listing every set reads two prefixes whatever the history's length.
+pub fn current(name: &str) -> String {
+    format!("current/{name}")
+}
+
+/// Prefix of every current-version copy.
+pub const CURRENT: &str = "current/";
+
 /// Claim on the GPU `uuid`; its value is the holder's name.
 pub fn gpu_claim(uuid: &str) -> String {
     format!("claims/gpus/{uuid}")

@@ -13,10 +13,17 @@ use std::fmt;
 use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
 use crate::error::Result;
 use crate::keys;
-use crate::model::{Intent, ReplicaSet, Status, Version, Volume, VolumeVersion};
+use crate::model::{Intent, ReplicaSet, Status, Volume, VolumeVersion};
 use crate::runtime::docker::HELPER_LABEL;
 use crate::store::Txn;
 use crate::transition::Prepared;
+
+/// The images a version record refers to (the rest of the record is not decoded).
+#[derive(serde::Deserialize)]
+struct ImageRefs {
+    image: String,
+    snapshot: Option<String>,
+}
 
 /// What [`Engine::recover`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -278,7 +285,6 @@ impl Engine {
     /// Removes labelled containers, snapshot images and volumes that no record refers to.
     async fn remove_orphans(&self, report: &mut Recovery) -> Result<()> {
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
-        let versions: Vec<Version> = self.read_all(keys::ALL_VERSIONS).await?;
         let current: HashSet<String> = heads
             .iter()
             .map(|h| format!("{}-{}", h.name, h.current))
@@ -312,18 +318,26 @@ impl Engine {
                     .push(format!("helper container {}", helper.name));
             }
         }
-        let referenced: HashSet<&String> = versions
-            .iter()
-            .flat_map(|v| v.snapshot.iter().chain(std::iter::once(&v.image)))
+        let images: Vec<_> = self
+            .runtime
+            .list_images(LABEL_REPLICA_SET)
+            .await?
+            .into_iter()
+            .filter(|i| selected(&i.labels))
             .collect();
-        let prefix = format!("{}/", self.config.snapshot_repo);
-        for image in self.runtime.list_images(LABEL_REPLICA_SET).await? {
-            if !selected(&image.labels) {
-                continue;
-            }
-            for tag in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
-                if !referenced.contains(tag) && self.runtime.remove_image(tag).await.is_ok() {
-                    report.orphans_removed.push(format!("image {tag}"));
+        if !images.is_empty() {
+            // Only the image names of every version, read only when there are images to judge.
+            let versions: Vec<ImageRefs> = self.read_all(keys::ALL_VERSIONS).await?;
+            let referenced: HashSet<&String> = versions
+                .iter()
+                .flat_map(|v| v.snapshot.iter().chain(std::iter::once(&v.image)))
+                .collect();
+            let prefix = format!("{}/", self.config.snapshot_repo);
+            for image in images {
+                for tag in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
+                    if !referenced.contains(tag) && self.runtime.remove_image(tag).await.is_ok() {
+                        report.orphans_removed.push(format!("image {tag}"));
+                    }
                 }
             }
         }

@@ -192,6 +192,7 @@ impl Engine {
         let ports: Vec<u16> = version.ports.iter().map(|p| p.host_port).collect();
         let txn = release(Txn::new(), &version.gpus, &ports)
             .delete(keys::replica_set(name))
+            .delete(keys::current(name))
             .delete(keys::version(name, 1));
         self.commit(txn).await
     }
@@ -241,7 +242,8 @@ impl Engine {
             let txn = claim(Txn::new(), name, &gpus, &host_ports)
                 .absent(keys::replica_set(name))
                 .put(keys::replica_set(name), encode(&head))
-                .put(keys::version(name, 1), encode(&version));
+                .put(keys::version(name, 1), encode(&version))
+                .put(keys::current(name), encode(&version));
             if self.store.commit(txn).await? {
                 return Ok(version);
             }
@@ -802,7 +804,8 @@ impl Engine {
             .fold(release(Txn::new(), &gpus, &ports), |t, v| {
                 t.delete(keys::version(&name, v.version))
             })
-            .delete(keys::replica_set(&name));
+            .delete(keys::replica_set(&name))
+            .delete(keys::current(&name));
         self.commit(txn).await?;
         failpoint("delete.records_removed");
         // Newest first: a snapshot goes only once the snapshots built on it are gone.
@@ -919,21 +922,36 @@ impl Engine {
         Ok(versions)
     }
 
-    /// Every replicaSet with its current version, by name.
+    /// Every replicaSet with its current version, by name: two prefix reads, whatever the
+    /// length of the histories.
     pub async fn list(&self) -> Result<Vec<ReplicaSetInfo>> {
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
-        let versions: Vec<Version> = self.read_all(keys::ALL_VERSIONS).await?;
-        Ok(heads
+        let mut current: std::collections::HashMap<String, Version> = self
+            .store
+            .list(keys::CURRENT)
+            .await?
             .into_iter()
-            .filter_map(|head| {
-                let container = format!("{}-{}", head.name, head.current);
-                let version = versions.iter().find(|v| v.container == container)?.clone();
-                Some(ReplicaSetInfo {
-                    replica_set: head,
-                    version,
-                })
+            .filter_map(|e| {
+                let name = e.key[keys::CURRENT.len()..].to_string();
+                Some((name, serde_json::from_slice(&e.value).ok()?))
             })
-            .collect())
+            .collect();
+        let mut infos = Vec::with_capacity(heads.len());
+        for head in heads {
+            let version = match current.remove(&head.name) {
+                Some(v) if v.version == head.current => v,
+                // Recorded before the copies existed, or caught between two writes.
+                _ => match self.version_record(&head.name, head.current).await {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                },
+            };
+            infos.push(ReplicaSetInfo {
+                replica_set: head,
+                version,
+            });
+        }
+        Ok(infos)
     }
 }
 
@@ -1001,5 +1019,35 @@ mod cache_tests {
         );
         store.delete(&keys::replica_set("c")).await.unwrap();
         assert_eq!(engine.info("c").await.unwrap_err().code(), 1016);
+    }
+
+    #[tokio::test]
+    async fn list_reads_the_current_copies_and_falls_back_to_the_version_records() {
+        let store = Arc::new(MemoryStore::new());
+        let version = |v: u32| {
+            format!(r#"{{"version":{v},"container":"c-{v}","spec":{{"image":"i","gpu_count":0,"binds":[],"env":[],"cmd":null,"container_ports":[]}},"gpus":[],"ports":[],"image":"i","snapshot":null,"created_at":"t"}}"#).into_bytes()
+        };
+        // A set recorded before the copies existed: no `current/` key.
+        store.put(&keys::version("c", 1), version(1)).await.unwrap();
+        store
+            .put(&keys::replica_set("c"), head("running"))
+            .await
+            .unwrap();
+        let engine = Engine::new(
+            Arc::new(MockContainerRuntime::new()),
+            store.clone(),
+            Arc::new(StaticInventory::fake(0)),
+            Default::default(),
+        );
+        let listed = engine.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].version.container, "c-1");
+        // A copy of another version than the head's current is not trusted.
+        store.put(&keys::current("c"), version(7)).await.unwrap();
+        assert_eq!(engine.list().await.unwrap()[0].version.version, 1);
+        // The copy is what is read when it matches: it says c-1 here, the record is gone.
+        store.put(&keys::current("c"), version(1)).await.unwrap();
+        store.delete(&keys::version("c", 1)).await.unwrap();
+        assert_eq!(engine.list().await.unwrap()[0].version.container, "c-1");
     }
 }

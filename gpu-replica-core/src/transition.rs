@@ -248,9 +248,11 @@ impl Engine {
         }
         let mut old = old;
         old.snapshot = Some(snapshot);
-        self.store
-            .put(&keys::version(&prepared.name, old.version), encode(&old))
-            .await?;
+        // Still the current version: its copy changes with it.
+        let txn = Txn::new()
+            .put(keys::version(&prepared.name, old.version), encode(&old))
+            .put(keys::current(&prepared.name), encode(&old));
+        self.commit(txn).await?;
         prepared.old = old;
         failpoint("version.committed");
         let spec = self.container_spec(&prepared.name, &prepared.new);
@@ -329,8 +331,9 @@ impl Engine {
             head.status = Status::Running;
         }
         // GPUs go back to the pool only now that the container holding them is gone.
-        let txn =
-            release(Txn::new(), &released_gpus, &[]).put(keys::replica_set(&name), encode(&head));
+        let txn = release(Txn::new(), &released_gpus, &[])
+            .put(keys::replica_set(&name), encode(&head))
+            .put(keys::current(&name), encode(&new));
         self.commit(txn).await?;
         if let Err(e) = self.prune_snapshots(&name).await {
             tracing::warn!(replica_set = %name, "snapshot pruning failed: {e}");

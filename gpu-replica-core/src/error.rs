@@ -55,6 +55,30 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 20] = [
+        Operation::Run,
+        Operation::Delete,
+        Operation::Exec,
+        Operation::Patch,
+        Operation::Stop,
+        Operation::Restart,
+        Operation::Commit,
+        Operation::Info,
+        Operation::History,
+        Operation::Pause,
+        Operation::Continue,
+        Operation::Rollback,
+        Operation::VolumeCreate,
+        Operation::VolumeDelete,
+        Operation::VolumeInfo,
+        Operation::VolumeHistory,
+        Operation::VolumeResize,
+        Operation::Status,
+        Operation::Clone,
+        Operation::Logs,
+    ];
+
     /// The contract code for "this operation failed".
     pub fn failure_code(self) -> u16 {
         match self {
@@ -219,6 +243,9 @@ pub enum Error {
     /// The container is not running (Docker refused to act on it).
     #[error("container not running: {0}")]
     NotRunning(String),
+    /// A request without the server's bearer token, or with another.
+    #[error("missing or wrong token: send Authorization: Bearer <token> (gpu-replica --token)")]
+    Unauthorized,
     /// Docker or the state store cannot be reached now; nothing was changed, try again.
     #[error("{0} is unreachable; nothing was changed, try again when it is back")]
     Unavailable(String),
@@ -272,10 +299,116 @@ impl Error {
             Error::Docker(_) => 1039,
             Error::Store(_) => 1040,
             Error::Unavailable(_) => 1041,
+            Error::Unauthorized => 1042,
             Error::Conflict(_) => 1046,
             Error::NotRunning(_) => 1047,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
+    }
+
+    /// What the code of this kind of error means, in a few words (the OpenAPI document's list
+    /// of codes is made of these).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Error::InvalidParams(_) => "invalid params",
+            Error::ImageNameEmpty => "image name empty",
+            Error::NameEmpty => "replicaSet name empty",
+            Error::NameHasDash(_) => "replicaSet name contains '-'",
+            Error::AlreadyExists(_) => "replicaSet already exists",
+            Error::NoNeedPatch(_) => "no need to patch",
+            Error::NegativeGpuCount(_) => "gpu count < 0",
+            Error::NotEnoughGpus { .. } => "not enough GPUs",
+            Error::NotEnoughPorts { .. } => "not enough ports",
+            Error::NotFound(_) => "replicaSet not found",
+            Error::NegativeVersion(_) => "version < 0",
+            Error::NoNeedRollback(_) => "no need to roll back",
+            Error::VolumeNameEmpty => "volume name empty",
+            Error::VolumeExists(_) => "volume exists",
+            Error::VolumeSameSize(..) => "volume already has that size",
+            Error::SizeUnit(_) => "size unit not KB/MB/GB/TB",
+            Error::ShrinkBelowUsage { .. } => "used bytes exceed the new size",
+            Error::VolumeNameHasDash(_) => "volume name contains '-'",
+            Error::VolumeNameSlash(_) => "volume name begins with '/'",
+            Error::VolumeNotFound(_) => "volume not found",
+            Error::ImageNotFound(_) => "image not present locally (never pulled)",
+            Error::BindRefused(_) => "bind refused by the host-path or volume policy",
+            Error::OverShare(_) => "CPU, memory or shm beyond the share of the GPU count",
+            Error::Gpu(_) => "GPU inventory failure",
+            Error::Docker(_) => "Docker failure",
+            Error::Store(_) => "state store failure",
+            Error::Unavailable(_) => "Docker or the store unreachable; nothing changed, retry",
+            Error::Unauthorized => "missing or wrong bearer token",
+            Error::Conflict(_) => {
+                "another request changed the same records first; nothing kept, retry"
+            }
+            Error::NotRunning(_) => "container not running",
+            Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
+        }
+    }
+
+    /// Every code the server can answer with, ascending, with what it means: one sample of
+    /// each variant, and the failure code of each operation.
+    pub fn catalogue() -> Vec<(u16, String)> {
+        let s = String::new;
+        let samples = [
+            Error::InvalidParams(s()),
+            Error::ImageNameEmpty,
+            Error::NameEmpty,
+            Error::NameHasDash(s()),
+            Error::AlreadyExists(s()),
+            Error::NoNeedPatch(s()),
+            Error::NegativeGpuCount(0),
+            Error::NotEnoughGpus {
+                wanted: 0,
+                free: 0,
+                total: 0,
+            },
+            Error::NotEnoughPorts {
+                wanted: 0,
+                range: s(),
+            },
+            Error::NotFound(s()),
+            Error::NegativeVersion(0),
+            Error::NoNeedRollback(0),
+            Error::VolumeNameEmpty,
+            Error::VolumeExists(s()),
+            Error::VolumeSameSize(s(), s()),
+            Error::SizeUnit(s()),
+            Error::ShrinkBelowUsage {
+                name: s(),
+                used: 0,
+                requested: 0,
+            },
+            Error::VolumeNameHasDash(s()),
+            Error::VolumeNameSlash(s()),
+            Error::VolumeNotFound(s()),
+            Error::ImageNotFound(s()),
+            Error::BindRefused(s()),
+            Error::OverShare(s()),
+            Error::Gpu(s()),
+            Error::Docker(s()),
+            Error::Store(s()),
+            Error::Unavailable(s()),
+            Error::Unauthorized,
+            Error::Conflict(s()),
+            Error::NotRunning(s()),
+        ];
+        let mut codes: std::collections::BTreeMap<u16, String> = samples
+            .iter()
+            .map(|e| (e.code(), e.summary().to_string()))
+            .collect();
+        for op in Operation::ALL {
+            let code = op.failure_code();
+            if code != 500 {
+                codes.entry(code).or_insert_with(|| format!("{op} failed"));
+            }
+        }
+        // The contract's code for a volume name without its version (`bar` where `bar-1` is
+        // meant); kept for clients of the original, never answered here.
+        codes
+            .entry(1027)
+            .or_insert_with(|| "volume name must contain its version (unused here)".into());
+        codes.into_iter().collect()
     }
 
     /// Attributes a backend failure to `op`; user errors pass through unchanged.
@@ -302,5 +435,17 @@ impl Error {
             op,
             reason: reason.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_lists_every_code_from_1000_up_once() {
+        let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
+        let expected: Vec<u16> = (1000..=1047).collect();
+        assert_eq!(codes, expected);
     }
 }

@@ -14,7 +14,7 @@ use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME
 use crate::error::Result;
 use crate::keys;
 use crate::model::{Intent, ReplicaSet, Status, Volume, VolumeVersion};
-use crate::runtime::docker::HELPER_LABEL;
+use crate::runtime::HELPER_LABEL;
 use crate::store::Txn;
 use crate::transition::Prepared;
 

@@ -3,15 +3,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use gpu_replica_core::Error;
 
-use crate::envelope::Envelope;
-
-/// Contract-style code for a missing or wrong token.
-pub const UNAUTHORIZED: u16 = 1042;
+use crate::envelope::ApiError;
 
 /// The expected token; never logged (its `Debug` hides it).
 pub struct Token(String);
@@ -49,16 +46,9 @@ pub async fn require_token(
     if given.is_some_and(|g| token.matches(g)) {
         return next.run(request).await;
     }
-    let body = Envelope::<()> {
-        code: UNAUTHORIZED,
-        msg: "missing or wrong token: send Authorization: Bearer <token> (gpu-replica --token)"
-            .into(),
-        data: None,
-    };
     (
-        StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
-        Json(body),
+        ApiError::new(Error::Unauthorized),
     )
         .into_response()
 }

@@ -88,6 +88,7 @@ impl From<QueryRejection> for ApiError {
 pub fn status_of(error: &Error) -> StatusCode {
     match error {
         Error::NotFound(_) | Error::VolumeNotFound(_) => StatusCode::NOT_FOUND,
+        Error::Unauthorized => StatusCode::UNAUTHORIZED,
         Error::AlreadyExists(_)
         | Error::VolumeExists(_)
         | Error::NoNeedPatch(_)

@@ -5,8 +5,6 @@
 use std::collections::BTreeMap;
 
 use gpu_replica_core::model::rfc3339;
-use gpu_replica_core::runtime::create_body;
-use gpu_replica_core::runtime::docker_models::{ContainerCreateBody, HostConfig, NetworkingConfig};
 use gpu_replica_core::{
     parse_cpus, parse_duration, parse_size, parse_time, Bind, Engine, Error, Event, GpuInfo,
     GpuStatus, Limits, PortStatus, ReplicaSetInfo, Stats, Timers, Version, VolumeInfo,
@@ -392,13 +390,13 @@ pub struct VersionView {
     pub create_time: String,
     /// Docker's container config (Image, Env, Cmd, ExposedPorts, Tty, …).
     #[schema(value_type = Object)]
-    pub config: ContainerCreateBody,
+    pub config: Value,
     /// Docker's host config (Binds, PortBindings, DeviceRequests, …).
     #[schema(value_type = Object)]
-    pub host_config: Option<HostConfig>,
+    pub host_config: Value,
     /// Docker's networking config.
     #[schema(value_type = Object)]
-    pub networking_config: Option<NetworkingConfig>,
+    pub networking_config: Value,
     /// Platform (empty: the host's).
     #[schema(value_type = Object)]
     pub platform: Value,
@@ -413,15 +411,13 @@ pub struct VersionView {
 impl VersionView {
     /// The contract's view of `version` of replicaSet `name`.
     pub fn new(engine: &Engine, name: &str, version: &Version) -> VersionView {
-        let mut body = create_body(&engine.container_spec(name, version));
-        let host_config = body.host_config.take();
-        let networking_config = body.networking_config.take();
+        let docker = engine.container_spec(name, version).docker_view();
         VersionView {
             version: version.version,
             create_time: version.created_at.clone(),
-            config: body,
-            host_config,
-            networking_config,
+            config: docker.config,
+            host_config: docker.host_config,
+            networking_config: docker.networking_config,
             platform: Value::Null,
             container_name: version.container.clone(),
             gpus: version.gpus.clone(),

@@ -29,13 +29,11 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use super::tar_size::TarSizeCounter;
 use super::{
     ContainerEvent, ContainerEventStream, ContainerRuntime, ContainerSpec, ContainerState,
-    ContainerStats, ExecOutput, GpuAttach, ImageState, LogStream, VolumeState,
+    ContainerStats, ExecOutput, GpuAttach, ImageState, LogStream, VolumeState, HELPER_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::limits::Limits;
 
-/// Label on helper containers, so a sweep can find any left behind by a crash.
-pub const HELPER_LABEL: &str = "io.gpu-replica.helper";
 /// The image helper containers are created from (never started): an empty filesystem.
 pub const HELPER_IMAGE: &str = "gpu-replica/helper:empty";
 
@@ -192,11 +190,6 @@ impl DockerRuntime {
         outcome
     }
 
-    /// The bollard client, for callers that need an API this trait does not cover.
-    pub fn client(&self) -> &Docker {
-        &self.docker
-    }
-
     /// Imports a root filesystem tar stream as image `image` (`repo:tag`), applying Dockerfile
     /// `changes` (CMD, ENV, LABEL, …) to its config. This is `docker import`.
     pub async fn import_image<S>(&self, tar: S, image: &str, changes: Vec<String>) -> Result<()>
@@ -287,7 +280,7 @@ impl DockerRuntime {
 /// The Docker create request for `spec`: GPUs by the attach mode, `NVIDIA_VISIBLE_DEVICES`
 /// set to the container's own GPUs (`void` when cardless), published ports, binds, Tty and
 /// OpenStdin so shell images stay up. Also what the HTTP layer shows as `config`/`hostConfig`.
-pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+pub(crate) fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let mut env = spec.env.clone();
     // The image may say NVIDIA_VISIBLE_DEVICES=all; the container must see only its own.
     let visible = if spec.gpus.is_empty() {

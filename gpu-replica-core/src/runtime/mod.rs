@@ -7,9 +7,38 @@
 pub(crate) mod docker;
 mod tar_size;
 
-pub use self::docker::{create_body, DockerRuntime};
-/// Docker's own API types, as [`create_body`] returns them.
-pub use bollard::models as docker_models;
+pub use self::docker::DockerRuntime;
+
+/// Label on the helper containers that move volume data (its value: the Docker volume written)
+/// and on the empty image they run.
+pub const HELPER_LABEL: &str = "io.gpu-replica.helper";
+
+/// How Docker sees a container spec: the create request's container config, host config and
+/// networking config, as JSON in Docker's own field names (what the contract's info shows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerView {
+    /// The container config (`Image`, `Env`, `Cmd`, `ExposedPorts`, `Tty`, …).
+    pub config: serde_json::Value,
+    /// The host config (`Binds`, `PortBindings`, `DeviceRequests`, `RestartPolicy`, …).
+    pub host_config: serde_json::Value,
+    /// The networking config (null: Docker's default network).
+    pub networking_config: serde_json::Value,
+}
+
+impl ContainerSpec {
+    /// The create request Docker gets for this spec, in Docker's words.
+    pub fn docker_view(&self) -> DockerView {
+        let mut body = docker::create_body(self);
+        let host_config = body.host_config.take();
+        let networking_config = body.networking_config.take();
+        let json = |v: serde_json::Result<serde_json::Value>| v.unwrap_or_default();
+        DockerView {
+            config: json(serde_json::to_value(&body)),
+            host_config: json(serde_json::to_value(&host_config)),
+            networking_config: json(serde_json::to_value(&networking_config)),
+        }
+    }
+}
 
 use std::collections::BTreeMap;
 use std::time::Duration;

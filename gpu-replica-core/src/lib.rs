@@ -37,6 +37,8 @@ mod engine;
 mod error;
 mod events;
 mod failpoint;
+#[cfg(test)]
+mod failure_tests;
 pub mod gpu;
 pub mod keys;
 pub mod limits;

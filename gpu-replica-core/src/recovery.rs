@@ -273,6 +273,9 @@ impl Engine {
             let docker_name = format!("{}-{}", volume.name, intent.version);
             self.runtime.remove_volume(&docker_name).await?;
             volume.pending = None;
+            if volume.latest == intent.version {
+                volume.latest -= 1;
+            }
             let txn = Txn::new()
                 .delete(keys::volume_version(&volume.name, intent.version))
                 .put(keys::volume(&volume.name), encode(&volume));

@@ -185,6 +185,10 @@ impl Engine {
             Ok(next) => next,
             Err(e) => {
                 head.pending = None;
+                // The number was never seen as a version: hand it out again (no gap).
+                if head.latest == number {
+                    head.latest -= 1;
+                }
                 let txn = Txn::new()
                     .delete(keys::volume_version(&name, number))
                     .put(keys::volume(&name), encode(&head));

@@ -1,0 +1,428 @@
+//! What a failure of Docker at each step of run, patch, clone and volume resize leaves behind,
+//! decided without Docker: a `MockContainerRuntime` backed by a small in-memory model of
+//! containers, images and volumes fails at the named call. Every case must end with the
+//! contract's code, no claim leaked or lost, records consistent (no intent pending, no gap in
+//! the history) and Docker holding exactly the current containers, running as recorded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::gpu::StaticInventory;
+use crate::keys;
+use crate::model::{ReplicaSet, Status, Version};
+use crate::runtime::{Bind, ContainerState, ImageState, MockContainerRuntime, VolumeState};
+use crate::store::MemoryStore;
+use crate::{CloneRequest, Engine, EngineConfig, PatchRequest, RunRequest};
+
+/// Docker as the mock sees it.
+#[derive(Default)]
+struct Model {
+    /// Container name → running.
+    containers: HashMap<String, bool>,
+    images: HashSet<String>,
+    volumes: HashSet<String>,
+    /// The call that fails, once.
+    fail: Option<&'static str>,
+}
+
+type Shared = Arc<Mutex<Model>>;
+
+/// Fails the first `call` of the named kind (once: undoing it, the same call works again).
+fn check(model: &Shared, call: &'static str) -> Result<()> {
+    let mut model = model.lock().unwrap();
+    if model.fail == Some(call) {
+        model.fail = None;
+        return Err(Error::Docker(format!("injected failure of {call}")));
+    }
+    Ok(())
+}
+
+fn state(name: &str, running: bool) -> ContainerState {
+    ContainerState {
+        id: name.into(),
+        name: name.into(),
+        image: String::new(),
+        running,
+        status: if running { "running" } else { "exited" }.into(),
+        labels: BTreeMap::new(),
+        env: vec![],
+        limits: Default::default(),
+        init: false,
+    }
+}
+
+/// A mock runtime over `model`.
+fn runtime(model: &Shared) -> MockContainerRuntime {
+    let mut mock = MockContainerRuntime::new();
+    let m = model.clone();
+    mock.expect_create_container().returning(move |spec| {
+        check(&m, "create_container")?;
+        let mut m = m.lock().unwrap();
+        if !m.images.contains(&spec.image) {
+            return Err(Error::Docker(format!("no such image {}", spec.image)));
+        }
+        m.containers.insert(spec.name.clone(), false);
+        Ok(spec.name.clone())
+    });
+    let m = model.clone();
+    mock.expect_start_container().returning(move |name| {
+        check(&m, "start_container")?;
+        match m.lock().unwrap().containers.get_mut(name) {
+            Some(running) => {
+                *running = true;
+                Ok(())
+            }
+            None => Err(Error::Docker(format!("no such container {name}"))),
+        }
+    });
+    let m = model.clone();
+    mock.expect_restart_container().returning(move |name, _| {
+        check(&m, "restart_container")?;
+        match m.lock().unwrap().containers.get_mut(name) {
+            Some(running) => {
+                *running = true;
+                Ok(())
+            }
+            None => Err(Error::Docker(format!("no such container {name}"))),
+        }
+    });
+    let m = model.clone();
+    mock.expect_stop_container().returning(move |name, _| {
+        check(&m, "stop_container")?;
+        if let Some(running) = m.lock().unwrap().containers.get_mut(name) {
+            *running = false;
+        }
+        Ok(())
+    });
+    let m = model.clone();
+    mock.expect_remove_container().returning(move |name| {
+        m.lock().unwrap().containers.remove(name);
+        Ok(())
+    });
+    let m = model.clone();
+    mock.expect_inspect_container().returning(move |name| {
+        Ok(m.lock()
+            .unwrap()
+            .containers
+            .get(name)
+            .map(|running| state(name, *running)))
+    });
+    let m = model.clone();
+    mock.expect_list_containers().returning(move |_| {
+        Ok(m.lock()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|(name, running)| state(name, *running))
+            .collect())
+    });
+    let m = model.clone();
+    mock.expect_commit().returning(move |container, image, _| {
+        check(&m, "commit")?;
+        let mut m = m.lock().unwrap();
+        if !m.containers.contains_key(container) {
+            return Err(Error::Docker(format!("no such container {container}")));
+        }
+        m.images.insert(image.to_string());
+        Ok(image.to_string())
+    });
+    let m = model.clone();
+    mock.expect_tag_image().returning(move |source, target| {
+        check(&m, "tag_image")?;
+        let mut m = m.lock().unwrap();
+        if !m.images.contains(source) {
+            return Err(Error::Docker(format!("no such image {source}")));
+        }
+        m.images.insert(target.to_string());
+        Ok(())
+    });
+    let m = model.clone();
+    mock.expect_inspect_image().returning(move |image| {
+        Ok(m.lock()
+            .unwrap()
+            .images
+            .contains(image)
+            .then(|| ImageState {
+                id: image.to_string(),
+                tags: vec![image.to_string()],
+                layers: 1,
+                labels: BTreeMap::new(),
+            }))
+    });
+    mock.expect_list_images().returning(|_| Ok(vec![]));
+    let m = model.clone();
+    mock.expect_remove_image().returning(move |image| {
+        m.lock().unwrap().images.remove(image);
+        Ok(())
+    });
+    let m = model.clone();
+    mock.expect_create_volume().returning(move |name, _, _| {
+        check(&m, "create_volume")?;
+        m.lock().unwrap().volumes.insert(name.to_string());
+        Ok(false)
+    });
+    let m = model.clone();
+    mock.expect_inspect_volume().returning(move |name| {
+        Ok(m.lock()
+            .unwrap()
+            .volumes
+            .contains(name)
+            .then(|| VolumeState {
+                name: name.to_string(),
+                driver: "local".into(),
+                options: BTreeMap::new(),
+                labels: BTreeMap::new(),
+            }))
+    });
+    mock.expect_list_volumes().returning(|_| Ok(vec![]));
+    mock.expect_volume_used_bytes().returning(|_| Ok(0));
+    let m = model.clone();
+    mock.expect_copy_volume()
+        .returning(move |_, _| check(&m, "copy_volume"));
+    let m = model.clone();
+    mock.expect_remove_volume().returning(move |name| {
+        m.lock().unwrap().volumes.remove(name);
+        Ok(())
+    });
+    mock
+}
+
+/// An engine on the mock with 4 fake GPUs, and the model behind it, with image `img`.
+fn engine() -> (Engine, Shared) {
+    let model = Shared::default();
+    model.lock().unwrap().images.insert("img".into());
+    let engine = Engine::new(
+        Arc::new(runtime(&model)),
+        Arc::new(MemoryStore::new()),
+        Arc::new(StaticInventory::fake(4)),
+        EngineConfig {
+            stop_timeout: Duration::ZERO,
+            ..Default::default()
+        },
+    );
+    (engine, model)
+}
+
+fn run(name: &str, gpus: i64) -> RunRequest {
+    RunRequest {
+        name: name.into(),
+        image: "img".into(),
+        gpu_count: gpus,
+        ..Default::default()
+    }
+}
+
+/// The invariants every failure must keep.
+async fn assert_consistent(engine: &Engine, model: &Shared, context: &str) {
+    let heads: Vec<ReplicaSet> = engine.read_all(keys::REPLICA_SETS).await.unwrap();
+    let gpu_claims = engine.gpu_holders().await.unwrap();
+    let mut expected: HashMap<String, String> = HashMap::new();
+    for head in &heads {
+        assert!(
+            head.pending.is_none(),
+            "{context}: {} has an intent left",
+            head.name
+        );
+        let versions: Vec<Version> = engine.read_all(&keys::versions(&head.name)).await.unwrap();
+        let numbers: Vec<u32> = versions.iter().map(|v| v.version).collect();
+        assert_eq!(
+            numbers,
+            (1..=head.latest).collect::<Vec<_>>(),
+            "{context}: history of {}",
+            head.name
+        );
+        if head.status.holds_claims() {
+            for gpu in &head.gpus {
+                expected.insert(gpu.clone(), head.name.clone());
+            }
+        }
+        let container = crate::names::container(&head.name, head.current);
+        let running = model.lock().unwrap().containers.get(&container).copied();
+        assert_eq!(
+            running,
+            Some(head.status == Status::Running),
+            "{context}: {container} should exist and run as recorded ({:?})",
+            head.status
+        );
+    }
+    assert_eq!(gpu_claims, expected, "{context}: GPU claims");
+    let current: HashSet<String> = heads
+        .iter()
+        .map(|h| crate::names::container(&h.name, h.current))
+        .collect();
+    let containers: HashSet<String> = model.lock().unwrap().containers.keys().cloned().collect();
+    assert_eq!(containers, current, "{context}: containers left behind");
+}
+
+#[tokio::test]
+async fn a_run_failing_at_any_docker_step_leaves_nothing() {
+    for step in ["create_container", "start_container"] {
+        let (engine, model) = engine();
+        model.lock().unwrap().fail = Some(step);
+        let err = engine.run(run("a", 2)).await.unwrap_err();
+        assert_eq!(err.code(), 1004, "{step}: {err}");
+        assert_eq!(engine.info("a").await.unwrap_err().code(), 1016, "{step}");
+        assert_consistent(&engine, &model, step).await;
+        // The same request works once Docker does.
+        model.lock().unwrap().fail = None;
+        engine.run(run("a", 2)).await.unwrap();
+        assert_consistent(&engine, &model, step).await;
+    }
+}
+
+#[tokio::test]
+async fn a_patch_failing_at_any_docker_step_is_undone() {
+    for step in [
+        "stop_container",
+        "commit",
+        "create_container",
+        "start_container",
+    ] {
+        let (engine, model) = engine();
+        let before = engine.run(run("a", 1)).await.unwrap();
+        model.lock().unwrap().fail = Some(step);
+        let patch = PatchRequest {
+            gpu_count: Some(3),
+            ..Default::default()
+        };
+        let err = engine.patch("a", patch.clone()).await.unwrap_err();
+        assert_eq!(err.code(), 1007, "{step}: {err}");
+        let after = engine.info("a").await.unwrap();
+        // The snapshot of version 1 may have been taken before the failure: it is kept (and
+        // taken again by the next patch); everything else is as before.
+        let mut version = after.version.clone();
+        version.snapshot = None;
+        assert_eq!(version, before.version, "{step}");
+        assert_eq!(
+            after.replica_set.latest, 1,
+            "{step}: the number is handed out again"
+        );
+        assert_consistent(&engine, &model, step).await;
+        model.lock().unwrap().fail = None;
+        let patched = engine.patch("a", patch).await.unwrap();
+        assert_eq!(patched.version.version, 2, "{step}");
+        assert_eq!(patched.version.gpus.len(), 3, "{step}");
+        assert_consistent(&engine, &model, step).await;
+    }
+}
+
+#[tokio::test]
+async fn a_clone_failing_at_any_docker_step_leaves_no_clone_and_no_base_image() {
+    for (step, from_version) in [
+        ("commit", None),
+        ("create_container", None),
+        ("start_container", None),
+        ("tag_image", Some(1)),
+    ] {
+        let (engine, model) = engine();
+        engine.run(run("src", 1)).await.unwrap();
+        engine.patch("src", PatchRequest::default()).await.unwrap();
+        let images_before = model.lock().unwrap().images.clone();
+        model.lock().unwrap().fail = Some(step);
+        let request = CloneRequest {
+            source: "src".into(),
+            name: "copy".into(),
+            version: from_version,
+            ..Default::default()
+        };
+        let err = engine.clone_set(request.clone()).await.unwrap_err();
+        assert_eq!(err.code(), 1044, "{step}: {err}");
+        assert_eq!(
+            engine.info("copy").await.unwrap_err().code(),
+            1016,
+            "{step}"
+        );
+        assert_eq!(
+            model.lock().unwrap().images,
+            images_before,
+            "{step}: a base image was left"
+        );
+        assert_consistent(&engine, &model, step).await;
+        model.lock().unwrap().fail = None;
+        engine.clone_set(request).await.unwrap();
+        assert_consistent(&engine, &model, step).await;
+    }
+}
+
+#[tokio::test]
+async fn a_resize_failing_at_any_docker_step_leaves_the_volume_and_its_users_as_they_were() {
+    for step in [
+        "create_volume",
+        "stop_container",
+        "commit",
+        "create_container",
+        "copy_volume",
+        "start_container",
+    ] {
+        let (engine, model) = engine();
+        engine.create_volume("data", "1GB").await.unwrap();
+        let mut request = run("user", 1);
+        request.binds = vec![Bind {
+            src: "data-1".into(),
+            dest: "/data".into(),
+        }];
+        engine.run(request).await.unwrap();
+        model.lock().unwrap().fail = Some(step);
+        let err = engine.resize_volume("data", "2GB").await.unwrap_err();
+        assert_eq!(err.code(), 1035, "{step}: {err}");
+        let volume = engine.volume_info("data").await.unwrap();
+        assert_eq!(
+            (
+                volume.volume.current,
+                volume.volume.latest,
+                volume.volume.pending
+            ),
+            (1, 1, None),
+            "{step}"
+        );
+        let volumes = model.lock().unwrap().volumes.clone();
+        assert_eq!(volumes, HashSet::from(["data-1".to_string()]), "{step}");
+        let user = engine.info("user").await.unwrap();
+        assert_eq!(user.version.version, 1, "{step}");
+        assert_consistent(&engine, &model, step).await;
+        model.lock().unwrap().fail = None;
+        let resized = engine.resize_volume("data", "2GB").await.unwrap();
+        assert_eq!(resized.version.docker_name, "data-2", "{step}");
+        let user = engine.info("user").await.unwrap();
+        assert_eq!(user.version.spec.binds[0].src, "data-2", "{step}");
+        assert_consistent(&engine, &model, step).await;
+    }
+}
+
+#[tokio::test]
+async fn recovery_finishes_a_run_whose_container_exists_and_undoes_one_whose_does_not() {
+    for created in [true, false] {
+        let (engine, model) = engine();
+        engine.run(run("a", 2)).await.unwrap();
+        // As if the engine died right after recording the run (and, maybe, creating it).
+        let (mut head, _) = engine.head("a").await.unwrap();
+        head.pending = Some(crate::model::Intent::Run);
+        engine
+            .store
+            .put(&keys::replica_set("a"), crate::engine::encode(&head))
+            .await
+            .unwrap();
+        {
+            let mut m = model.lock().unwrap();
+            if created {
+                m.containers.insert("a-1".into(), false);
+            } else {
+                m.containers.remove("a-1");
+            }
+        }
+        let report = engine.recover().await.unwrap();
+        if created {
+            assert_eq!(report.finished, vec!["run of a".to_string()]);
+            assert_eq!(
+                engine.info("a").await.unwrap().replica_set.status,
+                Status::Running
+            );
+        } else {
+            assert_eq!(report.undone, vec!["run of a".to_string()]);
+            assert_eq!(engine.info("a").await.unwrap_err().code(), 1016);
+        }
+        assert_consistent(&engine, &model, &format!("created: {created}")).await;
+    }
+}

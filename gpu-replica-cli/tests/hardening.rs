@@ -126,6 +126,15 @@ async fn bodies_and_names_are_judged_before_docker_sees_them() {
         "{answer}"
     );
 
+    // No body at all reads as `{}`, so the answer names what is missing.
+    let (status, answer) = post_typed(&server.addr, "/api/v1/volumes", None, "");
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (400, json!(1000)),
+        "{answer}"
+    );
+    assert!(answer["msg"].as_str().unwrap().contains("name"), "{answer}");
+
     // Names Docker would refuse are 400 with the contract's code, never a 500.
     for name in ["..", "_x", ".a"] {
         let run = json!({"imageName": TEST_IMAGE, "replicaSetName": name, "gpuCount": 0});

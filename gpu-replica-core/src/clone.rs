@@ -23,7 +23,7 @@ pub struct CloneRequest {
     /// Name of the new replicaSet.
     pub name: String,
     /// The version to clone; the current one when `None`.
-    pub version: Option<u32>,
+    pub version: Option<i64>,
     /// GPUs for the clone; the source version's count when `None`.
     pub gpu_count: Option<i64>,
     /// CPU, memory and shm asked for; the source version's asks when `None`.
@@ -57,6 +57,14 @@ impl Engine {
             resources,
         } = request;
         check_name(name, Error::NameEmpty, Error::NameHasDash)?;
+        let version = match *version {
+            Some(v) if v < 0 => return Err(Error::NegativeVersion(v)),
+            Some(v) => Some(
+                u32::try_from(v)
+                    .map_err(|_| Error::InvalidParams(format!("version {v} is too large")))?,
+            ),
+            None => None,
+        };
         if let Some(count) = gpu_count.filter(|c| *c < 0) {
             return Err(Error::NegativeGpuCount(count));
         }
@@ -70,8 +78,8 @@ impl Engine {
         } else {
             (name, source)
         };
-        let _first = self.lock(&format!("rs:{first}")).await;
-        let _second = self.lock(&format!("rs:{second}")).await;
+        let _first = self.lock_set(first).await;
+        let _second = self.lock_set(second).await;
         self.settle(source).await?;
         self.settle(name).await?;
         if self.store.get(&keys::replica_set(name)).await?.is_some() {

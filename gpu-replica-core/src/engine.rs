@@ -187,9 +187,19 @@ impl Engine {
         &self.inventory
     }
 
-    /// Serializes operations on one object (`rs:foo`, `vol:bar`) inside this process; objects
-    /// differ, operations run in parallel.
-    pub(crate) async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+    /// Serializes operations on replicaSet `name` inside this process.
+    pub(crate) async fn lock_set(&self, name: &str) -> OwnedMutexGuard<()> {
+        self.lock(&format!("rs:{name}")).await
+    }
+
+    /// Serializes operations on volume `name` inside this process.
+    pub(crate) async fn lock_volume(&self, name: &str) -> OwnedMutexGuard<()> {
+        self.lock(&format!("vol:{name}")).await
+    }
+
+    /// Serializes operations on one object inside this process; objects differ, operations
+    /// run in parallel. Keys are made by [`Engine::lock_set`] and [`Engine::lock_volume`].
+    async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(key.to_string()).or_default().clone()

@@ -27,7 +27,7 @@ impl Engine {
     pub async fn logs(&self, name: &str, tail: Option<u64>, follow: bool) -> Result<LogStream> {
         let (head, _) = self.head(name).await?;
         self.runtime
-            .logs(&format!("{name}-{}", head.current), tail, follow)
+            .logs(&crate::names::container(name, head.current), tail, follow)
             .await
             .map_err(|e| e.during(Operation::Logs))
     }
@@ -42,7 +42,7 @@ impl Engine {
                 format!("'{name}' is not running; statistics exist only for a running container"),
             ));
         }
-        let container = format!("{name}-{}", head.current);
+        let container = crate::names::container(name, head.current);
         let container_stats = self
             .runtime
             .stats(&container)

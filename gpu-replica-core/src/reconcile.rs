@@ -118,7 +118,7 @@ impl Engine {
     }
 
     async fn reconcile_one(&self, name: &str, pass: &mut Reconciled) -> Result<()> {
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         let Some((mut head, revision)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await?
         else {
             return Ok(());

@@ -78,12 +78,12 @@ impl Engine {
         let mut report = Recovery::default();
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
         for head in heads.into_iter().filter(|h| h.pending.is_some()) {
-            let _guard = self.lock(&format!("rs:{}", head.name)).await;
+            let _guard = self.lock_set(&head.name).await;
             self.recover_set(head, &mut report).await?;
         }
         let volumes: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
         for volume in volumes.into_iter().filter(|v| v.pending.is_some()) {
-            let _guard = self.lock(&format!("vol:{}", volume.name)).await;
+            let _guard = self.lock_volume(&volume.name).await;
             self.recover_resize(volume, &mut report).await?;
         }
         self.remove_orphans(&mut report).await?;
@@ -250,7 +250,7 @@ impl Engine {
                 crate::Error::Store(format!("volume {} has no current record", volume.name))
             })?;
         for user in &intent.users {
-            let _guard = self.lock(&format!("rs:{user}")).await;
+            let _guard = self.lock_set(user).await;
             let Some((head, _)) = self.read::<ReplicaSet>(&keys::replica_set(user)).await? else {
                 continue;
             };
@@ -270,7 +270,7 @@ impl Engine {
             self.complete_resize(&mut volume, &old).await?;
             report.finished.push(line);
         } else {
-            let docker_name = format!("{}-{}", volume.name, intent.version);
+            let docker_name = crate::names::docker_volume(&volume.name, intent.version);
             self.runtime.remove_volume(&docker_name).await?;
             volume.pending = None;
             if volume.latest == intent.version {
@@ -290,7 +290,7 @@ impl Engine {
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
         let current: HashSet<String> = heads
             .iter()
-            .map(|h| format!("{}-{}", h.name, h.current))
+            .map(|h| crate::names::container(&h.name, h.current))
             .collect();
         // Only objects this store recorded: never another deployment's on the same host.
         let selected = |labels: &std::collections::BTreeMap<String, String>| {
@@ -347,7 +347,7 @@ impl Engine {
 
         let live: HashSet<String> = volume_heads
             .iter()
-            .map(|v| format!("{}-{}", v.name, v.current))
+            .map(|v| crate::names::docker_volume(&v.name, v.current))
             .collect();
         for volume in self.runtime.list_volumes(LABEL_VOLUME).await? {
             if selected(&volume.labels)

@@ -124,7 +124,7 @@ impl Engine {
             ));
         }
         self.config.resources.grant(gpu_count as u32, &resources)?;
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(&name).await;
         self.settle(&name).await?;
         if self.store.get(&keys::replica_set(&name)).await?.is_some() {
             return Err(Error::AlreadyExists(name));
@@ -170,7 +170,7 @@ impl Engine {
 
     /// Starts version 1 (if it is not running) and clears the intent.
     pub(crate) async fn finish_run(&self, name: &str) -> Result<()> {
-        let container = format!("{name}-1");
+        let container = crate::names::container(name, 1);
         if !self.is_running(&container).await? {
             self.runtime.start_container(&container).await?;
         }
@@ -217,7 +217,7 @@ impl Engine {
                 .await?;
             let version = Version {
                 version: 1,
-                container: format!("{name}-1"),
+                container: crate::names::container(name, 1),
                 image: image.to_string(),
                 limits: self.config.resources.fit(spec.gpu_count, &spec.resources),
                 spec: spec.clone(),
@@ -365,7 +365,7 @@ impl Engine {
         if let Some(count) = patch.gpu_count.filter(|c| *c < 0) {
             return Err(Error::NegativeGpuCount(count));
         }
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         self.settle(name).await?;
         let (head, _) = self.head(name).await?;
         let current = self.version_record(name, head.current).await?;
@@ -429,7 +429,7 @@ impl Engine {
         }
         let version = u32::try_from(version)
             .map_err(|_| Error::InvalidParams(format!("version {version} is too large")))?;
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         self.settle(name).await?;
         let (head, _) = self.head(name).await?;
         if version == head.current {
@@ -467,7 +467,7 @@ impl Engine {
     }
 
     async fn restart_set(&self, name: &str) -> Result<ReplicaSetInfo> {
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         self.settle(name).await?;
         let (head, _) = self.head(name).await?;
         let current = self.version_record(name, head.current).await?;
@@ -558,10 +558,10 @@ impl Engine {
     }
 
     pub(crate) async fn stop_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
-        let container = format!("{name}-{}", head.current);
+        let container = crate::names::container(name, head.current);
         if head.status == Status::Stopped {
             return self
                 .runtime
@@ -583,7 +583,7 @@ impl Engine {
 
     /// Stops the container, then releases the claims and records the stop.
     pub(crate) async fn finish_stop(&self, mut head: ReplicaSet) -> Result<()> {
-        let container = format!("{}-{}", head.name, head.current);
+        let container = crate::names::container(&head.name, head.current);
         self.runtime
             .stop_container(&container, self.config.stop_timeout)
             .await?;
@@ -608,7 +608,7 @@ impl Engine {
     }
 
     async fn pause_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
         if head.status == Status::Stopped {
@@ -631,7 +631,7 @@ impl Engine {
 
     /// Stops the container and records the pause.
     pub(crate) async fn finish_pause(&self, mut head: ReplicaSet) -> Result<()> {
-        let container = format!("{}-{}", head.name, head.current);
+        let container = crate::names::container(&head.name, head.current);
         self.runtime
             .stop_container(&container, self.config.stop_timeout)
             .await?;
@@ -655,7 +655,7 @@ impl Engine {
     }
 
     async fn resume_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
         let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
@@ -759,7 +759,7 @@ impl Engine {
     }
 
     async fn delete_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         self.settle(name).await?;
         let (mut head, revision) = self.head(name).await?;
         let result = async {
@@ -783,7 +783,7 @@ impl Engine {
             self.runtime.remove_container(&container.id).await?;
         }
         self.runtime
-            .remove_container(&format!("{name}-{}", head.current))
+            .remove_container(&crate::names::container(&name, head.current))
             .await?;
         failpoint("delete.containers_removed");
         // Release only claims this set holds: a stopped set's GPUs may be someone else's now.
@@ -868,7 +868,7 @@ impl Engine {
         let (head, _) = self.head(name).await?;
         let labels = self.labels(&[(LABEL_REPLICA_SET, name.to_string())]);
         self.runtime
-            .commit(&format!("{name}-{}", head.current), image, &labels)
+            .commit(&crate::names::container(name, head.current), image, &labels)
             .await
             .map_err(|e| e.during(Operation::Commit))?;
         Ok(image.to_string())

@@ -69,7 +69,7 @@ impl Engine {
                     rfc3339(at)
                 )));
             }
-            let _guard = self.lock(&format!("rs:{name}")).await;
+            let _guard = self.lock_set(name).await;
             self.settle(name).await?;
             let (mut head, revision) = self.head(name).await?;
             head.timers = timers.clone();
@@ -185,7 +185,7 @@ impl Engine {
 
     /// Clears a stop time that fired, unless the user set another one meanwhile.
     async fn clear_stop_at(&self, name: &str, fired: i64) -> Result<()> {
-        let _guard = self.lock(&format!("rs:{name}")).await;
+        let _guard = self.lock_set(name).await;
         let Some((mut head, revision)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await?
         else {
             return Ok(());

@@ -166,7 +166,7 @@ impl Engine {
             };
             let new = Version {
                 version: number,
-                container: format!("{name}-{number}"),
+                container: crate::names::container(name, number),
                 spec: spec.clone(),
                 gpus,
                 ports,

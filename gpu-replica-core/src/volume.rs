@@ -37,8 +37,8 @@ impl Engine {
     async fn create_volume_inner(&self, name: &str, size: &str) -> Result<VolumeInfo> {
         check_volume_name(name)?;
         let size_bytes = parse_size(size)?;
-        let _guard = self.lock(&format!("vol:{name}")).await;
-        let docker_name = format!("{name}-1");
+        let _guard = self.lock_volume(name).await;
+        let docker_name = crate::names::docker_volume(name, 1);
         let version = VolumeVersion {
             version: 1,
             docker_name: docker_name.clone(),
@@ -136,7 +136,7 @@ impl Engine {
     async fn resize_volume_inner(&self, name: &str, size: &str) -> Result<VolumeInfo> {
         let name = base_volume_name(name).to_string();
         let size_bytes = parse_size(size)?;
-        let _guard = self.lock(&format!("vol:{name}")).await;
+        let _guard = self.lock_volume(&name).await;
         let (mut head, current) = self.volume_head(&name).await?;
         if size_bytes == current.size_bytes {
             return Err(Error::VolumeSameSize(name, current.size));
@@ -158,12 +158,12 @@ impl Engine {
         let users = self.mounted_by(&current.docker_name).await?;
         let mut guards = Vec::new();
         for user in &users {
-            guards.push(self.lock(&format!("rs:{}", user.replica_set.name)).await);
+            guards.push(self.lock_set(&user.replica_set.name).await);
         }
         let number = head.latest + 1;
         let next = VolumeVersion {
             version: number,
-            docker_name: format!("{name}-{number}"),
+            docker_name: crate::names::docker_volume(&name, number),
             size: size.trim().to_string(),
             size_bytes,
             size_enforced: false,
@@ -314,7 +314,7 @@ impl Engine {
 
     async fn delete_volume_inner(&self, name: &str) -> Result<()> {
         let name = base_volume_name(name).to_string();
-        let _guard = self.lock(&format!("vol:{name}")).await;
+        let _guard = self.lock_volume(&name).await;
         let (_, current) = self.volume_head(&name).await?;
         let users = self.mounted_by(&current.docker_name).await?;
         if !users.is_empty() {

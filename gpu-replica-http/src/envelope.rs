@@ -193,6 +193,12 @@ where
                 )))
                 .with_status(StatusCode::PAYLOAD_TOO_LARGE)
             })?;
+        // No body at all reads as `{}`: a missing field then says which one it is.
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+            axum::body::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(Error::InvalidParams(format!(
                 "the request body is not valid JSON: {e}"

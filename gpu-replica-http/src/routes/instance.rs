@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
-use gpu_replica_core::{CloneRequest, Engine, Error};
+use gpu_replica_core::{CloneRequest, Engine};
 
 use super::Reply;
 use crate::envelope::{ok, ApiError, Body};
@@ -50,19 +50,11 @@ pub async fn clone(
     Path(name): Path<String>,
     Body(body): Body<CloneBody>,
 ) -> Reply<RunReply> {
-    let version = match body.version {
-        Some(v) if v < 0 => return Err(Error::NegativeVersion(v).into()),
-        Some(v) => Some(
-            u32::try_from(v)
-                .map_err(|_| Error::InvalidParams(format!("version {v} is too large")))?,
-        ),
-        None => None,
-    };
     let info = engine
         .clone_set(CloneRequest {
             source: name,
             name: body.name,
-            version,
+            version: body.version,
             gpu_count: body.gpu_count,
             resources: body
                 .resources

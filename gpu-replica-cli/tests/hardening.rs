@@ -126,11 +126,12 @@ async fn bodies_and_names_are_judged_before_docker_sees_them() {
         "{answer}"
     );
 
-    // No body at all reads as `{}`, so the answer names what is missing.
+    // No body at all reads as `{}`, so the answer names what is missing (here: 1024, the
+    // volume name is empty).
     let (status, answer) = post_typed(&server.addr, "/api/v1/volumes", None, "");
     assert_eq!(
         (status, answer["code"].clone()),
-        (400, json!(1000)),
+        (400, json!(1024)),
         "{answer}"
     );
     assert!(answer["msg"].as_str().unwrap().contains("name"), "{answer}");

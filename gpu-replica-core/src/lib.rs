@@ -32,10 +32,9 @@
 
 #![warn(missing_docs)]
 
-mod clone;
 mod engine;
 mod error;
-mod events;
+
 mod failpoint;
 #[cfg(test)]
 mod failure_tests;
@@ -44,28 +43,22 @@ pub mod keys;
 pub mod limits;
 pub mod model;
 pub mod names;
-mod observe;
-mod reconcile;
-mod recovery;
-mod replicaset;
-mod resources;
+mod ops;
 pub mod runtime;
 pub mod sched;
 mod size;
+mod steps;
 pub mod store;
-mod timers;
-mod transition;
-mod volume;
+mod supervise;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use crate::clone::CloneRequest;
+pub use crate::engine::events::{Event, KEEP_EVENTS};
 pub use crate::engine::{
     Engine, EngineConfig, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME,
 };
 pub use crate::error::{Error, Operation, Result};
-pub use crate::events::{Event, KEEP_EVENTS};
 pub use crate::failpoint::{FAILPOINTS, FAILPOINT_EXIT_CODE};
 pub use crate::gpu::{GpuInfo, GpuInventory, NvmlInventory, StaticInventory};
 pub use crate::limits::{parse_cpus, Limits, ResourcePolicy};
@@ -73,10 +66,11 @@ pub use crate::model::{
     GpuStatus, Intent, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status, Timers,
     Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
-pub use crate::observe::Stats;
-pub use crate::reconcile::Reconciled;
-pub use crate::recovery::Recovery;
-pub use crate::replicaset::{BindSwap, PatchRequest, RunRequest};
+pub use crate::ops::clone::CloneRequest;
+pub use crate::ops::observe::Stats;
+pub use crate::ops::run::RunRequest;
+pub use crate::ops::timers::{parse_duration, parse_time};
+pub use crate::ops::version::{BindSwap, PatchRequest};
 pub use crate::runtime::{
     Bind, ContainerEvent, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach,
     LogStream, PortMapping,
@@ -84,7 +78,8 @@ pub use crate::runtime::{
 pub use crate::sched::PortRange;
 pub use crate::size::parse_size;
 pub use crate::store::{MemoryStore, RedbStore, StateStore};
-pub use crate::timers::{parse_duration, parse_time};
+pub use crate::supervise::reconcile::Reconciled;
+pub use crate::supervise::recovery::Recovery;
 
 #[cfg(feature = "etcd")]
 pub use crate::store::EtcdStore;

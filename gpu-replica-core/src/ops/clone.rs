@@ -7,9 +7,9 @@
 //! intact, and deleting the clone removes it. The clone is recorded (intent `Run`) before its
 //! base image exists, so a crash at any step is finished or undone like a run.
 
+use crate::engine::events::describe_info;
 use crate::engine::{check_name, Engine, LABEL_REPLICA_SET};
 use crate::error::{Error, Operation, Result};
-use crate::events::describe_info;
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::limits::Limits;
@@ -31,11 +31,6 @@ pub struct CloneRequest {
 }
 
 impl Engine {
-    /// The image the first container of the clone with id `id` is created from.
-    pub(crate) fn clone_base(&self, id: &str) -> String {
-        crate::names::clone_base(&self.config.snapshot_repo, id)
-    }
-
     /// Creates replicaSet `request.name` from a version of `request.source` and starts it.
     pub async fn clone_set(&self, request: CloneRequest) -> Result<ReplicaSetInfo> {
         let name = request.name.clone();

@@ -15,8 +15,8 @@ use crate::error::Result;
 use crate::keys;
 use crate::model::{Intent, ReplicaSet, Status, Volume, VolumeVersion};
 use crate::runtime::HELPER_LABEL;
+use crate::steps::Prepared;
 use crate::store::Txn;
-use crate::transition::Prepared;
 
 /// The images a version record refers to (the rest of the record is not decoded).
 #[derive(serde::Deserialize)]

@@ -12,8 +12,8 @@ use crate::keys;
 use crate::model::{now, ReplicaSetInfo, Volume, VolumeInfo, VolumeIntent, VolumeVersion};
 use crate::runtime::Bind;
 use crate::size::parse_size;
+use crate::steps::Prepared;
 use crate::store::Txn;
-use crate::transition::Prepared;
 
 fn describe_volume(info: &VolumeInfo) -> String {
     format!(
@@ -202,23 +202,6 @@ impl Engine {
             volume: head,
             version: next,
         })
-    }
-
-    /// Makes the new version current and removes the old Docker volume.
-    pub(crate) async fn complete_resize(
-        &self,
-        head: &mut Volume,
-        old: &VolumeVersion,
-    ) -> Result<()> {
-        if let Some(intent) = head.pending.take() {
-            head.current = intent.version;
-        }
-        self.commit(Txn::new().put(keys::volume(&head.name), encode(&*head)))
-            .await?;
-        if let Err(e) = self.runtime.remove_volume(&old.docker_name).await {
-            tracing::warn!(volume = %old.docker_name, "old volume not removed: {e}");
-        }
-        Ok(())
     }
 
     /// Creates `next`, stops the users, copies, rebinds the users; all or nothing.

@@ -1,0 +1,218 @@
+//! The engine's ground floor: the [`Engine`] type with its three backends and configuration,
+//! and what every operation stands on: per-object locks and labels (here), typed records
+//! ([`records`]), GPU and port claims ([`claims`]), the operator's policy ([`policy`]) and
+//! the event log ([`events`]).
+//!
+//! Layers, calls going down only: `ops` (one file per operation family) → `supervise`
+//! (recovery, reconciliation, timers' checks) → `steps` (the idempotent steps operations and
+//! recovery share) → `engine` → the three backends.
+
+pub(crate) mod claims;
+pub(crate) mod events;
+pub(crate) mod policy;
+pub(crate) mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::OwnedMutexGuard;
+
+use crate::engine::events::EventLog;
+use crate::gpu::GpuInventory;
+use crate::limits::ResourcePolicy;
+use crate::runtime::{ContainerRuntime, GpuAttach};
+use crate::sched::PortRange;
+use crate::store::StateStore;
+
+pub(crate) use self::claims::{claim, release};
+pub(crate) use self::policy::check_name;
+pub(crate) use self::records::encode;
+
+/// Label carrying the replicaSet name on containers and snapshot images.
+pub const LABEL_REPLICA_SET: &str = "io.gpu-replica.replicaset";
+/// Label carrying the version number.
+pub const LABEL_VERSION: &str = "io.gpu-replica.version";
+/// Label carrying the volume name on volumes.
+pub const LABEL_VOLUME: &str = "io.gpu-replica.volume";
+/// Label carrying the identity of the store that records an object: recovery removes only
+/// orphans of its own store, never those of another deployment on the same Docker host.
+pub const LABEL_STORE: &str = "io.gpu-replica.store";
+
+/// How the engine behaves; every field has a sensible default.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Host ports handed out to container ports.
+    pub port_range: PortRange,
+    /// How containers get their GPUs.
+    pub gpu_attach: GpuAttach,
+    /// How long a stop waits before killing (default 10 s).
+    pub stop_timeout: Duration,
+    /// Snapshots kept per replicaSet, newest first; older ones are pruned (default 10).
+    pub keep_snapshots: usize,
+    /// A snapshot whose image would have more layers than this is flattened to one layer
+    /// (overlay2 allows about 125).
+    pub max_layers: usize,
+    /// Host folders under which bind sources are allowed (default: none).
+    pub allowed_host_paths: Vec<PathBuf>,
+    /// Repository for snapshot images: `{repo}/{name}:v{version}`.
+    pub snapshot_repo: String,
+    /// Extra labels on every container, image and volume the engine creates.
+    pub labels: BTreeMap<String, String>,
+    /// CPU, memory and shm per GPU, the cardless share, and whether containers get an init.
+    pub resources: ResourcePolicy,
+    /// How often [`Engine::spawn_timers`] checks the timers (default 15 s).
+    pub timer_interval: Duration,
+    /// How often [`Engine::spawn_reconciler`] compares every set with Docker, besides
+    /// reacting to Docker's events (default 30 s).
+    pub reconcile_interval: Duration,
+    /// Docker volumes not managed by this engine that binds may mount anyway (default none:
+    /// only volumes this engine created).
+    pub allowed_volumes: Vec<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig {
+            port_range: PortRange::default(),
+            gpu_attach: GpuAttach::default(),
+            stop_timeout: Duration::from_secs(10),
+            keep_snapshots: 10,
+            max_layers: 100,
+            allowed_host_paths: Vec::new(),
+            snapshot_repo: "gpu-replica".into(),
+            labels: BTreeMap::new(),
+            resources: ResourcePolicy::default(),
+            timer_interval: Duration::from_secs(15),
+            reconcile_interval: Duration::from_secs(30),
+            allowed_volumes: Vec::new(),
+        }
+    }
+}
+
+/// Manages versioned GPU containers and volumes; cheap to share behind an `Arc`.
+pub struct Engine {
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) inventory: Arc<dyn GpuInventory>,
+    pub(crate) config: EngineConfig,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Identity of the store, known once [`Engine::recover`] has run.
+    pub(crate) store_id: std::sync::OnceLock<String>,
+    /// What the last [`Engine::recover`] did.
+    pub(crate) last_recovery: Mutex<Option<crate::Recovery>>,
+    /// The event log's live side.
+    pub(crate) events: EventLog,
+    /// Since when each replicaSet with an idle timer has had all its GPUs idle.
+    pub(crate) idle_since: Mutex<HashMap<String, std::time::Instant>>,
+    /// Set by [`Engine::close`]: long-lived streams end.
+    closing: tokio::sync::watch::Sender<bool>,
+    /// `info` answers by name, with the store generation they were read at; valid while the
+    /// store's generation is unchanged (only for stores that have one).
+    pub(crate) info_cache: Mutex<HashMap<String, (u64, crate::model::ReplicaSetInfo)>>,
+    /// Sets the reconciler should look at soon.
+    pub(crate) nudges: Arc<crate::supervise::reconcile::Nudges>,
+}
+
+impl Engine {
+    /// An engine over a container runtime, a state store and a GPU inventory.
+    pub fn new(
+        runtime: Arc<dyn ContainerRuntime>,
+        store: Arc<dyn StateStore>,
+        inventory: Arc<dyn GpuInventory>,
+        config: EngineConfig,
+    ) -> Engine {
+        Engine {
+            runtime,
+            store,
+            inventory,
+            config,
+            locks: Mutex::new(HashMap::new()),
+            store_id: std::sync::OnceLock::new(),
+            last_recovery: Mutex::new(None),
+            events: EventLog::default(),
+            idle_since: Mutex::new(HashMap::new()),
+            closing: tokio::sync::watch::Sender::new(false),
+            info_cache: Mutex::new(HashMap::new()),
+            nudges: Arc::default(),
+        }
+    }
+
+    /// Tells long-lived readers (followed logs, event streams) to end, so a server can shut
+    /// down gracefully; operations are not affected.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Engine::close`] was called.
+    pub async fn closed(&self) {
+        let mut watch = self.closing.subscribe();
+        // The sender lives in `self`, so this cannot fail while we are borrowed.
+        let _ = watch.wait_for(|closing| *closing).await;
+    }
+
+    /// A receiver that turns true once [`Engine::close`] was called.
+    pub(crate) fn closing_receiver(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// What the last [`Engine::recover`] finished, undid, removed and found missing; `None`
+    /// before it ran.
+    pub fn last_recovery(&self) -> Option<crate::Recovery> {
+        self.last_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The container runtime.
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// The GPU inventory.
+    pub fn inventory(&self) -> &Arc<dyn GpuInventory> {
+        &self.inventory
+    }
+
+    /// Serializes operations on replicaSet `name` inside this process.
+    pub(crate) async fn lock_set(&self, name: &str) -> OwnedMutexGuard<()> {
+        self.lock(&format!("rs:{name}")).await
+    }
+
+    /// Serializes operations on volume `name` inside this process.
+    pub(crate) async fn lock_volume(&self, name: &str) -> OwnedMutexGuard<()> {
+        self.lock(&format!("vol:{name}")).await
+    }
+
+    /// Serializes operations on one object inside this process; objects differ, operations
+    /// run in parallel. Keys are made by [`Engine::lock_set`] and [`Engine::lock_volume`].
+    async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Labels for an object of replicaSet `name`, version `version`.
+    pub(crate) fn labels(&self, pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+        let mut labels = self.config.labels.clone();
+        if let Some(id) = self.store_id.get() {
+            labels.insert(LABEL_STORE.to_string(), id.clone());
+        }
+        labels.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        labels
+    }
+}

@@ -1,0 +1,65 @@
+//! Typed access to the records: decode on read, encode on write, and transactions that must
+//! not lose a race. Keys are made in [`crate::keys`].
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::model::{ReplicaSet, Version};
+use crate::store::Txn;
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Store(format!("record {key} is not readable: {e}")))
+}
+
+impl Engine {
+    /// Reads and decodes one record with its revision.
+    pub(crate) async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
+        match self.store.get(key).await? {
+            None => Ok(None),
+            Some(entry) => Ok(Some((decode(key, &entry.value)?, entry.revision))),
+        }
+    }
+
+    /// Reads and decodes every record under `prefix`, in key order.
+    pub(crate) async fn read_all<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        self.store
+            .list(prefix)
+            .await?
+            .iter()
+            .map(|e| decode(&e.key, &e.value))
+            .collect()
+    }
+
+    /// Applies a transaction that must not lose a race (its conditions are only revisions
+    /// this caller holds the lock for); a lost race is an error.
+    pub(crate) async fn commit(&self, txn: Txn) -> Result<()> {
+        if self.store.commit(txn).await? {
+            Ok(())
+        } else {
+            Err(Error::Conflict(
+                "the records changed under this request (another engine on the same store?)".into(),
+            ))
+        }
+    }
+
+    pub(crate) async fn head(&self, name: &str) -> Result<(ReplicaSet, u64)> {
+        self.read(&keys::replica_set(name))
+            .await?
+            .ok_or_else(|| Error::NotFound(name.to_string()))
+    }
+
+    pub(crate) async fn version_record(&self, name: &str, version: u32) -> Result<Version> {
+        self.read(&keys::version(name, version))
+            .await?
+            .map(|(v, _)| v)
+            .ok_or_else(|| Error::Store(format!("version {version} of '{name}' has no record")))
+    }
+}

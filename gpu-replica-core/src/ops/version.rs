@@ -1,0 +1,187 @@
+//! Patch, rollback and restart: each makes a new version that carries the filesystem (see
+//! [`crate::steps::transition`]).
+
+use crate::engine::events::describe_info;
+use crate::engine::Engine;
+use crate::error::{Error, Operation, Result};
+use crate::keys;
+use crate::limits::Limits;
+use crate::model::{ReplicaSetInfo, ReplicaSetSpec, Version};
+use crate::runtime::Bind;
+use crate::steps::{Filesystem, Prepared};
+
+/// A change to a replicaSet; an empty patch recreates it as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatchRequest {
+    /// New GPU count.
+    pub gpu_count: Option<i64>,
+    /// One bind swapped for another.
+    pub bind: Option<BindSwap>,
+    /// CPU, memory or shm asked anew (within the share of the new GPU count); fields left
+    /// `None` keep the earlier ask.
+    pub resources: Option<Limits>,
+}
+
+/// Replace the mount `old` with `new`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindSwap {
+    /// A bind the current version has.
+    pub old: Bind,
+    /// Its replacement.
+    pub new: Bind,
+}
+
+impl Engine {
+    /// Changes GPU count and/or one bind; an empty patch recreates the container as it is.
+    pub async fn patch(&self, name: &str, patch: PatchRequest) -> Result<ReplicaSetInfo> {
+        self.recorded("patch", name, describe_info, self.patch_set(name, patch))
+            .await
+    }
+
+    async fn patch_set(&self, name: &str, patch: PatchRequest) -> Result<ReplicaSetInfo> {
+        if let Some(count) = patch.gpu_count.filter(|c| *c < 0) {
+            return Err(Error::NegativeGpuCount(count));
+        }
+        let _guard = self.lock_set(name).await;
+        self.settle(name).await?;
+        let (head, _) = self.head(name).await?;
+        let current = self.version_record(name, head.current).await?;
+        let mut spec = current.spec.clone();
+        if let Some(count) = patch.gpu_count {
+            spec.gpu_count = count as u32;
+        }
+        if let Some(swap) = &patch.bind {
+            let slot = spec
+                .binds
+                .iter()
+                .position(|b| {
+                    b == &swap.old
+                        || swap.old.is_host_path()
+                            && b.src
+                                == crate::engine::policy::resolve_path(std::path::Path::new(
+                                    &swap.old.src,
+                                ))
+                                .to_string_lossy()
+                            && b.dest == swap.old.dest
+                })
+                .ok_or_else(|| {
+                    Error::InvalidParams(format!(
+                        "'{}:{}' is not a bind of '{name}'",
+                        swap.old.src, swap.old.dest
+                    ))
+                })?;
+            spec.binds[slot] = self.check_bind(&swap.new).await?;
+        }
+        if let Some(asked) = patch.resources {
+            spec.resources = asked.or(spec.resources);
+            self.config
+                .resources
+                .grant(spec.gpu_count, &spec.resources)?;
+        }
+        let asked_for_something =
+            patch.gpu_count.is_some() || patch.bind.is_some() || patch.resources.is_some();
+        if asked_for_something && spec == current.spec {
+            return Err(Error::NoNeedPatch(format!(
+                "'{name}' already has {} GPUs, these binds and these resources",
+                spec.gpu_count
+            )));
+        }
+        self.new_version(name, spec, Filesystem::Current)
+            .await
+            .map_err(|e| e.during(Operation::Patch))
+    }
+
+    /// New version with the spec and filesystem of `version`.
+    pub async fn rollback(&self, name: &str, version: i64) -> Result<ReplicaSetInfo> {
+        self.recorded(
+            "rollback",
+            name,
+            |info| format!("to version {version}: {}", describe_info(info)),
+            self.rollback_set(name, version),
+        )
+        .await
+    }
+
+    async fn rollback_set(&self, name: &str, version: i64) -> Result<ReplicaSetInfo> {
+        if version < 0 {
+            return Err(Error::NegativeVersion(version));
+        }
+        let version = u32::try_from(version)
+            .map_err(|_| Error::InvalidParams(format!("version {version} is too large")))?;
+        let _guard = self.lock_set(name).await;
+        self.settle(name).await?;
+        let (head, _) = self.head(name).await?;
+        if version == head.current {
+            return Err(Error::NoNeedRollback(version));
+        }
+        let target = self
+            .read::<Version>(&keys::version(name, version))
+            .await?
+            .map(|(v, _)| v)
+            .ok_or_else(|| {
+                Error::refused(
+                    Operation::Rollback,
+                    format!("'{name}' has no version {version}"),
+                )
+            })?;
+        if target.snapshot.is_none() {
+            return Err(Error::refused(
+                Operation::Rollback,
+                format!(
+                    "the filesystem of version {version} was pruned (only the newest {} snapshots are kept)",
+                    self.config.keep_snapshots
+                ),
+            ));
+        }
+        self.new_version(name, target.spec, Filesystem::Of(version))
+            .await
+            .map_err(|e| e.during(Operation::Rollback))
+    }
+
+    /// New version with the same spec and filesystem; GPUs are claimed again (the ones held are
+    /// kept; a stopped set gets any free ones).
+    pub async fn restart(&self, name: &str) -> Result<ReplicaSetInfo> {
+        self.recorded("restart", name, describe_info, self.restart_set(name))
+            .await
+    }
+
+    async fn restart_set(&self, name: &str) -> Result<ReplicaSetInfo> {
+        let _guard = self.lock_set(name).await;
+        self.settle(name).await?;
+        let (head, _) = self.head(name).await?;
+        let current = self.version_record(name, head.current).await?;
+        self.new_version(name, current.spec, Filesystem::Current)
+            .await
+            .map_err(|e| e.during(Operation::Restart))
+    }
+
+    async fn new_version(
+        &self,
+        name: &str,
+        spec: ReplicaSetSpec,
+        filesystem: Filesystem,
+    ) -> Result<ReplicaSetInfo> {
+        let prepared = self.prepare(name, spec, filesystem, true, None).await?;
+        let prepared = self.activate(prepared).await?;
+        self.finish(prepared).await?;
+        self.info(name).await
+    }
+
+    /// Prepares a new version with `spec` on the current filesystem that keeps the set's
+    /// status, as part of resizing `volume`.
+    pub(crate) async fn prepare_rebind(
+        &self,
+        name: &str,
+        spec: ReplicaSetSpec,
+        volume: &str,
+    ) -> Result<Prepared> {
+        self.prepare(
+            name,
+            spec,
+            Filesystem::Current,
+            false,
+            Some(volume.to_string()),
+        )
+        .await
+    }
+}

@@ -256,7 +256,7 @@ async fn bad_requests_create_and_claim_nothing(store: TestStore) {
         src: "novolume".into(),
         dest: "/data".into(),
     }];
-    cases.push((missing_volume, 1000));
+    cases.push((missing_volume, 1033));
     let mut bad_port = request(&other, 0);
     bad_port.container_ports = vec!["ssh".into()];
     cases.push((bad_port, 1000));

@@ -355,7 +355,7 @@ async fn every_error_a_client_can_cause_has_its_code() {
                     .into_boxed_str(),
             )),
             1036,
-            400,
+            404,
         ),
         (
             "POST",
@@ -364,7 +364,7 @@ async fn every_error_a_client_can_cause_has_its_code() {
                 r#"{"imageName": "x", "replicaSetName": "hp", "binds": [{"src": "/etc", "dest": "/mnt"}]}"#,
             ),
             1037,
-            400,
+            403,
         ),
         (
             "POST",

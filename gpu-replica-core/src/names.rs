@@ -116,6 +116,10 @@ pub fn is_image_reference(reference: &str) -> bool {
             return false;
         }
     }
+    // Docker refuses names over 255 characters (and answers that as a server error).
+    if path.len() > 255 {
+        return false;
+    }
     let mut components: Vec<&str> = path.split('/').collect();
     if components.len() > 1 && is_registry_host(components[0]) {
         components.remove(0);
@@ -123,12 +127,21 @@ pub fn is_image_reference(reference: &str) -> bool {
     !components.is_empty() && components.iter().all(|c| is_path_component(c))
 }
 
-/// `host`, `host:port`, `localhost`: a first component with a '.' or ':', or `localhost`.
+/// `registry.example.com`, `host:5000`, `localhost`: a first component that names a registry
+/// (dotted labels or `localhost`, an optional port; a bare label needs the port).
 fn is_registry_host(component: &str) -> bool {
-    (component.contains('.') || component.contains(':') || component == "localhost")
-        && component
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+    let (host, port) = match component.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (component, None),
+    };
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let labels_ok = labels
+        .iter()
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    labels_ok && (host == "localhost" || labels.len() > 1 || port.is_some())
 }
 
 /// `[a-z0-9]+` runs joined by one separator: `.`, `_`, `__` or a run of `-`.
@@ -243,6 +256,9 @@ mod tests {
             "img:a b",
             "..",
             "img@sha256:zz",
+            &"a/".repeat(128),
+            &format!("{}:v1", "a".repeat(256)),
+            &format!("p:1/{}", "a".repeat(252)),
         ] {
             assert!(!is_image_reference(bad), "{bad}");
         }

@@ -37,6 +37,18 @@ impl<T: Serialize> IntoResponse for Envelope<T> {
     }
 }
 
+/// What every error answer looks like: the contract's code, the message, `data` null.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorReply {
+    /// The contract's error code (the list is in the document's description).
+    pub code: u16,
+    /// What went wrong, in words a user can act on.
+    pub msg: String,
+    /// Always null.
+    #[schema(value_type = Option<Object>, nullable)]
+    pub data: Option<serde_json::Value>,
+}
+
 /// A successful answer.
 pub fn ok<T: Serialize>(data: T) -> Envelope<T> {
     Envelope {
@@ -87,7 +99,12 @@ impl From<QueryRejection> for ApiError {
 /// (Docker, the store, NVML) is down or failing, 500 for a failed operation.
 pub fn status_of(error: &Error) -> StatusCode {
     match error {
-        Error::NotFound(_) | Error::VolumeNotFound(_) => StatusCode::NOT_FOUND,
+        // Missing things, the user's image included: the request itself may be fine.
+        Error::NotFound(_) | Error::VolumeNotFound(_) | Error::ImageNotFound(_) => {
+            StatusCode::NOT_FOUND
+        }
+        // The operator's policy forbids it, however well formed.
+        Error::BindRefused(_) => StatusCode::FORBIDDEN,
         Error::Unauthorized => StatusCode::UNAUTHORIZED,
         Error::AlreadyExists(_)
         | Error::VolumeExists(_)
@@ -110,8 +127,6 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::SizeUnit(_)
         | Error::VolumeNameHasDash(_)
         | Error::VolumeNameSlash(_)
-        | Error::ImageNotFound(_)
-        | Error::BindRefused(_)
         | Error::OverShare(_) => StatusCode::BAD_REQUEST,
         Error::Gpu(_) | Error::Docker(_) | Error::Store(_) | Error::Unavailable(_) => {
             StatusCode::SERVICE_UNAVAILABLE
@@ -135,6 +150,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer to a request whose handler panicked: our fault, said as such (500, code 500).
+pub fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let body = Envelope::<()> {
+        code: 500,
+        msg: "internal error: the server hit a bug handling this request; nothing was changed \
+              by it that recovery does not settle"
+            .into(),
+        data: None,
+    };
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+}
+
 /// A JSON object body decoded into `T`; anything else (bad JSON, an array, a wrong type, a
 /// body over the limit) is code 1000 in the envelope, never a plain-text error.
 ///
@@ -143,6 +171,26 @@ impl IntoResponse for ApiError {
 /// told otherwise, and a person typing curl means JSON. Any other type is refused.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
+
+/// `2.0` read as `2`: JSON has one number type, and a client (or a JSON Schema tool) may
+/// write a whole number with a fraction part.
+fn whole_numbers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(whole_numbers).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, whole_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
 
 /// Whether a request with this Content-Type may carry a JSON body.
 fn json_content_type(content_type: Option<&axum::http::HeaderValue>) -> bool {
@@ -209,6 +257,7 @@ where
                 "the request body must be a JSON object".into(),
             )));
         }
+        let value = whole_numbers(value);
         serde_json::from_value(value)
             .map(Body)
             .map_err(|e| ApiError::new(Error::InvalidParams(e.to_string())))
@@ -239,6 +288,12 @@ mod tests {
         assert_eq!(status_of(&names), StatusCode::BAD_REQUEST);
         let down = Error::Unavailable("the Docker engine".into());
         assert_eq!(status_of(&down), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn whole_numbers_with_a_fraction_part_are_integers() {
+        let read = super::whole_numbers(serde_json::json!({"gpuCount": 2.0, "x": [1.5, 3.0]}));
+        assert_eq!(read, serde_json::json!({"gpuCount": 2, "x": [1.5, 3]}));
     }
 
     #[test]

@@ -99,6 +99,10 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
         .route("/ping", get(routes::ping))
         .merge(guarded)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // A bug of ours answers 500 in the envelope, never a dropped connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            envelope::panicked,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

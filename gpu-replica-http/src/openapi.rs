@@ -73,6 +73,8 @@ use crate::wire;
         wire::VolumeList,
         wire::VolumeItem,
         wire::GpuMap,
+        wire::GpuAnswer,
+        crate::envelope::ErrorReply,
         wire::GpuDetails,
         wire::GpuDetail,
         wire::PortsReply,
@@ -85,6 +87,7 @@ use crate::wire;
         wire::CloneBody,
         wire::StatsReply,
         wire::EventView,
+        wire::SseItem,
     ))
 )]
 pub struct ApiDoc;
@@ -104,7 +107,8 @@ pub fn spec() -> utoipa::openapi::OpenApi {
          Every answer is `{{code, msg, data}}`. Codes: {}.\n\n\
          HTTP status: 400 bad input (replicaSet and volume names are `[A-Za-z0-9][A-Za-z0-9_.]*`, \
          at most 128 characters; image names follow Docker's reference grammar), 401 missing or \
-         wrong bearer token, 404 not found, 409 conflict with the present state or with a \
+         wrong bearer token, 403 refused by the operator's policy (1037: a host path or a \
+         volume not allowed), 404 not found (a replicaSet, a volume, or the image: 1036), 409 conflict with the present state or with a \
          concurrent request (1046; execute on a set whose container is not running is 409), \
          500 an operation failed through our fault, 503 a dependency (Docker, the store, NVML) \
          is down or failing (1041). A JSON body is read as JSON when the Content-Type is \

@@ -18,8 +18,10 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BindBody {
     /// Volume name (`bar-1`), or an absolute host path the operator allows.
+    #[schema(min_length = 1)]
     pub src: String,
-    /// Absolute path in the container; not `/`.
+    /// Absolute path in the container; not `/`, no `..`.
+    #[schema(pattern = r"^(/\.?)*(/([^/]*[^/.][^/]*|\.\.\.+))(/(\.|[^/]*[^/.][^/]*|\.\.\.+)?)*$")]
     pub dest: String,
 }
 
@@ -36,26 +38,40 @@ impl From<BindBody> for Bind {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunBody {
-    /// A local image; never pulled.
+    /// A local image; never pulled (Docker's reference grammar).
     #[serde(default)]
+    #[schema(
+        required = true,
+        max_length = 255,
+        pattern = r"^((localhost|[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)+)(:[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+    )]
     pub image_name: String,
-    /// `[A-Za-z0-9_.]+`, no '-'.
+    /// `[A-Za-z0-9][A-Za-z0-9_.]*`, at most 128; no '-'.
     #[serde(default)]
+    #[schema(
+        required = true,
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.]*$",
+        max_length = 128
+    )]
     pub replica_set_name: String,
     /// GPUs; 0 = none.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub gpu_count: i64,
     /// Mounts.
     #[serde(default)]
     pub binds: Vec<BindBody>,
     /// `KEY=value`.
     #[serde(default)]
+    #[schema(schema_with = env_schema)]
     pub env: Vec<String>,
-    /// Command replacing the image's.
+    /// Command replacing the image's; the first names a program.
     #[serde(default)]
+    #[schema(schema_with = argv_schema, nullable)]
     pub cmd: Option<Vec<String>>,
-    /// Container ports, each published on a host port.
+    /// Container ports (`22`, `53/udp`), each published on a host port.
     #[serde(default)]
+    #[schema(schema_with = ports_schema)]
     pub container_ports: Vec<String>,
     /// CPU, memory and shm, within the share of `gpuCount` GPUs (beyond the contract).
     #[serde(default)]
@@ -67,14 +83,17 @@ pub struct RunBody {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourcesBody {
-    /// CPUs, fractions allowed (1.5).
+    /// CPUs, fractions allowed (1.5); more than 0.
     #[serde(default)]
+    #[schema(minimum = 0.001, maximum = 4096)]
     pub cpus: Option<f64>,
     /// Memory with KB, MB, GB or TB (`16GB`).
     #[serde(default)]
+    #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
     pub memory: Option<String>,
     /// Size of /dev/shm with KB, MB, GB or TB.
     #[serde(default)]
+    #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
     pub shm_size: Option<String>,
 }
 
@@ -117,9 +136,13 @@ impl From<Limits> for ResourcesView {
 pub struct TimersBody {
     /// Stop after the GPUs were idle this long: a whole number with s, m, h or d (`30m`).
     #[serde(default)]
+    #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}[smhd]\s*$")]
     pub idle_stop: Option<String>,
     /// Stop at this time, RFC 3339 (`2026-11-23T08:00:00Z`).
     #[serde(default)]
+    #[schema(
+        pattern = r"^\s*[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])\s*$"
+    )]
     pub stop_at: Option<String>,
 }
 
@@ -158,12 +181,19 @@ impl From<&Timers> for TimersView {
 pub struct CloneBody {
     /// Name of the new replicaSet.
     #[serde(default)]
+    #[schema(
+        required = true,
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.]*$",
+        max_length = 128
+    )]
     pub name: String,
     /// Version to clone; the current one when left out.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
     pub version: Option<i64>,
     /// GPUs of the clone; the cloned version's count when left out.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub gpu_count: Option<i64>,
     /// CPU, memory and shm of the clone.
     #[serde(default)]
@@ -247,6 +277,19 @@ fn default_follow() -> bool {
     true
 }
 
+/// One Server-Sent Event of `GET /api/v1/events`, as a client reads it off the stream.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SseItem {
+    /// `message` for an event (its `data` is an [`EventView`] as JSON); `lagged` when a
+    /// slow reader missed events (its `data` is how many: read them back with `Last-Event-ID`).
+    pub event: String,
+    /// An [`EventView`] as JSON, or for `lagged` the number missed.
+    pub data: String,
+    /// The event's `seq`; send it back as `Last-Event-ID` to resume after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
 /// One lifecycle change, the `data` of a Server-Sent Event (its `id` is `seq`).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -284,6 +327,7 @@ impl From<Event> for EventView {
 #[serde(rename_all = "camelCase")]
 pub struct GpuPatch {
     /// New GPU count; 0 = none.
+    #[schema(minimum = 0)]
     pub gpu_count: i64,
 }
 
@@ -316,14 +360,47 @@ pub struct PatchBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RollbackBody {
     /// The version to return to.
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
     pub version: i64,
+}
+
+/// Container ports: 1-65535 with an optional `/tcp`, `/udp` or `/sctp`.
+fn ports_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let port = ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+        "^([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])(/(tcp|udp|sctp))?$",
+    ));
+    ArrayBuilder::new().items(port).unique_items(true).build()
+}
+
+/// `KEY=value` strings.
+fn env_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let entry = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[^=]+="));
+    ArrayBuilder::new().items(entry).build()
+}
+
+/// An argv: at least one string, the first (the program) not empty.
+fn argv_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let program = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1));
+    ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String))
+        .prefix_items([program])
+        .min_items(Some(1))
+        .build()
 }
 
 /// `POST /api/v1/replicaSet/{name}/execute`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecuteBody {
-    /// argv, run without a shell.
+    /// argv, run without a shell; the first names a program.
+    #[schema(schema_with = argv_schema)]
     pub cmd: Vec<String>,
     /// Working directory.
     #[serde(default)]
@@ -334,26 +411,43 @@ pub struct ExecuteBody {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommitBody {
-    /// Image name (`repo:tag`).
+    /// Image name (`repo:tag`, Docker's reference grammar).
+    #[schema(
+        max_length = 255,
+        pattern = r"^((localhost|[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)+)(:[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+    )]
     pub new_image_name: String,
 }
 
 /// `POST /api/v1/volumes`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VolumeCreateBody {
-    /// `[A-Za-z0-9_.]+`, no '-'.
+    /// `[A-Za-z0-9][A-Za-z0-9_.]*`, at most 128; no '-'.
     #[serde(default)]
+    #[schema(
+        required = true,
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9_.]*$",
+        max_length = 128
+    )]
     pub name: String,
-    /// Whole number with KB, MB, GB or TB.
+    /// Whole number above 0 with KB, MB, GB or TB.
     #[serde(default)]
+    #[schema(
+        required = true,
+        pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$"
+    )]
     pub size: String,
 }
 
 /// `PATCH /api/v1/volumes/{name}/size`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VolumeSizeBody {
-    /// Whole number with KB, MB, GB or TB.
+    /// Whole number above 0 with KB, MB, GB or TB.
     #[serde(default)]
+    #[schema(
+        required = true,
+        pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$"
+    )]
     pub size: String,
 }
 
@@ -683,6 +777,16 @@ impl From<&GpuStatus> for GpuDetail {
             holder: s.holder.clone(),
         }
     }
+}
+
+/// What `GET /api/v1/resources/gpus` answers: the map, or the details with `detail=true`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum GpuAnswer {
+    /// `{gpus: {uuid: 0|1}}`
+    Map(GpuMap),
+    /// `{gpus: [...]}`
+    Details(GpuDetails),
 }
 
 /// `{gpus: [...]}` with details.

@@ -33,10 +33,14 @@ impl Engine {
                 bind.dest
             )));
         }
-        if Path::new(&bind.dest)
-            .components()
-            .all(|c| c == Component::RootDir)
-        {
+        let dest: Vec<Component> = Path::new(&bind.dest).components().collect();
+        if dest.contains(&Component::ParentDir) {
+            return Err(Error::InvalidParams(format!(
+                "bind destination '{}' must not contain '..'",
+                bind.dest
+            )));
+        }
+        if !dest.iter().any(|c| matches!(c, Component::Normal(_))) {
             return Err(Error::InvalidParams(
                 "a bind cannot be mounted on the root directory '/'".into(),
             ));
@@ -59,9 +63,8 @@ impl Engine {
     /// volumes) or the operator allows it by name; never another application's volume.
     async fn check_volume_source(&self, src: &str) -> Result<()> {
         if self.runtime.inspect_volume(src).await?.is_none() {
-            return Err(Error::InvalidParams(format!(
-                "volume '{src}' does not exist; create it first (POST /api/v1/volumes)"
-            )));
+            // Bind sources are versioned names (`data-1`), made by POST /api/v1/volumes.
+            return Err(Error::VolumeNotFound(src.to_string()));
         }
         if self.config.allowed_volumes.iter().any(|v| v == src) {
             return Ok(());

@@ -76,9 +76,12 @@ impl Engine {
                 "env '{bad}' is not KEY=value"
             )));
         }
-        if cmd.as_ref().is_some_and(|c| c.is_empty()) {
+        if cmd
+            .as_ref()
+            .is_some_and(|c| c.first().is_none_or(String::is_empty))
+        {
             return Err(Error::InvalidParams(
-                "cmd, when given, must not be empty".into(),
+                "cmd, when given, must name a program".into(),
             ));
         }
         let container_ports = container_ports

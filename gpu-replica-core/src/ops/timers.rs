@@ -25,7 +25,8 @@ pub(crate) fn unix_now() -> i64 {
 /// Parses a duration: a whole number with `s`, `m`, `h` or `d` (`90s`, `30m`, `2h`).
 pub fn parse_duration(text: &str) -> Result<u64> {
     let text = text.trim();
-    let split = text.len().saturating_sub(1);
+    // The unit is the last character, whatever its width (the text is the user's).
+    let split = text.char_indices().last().map_or(0, |(i, _)| i);
     let (number, unit) = text.split_at(split);
     let factor = match unit {
         "s" => 1,
@@ -54,20 +55,14 @@ pub fn parse_time(text: &str) -> Result<i64> {
 }
 
 impl Engine {
-    /// Replaces the timers of `name` (an empty [`Timers`] clears them). A stop time must lie
-    /// in the future.
+    /// Replaces the timers of `name` (an empty [`Timers`] clears them). A stop time already
+    /// past stops the set at the next check.
     pub async fn set_timers(&self, name: &str, timers: Timers) -> Result<Timers> {
         let outcome = async {
             if timers.idle_stop_secs == Some(0) {
                 return Err(Error::InvalidParams(
                     "the idle time must be more than 0".into(),
                 ));
-            }
-            if let Some(at) = timers.stop_at.filter(|at| *at <= unix_now()) {
-                return Err(Error::InvalidParams(format!(
-                    "stop time {} is not in the future",
-                    rfc3339(at)
-                )));
             }
             let _guard = self.lock_set(name).await;
             self.settle(name).await?;
@@ -219,6 +214,13 @@ fn describe_timers(timers: &Timers) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_of_any_characters_are_judged_not_panicked_on() {
+        for odd in ["\u{80}", "é", "5é", "日", ""] {
+            assert_eq!(parse_duration(odd).unwrap_err().code(), 1000, "{odd}");
+        }
+    }
 
     #[test]
     fn durations_take_a_unit() {

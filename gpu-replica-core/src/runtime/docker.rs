@@ -747,6 +747,15 @@ impl ContainerRuntime for DockerRuntime {
         let found = match self.docker.inspect_image(image).await {
             Ok(found) => found,
             Err(e) if is_not_found(&e) => return Ok(None),
+            // A reference Docker cannot parse (or resolve) names no image it has.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 400, ..
+            }) => return Ok(None),
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.to_ascii_lowercase().contains("no such image") =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(docker_err(e)),
         };
         Ok(Some(ImageState {

@@ -13,6 +13,10 @@ use gpu_replica_core::{Engine, Event, KEEP_EVENTS};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::envelope::ApiError;
+#[allow(unused_imports)]
+use crate::envelope::ErrorReply;
+#[allow(unused_imports)]
+use crate::wire::SseItem;
 use crate::wire::{EventView, EventsQuery};
 
 fn to_sse(event: Event) -> SseEvent {
@@ -30,8 +34,8 @@ fn to_sse(event: Event) -> SseEvent {
 #[utoipa::path(get, path = "/api/v1/events", tag = "instance",
     params(("replay" = Option<usize>, Query, description = "Stored events sent first (default 20)"),
         ("follow" = Option<bool>, Query, description = "Stay open for live events (default true)"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
-    responses((status = 200, content_type = "text/event-stream", body = EventView, description = "One SSE `data` per event")))]
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (the `id` of the last one read; anything else replays as without it)")),
+    responses((status = 200, content_type = "text/event-stream", body = SseItem, description = "One event per lifecycle change: `data` is an EventView as JSON"), (status = 400, body = ErrorReply, description = "1000: a query value is malformed")))]
 pub async fn events(
     State(engine): State<Arc<Engine>>,
     headers: HeaderMap,

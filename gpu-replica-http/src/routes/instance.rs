@@ -10,6 +10,8 @@ use gpu_replica_core::{CloneRequest, Engine};
 
 use super::Reply;
 use crate::envelope::{ok, ApiError, Body};
+#[allow(unused_imports)]
+use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
     CloneBody, LogsQuery, ResourcesBody, RunReply, StatsReply, TimersBody, TimersView,
 };
@@ -17,7 +19,7 @@ use crate::wire::{
 /// The timers of a replicaSet.
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}/timers", tag = "instance",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = TimersView), (status = "4XX", description = "1016")))]
+    responses((status = 200, body = Envelope<TimersView>), (status = "4XX", body = ErrorReply, description = "1016")))]
 pub async fn timers(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -30,7 +32,7 @@ pub async fn timers(
 /// `{}` clears them. A timer stops the set as `stop` does (GPUs and ports released).
 #[utoipa::path(put, path = "/api/v1/replicaSet/{name}/timers", tag = "instance", request_body = TimersBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = TimersView), (status = "4XX", description = "1000, 1016")))]
+    responses((status = 200, body = Envelope<TimersView>), (status = "4XX", body = ErrorReply, description = "1000, 1016")))]
 pub async fn set_timers(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -44,7 +46,7 @@ pub async fn set_timers(
 /// GPUs and host ports.
 #[utoipa::path(post, path = "/api/v1/replicaSet/{name}/clone", tag = "instance", request_body = CloneBody,
     params(("name" = String, Path, description = "ReplicaSet to clone")),
-    responses((status = 200, body = RunReply), (status = "4XX", description = "1000, 1002, 1003, 1008, 1012, 1013, 1014, 1016, 1020, 1043, 1044"), (status = "5XX", description = "1044")))]
+    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000, 1002, 1003, 1008, 1012, 1013, 1014, 1016, 1020, 1043, 1044"), (status = "5XX", body = ErrorReply, description = "1044")))]
 pub async fn clone(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -74,7 +76,7 @@ pub async fn clone(
     params(("name" = String, Path, description = "ReplicaSet name"),
         ("tail" = Option<u64>, Query, description = "Only the last N lines"),
         ("follow" = Option<bool>, Query, description = "Stream until the container stops")),
-    responses((status = 200, content_type = "text/plain", description = "The log"), (status = "4XX", description = "1000, 1016"), (status = "5XX", description = "1045")))]
+    responses((status = 200, content_type = "text/plain", description = "The log"), (status = "4XX", body = ErrorReply, description = "1000, 1016"), (status = "5XX", body = ErrorReply, description = "1045")))]
 pub async fn logs(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -99,7 +101,7 @@ pub async fn logs(
 /// utilization (measured over about a second).
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}/stats", tag = "instance",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = StatsReply), (status = "4XX", description = "1016, 1045")))]
+    responses((status = 200, body = Envelope<StatsReply>), (status = "4XX", body = ErrorReply, description = "1016, 1045")))]
 pub async fn stats(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,

@@ -17,7 +17,7 @@ use crate::wire::Pong;
 pub type Reply<T> = Result<Envelope<T>, ApiError>;
 
 /// Liveness: answers without touching Docker or the store.
-#[utoipa::path(get, path = "/ping", tag = "service", responses((status = 200, body = Pong)))]
+#[utoipa::path(get, path = "/ping", tag = "service", responses((status = 200, body = Envelope<Pong>)))]
 pub async fn ping() -> Envelope<Pong> {
     ok(Pong {
         ping: "pong".into(),

@@ -7,6 +7,8 @@ use gpu_replica_core::{BindSwap, Engine, PatchRequest, ReplicaSetInfo, RunReques
 
 use super::Reply;
 use crate::envelope::{ok, Body};
+#[allow(unused_imports)]
+use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
     HistoryReply, InfoReply, PatchBody, ReplicaSetItem, ReplicaSetList, ResourcesBody,
@@ -29,7 +31,7 @@ fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
 
 /// Run a new replicaSet: claim GPUs and ports, create and start `{name}-1`.
 #[utoipa::path(post, path = "/api/v1/replicaSet", tag = "replicaSet", request_body = RunBody,
-    responses((status = 200, body = RunReply), (status = "4XX", description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043"), (status = "5XX", description = "1004, 1039, 1040")))]
+    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043"), (status = "5XX", body = ErrorReply, description = "1004, 1039, 1040")))]
 pub async fn run(State(engine): State<Arc<Engine>>, Body(body): Body<RunBody>) -> Reply<RunReply> {
     let resources = body
         .resources
@@ -55,7 +57,7 @@ pub async fn run(State(engine): State<Arc<Engine>>, Body(body): Body<RunBody>) -
 }
 
 /// Every replicaSet with status, version, GPUs and ports.
-#[utoipa::path(get, path = "/api/v1/replicaSet", tag = "replicaSet", responses((status = 200, body = ReplicaSetList)))]
+#[utoipa::path(get, path = "/api/v1/replicaSet", tag = "replicaSet", responses((status = 200, body = Envelope<ReplicaSetList>)))]
 pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<ReplicaSetList> {
     let all = engine.list().await?;
     Ok(ok(ReplicaSetList {
@@ -66,7 +68,7 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<ReplicaSetList> {
 /// New version with another GPU count and/or one bind swapped; `{}` recreates as is.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}", tag = "replicaSet", request_body = PatchBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1000, 1009, 1012, 1013, 1016, 1029, 1037, 1043"), (status = "5XX", description = "1007")))]
+    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1012, 1013, 1016, 1029, 1037, 1043"), (status = "5XX", body = ErrorReply, description = "1007")))]
 pub async fn patch(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -90,7 +92,7 @@ pub async fn patch(
 /// New version with the spec and filesystem of an earlier one.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/rollback", tag = "replicaSet", request_body = RollbackBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1000, 1016, 1020, 1021, 1022")))]
+    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016, 1020, 1021, 1022")))]
 pub async fn rollback(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -102,7 +104,7 @@ pub async fn rollback(
 /// New version with the same spec; GPUs claimed again.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/restart", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = ContainerNameReply), (status = "4XX", description = "1013, 1014, 1016"), (status = "5XX", description = "1011")))]
+    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1013, 1014, 1016"), (status = "5XX", body = ErrorReply, description = "1011")))]
 pub async fn restart(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -113,7 +115,7 @@ pub async fn restart(
 /// Stop the container; release GPUs and ports.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/stop", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016"), (status = "5XX", description = "1010")))]
+    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1010")))]
 pub async fn stop(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
     engine.stop(&name).await?;
     Ok(ok(()))
@@ -122,7 +124,7 @@ pub async fn stop(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -
 /// Stop the container; keep GPUs and ports.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/pause", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016, 1018")))]
+    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016, 1018")))]
 pub async fn pause(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
     engine.pause(&name).await?;
     Ok(ok(()))
@@ -131,7 +133,7 @@ pub async fn pause(State(engine): State<Arc<Engine>>, Path(name): Path<String>) 
 /// Start the current container again (after a stop, with the same GPUs and ports).
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/continue", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016, 1019")))]
+    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016, 1019")))]
 pub async fn resume(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
     engine.resume(&name).await?;
     Ok(ok(()))
@@ -140,7 +142,7 @@ pub async fn resume(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
 /// Remove containers, records, claims and snapshots.
 #[utoipa::path(delete, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", description = "1016"), (status = "5XX", description = "1005")))]
+    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1005")))]
 pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
     engine.delete(&name).await?;
     Ok(ok(()))
@@ -149,7 +151,7 @@ pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
 /// Run argv (no shell) in the current container.
 #[utoipa::path(post, path = "/api/v1/replicaSet/{name}/execute", tag = "replicaSet", request_body = ExecuteBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = ExecuteReply), (status = "4XX", description = "1000, 1006, 1016")))]
+    responses((status = 200, body = Envelope<ExecuteReply>), (status = "4XX", body = ErrorReply, description = "1000, 1006, 1016")))]
 pub async fn execute(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -165,7 +167,7 @@ pub async fn execute(
 /// Commit the current container to an image.
 #[utoipa::path(post, path = "/api/v1/replicaSet/{name}/commit", tag = "replicaSet", request_body = CommitBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = CommitReply), (status = "4XX", description = "1000, 1016"), (status = "5XX", description = "1015")))]
+    responses((status = 200, body = Envelope<CommitReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016"), (status = "5XX", body = ErrorReply, description = "1015")))]
 pub async fn commit(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -178,7 +180,7 @@ pub async fn commit(
 /// The current version, with Docker's config.
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = InfoReply), (status = "4XX", description = "1016")))]
+    responses((status = 200, body = Envelope<InfoReply>), (status = "4XX", body = ErrorReply, description = "1016")))]
 pub async fn info(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<InfoReply> {
     let info = engine.info(&name).await?;
     Ok(ok(InfoReply {
@@ -191,7 +193,7 @@ pub async fn info(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -
 /// Every version, newest first.
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}/history", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = HistoryReply), (status = "4XX", description = "1016"), (status = "5XX", description = "1017")))]
+    responses((status = 200, body = Envelope<HistoryReply>), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1017")))]
 pub async fn history(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,

@@ -8,14 +8,17 @@ use axum::response::{IntoResponse, Response};
 use gpu_replica_core::Engine;
 
 use crate::envelope::{ok, ApiError};
+#[allow(unused_imports)]
+use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
-    DetailQuery, GpuDetail, GpuDetails, GpuMap, PortUsage, PortsReply, RecoveryView, StatusReply,
+    DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, PortUsage, PortsReply, RecoveryView,
+    StatusReply,
 };
 
 /// GPU usage: `{uuid: 0|1}`, or every GPU in detail with `?detail=true`.
 #[utoipa::path(get, path = "/api/v1/resources/gpus", tag = "resource",
     params(("detail" = Option<bool>, Query, description = "Answer with index, name, memory, utilization and holder")),
-    responses((status = 200, body = GpuMap), (status = "5XX", description = "1038")))]
+    responses((status = 200, body = Envelope<GpuAnswer>, description = "`{gpus: {uuid: 0|1}}`, or with `detail=true` `{gpus: [...]}`"), (status = 400, body = ErrorReply, description = "1000: detail is not true or false"), (status = "5XX", body = ErrorReply, description = "1038")))]
 pub async fn gpus(
     State(engine): State<Arc<Engine>>,
     query: Result<Query<DetailQuery>, QueryRejection>,
@@ -34,7 +37,7 @@ pub async fn gpus(
 }
 
 /// Port usage of the configured range.
-#[utoipa::path(get, path = "/api/v1/resources/ports", tag = "resource", responses((status = 200, body = PortsReply)))]
+#[utoipa::path(get, path = "/api/v1/resources/ports", tag = "resource", responses((status = 200, body = Envelope<PortsReply>)))]
 pub async fn ports(State(engine): State<Arc<Engine>>) -> Result<Response, ApiError> {
     let status = engine.port_status().await?;
     Ok(ok(PortsReply {
@@ -44,7 +47,7 @@ pub async fn ports(State(engine): State<Arc<Engine>>) -> Result<Response, ApiErr
 }
 
 /// What the start-up recovery finished, undid, removed, and which current containers are gone.
-#[utoipa::path(get, path = "/api/v1/status", tag = "resource", responses((status = 200, body = StatusReply)))]
+#[utoipa::path(get, path = "/api/v1/status", tag = "resource", responses((status = 200, body = Envelope<StatusReply>)))]
 pub async fn status(State(engine): State<Arc<Engine>>) -> Response {
     ok(StatusReply {
         recovery: engine.last_recovery().map(RecoveryView::from),

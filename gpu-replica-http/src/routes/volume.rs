@@ -7,6 +7,8 @@ use gpu_replica_core::{Engine, VolumeInfo};
 
 use super::Reply;
 use crate::envelope::{ok, Body};
+#[allow(unused_imports)]
+use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
     VolumeCreateBody, VolumeHistoryItem, VolumeHistoryReply, VolumeInfoReply, VolumeItem,
     VolumeList, VolumeReply, VolumeSizeBody, VolumeView,
@@ -21,7 +23,7 @@ fn reply(info: VolumeInfo) -> VolumeReply {
 
 /// Create volume `{name}-1`.
 #[utoipa::path(post, path = "/api/v1/volumes", tag = "volume", request_body = VolumeCreateBody,
-    responses((status = 200, body = VolumeReply), (status = "4XX", description = "1000, 1024, 1026, 1029, 1031, 1032"), (status = "5XX", description = "1023")))]
+    responses((status = 200, body = Envelope<VolumeReply>), (status = "4XX", body = ErrorReply, description = "1000, 1024, 1026, 1029, 1031, 1032"), (status = "5XX", body = ErrorReply, description = "1023")))]
 pub async fn create(
     State(engine): State<Arc<Engine>>,
     Body(body): Body<VolumeCreateBody>,
@@ -32,7 +34,7 @@ pub async fn create(
 }
 
 /// Every volume.
-#[utoipa::path(get, path = "/api/v1/volumes", tag = "volume", responses((status = 200, body = VolumeList)))]
+#[utoipa::path(get, path = "/api/v1/volumes", tag = "volume", responses((status = 200, body = Envelope<VolumeList>)))]
 pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<VolumeList> {
     let all = engine.list_volumes().await?;
     Ok(ok(VolumeList {
@@ -43,7 +45,7 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<VolumeList> {
 /// Resize: a new version with the data, users moved onto it.
 #[utoipa::path(patch, path = "/api/v1/volumes/{name}/size", tag = "volume", request_body = VolumeSizeBody,
     params(("name" = String, Path, description = "Volume name")),
-    responses((status = 200, body = VolumeReply), (status = "4XX", description = "1000, 1028, 1029, 1030, 1033"), (status = "5XX", description = "1035")))]
+    responses((status = 200, body = Envelope<VolumeReply>), (status = "4XX", body = ErrorReply, description = "1000, 1028, 1029, 1030, 1033"), (status = "5XX", body = ErrorReply, description = "1035")))]
 pub async fn resize(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -55,7 +57,7 @@ pub async fn resize(
 /// Delete the volume (refused while mounted).
 #[utoipa::path(delete, path = "/api/v1/volumes/{name}", tag = "volume",
     params(("name" = String, Path, description = "Volume name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", description = "1025, 1033")))]
+    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1025, 1033")))]
 pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
     engine.delete_volume(&name).await?;
     Ok(ok(()))
@@ -64,7 +66,7 @@ pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
 /// The current version.
 #[utoipa::path(get, path = "/api/v1/volumes/{name}", tag = "volume",
     params(("name" = String, Path, description = "Volume name")),
-    responses((status = 200, body = VolumeInfoReply), (status = "4XX", description = "1033")))]
+    responses((status = 200, body = Envelope<VolumeInfoReply>), (status = "4XX", body = ErrorReply, description = "1033")))]
 pub async fn info(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
@@ -78,7 +80,7 @@ pub async fn info(
 /// Every version, newest first.
 #[utoipa::path(get, path = "/api/v1/volumes/{name}/history", tag = "volume",
     params(("name" = String, Path, description = "Volume name")),
-    responses((status = 200, body = VolumeHistoryReply), (status = "4XX", description = "1033"), (status = "5XX", description = "1034")))]
+    responses((status = 200, body = Envelope<VolumeHistoryReply>), (status = "4XX", body = ErrorReply, description = "1033"), (status = "5XX", body = ErrorReply, description = "1034")))]
 pub async fn history(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,

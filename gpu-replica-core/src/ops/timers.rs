@@ -55,14 +55,20 @@ pub fn parse_time(text: &str) -> Result<i64> {
 }
 
 impl Engine {
-    /// Replaces the timers of `name` (an empty [`Timers`] clears them). A stop time already
-    /// past stops the set at the next check.
+    /// Replaces the timers of `name` (an empty [`Timers`] clears them). A stop time must lie
+    /// in the future.
     pub async fn set_timers(&self, name: &str, timers: Timers) -> Result<Timers> {
         let outcome = async {
             if timers.idle_stop_secs == Some(0) {
                 return Err(Error::InvalidParams(
                     "the idle time must be more than 0".into(),
                 ));
+            }
+            if let Some(at) = timers.stop_at.filter(|at| *at <= unix_now()) {
+                return Err(Error::InvalidParams(format!(
+                    "stop time {} is not in the future",
+                    rfc3339(at)
+                )));
             }
             let _guard = self.lock_set(name).await;
             self.settle(name).await?;

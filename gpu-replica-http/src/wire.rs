@@ -87,9 +87,11 @@ pub struct ResourcesBody {
     #[serde(default)]
     #[schema(minimum = 0.001, maximum = 4096)]
     pub cpus: Option<f64>,
-    /// Memory with KB, MB, GB or TB (`16GB`).
+    /// Memory with KB, MB, GB or TB (`16GB`), at least 6MB (Docker's minimum).
     #[serde(default)]
-    #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
+    #[schema(
+        pattern = r"^\s*0*([1-9][0-9]{0,5}\s*[GgTt][Bb]|([6-9]|[1-9][0-9]{1,5})\s*[Mm][Bb]|(614[4-9]|61[5-9][0-9]|6[2-9][0-9]{2}|[7-9][0-9]{3}|[1-9][0-9]{4,5})\s*[Kk][Bb])\s*$"
+    )]
     pub memory: Option<String>,
     /// Size of /dev/shm with KB, MB, GB or TB.
     #[serde(default)]
@@ -138,7 +140,8 @@ pub struct TimersBody {
     #[serde(default)]
     #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}[smhd]\s*$")]
     pub idle_stop: Option<String>,
-    /// Stop at this time, RFC 3339 (`2026-11-23T08:00:00Z`).
+    /// Stop at this time, RFC 3339 (`2026-11-23T08:00:00Z`); it must lie in the future
+    /// (a past time is 1000).
     #[serde(default)]
     #[schema(
         pattern = r"^\s*[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])\s*$"

@@ -134,4 +134,25 @@ impl Client {
         }
         Ok(envelope.get("data").cloned().unwrap_or(Value::Null))
     }
+
+    /// Sends a request with a typed body; decodes `data` of a successful envelope into the
+    /// contract's type `T` (an answer that does not fit the contract is an error).
+    pub async fn request<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: impl Into<String>,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let path = path.into();
+        let body = body
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| ClientError::Transport(format!("cannot encode the request: {e}")))?;
+        let data = self.call(method, path.clone(), body).await?;
+        serde_json::from_value(data).map_err(|e| {
+            ClientError::Transport(format!(
+                "the answer of {path} does not fit the contract: {e}"
+            ))
+        })
+    }
 }

@@ -4,8 +4,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
+use gpu_replica_http::wire::{
+    BindBody, CloneBody, CommitBody, CommitReply, ContainerNameReply, EventView, ExecuteBody,
+    ExecuteReply, GpuDetails, GpuPatch, HistoryReply, InfoReply, PatchBody, PortsReply,
+    ReplicaSetList, ResourcesBody, RollbackBody, RunBody, RunReply, StatsReply, TimersBody,
+    TimersView, VolumeCreateBody, VolumeHistoryReply, VolumeInfoReply, VolumeList, VolumePatch,
+    VolumeReply, VolumeSizeBody,
+};
 use hyper::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::client::{Client, ClientError};
 use crate::table;
@@ -232,27 +239,35 @@ pub struct ResourceArgs {
 
 impl ResourceArgs {
     /// The request's `resources` object, or `None` when nothing was asked.
-    fn body(&self) -> Option<Value> {
+    fn body(&self) -> Option<ResourcesBody> {
         if self.cpus.is_none() && self.memory.is_none() && self.shm.is_none() {
             return None;
         }
-        Some(json!({ "cpus": self.cpus, "memory": self.memory, "shmSize": self.shm }))
+        Some(ResourcesBody {
+            cpus: self.cpus,
+            memory: self.memory.clone(),
+            shm_size: self.shm.clone(),
+        })
     }
 }
 
-fn bind(text: &str) -> Result<Value, ClientError> {
+fn bind(text: &str) -> Result<BindBody, ClientError> {
     let (src, dest) = text
         .rsplit_once(':')
         .ok_or_else(|| ClientError::Transport(format!("bind '{text}' is not SRC:DEST")))?;
-    Ok(json!({ "src": src, "dest": dest }))
+    Ok(BindBody {
+        src: src.into(),
+        dest: dest.into(),
+    })
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+/// `-` for what is not known.
+fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or("-".into(), |v| v.to_string())
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{} MiB", b >> 20))
 }
 
 /// Runs `future` behind a spinner on a terminal (long operations).
@@ -264,6 +279,58 @@ async fn with_spinner<T>(message: String, future: impl std::future::Future<Outpu
     out
 }
 
+/// What the server answered, in the contract's types.
+enum Answer {
+    Done,
+    Run(RunReply),
+    NewVersion(ContainerNameReply),
+    Commit(CommitReply),
+    Volume(VolumeReply),
+    ReplicaSets(ReplicaSetList),
+    Info(Box<InfoReply>),
+    History(HistoryReply),
+    Exec(ExecuteReply),
+    Volumes(VolumeList),
+    VolumeInfo(VolumeInfoReply),
+    VolumeHistory(VolumeHistoryReply),
+    Gpus(GpuDetails),
+    Ports(PortsReply),
+    Timers(TimersView),
+    Stats(StatsReply),
+}
+
+impl Answer {
+    /// The answer's `data` as JSON, as the server sent it.
+    fn json(&self) -> Value {
+        let value = match self {
+            Answer::Done => Ok(Value::Null),
+            Answer::Run(a) => serde_json::to_value(a),
+            Answer::NewVersion(a) => serde_json::to_value(a),
+            Answer::Commit(a) => serde_json::to_value(a),
+            Answer::Volume(a) => serde_json::to_value(a),
+            Answer::ReplicaSets(a) => serde_json::to_value(a),
+            Answer::Info(a) => serde_json::to_value(a),
+            Answer::History(a) => serde_json::to_value(a),
+            Answer::Exec(a) => serde_json::to_value(a),
+            Answer::Volumes(a) => serde_json::to_value(a),
+            Answer::VolumeInfo(a) => serde_json::to_value(a),
+            Answer::VolumeHistory(a) => serde_json::to_value(a),
+            Answer::Gpus(a) => serde_json::to_value(a),
+            Answer::Ports(a) => serde_json::to_value(a),
+            Answer::Timers(a) => serde_json::to_value(a),
+            Answer::Stats(a) => serde_json::to_value(a),
+        };
+        value.unwrap_or(Value::Null)
+    }
+
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Answer::Exec(e) => ExitCode::from(u8::try_from(e.exit_code).unwrap_or(1)),
+            _ => ExitCode::SUCCESS,
+        }
+    }
+}
+
 /// Sends one command; prints the answer; returns the exit code.
 pub async fn execute(
     client: &Client,
@@ -272,7 +339,8 @@ pub async fn execute(
 ) -> Result<ExitCode, ClientError> {
     use ClientCommand as C;
     let rs = |name: &str| format!("/api/v1/replicaSet/{name}");
-    let (data, view) = match command {
+    let none = None::<&()>;
+    let answer = match command {
         C::Run {
             name,
             image,
@@ -283,40 +351,31 @@ pub async fn execute(
             resources,
             cmd,
         } => {
-            let binds = binds
-                .iter()
-                .map(|b| bind(b))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut body = json!({
-                "imageName": image, "replicaSetName": name, "gpuCount": gpus,
-                "binds": binds, "env": env, "containerPorts": ports,
-            });
-            if !cmd.is_empty() {
-                body["cmd"] = json!(cmd);
-            }
-            if let Some(resources) = resources.body() {
-                body["resources"] = resources;
-            }
-            let data = with_spinner(
-                format!("running {name}"),
-                client.call(Method::POST, "/api/v1/replicaSet", Some(body)),
-            )
-            .await?;
-            (data, View::Field("name"))
+            let body = RunBody {
+                image_name: image,
+                replica_set_name: name.clone(),
+                gpu_count: gpus,
+                binds: binds.iter().map(|b| bind(b)).collect::<Result<_, _>>()?,
+                env,
+                cmd: (!cmd.is_empty()).then_some(cmd),
+                container_ports: ports,
+                resources: resources.body(),
+            };
+            let call = client.request(Method::POST, "/api/v1/replicaSet", Some(&body));
+            Answer::Run(with_spinner(format!("running {name}"), call).await?)
         }
-        C::Ls => (
-            client.call(Method::GET, "/api/v1/replicaSet", None).await?,
-            View::ReplicaSets,
-        ),
-        C::Info { name } => (
-            client.call(Method::GET, &rs(&name), None).await?,
-            View::Info,
-        ),
-        C::History { name } => (
+        C::Ls => Answer::ReplicaSets(
             client
-                .call(Method::GET, &format!("{}/history", rs(&name)), None)
+                .request(Method::GET, "/api/v1/replicaSet", none)
                 .await?,
-            View::History,
+        ),
+        C::Info { name } => Answer::Info(Box::new(
+            client.request(Method::GET, &rs(&name), none).await?,
+        )),
+        C::History { name } => Answer::History(
+            client
+                .request(Method::GET, &format!("{}/history", rs(&name)), none)
+                .await?,
         ),
         C::Patch {
             name,
@@ -325,81 +384,63 @@ pub async fn execute(
             new_bind,
             resources,
         } => {
-            let mut body = json!({});
-            if let Some(resources) = resources.body() {
-                body["resourcePatch"] = resources;
-            }
-            if let Some(gpus) = gpus {
-                body["gpuPatch"] = json!({ "gpuCount": gpus });
-            }
-            if let (Some(old), Some(new)) = (old_bind, new_bind) {
-                body["volumePatch"] = json!({ "oldBind": bind(&old)?, "newBind": bind(&new)? });
-            }
-            let call = client.call(Method::PATCH, rs(&name), Some(body));
-            (
-                with_spinner(format!("patching {name}"), call).await?,
-                View::Field("containerName"),
-            )
+            let volume_patch = match (old_bind, new_bind) {
+                (Some(old), Some(new)) => Some(VolumePatch {
+                    old_bind: bind(&old)?,
+                    new_bind: bind(&new)?,
+                }),
+                _ => None,
+            };
+            let body = PatchBody {
+                gpu_patch: gpus.map(|gpu_count| GpuPatch { gpu_count }),
+                volume_patch,
+                resource_patch: resources.body(),
+            };
+            let call = client.request(Method::PATCH, rs(&name), Some(&body));
+            Answer::NewVersion(with_spinner(format!("patching {name}"), call).await?)
         }
         C::Rollback {
             name,
             target: version,
         } => {
-            let call = client.call(
+            let body = RollbackBody { version };
+            let call = client.request(
                 Method::PATCH,
                 format!("{}/rollback", rs(&name)),
-                Some(json!({ "version": version })),
+                Some(&body),
             );
-            (
-                with_spinner(format!("rolling {name} back to version {version}"), call).await?,
-                View::Field("containerName"),
-            )
+            let message = format!("rolling {name} back to version {version}");
+            Answer::NewVersion(with_spinner(message, call).await?)
         }
         C::Restart { name } => {
-            let call = client.call(Method::PATCH, format!("{}/restart", rs(&name)), None);
-            (
-                with_spinner(format!("restarting {name}"), call).await?,
-                View::Field("containerName"),
-            )
+            let call = client.request(Method::PATCH, format!("{}/restart", rs(&name)), none);
+            Answer::NewVersion(with_spinner(format!("restarting {name}"), call).await?)
         }
-        C::Stop { name } => (
-            client
-                .call(Method::PATCH, &format!("{}/stop", rs(&name)), None)
-                .await?,
-            View::Done,
-        ),
-        C::Pause { name } => (
-            client
-                .call(Method::PATCH, &format!("{}/pause", rs(&name)), None)
-                .await?,
-            View::Done,
-        ),
-        C::Continue { name } => (
-            client
-                .call(Method::PATCH, &format!("{}/continue", rs(&name)), None)
-                .await?,
-            View::Done,
-        ),
-        C::Rm { name } => (
-            client.call(Method::DELETE, &rs(&name), None).await?,
-            View::Done,
-        ),
+        C::Stop { name } => done(client, Method::PATCH, format!("{}/stop", rs(&name))).await?,
+        C::Pause { name } => done(client, Method::PATCH, format!("{}/pause", rs(&name))).await?,
+        C::Continue { name } => {
+            done(client, Method::PATCH, format!("{}/continue", rs(&name))).await?
+        }
+        C::Rm { name } => done(client, Method::DELETE, rs(&name)).await?,
         C::Exec { name, workdir, cmd } => {
-            let body = json!({ "cmd": cmd, "workDir": workdir });
-            (
+            let body = ExecuteBody {
+                cmd,
+                work_dir: workdir,
+            };
+            Answer::Exec(
                 client
-                    .call(Method::POST, &format!("{}/execute", rs(&name)), Some(body))
+                    .request(Method::POST, &format!("{}/execute", rs(&name)), Some(&body))
                     .await?,
-                View::Exec,
             )
         }
         C::Commit { name, image } => {
-            let body = json!({ "newImageName": image });
-            (
+            let body = CommitBody {
+                new_image_name: image,
+            };
+            Answer::Commit(
                 client
-                    .call(Method::POST, &format!("{}/commit", rs(&name)), Some(body))
+                    .request(Method::POST, &format!("{}/commit", rs(&name)), Some(&body))
                     .await?,
-                View::Field("imageName"),
             )
         }
         C::Volume(command) => volume(client, command).await?,
@@ -410,13 +451,15 @@ pub async fn execute(
             clear,
         } => {
             let path = format!("{}/timers", rs(&name));
-            let data = if clear || idle.is_some() || at.is_some() {
-                let body = json!({ "idleStop": idle, "stopAt": at });
-                client.call(Method::PUT, path, Some(body)).await?
+            Answer::Timers(if clear || idle.is_some() || at.is_some() {
+                let body = TimersBody {
+                    idle_stop: idle,
+                    stop_at: at,
+                };
+                client.request(Method::PUT, path, Some(&body)).await?
             } else {
-                client.call(Method::GET, path, None).await?
-            };
-            (data, View::Timers)
+                client.request(Method::GET, path, none).await?
+            })
         }
         C::Clone {
             source,
@@ -425,15 +468,14 @@ pub async fn execute(
             gpus,
             resources,
         } => {
-            let mut body = json!({ "name": name, "version": from_version, "gpuCount": gpus });
-            if let Some(resources) = resources.body() {
-                body["resources"] = resources;
-            }
-            let call = client.call(Method::POST, format!("{}/clone", rs(&source)), Some(body));
-            (
-                with_spinner(format!("cloning {source} into {name}"), call).await?,
-                View::Field("name"),
-            )
+            let body = CloneBody {
+                name: name.clone(),
+                version: from_version,
+                gpu_count: gpus,
+                resources: resources.body(),
+            };
+            let call = client.request(Method::POST, format!("{}/clone", rs(&source)), Some(&body));
+            Answer::Run(with_spinner(format!("cloning {source} into {name}"), call).await?)
         }
         C::Logs { name, tail, follow } => {
             let mut path = format!("{}/logs?follow={follow}", rs(&name));
@@ -443,83 +485,72 @@ pub async fn execute(
             stream_logs(client.open(path).await?).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        C::Stats { name } => (
+        C::Stats { name } => Answer::Stats(
             client
-                .call(Method::GET, format!("{}/stats", rs(&name)), None)
+                .request(Method::GET, format!("{}/stats", rs(&name)), none)
                 .await?,
-            View::Stats,
         ),
         C::Events { tail, follow } => {
             let path = format!("/api/v1/events?replay={tail}&follow={follow}");
             stream_events(client.open(path).await?, as_json).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        C::Gpus => (
+        C::Gpus => Answer::Gpus(
             client
-                .call(Method::GET, "/api/v1/resources/gpus?detail=true", None)
+                .request(Method::GET, "/api/v1/resources/gpus?detail=true", none)
                 .await?,
-            View::Gpus,
         ),
-        C::Ports => (
+        C::Ports => Answer::Ports(
             client
-                .call(Method::GET, "/api/v1/resources/ports", None)
+                .request(Method::GET, "/api/v1/resources/ports", none)
                 .await?,
-            View::Ports,
         ),
     };
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&data).unwrap_or_default()
+            serde_json::to_string_pretty(&answer.json()).unwrap_or_default()
         );
-        return Ok(exit_code(&view, &data));
+    } else {
+        print(&answer);
     }
-    print(&view, &data);
-    Ok(exit_code(&view, &data))
+    Ok(answer.exit_code())
 }
 
-async fn volume(client: &Client, command: VolumeCommand) -> Result<(Value, View), ClientError> {
+/// A request whose answer carries no data.
+async fn done(client: &Client, method: Method, path: String) -> Result<Answer, ClientError> {
+    let _: Value = client.request(method, path, None::<&()>).await?;
+    Ok(Answer::Done)
+}
+
+async fn volume(client: &Client, command: VolumeCommand) -> Result<Answer, ClientError> {
     use VolumeCommand as V;
     let path = |name: &str| format!("/api/v1/volumes/{name}");
+    let none = None::<&()>;
     Ok(match command {
         V::Create { name, size } => {
-            let body = json!({ "name": name, "size": size });
-            (
+            let body = VolumeCreateBody { name, size };
+            Answer::Volume(
                 client
-                    .call(Method::POST, "/api/v1/volumes", Some(body))
+                    .request(Method::POST, "/api/v1/volumes", Some(&body))
                     .await?,
-                View::Field("name"),
             )
         }
         V::Resize { name, size } => {
-            let call = client.call(
-                Method::PATCH,
-                format!("{}/size", path(&name)),
-                Some(json!({ "size": size })),
-            );
-            (
-                with_spinner(format!("resizing {name}"), call).await?,
-                View::Field("name"),
-            )
+            let body = VolumeSizeBody { size };
+            let call = client.request(Method::PATCH, format!("{}/size", path(&name)), Some(&body));
+            Answer::Volume(with_spinner(format!("resizing {name}"), call).await?)
         }
-        V::Ls => (
-            client.call(Method::GET, "/api/v1/volumes", None).await?,
-            View::Volumes,
-        ),
-        V::Info { name } => (
-            client.call(Method::GET, &path(&name), None).await?,
-            View::VolumeInfo,
-        ),
-        V::History { name } => (
+        V::Ls => Answer::Volumes(client.request(Method::GET, "/api/v1/volumes", none).await?),
+        V::Info { name } => {
+            Answer::VolumeInfo(client.request(Method::GET, &path(&name), none).await?)
+        }
+        V::History { name } => Answer::VolumeHistory(
             client
-                .call(Method::GET, &format!("{}/history", path(&name)), None)
+                .request(Method::GET, &format!("{}/history", path(&name)), none)
                 .await?,
-            View::VolumeHistory,
         ),
-        V::Rm { name } => (
-            client.call(Method::DELETE, &path(&name), None).await?,
-            View::Done,
-        ),
+        V::Rm { name } => done(client, Method::DELETE, path(&name)).await?,
     })
 }
 
@@ -558,23 +589,19 @@ async fn stream_events(
             let Some(data) = line.trim_end().strip_prefix("data:") else {
                 continue;
             };
-            let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+            let Ok(event) = serde_json::from_str::<EventView>(data.trim()) else {
                 continue;
             };
             if as_json {
-                println!("{event}");
+                println!("{}", serde_json::to_string(&event).unwrap_or_default());
             } else {
                 println!(
                     "{}  {:<14} {:<16} {:<6} {}",
-                    text(&event["time"]),
-                    text(&event["kind"]),
-                    text(&event["target"]),
-                    if event["ok"] == Value::Bool(true) {
-                        "ok"
-                    } else {
-                        "FAILED"
-                    },
-                    text(&event["message"])
+                    event.time,
+                    event.kind,
+                    event.target,
+                    if event.ok { "ok" } else { "FAILED" },
+                    event.message
                 );
             }
         }
@@ -582,69 +609,37 @@ async fn stream_events(
     Ok(())
 }
 
-/// How an answer is shown.
-enum View {
-    Timers,
-    Stats,
-    Done,
-    Field(&'static str),
-    ReplicaSets,
-    Info,
-    History,
-    Exec,
-    Volumes,
-    VolumeInfo,
-    VolumeHistory,
-    Gpus,
-    Ports,
+fn idle_words(secs: Option<u64>) -> String {
+    secs.map_or("-".into(), |s| format!("after {s} s of idle GPUs"))
 }
 
-fn idle_words(secs: &Value) -> String {
-    secs.as_u64()
-        .map_or("-".into(), |s| format!("after {s} s of idle GPUs"))
-}
-
-fn exit_code(view: &View, data: &Value) -> ExitCode {
-    match view {
-        View::Exec => {
-            let code = data["exitCode"].as_i64().unwrap_or(1);
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
-        _ => ExitCode::SUCCESS,
-    }
-}
-
-fn print(view: &View, data: &Value) {
-    let rows = |key: &str| data[key].as_array().cloned().unwrap_or_default();
-    match view {
-        View::Done => println!("ok"),
-        View::Field(key) => println!("{}", text(&data[*key])),
-        View::Exec => print!("{}", data["stdout"].as_str().unwrap_or_default()),
-        View::ReplicaSets => {
-            let rows: Vec<Vec<String>> = rows("replicaSets")
+fn print(answer: &Answer) {
+    match answer {
+        Answer::Done => println!("ok"),
+        Answer::Run(a) => println!("{}", a.name),
+        Answer::NewVersion(a) => println!("{}", a.container_name),
+        Answer::Commit(a) => println!("{}", a.image_name),
+        Answer::Volume(a) => println!("{}", a.name),
+        Answer::Exec(a) => print!("{}", a.stdout),
+        Answer::ReplicaSets(list) => {
+            let rows: Vec<Vec<String>> = list
+                .replica_sets
                 .iter()
                 .map(|r| {
-                    let ports = r["ports"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(c, h)| format!("{h}->{c}"))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .unwrap_or_default();
+                    let ports = r
+                        .ports
+                        .iter()
+                        .map(|(c, h)| format!("{h}->{c}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
                     vec![
-                        text(&r["name"]),
-                        text(&r["status"]),
-                        text(&r["version"]),
-                        r["gpus"]
-                            .as_array()
-                            .map(|g| g.len())
-                            .unwrap_or(0)
-                            .to_string(),
+                        r.name.clone(),
+                        r.status.clone(),
+                        r.version.to_string(),
+                        r.gpus.len().to_string(),
                         ports,
-                        text(&r["image"]),
-                        text(&r["createTime"]),
+                        r.image.clone(),
+                        r.create_time.clone(),
                     ]
                 })
                 .collect();
@@ -655,114 +650,100 @@ fn print(view: &View, data: &Value) {
                 &rows,
             );
         }
-        View::Timers => {
-            println!("idle stop  {}", idle_words(&data["idleStopSecs"]));
-            println!("stop at    {}", text(&data["stopAt"]));
+        Answer::Timers(t) => {
+            println!("idle stop  {}", idle_words(t.idle_stop_secs));
+            println!("stop at    {}", or_dash(t.stop_at.as_ref()));
         }
-        View::Stats => {
-            let mib = |v: &Value| {
-                v.as_u64()
-                    .map_or("-".into(), |b| format!("{} MiB", b >> 20))
-            };
-            println!("container  {}", text(&data["container"]));
-            println!("cpu        {}%", text(&data["cpuPercent"]));
+        Answer::Stats(s) => {
+            println!("container  {}", s.container);
+            println!("cpu        {}%", s.cpu_percent);
             println!(
                 "memory     {} / {}",
-                mib(&data["memoryUsed"]),
-                mib(&data["memoryLimit"])
+                mib(Some(s.memory_used)),
+                mib(Some(s.memory_limit))
             );
-            println!(
-                "network    rx {} B, tx {} B",
-                text(&data["netRx"]),
-                text(&data["netTx"])
-            );
-            println!("pids       {}", text(&data["pids"]));
-            for g in data["gpus"].as_array().into_iter().flatten() {
+            println!("network    rx {} B, tx {} B", s.net_rx, s.net_tx);
+            println!("pids       {}", s.pids);
+            for g in &s.gpus {
                 println!(
                     "gpu {}      {}  util {}%  memory {} / {}",
-                    text(&g["index"]),
-                    text(&g["uuid"]),
-                    text(&g["utilization"]),
-                    mib(&g["memoryUsed"]),
-                    mib(&g["memoryTotal"])
+                    g.index,
+                    g.uuid,
+                    or_dash(g.utilization),
+                    mib(g.memory_used),
+                    mib(g.memory_total)
                 );
             }
         }
-        View::Info => {
-            let info = &data["info"];
-            println!("container  {}", text(&info["containerName"]));
-            println!("status     {}", text(&data["status"]));
-            println!("version    {}", text(&info["version"]));
-            println!("created    {}", text(&info["createTime"]));
-            println!("image      {}", text(&info["config"]["Image"]));
-            let gpus: Vec<String> = info["gpus"]
-                .as_array()
-                .map(|g| g.iter().map(text).collect())
-                .unwrap_or_default();
+        Answer::Info(reply) => {
+            let info = &reply.info;
+            println!("container  {}", info.container_name);
+            println!("status     {}", reply.status);
+            println!("version    {}", info.version);
+            println!("created    {}", info.create_time);
+            // config and hostConfig are Docker's own create request, in Docker's words.
+            println!(
+                "image      {}",
+                info.config["Image"].as_str().unwrap_or("-")
+            );
             println!(
                 "gpus       {}",
-                if gpus.is_empty() {
+                if info.gpus.is_empty() {
                     "-".into()
                 } else {
-                    gpus.join(",")
+                    info.gpus.join(",")
                 }
             );
-            if let Some(ports) = info["hostConfig"]["PortBindings"].as_object() {
+            if let Some(ports) = info.host_config["PortBindings"].as_object() {
                 for (container, host) in ports {
-                    println!("port       {} -> {}", text(&host[0]["HostPort"]), container);
+                    let host = host[0]["HostPort"].as_str().unwrap_or("-");
+                    println!("port       {host} -> {container}");
                 }
             }
-            for bind in info["hostConfig"]["Binds"].as_array().into_iter().flatten() {
-                println!("bind       {}", text(bind));
+            for bind in info.host_config["Binds"].as_array().into_iter().flatten() {
+                println!("bind       {}", bind.as_str().unwrap_or("-"));
             }
-            let limits = &info["resources"];
-            let bytes = |v: &Value| {
-                v.as_u64()
-                    .map_or("-".into(), |b| format!("{} MiB", b >> 20))
-            };
             println!(
                 "resources  cpus {}, memory {}, shm {}",
-                text(&limits["cpus"]),
-                bytes(&limits["memory"]),
-                bytes(&limits["shmSize"])
+                or_dash(info.resources.cpus),
+                mib(info.resources.memory),
+                mib(info.resources.shm_size)
             );
-            let timers = &data["timers"];
-            if !timers["idleStopSecs"].is_null() || !timers["stopAt"].is_null() {
+            let timers = &reply.timers;
+            if timers.idle_stop_secs.is_some() || timers.stop_at.is_some() {
                 println!(
                     "timers     idle stop {}, stop at {}",
-                    idle_words(&timers["idleStopSecs"]),
-                    text(&timers["stopAt"])
+                    idle_words(timers.idle_stop_secs),
+                    or_dash(timers.stop_at.as_ref())
                 );
             }
         }
-        View::History => {
-            let rows: Vec<Vec<String>> = rows("history")
+        Answer::History(history) => {
+            let rows: Vec<Vec<String>> = history
+                .history
                 .iter()
                 .map(|h| {
                     vec![
-                        text(&h["version"]),
-                        text(&h["status"]["containerName"]),
-                        h["status"]["gpus"]
-                            .as_array()
-                            .map(|g| g.len())
-                            .unwrap_or(0)
-                            .to_string(),
-                        text(&h["createTime"]),
+                        h.version.to_string(),
+                        h.status.container_name.clone(),
+                        h.status.gpus.len().to_string(),
+                        h.create_time.clone(),
                     ]
                 })
                 .collect();
             table::print(&["VERSION", "CONTAINER", "GPUS", "CREATED"], &rows);
         }
-        View::Volumes => {
-            let rows: Vec<Vec<String>> = rows("volumes")
+        Answer::Volumes(list) => {
+            let rows: Vec<Vec<String>> = list
+                .volumes
                 .iter()
                 .map(|v| {
                     vec![
-                        text(&v["name"]),
-                        text(&v["version"]),
-                        text(&v["dockerName"]),
-                        text(&v["size"]),
-                        text(&v["createTime"]),
+                        v.name.clone(),
+                        v.version.to_string(),
+                        v.docker_name.clone(),
+                        v.size.clone(),
+                        v.create_time.clone(),
                     ]
                 })
                 .collect();
@@ -771,43 +752,45 @@ fn print(view: &View, data: &Value) {
                 &rows,
             );
         }
-        View::VolumeInfo => {
-            let info = &data["Info"];
-            println!("volume     {}", text(&info["opt"]["Name"]));
-            println!("version    {}", text(&info["version"]));
-            println!("size       {}", text(&info["opt"]["DriverOpts"]["size"]));
-            println!("enforced   {}", text(&info["sizeEnforced"]));
-            println!("created    {}", text(&info["createTime"]));
+        Answer::VolumeInfo(reply) => {
+            let info = &reply.info;
+            println!("volume     {}", info.opt.name);
+            println!("version    {}", info.version);
+            println!("size       {}", or_dash(info.opt.driver_opts.get("size")));
+            println!("enforced   {}", info.size_enforced);
+            println!("created    {}", info.create_time);
         }
-        View::VolumeHistory => {
-            let rows: Vec<Vec<String>> = rows("history")
+        Answer::VolumeHistory(history) => {
+            let rows: Vec<Vec<String>> = history
+                .history
                 .iter()
                 .map(|h| {
                     vec![
-                        text(&h["version"]),
-                        text(&h["status"]["opt"]["Name"]),
-                        text(&h["status"]["opt"]["DriverOpts"]["size"]),
-                        text(&h["createTime"]),
+                        h.version.to_string(),
+                        h.status.opt.name.clone(),
+                        or_dash(h.status.opt.driver_opts.get("size")),
+                        h.create_time.clone(),
                     ]
                 })
                 .collect();
             table::print(&["VERSION", "DOCKER VOLUME", "SIZE", "CREATED"], &rows);
         }
-        View::Gpus => {
-            let rows: Vec<Vec<String>> = rows("gpus")
+        Answer::Gpus(gpus) => {
+            let rows: Vec<Vec<String>> = gpus
+                .gpus
                 .iter()
                 .map(|g| {
-                    let memory = match (g["memoryUsed"].as_u64(), g["memoryTotal"].as_u64()) {
+                    let memory = match (g.memory_used, g.memory_total) {
                         (Some(used), Some(total)) => format!("{}/{} MiB", used >> 20, total >> 20),
                         _ => "-".into(),
                     };
                     vec![
-                        text(&g["index"]),
-                        text(&g["uuid"]),
-                        text(&g["name"]),
+                        g.index.to_string(),
+                        g.uuid.clone(),
+                        g.name.clone(),
                         memory,
-                        text(&g["utilization"]),
-                        text(&g["holder"]),
+                        or_dash(g.utilization),
+                        or_dash(g.holder.as_ref()),
                     ]
                 })
                 .collect();
@@ -816,18 +799,11 @@ fn print(view: &View, data: &Value) {
                 &rows,
             );
         }
-        View::Ports => {
-            let ports = &data["ports"];
-            println!(
-                "range      {}-{}",
-                text(&ports["StartPort"]),
-                text(&ports["EndPort"])
-            );
-            println!("available  {}", text(&ports["AvailableCount"]));
-            let used: Vec<String> = ports["UsedPortSet"]
-                .as_object()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
+        Answer::Ports(reply) => {
+            let ports = &reply.ports;
+            println!("range      {}-{}", ports.start_port, ports.end_port);
+            println!("available  {}", ports.available_count);
+            let used: Vec<String> = ports.used_port_set.keys().cloned().collect();
             println!(
                 "used       {}",
                 if used.is_empty() {

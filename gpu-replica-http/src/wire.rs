@@ -111,7 +111,7 @@ impl ResourcesBody {
 }
 
 /// The limits a container runs with.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourcesView {
     /// CPUs; null = unlimited.
@@ -160,7 +160,7 @@ impl TimersBody {
 }
 
 /// Timers of a replicaSet.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimersView {
     /// Seconds of GPU idleness after which the set stops; null = no idle timer.
@@ -215,7 +215,7 @@ pub struct LogsQuery {
 }
 
 /// Live figures of the current container and its GPUs.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsReply {
     /// The container measured.
@@ -281,7 +281,7 @@ fn default_follow() -> bool {
 }
 
 /// One Server-Sent Event of `GET /api/v1/events`, as a client reads it off the stream.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SseItem {
     /// `message` for an event (its `data` is an [`EventView`] as JSON); `lagged` when a
     /// slow reader missed events (its `data` is how many: read them back with `Last-Event-ID`).
@@ -294,7 +294,7 @@ pub struct SseItem {
 }
 
 /// One lifecycle change, the `data` of a Server-Sent Event (its `id` is `seq`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventView {
     /// Increasing number; send it back as `Last-Event-ID` to resume after it.
@@ -463,14 +463,14 @@ pub struct DetailQuery {
 }
 
 /// `{name}` of the created container.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunReply {
     /// Container name of version 1, `foo-1`.
     pub name: String,
 }
 
 /// `{containerName}` of the new version.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerNameReply {
     /// Container of the new version, `foo-2`.
@@ -478,7 +478,7 @@ pub struct ContainerNameReply {
 }
 
 /// One version as the contract shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VersionView {
     /// Version number.
@@ -524,7 +524,7 @@ impl VersionView {
 }
 
 /// `{info}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InfoReply {
     /// The current version.
     pub info: VersionView,
@@ -535,7 +535,7 @@ pub struct InfoReply {
 }
 
 /// One history entry.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryItem {
     /// Version number.
@@ -547,14 +547,14 @@ pub struct HistoryItem {
 }
 
 /// `{history}`, newest first.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HistoryReply {
     /// Every version, newest first.
     pub history: Vec<HistoryItem>,
 }
 
 /// `{stdout, exitCode}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExecuteReply {
     /// stdout and stderr as produced.
@@ -564,7 +564,7 @@ pub struct ExecuteReply {
 }
 
 /// `{imageName}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CommitReply {
     /// The image written.
@@ -572,7 +572,7 @@ pub struct CommitReply {
 }
 
 /// One replicaSet in `GET /api/v1/replicaSet`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSetItem {
     /// Name.
@@ -619,7 +619,7 @@ impl From<&ReplicaSetInfo> for ReplicaSetItem {
 }
 
 /// `{replicaSets}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSetList {
     /// Every replicaSet, by name.
@@ -627,7 +627,7 @@ pub struct ReplicaSetList {
 }
 
 /// `{name, size}` of the new volume version.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VolumeReply {
     /// Docker volume name, `bar-1`.
     pub name: String,
@@ -636,7 +636,7 @@ pub struct VolumeReply {
 }
 
 /// Docker's volume create options, as the contract shows them.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct VolumeOpt {
     /// Volume driver.
@@ -648,7 +648,7 @@ pub struct VolumeOpt {
 }
 
 /// One volume version as the contract shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeView {
     /// Version number.
@@ -677,7 +677,7 @@ impl From<&VolumeVersion> for VolumeView {
 }
 
 /// `{Info}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VolumeInfoReply {
     /// The current version.
     #[serde(rename = "Info")]
@@ -685,7 +685,7 @@ pub struct VolumeInfoReply {
 }
 
 /// One volume history entry.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeHistoryItem {
     /// Version number.
@@ -697,14 +697,14 @@ pub struct VolumeHistoryItem {
 }
 
 /// `{history}`, newest first.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VolumeHistoryReply {
     /// Every version, newest first.
     pub history: Vec<VolumeHistoryItem>,
 }
 
 /// One volume in `GET /api/v1/volumes`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeItem {
     /// Name without version.
@@ -735,21 +735,21 @@ impl From<&VolumeInfo> for VolumeItem {
 }
 
 /// `{volumes}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VolumeList {
     /// Every volume, by name.
     pub volumes: Vec<VolumeItem>,
 }
 
 /// `{gpus: {uuid: 0|1}}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GpuMap {
     /// UUID → 0 free, 1 used.
     pub gpus: BTreeMap<String, u8>,
 }
 
 /// One GPU in `?detail=true`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GpuDetail {
     /// nvidia-smi index.
@@ -783,7 +783,7 @@ impl From<&GpuStatus> for GpuDetail {
 }
 
 /// What `GET /api/v1/resources/gpus` answers: the map, or the details with `detail=true`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum GpuAnswer {
     /// `{gpus: {uuid: 0|1}}`
@@ -793,14 +793,14 @@ pub enum GpuAnswer {
 }
 
 /// `{gpus: [...]}` with details.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GpuDetails {
     /// Every GPU in index order.
     pub gpus: Vec<GpuDetail>,
 }
 
 /// Port usage, as the contract spells it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct PortUsage {
     /// First port of the range.
@@ -830,21 +830,21 @@ impl From<&PortStatus> for PortUsage {
 }
 
 /// `{ports}`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PortsReply {
     /// Port usage.
     pub ports: PortUsage,
 }
 
 /// `GET /ping`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Pong {
     /// Always "pong".
     pub ping: String,
 }
 
 /// What the last start-up recovery did.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoveryView {
     /// Operations a crash left in flight that were finished.
@@ -862,7 +862,7 @@ pub struct RecoveryView {
 }
 
 /// `GET /api/v1/status`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusReply {
     /// The last recovery; null when the engine has not run one.
     pub recovery: Option<RecoveryView>,

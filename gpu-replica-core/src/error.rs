@@ -143,6 +143,9 @@ pub enum Error {
     /// `imageName` is empty.
     #[error("image name must not be empty")]
     ImageNameEmpty,
+    /// A stop time that has already passed: well formed, but the clock has moved on.
+    #[error("invalid request: stop time {0} is not in the future")]
+    StopTimePast(String),
     /// The replicaSet name is empty.
     #[error("replicaSet name must not be empty")]
     NameEmpty,
@@ -272,7 +275,7 @@ impl Error {
     /// The gpu-docker-api contract code for this error (new cases from 1036 on).
     pub fn code(&self) -> u16 {
         match self {
-            Error::InvalidParams(_) => 1000,
+            Error::InvalidParams(_) | Error::StopTimePast(_) => 1000,
             Error::ImageNameEmpty => 1001,
             Error::NameEmpty => 1002,
             Error::NameHasDash(_) => 1003,
@@ -311,6 +314,7 @@ impl Error {
     pub fn summary(&self) -> &'static str {
         match self {
             Error::InvalidParams(_) => "invalid params",
+            Error::StopTimePast(_) => "invalid params: a stop time already past",
             Error::ImageNameEmpty => "image name empty",
             Error::NameEmpty => "replicaSet name empty",
             Error::NameHasDash(_) => "replicaSet name contains '-'",

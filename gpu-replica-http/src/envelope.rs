@@ -116,7 +116,9 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::ShrinkBelowUsage { .. }
         | Error::Refused { .. }
         | Error::Conflict(_)
-        | Error::NotRunning(_) => StatusCode::CONFLICT,
+        | Error::NotRunning(_)
+        // Well formed, but the clock has moved past it.
+        | Error::StopTimePast(_) => StatusCode::CONFLICT,
         Error::InvalidParams(_)
         | Error::ImageNameEmpty
         | Error::NameEmpty

@@ -141,7 +141,7 @@ pub struct TimersBody {
     #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}[smhd]\s*$")]
     pub idle_stop: Option<String>,
     /// Stop at this time, RFC 3339 (`2026-11-23T08:00:00Z`); it must lie in the future
-    /// (a past time is 1000).
+    /// (a past time is 1000 with HTTP 409).
     #[serde(default)]
     #[schema(
         pattern = r"^\s*[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])\s*$"

@@ -65,10 +65,7 @@ impl Engine {
                 ));
             }
             if let Some(at) = timers.stop_at.filter(|at| *at <= unix_now()) {
-                return Err(Error::InvalidParams(format!(
-                    "stop time {} is not in the future",
-                    rfc3339(at)
-                )));
+                return Err(Error::StopTimePast(rfc3339(at)));
             }
             let _guard = self.lock_set(name).await;
             self.settle(name).await?;

@@ -158,7 +158,7 @@ async fn names_docker_would_refuse_are_refused_up_front() {
 }
 
 #[tokio::test]
-async fn containers_come_back_after_a_daemon_restart_by_policy() {
+async fn containers_carry_the_unless_stopped_restart_policy() {
     let engine = engine(1).await;
     let name = testkit::unique_name("policy");
     let info = engine.run(request(&name, 0)).await.unwrap();

@@ -160,14 +160,15 @@ mod cache_tests {
         .into_bytes()
     }
 
-    #[tokio::test]
-    async fn info_is_cached_until_the_store_is_written() {
+    /// Version `v` of set `c`, as stored.
+    fn version(v: u32) -> Vec<u8> {
+        format!(r#"{{"version":{v},"container":"c-{v}","spec":{{"image":"i","gpu_count":0,"binds":[],"env":[],"cmd":null,"container_ports":[]}},"gpus":[],"ports":[],"image":"i","snapshot":null,"created_at":"t"}}"#).into_bytes()
+    }
+
+    /// A store holding set `c` at version 1 (no current-version copy), and an engine on it.
+    async fn engine_with_c() -> (Arc<MemoryStore>, Engine) {
         let store = Arc::new(MemoryStore::new());
-        let version = br#"{"version":1,"container":"c-1","spec":{"image":"i","gpu_count":0,"binds":[],"env":[],"cmd":null,"container_ports":[]},"gpus":[],"ports":[],"image":"i","snapshot":null,"created_at":"t"}"#;
-        store
-            .put(&keys::version("c", 1), version.to_vec())
-            .await
-            .unwrap();
+        store.put(&keys::version("c", 1), version(1)).await.unwrap();
         store
             .put(&keys::replica_set("c"), head("running"))
             .await
@@ -178,6 +179,12 @@ mod cache_tests {
             Arc::new(StaticInventory::fake(0)),
             Default::default(),
         );
+        (store, engine)
+    }
+
+    #[tokio::test]
+    async fn info_is_cached_until_the_store_is_written() {
+        let (store, engine) = engine_with_c().await;
         assert_eq!(
             engine.info("c").await.unwrap().replica_set.status,
             crate::Status::Running
@@ -198,22 +205,8 @@ mod cache_tests {
 
     #[tokio::test]
     async fn list_reads_the_current_copies_and_falls_back_to_the_version_records() {
-        let store = Arc::new(MemoryStore::new());
-        let version = |v: u32| {
-            format!(r#"{{"version":{v},"container":"c-{v}","spec":{{"image":"i","gpu_count":0,"binds":[],"env":[],"cmd":null,"container_ports":[]}},"gpus":[],"ports":[],"image":"i","snapshot":null,"created_at":"t"}}"#).into_bytes()
-        };
         // A set recorded before the copies existed: no `current/` key.
-        store.put(&keys::version("c", 1), version(1)).await.unwrap();
-        store
-            .put(&keys::replica_set("c"), head("running"))
-            .await
-            .unwrap();
-        let engine = Engine::new(
-            Arc::new(MockContainerRuntime::new()),
-            store.clone(),
-            Arc::new(StaticInventory::fake(0)),
-            Default::default(),
-        );
+        let (store, engine) = engine_with_c().await;
         let listed = engine.list().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].version.container, "c-1");

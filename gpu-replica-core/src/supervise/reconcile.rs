@@ -198,6 +198,21 @@ impl Engine {
     async fn release_stray_claims(&self, pass: &mut Reconciled) -> Result<()> {
         let gpus = self.store.list(keys::GPU_CLAIMS).await?;
         let ports = self.store.list(keys::PORT_CLAIMS).await?;
+        if gpus.is_empty() && ports.is_empty() {
+            return Ok(());
+        }
+        // Every holder's head with its revision, in one read: the transactions below hold only
+        // if neither the claim nor its holder changed since.
+        let heads: HashMap<String, (ReplicaSet, u64)> = self
+            .store
+            .list(keys::REPLICA_SETS)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let head: ReplicaSet = serde_json::from_slice(&e.value).ok()?;
+                Some((head.name.clone(), (head, e.revision)))
+            })
+            .collect();
         let claims = gpus
             .iter()
             .map(|e| (e, Claimed::Gpu(&e.key[keys::GPU_CLAIMS.len()..])))
@@ -206,7 +221,7 @@ impl Engine {
                 Some((e, Claimed::Port(port)))
             }));
         for (entry, claimed) in claims {
-            self.release_if_stray(entry, claimed, pass).await?;
+            self.release_if_stray(entry, claimed, &heads, pass).await?;
         }
         Ok(())
     }
@@ -215,11 +230,12 @@ impl Engine {
         &self,
         entry: &Entry,
         claimed: Claimed<'_>,
+        heads: &HashMap<String, (ReplicaSet, u64)>,
         pass: &mut Reconciled,
     ) -> Result<()> {
         let holder = String::from_utf8_lossy(&entry.value).into_owned();
-        let head = self.read::<ReplicaSet>(&keys::replica_set(&holder)).await?;
-        let why = match &head {
+        let head = heads.get(&holder);
+        let why = match head {
             None => "no such set",
             Some((h, _)) if h.pending.is_some() => return Ok(()),
             Some((h, _)) if !h.status.holds_claims() => "the set is stopped",
@@ -229,7 +245,7 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(entry.key.clone(), entry.revision)
             .delete(entry.key.clone());
-        let txn = match &head {
+        let txn = match head {
             None => txn.absent(keys::replica_set(&holder)),
             Some((_, revision)) => txn.unchanged(keys::replica_set(&holder), *revision),
         };
@@ -252,7 +268,7 @@ impl Engine {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut closing = closing;
-            while let Some(nudges) = engine.upgrade().map(|e| e.nudges_handle()) {
+            while let Some(nudges) = engine.upgrade().map(|e| e.nudges.clone()) {
                 let full = tokio::select! {
                     _ = ticks.tick() => true,
                     _ = nudges.notify.notified() => false,
@@ -279,10 +295,6 @@ impl Engine {
             }
             events.abort();
         })
-    }
-
-    fn nudges_handle(self: &Arc<Self>) -> Arc<Nudges> {
-        self.nudges.clone()
     }
 }
 

@@ -71,6 +71,7 @@ async fn fill(store: &dyn StateStore, gpus: &[String], sets: usize, versions: u3
         let head = ReplicaSet {
             name: name.clone(),
             id: format!("{i:032x}"),
+            owner: gpu_replica_core::OPERATOR.to_string(),
             current: versions,
             latest: versions,
             status: if i < 64 {

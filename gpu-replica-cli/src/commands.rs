@@ -45,8 +45,12 @@ pub enum ClientCommand {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
-    /// List replicaSets.
-    Ls,
+    /// List replicaSets (with their owners).
+    Ls {
+        /// Only this user's (admins).
+        #[arg(long)]
+        owner: Option<String>,
+    },
     /// Show the current version of a replicaSet.
     Info {
         /// ReplicaSet name.
@@ -185,6 +189,27 @@ pub enum ClientCommand {
     Gpus,
     /// Host port usage.
     Ports,
+    /// Users, their quotas and tokens (admins).
+    #[command(subcommand)]
+    User(crate::users::UserCommand),
+    /// Who the token belongs to, with quota and holdings.
+    Whoami,
+    /// GPU-hours per user and per replicaSet over a period.
+    Usage {
+        /// Start: RFC 3339 (2026-11-01T00:00:00Z) or seconds since 1970 (default: the
+        /// beginning).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this user's (admins).
+        #[arg(long)]
+        owner: Option<String>,
+        /// Print CSV: owner,replica_set,id,gpu_seconds,gpu_hours.
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 /// `gpu-replica volume …`
@@ -364,11 +389,21 @@ pub async fn execute(
             let call = client.request(Method::POST, "/api/v1/replicaSet", Some(&body));
             Answer::Run(with_spinner(format!("running {name}"), call).await?)
         }
-        C::Ls => Answer::ReplicaSets(
-            client
-                .request(Method::GET, "/api/v1/replicaSet", none)
-                .await?,
-        ),
+        C::Ls { owner } => {
+            let path = match owner {
+                Some(owner) => format!("/api/v1/replicaSet?owner={owner}"),
+                None => "/api/v1/replicaSet".into(),
+            };
+            Answer::ReplicaSets(client.request(Method::GET, path, none).await?)
+        }
+        C::User(command) => return crate::users::user(client, command, as_json).await,
+        C::Whoami => return crate::users::whoami(client, as_json).await,
+        C::Usage {
+            from,
+            to,
+            owner,
+            csv,
+        } => return crate::users::usage(client, from, to, owner, csv, as_json).await,
         C::Info { name } => Answer::Info(Box::new(
             client.request(Method::GET, &rs(&name), none).await?,
         )),
@@ -640,12 +675,13 @@ fn print(answer: &Answer) {
                         ports,
                         r.image.clone(),
                         r.create_time.clone(),
+                        r.owner.clone(),
                     ]
                 })
                 .collect();
             table::print(
                 &[
-                    "NAME", "STATUS", "VERSION", "GPUS", "PORTS", "IMAGE", "UPDATED",
+                    "NAME", "STATUS", "VERSION", "GPUS", "PORTS", "IMAGE", "UPDATED", "OWNER",
                 ],
                 &rows,
             );
@@ -744,11 +780,12 @@ fn print(answer: &Answer) {
                         v.docker_name.clone(),
                         v.size.clone(),
                         v.create_time.clone(),
+                        v.owner.clone(),
                     ]
                 })
                 .collect();
             table::print(
-                &["NAME", "VERSION", "DOCKER VOLUME", "SIZE", "CREATED"],
+                &["NAME", "VERSION", "DOCKER VOLUME", "SIZE", "CREATED", "OWNER"],
                 &rows,
             );
         }

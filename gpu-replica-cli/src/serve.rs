@@ -195,12 +195,6 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     if token.as_deref() == Some("") {
         return Err("the token is empty".into());
     }
-    if !args.addr.ip().is_loopback() && token.is_none() && !args.insecure {
-        return Err(format!(
-            "refusing to listen on {} without a token: give --token or --token-file, use a loopback address, or --insecure",
-            args.addr
-        ));
-    }
     let mut docker = DockerRuntime::connect().await.map_err(|e| e.to_string())?;
     if let Some(image) = &args.copy_image {
         docker = docker.with_copy_image(image);
@@ -243,6 +237,13 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         config.gpu_attach
     );
     let engine = Arc::new(Engine::new(Arc::new(docker), store, inventory, config));
+    let users = engine.has_users().await.map_err(|e| e.to_string())?;
+    if !args.addr.ip().is_loopback() && token.is_none() && !users && !args.insecure {
+        return Err(format!(
+            "refusing to listen on {} without a token: give --token or --token-file, add users, use a loopback address, or --insecure",
+            args.addr
+        ));
+    }
     // Finish or undo what a crash left in flight before taking new requests.
     let recovery = engine
         .recover()
@@ -257,11 +258,20 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     tracing::info!("listening on http://{}", args.addr);
     let app = match token {
         Some(token) => {
-            tracing::info!("bearer token required on every route but /ping");
+            tracing::info!("a token is required on every route but /ping: the server's own (admin) or a user's");
             gpu_replica_http::router_with_token(engine.clone(), token)
         }
-        None => gpu_replica_http::router(engine.clone()),
+        None if users => {
+            tracing::info!("users exist: a user's token is required on every route but /ping");
+            gpu_replica_http::router(engine.clone())
+        }
+        None => {
+            tracing::info!("no token and no users: every request acts as the admin");
+            gpu_replica_http::router(engine.clone())
+        }
     };
+    // Client addresses, for limiting failed authentications per address.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -642,12 +642,15 @@ async fn the_cli_drives_the_lifecycle() {
 
 #[test]
 fn a_public_address_needs_insecure() {
+    let dir = data_dir();
     let out = Command::new(BIN)
-        .args(["serve", "--addr", "0.0.0.0:0", "--gpus", "none"])
+        .args(["serve", "--addr", "0.0.0.0:0", "--gpus", "none", "--data-dir"])
+        .arg(&dir)
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure"));
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -246,9 +246,27 @@ pub enum Error {
     /// The container is not running (Docker refused to act on it).
     #[error("container not running: {0}")]
     NotRunning(String),
-    /// A request without the server's bearer token, or with another.
+    /// A request without a valid token: the server's own, or a user's.
     #[error("missing or wrong token: send Authorization: Bearer <token> (gpu-replica --token)")]
     Unauthorized,
+    /// The owner's quota does not allow it; nothing was created or claimed.
+    #[error("over quota: {0}")]
+    QuotaExceeded(String),
+    /// Only an admin may do this.
+    #[error("only an admin may do this: {0}")]
+    AdminOnly(String),
+    /// Too many failed sign-ins from this address; wait a moment.
+    #[error("too many failed authentications from this address; wait a second and try again")]
+    TooManyAttempts,
+    /// No user of that name.
+    #[error("user '{0}' not found")]
+    UserNotFound(String),
+    /// A user of that name already exists.
+    #[error("user '{0}' already exists")]
+    UserExists(String),
+    /// The user still owns replicaSets or volumes.
+    #[error("user not removed: {0}")]
+    UserOwnsObjects(String),
     /// Docker or the state store cannot be reached now; nothing was changed, try again.
     #[error("{0} is unreachable; nothing was changed, try again when it is back")]
     Unavailable(String),
@@ -305,6 +323,12 @@ impl Error {
             Error::Unauthorized => 1042,
             Error::Conflict(_) => 1046,
             Error::NotRunning(_) => 1047,
+            Error::QuotaExceeded(_) => 1048,
+            Error::AdminOnly(_) => 1049,
+            Error::TooManyAttempts => 1050,
+            Error::UserNotFound(_) => 1051,
+            Error::UserExists(_) => 1052,
+            Error::UserOwnsObjects(_) => 1053,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -346,6 +370,12 @@ impl Error {
                 "another request changed the same records first; nothing kept, retry"
             }
             Error::NotRunning(_) => "container not running",
+            Error::QuotaExceeded(_) => "over the user's quota; nothing created or claimed",
+            Error::AdminOnly(_) => "only an admin may do this",
+            Error::TooManyAttempts => "too many failed authentications from this address",
+            Error::UserNotFound(_) => "user not found",
+            Error::UserExists(_) => "user already exists",
+            Error::UserOwnsObjects(_) => "user still owns replicaSets or volumes",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -396,6 +426,12 @@ impl Error {
             Error::Unauthorized,
             Error::Conflict(s()),
             Error::NotRunning(s()),
+            Error::QuotaExceeded(s()),
+            Error::AdminOnly(s()),
+            Error::TooManyAttempts,
+            Error::UserNotFound(s()),
+            Error::UserExists(s()),
+            Error::UserOwnsObjects(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -449,7 +485,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1047).collect();
+        let expected: Vec<u16> = (1000..=1053).collect();
         assert_eq!(codes, expected);
     }
 }

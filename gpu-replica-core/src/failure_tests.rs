@@ -400,6 +400,7 @@ async fn recovery_finishes_a_run_whose_container_exists_and_undoes_one_whose_doe
         let (mut head, _) = engine.head("a").await.unwrap();
         head.pending = Some(crate::model::Intent::Run);
         engine
+            .shared
             .store
             .put(&keys::replica_set("a"), crate::engine::encode(&head))
             .await

@@ -74,3 +74,31 @@ pub fn event(seq: u64) -> String {
 
 /// Prefix of every event.
 pub const EVENTS: &str = "events/";
+
+/// User `name`: role, quota, and the salted hash of their token.
+pub fn user(name: &str) -> String {
+    format!("users/{name}")
+}
+
+/// Prefix of every user.
+pub const USERS: &str = "users/";
+
+/// A counter every claim of `owner` under a quota bumps, in the claim's transaction: two
+/// claims that counted the same holdings cannot both commit.
+pub fn quota_guard(owner: &str) -> String {
+    format!("quota-guard/{owner}")
+}
+
+/// A change of the GPU claims of the set with id `set_id`, owned by `owner`, at `at`
+/// microseconds since the epoch; `unique` tells apart changes at the same microsecond.
+pub fn gpu_time(owner: &str, set_id: &str, at: u64, unique: &str) -> String {
+    format!("gpu-time/{owner}/{set_id}/{at:020}.{unique}")
+}
+
+/// Prefix of the GPU-time records of `owner`.
+pub fn gpu_times_of(owner: &str) -> String {
+    format!("gpu-time/{owner}/")
+}
+
+/// Prefix of every GPU-time record.
+pub const GPU_TIMES: &str = "gpu-time/";

@@ -56,7 +56,8 @@ pub mod testkit;
 
 pub use crate::engine::events::{Event, KEEP_EVENTS};
 pub use crate::engine::{
-    Engine, EngineConfig, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME,
+    Caller, Clock, Engine, EngineConfig, Holdings, ManualClock, Quota, Role, SystemClock,
+    LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME, OPERATOR,
 };
 pub use crate::error::{Error, Operation, Result};
 pub use crate::failpoint::{FAILPOINTS, FAILPOINT_EXIT_CODE};
@@ -68,8 +69,11 @@ pub use crate::model::{
 };
 pub use crate::ops::clone::CloneRequest;
 pub use crate::ops::observe::Stats;
+pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;
 pub use crate::ops::timers::{parse_duration, parse_time};
+pub use crate::ops::usage::{SetUsage, UsageQuery, UsageReport, UserUsage};
+pub use crate::ops::users::{NewUser, QuotaChange, UserInfo};
 pub use crate::ops::version::{BindSwap, PatchRequest};
 pub use crate::runtime::{
     Bind, ContainerEvent, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach,

@@ -67,6 +67,10 @@ pub struct ReplicaSet {
     /// [`ReplicaSet::image_id`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
+    /// The user it belongs to (who ran or cloned it); records from before users existed
+    /// belong to the built-in admin.
+    #[serde(default = "operator")]
+    pub owner: String,
     /// The version whose container is current.
     pub current: u32,
     /// The highest version number ever handed out; never reused.
@@ -191,6 +195,9 @@ pub struct ReplicaSetInfo {
 pub struct Volume {
     /// Name without version, `[A-Za-z0-9_.]+`.
     pub name: String,
+    /// The user it belongs to; records from before users existed belong to the built-in admin.
+    #[serde(default = "operator")]
+    pub owner: String,
     /// Current version.
     pub current: u32,
     /// Highest version ever handed out.
@@ -259,6 +266,10 @@ pub struct PortStatus {
     pub used: Vec<u16>,
     /// Ports of the range not claimed.
     pub available: usize,
+}
+
+fn operator() -> String {
+    crate::engine::OPERATOR.to_string()
 }
 
 /// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -1,16 +1,26 @@
-//! Bearer-token authentication for every route but `/ping`.
+//! Who is asking: every route but `/ping` goes through [`authenticate`], which turns the
+//! bearer token into a [`Caller`] (the server's own token is the built-in admin, a user's
+//! token is that user) and hands handlers an engine acting for them ([`Acting`]).
+//!
+//! Without a server token and before any user exists, requests need no token and act as the
+//! admin, as a single-user server always did. Failed authentications are limited per client
+//! address: past a short burst, that address gets 429 until its allowance refills.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::http::header;
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use gpu_replica_core::Error;
+use gpu_replica_core::{Caller, Engine, Error};
 
 use crate::envelope::ApiError;
 
-/// The expected token; never logged (its `Debug` hides it).
+/// The server's own token; never logged (its `Debug` hides it).
 pub struct Token(String);
 
 impl Token {
@@ -32,23 +42,132 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Lets the request through only with `Authorization: Bearer <token>`.
-pub async fn require_token(
-    State(token): State<Arc<Token>>,
-    request: Request,
+/// Failed authentications allowed from one address in a burst.
+pub const FAILURE_BURST: f64 = 10.0;
+/// Failed authentications per second one address earns back.
+pub const FAILURES_PER_SECOND: f64 = 3.0;
+
+/// A token bucket of failed authentications per client address.
+#[derive(Debug, Default)]
+pub struct FailureLimiter {
+    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+}
+
+impl FailureLimiter {
+    fn allowance(&self, address: Option<IpAddr>, now: Instant) -> f64 {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        match buckets.get(&address) {
+            None => FAILURE_BURST,
+            Some((left, at)) => refill(*left, *at, now),
+        }
+    }
+
+    /// Whether `address` may try to authenticate now.
+    pub fn allows(&self, address: Option<IpAddr>) -> bool {
+        self.allowance(address, Instant::now()) >= 1.0
+    }
+
+    /// Counts one failure of `address`.
+    pub fn failed(&self, address: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 10_000 {
+            // Forget addresses whose allowance is full again.
+            buckets.retain(|_, (left, at)| refill(*left, *at, now) < FAILURE_BURST);
+        }
+        let left = match buckets.get(&address) {
+            None => FAILURE_BURST,
+            Some((left, at)) => refill(*left, *at, now),
+        };
+        buckets.insert(address, ((left - 1.0).max(0.0), now));
+    }
+}
+
+fn refill(left: f64, at: Instant, now: Instant) -> f64 {
+    (left + now.duration_since(at).as_secs_f64() * FAILURES_PER_SECOND).min(FAILURE_BURST)
+}
+
+/// What [`authenticate`] needs.
+pub struct Auth {
+    /// The engine, acting for the admin.
+    pub engine: Arc<Engine>,
+    /// The server's own token, if it has one.
+    pub token: Option<Token>,
+    /// Failed attempts per address.
+    pub limiter: FailureLimiter,
+}
+
+fn unauthorized(error: Error) -> Response {
+    let retry = matches!(error, Error::TooManyAttempts);
+    let mut response =
+        ([(header::WWW_AUTHENTICATE, "Bearer")], ApiError::new(error)).into_response();
+    if retry {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Finds who is asking and lets the request through acting for them, or answers 401 (429
+/// when the address failed too often).
+pub async fn authenticate(
+    State(auth): State<Arc<Auth>>,
+    mut request: Request,
     next: Next,
 ) -> Response {
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given.is_some_and(|g| token.matches(g)) {
-        return next.run(request).await;
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
+    let caller = match given {
+        Some(_) | None if !auth.limiter.allows(address) => Err(Error::TooManyAttempts),
+        Some(token) if auth.token.as_ref().is_some_and(|t| t.matches(&token)) => {
+            Ok(Caller::operator())
+        }
+        Some(token) => auth.engine.authenticate(&token).await,
+        None if auth.token.is_some() => Err(Error::Unauthorized),
+        None => match auth.engine.has_users().await {
+            Ok(false) => Ok(Caller::operator()),
+            Ok(true) => Err(Error::Unauthorized),
+            Err(e) => Err(e),
+        },
+    };
+    match caller {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(Error::Unauthorized) => {
+            auth.limiter.failed(address);
+            unauthorized(Error::Unauthorized)
+        }
+        Err(Error::TooManyAttempts) => unauthorized(Error::TooManyAttempts),
+        Err(other) => ApiError::new(other).into_response(),
     }
-    (
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        ApiError::new(Error::Unauthorized),
-    )
-        .into_response()
+}
+
+/// The engine acting for whoever [`authenticate`] found (the admin where no authentication
+/// ran).
+pub struct Acting(pub Engine);
+
+impl FromRequestParts<Arc<Engine>> for Acting {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        engine: &Arc<Engine>,
+    ) -> Result<Acting, Self::Rejection> {
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(Caller::operator);
+        Ok(Acting(engine.as_caller(caller)))
+    }
 }

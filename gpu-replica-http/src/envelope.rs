@@ -100,11 +100,15 @@ impl From<QueryRejection> for ApiError {
 pub fn status_of(error: &Error) -> StatusCode {
     match error {
         // Missing things, the user's image included: the request itself may be fine.
-        Error::NotFound(_) | Error::VolumeNotFound(_) | Error::ImageNotFound(_) => {
-            StatusCode::NOT_FOUND
-        }
+        Error::NotFound(_)
+        | Error::VolumeNotFound(_)
+        | Error::ImageNotFound(_)
+        | Error::UserNotFound(_) => StatusCode::NOT_FOUND,
         // The operator's policy forbids it, however well formed.
-        Error::BindRefused(_) => StatusCode::FORBIDDEN,
+        Error::BindRefused(_) | Error::QuotaExceeded(_) | Error::AdminOnly(_) => {
+            StatusCode::FORBIDDEN
+        }
+        Error::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         Error::Unauthorized => StatusCode::UNAUTHORIZED,
         Error::AlreadyExists(_)
         | Error::VolumeExists(_)
@@ -117,6 +121,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::Refused { .. }
         | Error::Conflict(_)
         | Error::NotRunning(_)
+        | Error::UserExists(_)
+        | Error::UserOwnsObjects(_)
         // Well formed, but the clock has moved past it.
         | Error::StopTimePast(_) => StatusCode::CONFLICT,
         Error::InvalidParams(_)

@@ -41,19 +41,25 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// Longest a request may take: a patch may stop (grace), commit and start a container.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Every route of the API over `engine`, open to anyone who can reach it (bind it to
-/// loopback, or use [`router_with_token`]).
+/// Every route of the API over `engine`. Until a user is added (`POST /api/v1/users`),
+/// requests need no token and act as the admin: bind it to loopback, or use
+/// [`router_with_token`]. Once users exist, every route but `/ping` needs a user's token.
+///
+/// Failed authentications are limited per client address; serve the router with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so that addresses are known (without
+/// it, every client shares one allowance).
 pub fn router(engine: Arc<Engine>) -> Router {
     routes(engine, None)
 }
 
-/// Every route of the API over `engine`; all but `/ping` need `Authorization: Bearer <token>`.
+/// Every route of the API over `engine`; all but `/ping` need `Authorization: Bearer <token>`
+/// with `token` (the built-in admin) or a user's token.
 pub fn router_with_token(engine: Arc<Engine>, token: String) -> Router {
     routes(engine, Some(token))
 }
 
 fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
-    use routes::{events, instance, replicaset as rs, resources, volume};
+    use routes::{events, instance, replicaset as rs, resources, users, volume};
     let api = Router::new()
         .route("/replicaSet", post(rs::run).get(rs::list))
         .route(
@@ -82,19 +88,27 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
         .route("/volumes/{name}/history", get(volume::history))
         .route("/resources/gpus", get(resources::gpus))
         .route("/resources/ports", get(resources::ports))
-        .route("/status", get(resources::status));
+        .route("/status", get(resources::status))
+        .route("/users", post(users::add).get(users::list))
+        .route("/users/{name}", get(users::info).delete(users::remove))
+        .route("/users/{name}/token", post(users::reset_token))
+        .route("/users/{name}/quota", patch(users::quota))
+        .route("/whoami", get(users::whoami))
+        .route("/usage", get(users::usage));
     let guarded = Router::new()
         .nest("/api/v1", api)
         .route("/openapi.json", get(openapi::document))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed);
-    let guarded = match token {
-        Some(token) => guarded.layer(axum::middleware::from_fn_with_state(
-            Arc::new(auth::Token::new(token)),
-            auth::require_token,
-        )),
-        None => guarded,
+    let auth = auth::Auth {
+        engine: engine.clone(),
+        token: token.map(auth::Token::new),
+        limiter: auth::FailureLimiter::default(),
     };
+    let guarded = guarded.layer(axum::middleware::from_fn_with_state(
+        Arc::new(auth),
+        auth::authenticate,
+    ));
     Router::new()
         .route("/ping", get(routes::ping))
         .merge(guarded)

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::engine::access::Holdings;
 use crate::engine::records::encode;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -14,7 +15,7 @@ use crate::sched::{host_port_is_free, pick_gpus, pick_ports};
 use crate::store::Txn;
 
 /// GPUs and ports a claim adds to a transaction.
-pub(crate) fn claim(txn: Txn, holder: &str, gpus: &[String], ports: &[u16]) -> Txn {
+fn claim_keys(txn: Txn, holder: &str, gpus: &[String], ports: &[u16]) -> Txn {
     let txn = gpus.iter().fold(txn, |t, uuid| {
         t.absent(keys::gpu_claim(uuid))
             .put(keys::gpu_claim(uuid), holder.as_bytes().to_vec())
@@ -26,13 +27,28 @@ pub(crate) fn claim(txn: Txn, holder: &str, gpus: &[String], ports: &[u16]) -> T
 }
 
 /// Releases GPUs and ports in a transaction.
-pub(crate) fn release(txn: Txn, gpus: &[String], ports: &[u16]) -> Txn {
+fn release_keys(txn: Txn, gpus: &[String], ports: &[u16]) -> Txn {
     let txn = gpus
         .iter()
         .fold(txn, |t, uuid| t.delete(keys::gpu_claim(uuid)));
     ports
         .iter()
         .fold(txn, |t, port| t.delete(keys::port_claim(*port)))
+}
+
+/// How often a claim is tried before it answers a conflict: concurrent claims of one owner
+/// under a quota lose to each other until each has counted the others' (16 at once settle).
+pub(crate) const CLAIM_ATTEMPTS: u32 = 32;
+
+/// Waits a little, more after each lost attempt, with jitter so losers do not meet again.
+pub(crate) async fn backoff(attempt: u32) {
+    if attempt == 0 {
+        return;
+    }
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    let millis = u64::from(attempt.min(8)) * 2 + u64::from(byte[0] % 8);
+    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
 }
 
 /// The set of keys of `holders` not held by `me`.
@@ -48,9 +64,30 @@ pub(crate) fn taken_by_others<K: Clone + Eq + std::hash::Hash>(
 }
 
 impl Engine {
+    /// Adds to `txn` the claims of `head`'s set on `gpus` and `ports` (each must still be
+    /// free), and the GPU-time record of the claim.
+    pub(crate) fn claim(&self, txn: Txn, head: &ReplicaSet, gpus: &[String], ports: &[u16]) -> Txn {
+        let txn = claim_keys(txn, &head.name, gpus, ports);
+        self.account(txn, head, gpus.len() as i64)
+    }
+
+    /// Adds to `txn` the release of `head`'s claims on `gpus` and `ports`, and the GPU-time
+    /// record of the release.
+    pub(crate) fn release(
+        &self,
+        txn: Txn,
+        head: &ReplicaSet,
+        gpus: &[String],
+        ports: &[u16],
+    ) -> Txn {
+        let txn = release_keys(txn, gpus, ports);
+        self.account(txn, head, -(gpus.len() as i64))
+    }
+
     /// Who holds each GPU, by UUID.
     pub(crate) async fn gpu_holders(&self) -> Result<HashMap<String, String>> {
         Ok(self
+            .shared
             .store
             .list(keys::GPU_CLAIMS)
             .await?
@@ -65,6 +102,7 @@ impl Engine {
     /// Who holds each host port.
     pub(crate) async fn port_holders(&self) -> Result<HashMap<u16, String>> {
         Ok(self
+            .shared
             .store
             .list(keys::PORT_CLAIMS)
             .await?
@@ -76,8 +114,9 @@ impl Engine {
             .collect())
     }
 
-    /// Picks GPUs and ports for a new replicaSet and records it, retrying if another engine
-    /// claims the same GPUs first.
+    /// Picks GPUs and ports for a new replicaSet owned by the caller and records it, within
+    /// the caller's quota, retrying if another request claims the same GPUs (or another claim
+    /// of the same owner commits) first.
     /// `image` is what the container is created from: the user's image, or a clone's base;
     /// `id` is the new set's immutable id.
     pub(crate) async fn claim_first_version(
@@ -87,7 +126,12 @@ impl Engine {
         spec: ReplicaSetSpec,
         image: &str,
     ) -> Result<Version> {
-        for _ in 0..8 {
+        let owner = self.caller.name.clone();
+        for attempt in 0..CLAIM_ATTEMPTS {
+            backoff(attempt).await;
+            let quota = self
+                .check_quota(&owner, Holdings::set_with(spec.gpu_count as usize))
+                .await?;
             let gpus = self
                 .pick_gpus_for(name, &[], spec.gpu_count as usize)
                 .await?;
@@ -98,7 +142,11 @@ impl Engine {
                 version: 1,
                 container: crate::names::container(name, 1),
                 image: image.to_string(),
-                limits: self.config.resources.fit(spec.gpu_count, &spec.resources),
+                limits: self
+                    .shared
+                    .config
+                    .resources
+                    .fit(spec.gpu_count, &spec.resources),
                 spec: spec.clone(),
                 gpus: gpus.clone(),
                 ports: ports.clone(),
@@ -108,6 +156,7 @@ impl Engine {
             let head = ReplicaSet {
                 name: name.to_string(),
                 id: id.to_string(),
+                owner: owner.clone(),
                 current: 1,
                 latest: 1,
                 status: Status::Running,
@@ -118,15 +167,22 @@ impl Engine {
                 timers: Default::default(),
             };
             let host_ports: Vec<u16> = ports.iter().map(|p| p.host_port).collect();
-            let txn = claim(Txn::new(), name, &gpus, &host_ports)
+            let txn = self
+                .claim(quota.apply(Txn::new()), &head, &gpus, &host_ports)
                 .absent(keys::replica_set(name))
                 .put(keys::replica_set(name), encode(&head))
                 .put(keys::version(name, 1), encode(&version))
                 .put(keys::current(name), encode(&version));
-            if self.store.commit(txn).await? {
+            if self.shared.store.commit(txn).await? {
                 return Ok(version);
             }
-            if self.store.get(&keys::replica_set(name)).await?.is_some() {
+            if self
+                .shared
+                .store
+                .get(&keys::replica_set(name))
+                .await?
+                .is_some()
+            {
                 return Err(Error::AlreadyExists(name.to_string()));
             }
         }
@@ -141,7 +197,7 @@ impl Engine {
         keep: &[String],
         count: usize,
     ) -> Result<Vec<String>> {
-        let gpus = self.inventory.gpus().await?;
+        let gpus = self.shared.inventory.gpus().await?;
         let holders = self.gpu_holders().await?;
         let mut taken = taken_by_others(&holders, name);
         // GPUs we hold but do not keep stay ours until the old container is gone.
@@ -176,7 +232,7 @@ impl Engine {
             }
         }
         taken.extend(mappings.iter().map(|p| p.host_port));
-        let range = self.config.port_range;
+        let range = self.shared.config.port_range;
         let fresh =
             pick_ports(range, &taken, missing.len(), host_port_is_free).ok_or_else(|| {
                 Error::NotEnoughPorts {

@@ -34,6 +34,13 @@ pub struct Event {
     pub kind: String,
     /// The replicaSet or volume concerned (empty for recovery).
     pub target: String,
+    /// Who did it: a user's name, `admin` for the built-in administrator and for what the
+    /// server does by itself (timers, recovery, reconciliation).
+    #[serde(default)]
+    pub actor: String,
+    /// Whom the target belongs to; users see only events of their own objects.
+    #[serde(default)]
+    pub owner: String,
     /// Whether it succeeded.
     pub ok: bool,
     /// What came of it, or why it failed.
@@ -80,20 +87,59 @@ pub(crate) fn describe_info(info: &ReplicaSetInfo) -> String {
 impl Engine {
     /// Records an event: stored, then broadcast. A store failure is logged, not returned.
     pub(crate) async fn emit(&self, kind: &str, target: &str, ok: bool, message: String) {
-        let seq = self.events.next_seq();
+        let owner = self.owner_of(kind, target).await;
+        self.emit_for(&owner, kind, target, ok, message).await;
+    }
+
+    /// Whom the target of an event of `kind` belongs to: the caller for a user (they act on
+    /// their own objects only); for an admin, the recorded owner (the admin when it is gone).
+    async fn owner_of(&self, kind: &str, target: &str) -> String {
+        if !self.caller.is_admin() {
+            return self.caller.name.clone();
+        }
+        let owner = if kind.starts_with("user.") {
+            return target.to_string();
+        } else if kind.starts_with("volume.") {
+            self.read::<crate::model::Volume>(&keys::volume(target))
+                .await
+                .ok()
+                .flatten()
+                .map(|(v, _)| v.owner)
+        } else if target.is_empty() {
+            None
+        } else {
+            self.read::<crate::model::ReplicaSet>(&keys::replica_set(target))
+                .await
+                .ok()
+                .flatten()
+                .map(|(h, _)| h.owner)
+        };
+        owner.unwrap_or_else(|| self.caller.name.clone())
+    }
+
+    /// Whether this caller may see `event`: an admin sees all, a user those of their objects.
+    pub fn sees(&self, event: &Event) -> bool {
+        self.caller.may_reach(&event.owner)
+    }
+
+    async fn emit_for(&self, owner: &str, kind: &str, target: &str, ok: bool, message: String) {
+        let seq = self.shared.events.next_seq();
         let event = Event {
             seq,
             time: crate::model::rfc3339_micros(seq),
             kind: kind.to_string(),
             target: target.to_string(),
+            actor: self.caller.name.clone(),
+            owner: owner.to_string(),
             ok,
             message,
         };
         let txn = Txn::new().put(keys::event(seq), encode(&event));
-        if let Err(e) = self.store.commit(txn).await {
+        if let Err(e) = self.shared.store.commit(txn).await {
             tracing::warn!(error = %e, kind, target, "event not stored");
         }
         let recorded = self
+            .shared
             .events
             .recorded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -103,7 +149,7 @@ impl Engine {
             }
         }
         // No subscriber is fine.
-        let _ = self.events.sender.send(event);
+        let _ = self.shared.events.sender.send(event);
     }
 
     /// Runs `op` and records its outcome as event `kind` on `target`; `describe` says what a
@@ -115,17 +161,26 @@ impl Engine {
         describe: impl FnOnce(&T) -> String,
         op: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        // Read before: a delete takes the record that says whose it was.
+        let owner = self.owner_of(kind, target).await;
         let result = op.await;
         let (ok, message) = match &result {
             Ok(value) => (true, describe(value)),
             Err(e) => (false, e.to_string()),
         };
-        self.emit(kind, target, ok, message).await;
+        // A user who asked about another's object learns nothing from the log either: the
+        // event is theirs, and says what they were told (not found).
+        let owner = if self.caller.may_reach(&owner) {
+            owner
+        } else {
+            self.caller.name.clone()
+        };
+        self.emit_for(&owner, kind, target, ok, message).await;
         result
     }
 
     async fn prune_events(&self) -> Result<()> {
-        let all = self.store.list(keys::EVENTS).await?;
+        let all = self.shared.store.list(keys::EVENTS).await?;
         if all.len() <= KEEP_EVENTS {
             return Ok(());
         }
@@ -133,22 +188,22 @@ impl Engine {
         let txn = all[..excess]
             .iter()
             .fold(Txn::new(), |t, e| t.delete(e.key.clone()));
-        self.store.commit(txn).await?;
+        self.shared.store.commit(txn).await?;
         Ok(())
     }
 
-    /// Live events from now on. A subscriber that falls more than 1024 events behind misses
-    /// the oldest (and is told so by the receiver); [`Engine::events`] reads them back.
+    /// Live events from now on, everyone's: filter them with [`Engine::sees`]. A subscriber
+    /// that falls more than 1024 events behind misses the oldest (and is told so by the
+    /// receiver); [`Engine::events`] reads them back.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.sender.subscribe()
+        self.shared.events.sender.subscribe()
     }
 
-    /// Stored events, oldest first: the newest `last`, only those after `after` when given.
+    /// Stored events this caller sees, oldest first: the newest `last`, only those after
+    /// `after` when given.
     pub async fn events(&self, last: usize, after: Option<u64>) -> Result<Vec<Event>> {
         let mut events: Vec<Event> = self.read_all(keys::EVENTS).await?;
-        if let Some(after) = after {
-            events.retain(|e| e.seq > after);
-        }
+        events.retain(|e| after.is_none_or(|after| e.seq > after) && self.sees(e));
         let skip = events.len().saturating_sub(last);
         Ok(events.split_off(skip))
     }

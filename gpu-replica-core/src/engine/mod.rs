@@ -7,6 +7,8 @@
 //! (recovery, reconciliation, timers' checks) → `steps` (the idempotent steps operations and
 //! recovery share) → `engine` → the three backends.
 
+pub(crate) mod access;
+pub(crate) mod accounting;
 pub(crate) mod claims;
 pub(crate) mod events;
 pub(crate) mod policy;
@@ -19,6 +21,8 @@ use std::time::Duration;
 
 use tokio::sync::OwnedMutexGuard;
 
+pub use self::access::{Caller, Holdings, Quota, Role, OPERATOR};
+pub use self::accounting::{Clock, ManualClock, SystemClock};
 use crate::engine::events::EventLog;
 use crate::gpu::GpuInventory;
 use crate::limits::ResourcePolicy;
@@ -26,7 +30,6 @@ use crate::runtime::{ContainerRuntime, GpuAttach};
 use crate::sched::PortRange;
 use crate::store::StateStore;
 
-pub(crate) use self::claims::{claim, release};
 pub(crate) use self::policy::check_name;
 pub(crate) use self::records::encode;
 
@@ -91,8 +94,21 @@ impl Default for EngineConfig {
     }
 }
 
-/// Manages versioned GPU containers and volumes; cheap to share behind an `Arc`.
+/// Manages versioned GPU containers and volumes, acting for one [`Caller`].
+///
+/// [`Engine::new`] gives the operator's engine (the built-in administrator, who sees and may
+/// do everything); [`Engine::as_caller`] gives a handle on the same state acting for someone
+/// else, who then sees and acts on their own replicaSets and volumes only, within their quota.
+/// Handles are cheap to make and to clone: they share everything but the caller.
+#[derive(Clone)]
 pub struct Engine {
+    pub(crate) shared: Arc<Shared>,
+    /// Who the operations are done for.
+    pub(crate) caller: Caller,
+}
+
+/// What every handle of one engine shares.
+pub(crate) struct Shared {
     pub(crate) runtime: Arc<dyn ContainerRuntime>,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) inventory: Arc<dyn GpuInventory>,
@@ -113,6 +129,10 @@ pub struct Engine {
     pub(crate) info_cache: Mutex<HashMap<String, (u64, crate::model::ReplicaSetInfo)>>,
     /// Sets the reconciler should look at soon.
     pub(crate) nudges: Arc<crate::supervise::reconcile::Nudges>,
+    /// Where GPU-time is read from.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Eight hex digits telling this engine's records apart from another's.
+    pub(crate) instance: String,
 }
 
 impl Engine {
@@ -123,7 +143,7 @@ impl Engine {
         inventory: Arc<dyn GpuInventory>,
         config: EngineConfig,
     ) -> Engine {
-        Engine {
+        let shared = Shared {
             runtime,
             store,
             inventory,
@@ -136,31 +156,64 @@ impl Engine {
             closing: tokio::sync::watch::Sender::new(false),
             info_cache: Mutex::new(HashMap::new()),
             nudges: Arc::default(),
+            clock: Arc::new(SystemClock),
+            instance: crate::names::new_id()
+                .map(|id| id[..8].to_string())
+                .unwrap_or_else(|_| format!("{:08x}", std::process::id())),
+        };
+        Engine {
+            shared: Arc::new(shared),
+            caller: Caller::operator(),
         }
+    }
+
+    /// The same engine reading GPU-time from `clock` (a test scripts a timeline with
+    /// [`crate::ManualClock`]). Call it before sharing the engine.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => shared.clock = clock,
+            None => panic!("Engine::with_clock must be called before the engine is shared"),
+        }
+        self
+    }
+
+    /// A handle on this engine acting for `caller`: an admin sees everything, a user only
+    /// their own replicaSets and volumes (others' answer as missing) within their quota.
+    pub fn as_caller(&self, caller: Caller) -> Engine {
+        Engine {
+            shared: self.shared.clone(),
+            caller,
+        }
+    }
+
+    /// Who this handle acts for.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
     }
 
     /// Tells long-lived readers (followed logs, event streams) to end, so a server can shut
     /// down gracefully; operations are not affected.
     pub fn close(&self) {
-        self.closing.send_replace(true);
+        self.shared.closing.send_replace(true);
     }
 
     /// Resolves once [`Engine::close`] was called.
     pub async fn closed(&self) {
-        let mut watch = self.closing.subscribe();
+        let mut watch = self.shared.closing.subscribe();
         // The sender lives in `self`, so this cannot fail while we are borrowed.
         let _ = watch.wait_for(|closing| *closing).await;
     }
 
     /// A receiver that turns true once [`Engine::close`] was called.
     pub(crate) fn closing_receiver(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.closing.subscribe()
+        self.shared.closing.subscribe()
     }
 
     /// What the last [`Engine::recover`] finished, undid, removed and found missing; `None`
     /// before it ran.
     pub fn last_recovery(&self) -> Option<crate::Recovery> {
-        self.last_recovery
+        self.shared
+            .last_recovery
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -168,22 +221,22 @@ impl Engine {
 
     /// The configuration in force.
     pub fn config(&self) -> &EngineConfig {
-        &self.config
+        &self.shared.config
     }
 
     /// The container runtime.
     pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
-        &self.runtime
+        &self.shared.runtime
     }
 
     /// The state store.
     pub fn store(&self) -> &Arc<dyn StateStore> {
-        &self.store
+        &self.shared.store
     }
 
     /// The GPU inventory.
     pub fn inventory(&self) -> &Arc<dyn GpuInventory> {
-        &self.inventory
+        &self.shared.inventory
     }
 
     /// Serializes operations on replicaSet `name` inside this process.
@@ -200,7 +253,7 @@ impl Engine {
     /// run in parallel. Keys are made by [`Engine::lock_set`] and [`Engine::lock_volume`].
     async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
         let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            let mut locks = self.shared.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(key.to_string()).or_default().clone()
         };
         lock.lock_owned().await
@@ -208,8 +261,8 @@ impl Engine {
 
     /// Labels for an object of replicaSet `name`, version `version`.
     pub(crate) fn labels(&self, pairs: &[(&str, String)]) -> BTreeMap<String, String> {
-        let mut labels = self.config.labels.clone();
-        if let Some(id) = self.store_id.get() {
+        let mut labels = self.shared.config.labels.clone();
+        if let Some(id) = self.shared.store_id.get() {
             labels.insert(LABEL_STORE.to_string(), id.clone());
         }
         labels.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));

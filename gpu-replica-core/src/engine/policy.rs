@@ -62,19 +62,26 @@ impl Engine {
     /// A volume may be mounted when this engine manages it (the current version of one of its
     /// volumes) or the operator allows it by name; never another application's volume.
     async fn check_volume_source(&self, src: &str) -> Result<()> {
-        if self.runtime.inspect_volume(src).await?.is_none() {
+        if self.shared.runtime.inspect_volume(src).await?.is_none() {
             // Bind sources are versioned names (`data-1`), made by POST /api/v1/volumes.
             return Err(Error::VolumeNotFound(src.to_string()));
         }
-        if self.config.allowed_volumes.iter().any(|v| v == src) {
+        if self.shared.config.allowed_volumes.iter().any(|v| v == src) {
             return Ok(());
         }
         let managed = match src.rsplit_once('-') {
             Some((base, number)) => match number.parse::<u32>() {
-                Ok(number) => self
+                Ok(number) => match self
                     .read::<crate::model::Volume>(&keys::volume(base))
                     .await?
-                    .is_some_and(|(v, _)| v.current == number),
+                {
+                    // Another user's volume is missing, as one that does not exist.
+                    Some((v, _)) if !self.caller.may_reach(&v.owner) => {
+                        return Err(Error::VolumeNotFound(src.to_string()))
+                    }
+                    Some((v, _)) => v.current == number,
+                    None => false,
+                },
                 Err(_) => false,
             },
             None => false,
@@ -101,6 +108,7 @@ impl Engine {
             )));
         }
         if !self
+            .shared
             .config
             .allowed_host_paths
             .iter()

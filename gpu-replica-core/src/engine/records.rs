@@ -22,7 +22,7 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
 impl Engine {
     /// Reads and decodes one record with its revision.
     pub(crate) async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
-        match self.store.get(key).await? {
+        match self.shared.store.get(key).await? {
             None => Ok(None),
             Some(entry) => Ok(Some((decode(key, &entry.value)?, entry.revision))),
         }
@@ -30,7 +30,8 @@ impl Engine {
 
     /// Reads and decodes every record under `prefix`, in key order.
     pub(crate) async fn read_all<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
-        self.store
+        self.shared
+            .store
             .list(prefix)
             .await?
             .iter()
@@ -41,7 +42,7 @@ impl Engine {
     /// Applies a transaction that must not lose a race (its conditions are only revisions
     /// this caller holds the lock for); a lost race is an error.
     pub(crate) async fn commit(&self, txn: Txn) -> Result<()> {
-        if self.store.commit(txn).await? {
+        if self.shared.store.commit(txn).await? {
             Ok(())
         } else {
             Err(Error::Conflict(
@@ -50,10 +51,15 @@ impl Engine {
         }
     }
 
+    /// Replica set `name`'s head with its revision, if this caller may reach it (another
+    /// user's set is missing, as one that does not exist).
     pub(crate) async fn head(&self, name: &str) -> Result<(ReplicaSet, u64)> {
-        self.read(&keys::replica_set(name))
+        let (head, revision): (ReplicaSet, u64) = self
+            .read(&keys::replica_set(name))
             .await?
-            .ok_or_else(|| Error::NotFound(name.to_string()))
+            .ok_or_else(|| Error::NotFound(name.to_string()))?;
+        self.reachable_set(name, &head)?;
+        Ok((head, revision))
     }
 
     pub(crate) async fn version_record(&self, name: &str, version: u32) -> Result<Version> {

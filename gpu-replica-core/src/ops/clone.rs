@@ -77,7 +77,13 @@ impl Engine {
         let _second = self.lock_set(second).await;
         self.settle(source).await?;
         self.settle(name).await?;
-        if self.store.get(&keys::replica_set(name)).await?.is_some() {
+        if self
+            .shared
+            .store
+            .get(&keys::replica_set(name))
+            .await?
+            .is_some()
+        {
             return Err(Error::AlreadyExists(name.clone()));
         }
         let (head, _) = self.head(source).await?;
@@ -106,7 +112,8 @@ impl Engine {
         if let Some(asked) = resources {
             spec.resources = asked.or(spec.resources);
         }
-        self.config
+        self.shared
+            .config
             .resources
             .grant(spec.gpu_count, &spec.resources)?;
         let mut checked = Vec::with_capacity(spec.binds.len());
@@ -121,15 +128,19 @@ impl Engine {
         let made = async {
             let labels = self.labels(&[(LABEL_REPLICA_SET, name.clone())]);
             match &origin.snapshot {
-                Some(snapshot) if !from_current => self.runtime.tag_image(snapshot, &base).await,
+                Some(snapshot) if !from_current => {
+                    self.shared.runtime.tag_image(snapshot, &base).await
+                }
                 _ => self
+                    .shared
                     .runtime
                     .commit(&origin.container, &base, &labels)
                     .await
                     .map(|_| ()),
             }?;
             failpoint("clone.based");
-            self.runtime
+            self.shared
+                .runtime
                 .create_container(&self.container_spec(name, &version))
                 .await?;
             failpoint("clone.created");

@@ -9,5 +9,7 @@ pub(crate) mod resources;
 pub(crate) mod run;
 pub(crate) mod state;
 pub(crate) mod timers;
+pub(crate) mod usage;
+pub(crate) mod users;
 pub(crate) mod version;
 pub(crate) mod volume;

@@ -26,7 +26,8 @@ impl Engine {
     /// `follow`, what it writes until it stops.
     pub async fn logs(&self, name: &str, tail: Option<u64>, follow: bool) -> Result<LogStream> {
         let (head, _) = self.head(name).await?;
-        self.runtime
+        self.shared
+            .runtime
             .logs(&crate::names::container(name, head.current), tail, follow)
             .await
             .map_err(|e| e.during(Operation::Logs))
@@ -44,11 +45,13 @@ impl Engine {
         }
         let container = crate::names::container(name, head.current);
         let container_stats = self
+            .shared
             .runtime
             .stats(&container)
             .await
             .map_err(|e| e.during(Operation::Logs))?;
         let gpus = self
+            .shared
             .inventory
             .gpus()
             .await?

@@ -25,7 +25,7 @@ impl Engine {
             ));
         }
         let container = crate::names::container(name, head.current);
-        match self.runtime.exec(&container, argv, workdir).await {
+        match self.shared.runtime.exec(&container, argv, workdir).await {
             Err(Error::NotRunning(_)) => {
                 // The records say running, Docker says otherwise: the reconciler settles it.
                 self.nudge_reconcile(name);
@@ -56,7 +56,8 @@ impl Engine {
         }
         let (head, _) = self.head(name).await?;
         let labels = self.labels(&[(LABEL_REPLICA_SET, name.to_string())]);
-        self.runtime
+        self.shared
+            .runtime
             .commit(&crate::names::container(name, head.current), image, &labels)
             .await
             .map_err(|e| e.during(Operation::Commit))?;
@@ -68,19 +69,28 @@ impl Engine {
     pub async fn info(&self, name: &str) -> Result<ReplicaSetInfo> {
         // Read the generation before the records: a write that lands in between moves it,
         // so what is cached under it is never newer-looking than it is.
-        let Some(generation) = self.store.generation() else {
+        let Some(generation) = self.shared.store.generation() else {
             return self.read_info(name).await;
         };
         {
-            let cache = self.info_cache.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = self
+                .shared
+                .info_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some((at, info)) = cache.get(name) {
                 if *at == generation {
+                    self.reachable_set(name, &info.replica_set)?;
                     return Ok(info.clone());
                 }
             }
         }
         let info = self.read_info(name).await?;
-        let mut cache = self.info_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .shared
+            .info_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if cache.len() >= 4096 {
             cache.retain(|_, (at, _)| *at == generation);
         }
@@ -111,11 +121,13 @@ impl Engine {
         Ok(versions)
     }
 
-    /// Every replicaSet with its current version, by name: two prefix reads, whatever the
-    /// length of the histories.
+    /// Every replicaSet this caller may reach with its current version, by name: two prefix
+    /// reads, whatever the length of the histories.
     pub async fn list(&self) -> Result<Vec<ReplicaSetInfo>> {
-        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let mut heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        heads.retain(|h| self.caller.may_reach(&h.owner));
         let mut current: std::collections::HashMap<String, Version> = self
+            .shared
             .store
             .list(keys::CURRENT)
             .await?
@@ -189,7 +201,7 @@ mod cache_tests {
             engine.info("c").await.unwrap().replica_set.status,
             crate::Status::Running
         );
-        assert_eq!(engine.info_cache.lock().unwrap().len(), 1);
+        assert_eq!(engine.shared.info_cache.lock().unwrap().len(), 1);
         // A write by anyone holding the same store object is seen at once.
         store
             .put(&keys::replica_set("c"), head("stopped"))

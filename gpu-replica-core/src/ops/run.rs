@@ -93,10 +93,19 @@ impl Engine {
                 "a container port is listed twice".into(),
             ));
         }
-        self.config.resources.grant(gpu_count as u32, &resources)?;
+        self.shared
+            .config
+            .resources
+            .grant(gpu_count as u32, &resources)?;
         let _guard = self.lock_set(&name).await;
         self.settle(&name).await?;
-        if self.store.get(&keys::replica_set(&name)).await?.is_some() {
+        if self
+            .shared
+            .store
+            .get(&keys::replica_set(&name))
+            .await?
+            .is_some()
+        {
             return Err(Error::AlreadyExists(name));
         }
         let mut checked = Vec::with_capacity(binds.len());
@@ -109,7 +118,7 @@ impl Engine {
                 "imageName '{image}' is not a Docker image reference (lowercase repository, optional :tag)"
             )));
         }
-        if self.runtime.inspect_image(&image).await?.is_none() {
+        if self.shared.runtime.inspect_image(&image).await?.is_none() {
             return Err(Error::ImageNotFound(image));
         }
         let spec = ReplicaSetSpec {
@@ -126,7 +135,7 @@ impl Engine {
         failpoint("run.recorded");
         let container = self.container_spec(&name, &version);
         let started = async {
-            self.runtime.create_container(&container).await?;
+            self.shared.runtime.create_container(&container).await?;
             failpoint("run.created");
             self.finish_run(&name).await
         }

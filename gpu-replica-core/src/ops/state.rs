@@ -1,7 +1,8 @@
 //! Stop, pause, continue and delete: the intent recorded first, then the idempotent step of
 //! [`crate::steps::finish`] that a restarted engine can finish.
 
-use crate::engine::{claim, encode, Engine};
+use crate::engine::access::Holdings;
+use crate::engine::{encode, Engine};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
@@ -41,7 +42,7 @@ impl Engine {
                 let txn = Txn::new()
                     .unchanged(keys::replica_set(name), revision)
                     .put(keys::replica_set(name), encode(&head));
-                if let Err(e) = self.store.commit(txn).await {
+                if let Err(e) = self.shared.store.commit(txn).await {
                     tracing::warn!(replica_set = %name, "intent kept after an outage: {e}");
                 }
             }
@@ -67,8 +68,9 @@ impl Engine {
         let container = crate::names::container(name, head.current);
         if head.status == Status::Stopped {
             return self
+                .shared
                 .runtime
-                .stop_container(&container, self.config.stop_timeout)
+                .stop_container(&container, self.shared.config.stop_timeout)
                 .await
                 .map_err(|e| e.during(Operation::Stop));
         }
@@ -144,12 +146,12 @@ impl Engine {
                 .filter_map(|g| {
                     gpu_holders
                         .get(g)
-                        .map(|h| format!("GPU {g} (held by '{h}')"))
+                        .map(|h| format!("GPU {g} (held by {})", self.holder_name(h)))
                 })
                 .chain(ports.iter().filter_map(|p| {
                     port_holders
                         .get(p)
-                        .map(|h| format!("port {p} (held by '{h}')"))
+                        .map(|h| format!("port {p} (held by {})", self.holder_name(h)))
                 }))
                 .collect();
             if !busy.is_empty() {
@@ -166,13 +168,16 @@ impl Engine {
         head.status = Status::Running;
         head.pending = Some(Intent::Continue { reclaimed });
         let txn = if reclaimed {
-            claim(Txn::new(), name, &head.gpus, &ports)
+            let quota = self
+                .check_quota(&head.owner, Holdings::gpus(head.gpus.len()))
+                .await?;
+            self.claim(quota.apply(Txn::new()), &head, &head.gpus, &ports)
         } else {
             Txn::new()
         }
         .unchanged(keys::replica_set(name), revision)
         .put(keys::replica_set(name), encode(&head));
-        if !self.store.commit(txn).await? {
+        if !self.shared.store.commit(txn).await? {
             return Err(Error::refused(
                 Operation::Continue,
                 format!("the GPUs or ports of '{name}' were just claimed by another replicaSet; restart it instead"),

@@ -90,7 +90,7 @@ impl Engine {
             h.timers.idle_stop_secs.is_some() && h.status == Status::Running && !h.gpus.is_empty()
         });
         let utilization: HashMap<String, Option<u32>> = if watch_idle {
-            match self.inventory.gpus().await {
+            match self.shared.inventory.gpus().await {
                 Ok(gpus) => gpus.into_iter().map(|g| (g.uuid, g.utilization)).collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "GPU utilization not readable; idle timers wait");
@@ -161,7 +161,7 @@ impl Engine {
     /// Runs [`Engine::tick_timers`] every `timer_interval` until the engine is dropped.
     pub fn spawn_timers(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine: Weak<Engine> = Arc::downgrade(self);
-        let interval = self.config.timer_interval;
+        let interval = self.shared.config.timer_interval;
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,7 +178,10 @@ impl Engine {
     }
 
     fn idle_clock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .idle_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Clears a stop time that fired, unless the user set another one meanwhile.

@@ -74,7 +74,8 @@ impl Engine {
         }
         if let Some(asked) = patch.resources {
             spec.resources = asked.or(spec.resources);
-            self.config
+            self.shared
+                .config
                 .resources
                 .grant(spec.gpu_count, &spec.resources)?;
         }
@@ -129,7 +130,7 @@ impl Engine {
                 Operation::Rollback,
                 format!(
                     "the filesystem of version {version} was pruned (only the newest {} snapshots are kept)",
-                    self.config.keep_snapshots
+                    self.shared.config.keep_snapshots
                 ),
             ));
         }

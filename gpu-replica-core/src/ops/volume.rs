@@ -5,6 +5,8 @@
 //! all of that happens, or none of it: a failure removes the new volume and every new container
 //! and starts the old containers again.
 
+use crate::engine::access::{Caller, Holdings};
+use crate::engine::claims::{backoff, CLAIM_ATTEMPTS};
 use crate::engine::{check_name, encode, Engine, LABEL_VERSION, LABEL_VOLUME};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
@@ -50,20 +52,44 @@ impl Engine {
         };
         let head = Volume {
             name: name.to_string(),
+            owner: self.caller.name.clone(),
             current: 1,
             latest: 1,
             pending: None,
             created_at: version.created_at.clone(),
         };
-        if self.runtime.inspect_volume(&docker_name).await?.is_some() {
+        if self
+            .shared
+            .runtime
+            .inspect_volume(&docker_name)
+            .await?
+            .is_some()
+        {
             return Err(Error::VolumeExists(name.to_string()));
         }
-        let txn = Txn::new()
-            .absent(keys::volume(name))
-            .put(keys::volume(name), encode(&head))
-            .put(keys::volume_version(name, 1), encode(&version));
-        if !self.store.commit(txn).await? {
-            return Err(Error::VolumeExists(name.to_string()));
+        let mut recorded = false;
+        for attempt in 0..CLAIM_ATTEMPTS {
+            backoff(attempt).await;
+            let quota = self
+                .check_quota(&head.owner, Holdings::volume_bytes(size_bytes))
+                .await?;
+            let txn = quota
+                .apply(Txn::new())
+                .absent(keys::volume(name))
+                .put(keys::volume(name), encode(&head))
+                .put(keys::volume_version(name, 1), encode(&version));
+            if self.shared.store.commit(txn).await? {
+                recorded = true;
+                break;
+            }
+            if self.shared.store.get(&keys::volume(name)).await?.is_some() {
+                return Err(Error::VolumeExists(name.to_string()));
+            }
+        }
+        if !recorded {
+            return Err(Error::Conflict(
+                "other claims of the same owner kept committing first".into(),
+            ));
         }
         match self.create_docker_volume(name, &version).await {
             Ok(version) => Ok(VolumeInfo {
@@ -90,13 +116,15 @@ impl Engine {
             (LABEL_VERSION, version.version.to_string()),
         ]);
         let enforced = self
+            .shared
             .runtime
             .create_volume(&version.docker_name, Some(version.size_bytes), &labels)
             .await?;
         let mut version = version.clone();
         if enforced {
             version.size_enforced = true;
-            self.store
+            self.shared
+                .store
                 .put(
                     &keys::volume_version(name, version.version),
                     encode(&version),
@@ -112,6 +140,7 @@ impl Engine {
             .read::<Volume>(&keys::volume(name))
             .await?
             .ok_or_else(|| Error::VolumeNotFound(name.to_string()))?;
+        self.reachable_volume(name, &head)?;
         let (version, _) = self
             .read::<VolumeVersion>(&keys::volume_version(name, head.current))
             .await?
@@ -134,6 +163,14 @@ impl Engine {
     }
 
     async fn resize_volume_inner(&self, name: &str, size: &str) -> Result<VolumeInfo> {
+        // The caller must reach the volume; the sets that mount it move whoever owns them.
+        self.volume_head(name).await?;
+        self.as_caller(Caller::operator())
+            .resize_reachable_volume(name, size)
+            .await
+    }
+
+    async fn resize_reachable_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
         let name = base_volume_name(name).to_string();
         let size_bytes = parse_size(size)?;
         let _guard = self.lock_volume(&name).await;
@@ -143,6 +180,7 @@ impl Engine {
         }
         if size_bytes < current.size_bytes {
             let used = self
+                .shared
                 .runtime
                 .volume_used_bytes(&current.docker_name)
                 .await
@@ -176,10 +214,27 @@ impl Engine {
             users: users.iter().map(|u| u.replica_set.name.clone()).collect(),
             copied: false,
         });
-        let txn = Txn::new()
-            .put(keys::volume(&name), encode(&head))
-            .put(keys::volume_version(&name, number), encode(&next));
-        self.commit(txn).await?;
+        let growth = size_bytes.saturating_sub(current.size_bytes);
+        let mut recorded = false;
+        for attempt in 0..CLAIM_ATTEMPTS {
+            backoff(attempt).await;
+            let quota = self
+                .check_quota(&head.owner, Holdings::volume_bytes(growth))
+                .await?;
+            let txn = quota
+                .apply(Txn::new())
+                .put(keys::volume(&name), encode(&head))
+                .put(keys::volume_version(&name, number), encode(&next));
+            if self.shared.store.commit(txn).await? {
+                recorded = true;
+                break;
+            }
+        }
+        if !recorded {
+            return Err(Error::Conflict(
+                "other claims of the same owner kept committing first".into(),
+            ));
+        }
         failpoint("resize.recorded");
         let next = match self.move_volume(&mut head, &current, &next, &users).await {
             Ok(next) => next,
@@ -235,7 +290,8 @@ impl Engine {
             }
             failpoint("resize.prepared");
             // Every user is stopped now: the copy sees data at rest.
-            self.runtime
+            self.shared
+                .runtime
                 .copy_volume(&current.docker_name, &next.docker_name)
                 .await?;
             if let Some(intent) = head.pending.as_mut() {
@@ -249,7 +305,11 @@ impl Engine {
             for p in prepared {
                 self.abort(p).await;
             }
-            self.runtime.remove_volume(&next.docker_name).await.ok();
+            self.shared
+                .runtime
+                .remove_volume(&next.docker_name)
+                .await
+                .ok();
             return Err(e);
         }
         failpoint("resize.copied");
@@ -262,7 +322,11 @@ impl Engine {
                     for p in started.into_iter().chain(pending) {
                         self.abort(p).await;
                     }
-                    self.runtime.remove_volume(&next.docker_name).await.ok();
+                    self.shared
+                        .runtime
+                        .remove_volume(&next.docker_name)
+                        .await
+                        .ok();
                     return Err(e);
                 }
             }
@@ -299,7 +363,9 @@ impl Engine {
         let name = base_volume_name(name).to_string();
         let _guard = self.lock_volume(&name).await;
         let (_, current) = self.volume_head(&name).await?;
-        let users = self.mounted_by(&current.docker_name).await?;
+        // Every set that mounts it counts, whoever owns it.
+        let operator = self.as_caller(Caller::operator());
+        let users = operator.mounted_by(&current.docker_name).await?;
         if !users.is_empty() {
             let names: Vec<&str> = users.iter().map(|u| u.replica_set.name.as_str()).collect();
             return Err(Error::refused(
@@ -311,11 +377,16 @@ impl Engine {
                 ),
             ));
         }
-        self.runtime
+        self.shared
+            .runtime
             .remove_volume(&current.docker_name)
             .await
             .map_err(|e| e.during(Operation::VolumeDelete))?;
-        let versions = self.store.list(&keys::volume_versions(&name)).await?;
+        let versions = self
+            .shared
+            .store
+            .list(&keys::volume_versions(&name))
+            .await?;
         let txn = versions
             .iter()
             .fold(Txn::new(), |t, e| t.delete(e.key.clone()))
@@ -343,11 +414,14 @@ impl Engine {
         Ok(versions)
     }
 
-    /// Every volume with its current version.
+    /// Every volume this caller may reach, with its current version.
     pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
         let heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
         let mut infos = Vec::with_capacity(heads.len());
-        for volume in heads {
+        for volume in heads
+            .into_iter()
+            .filter(|v| self.caller.may_reach(&v.owner))
+        {
             let key = keys::volume_version(&volume.name, volume.current);
             let (version, _) = self.read::<VolumeVersion>(&key).await?.ok_or_else(|| {
                 Error::Store(format!(

@@ -2,7 +2,7 @@
 //! a crash at any point and ends in the same state, so an operation is finished by running the
 //! rest of its steps, or undone by the matching undo step.
 
-use crate::engine::{encode, release, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
+use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
 use crate::error::Result;
 use crate::failpoint::failpoint;
 use crate::keys;
@@ -13,14 +13,14 @@ use crate::store::Txn;
 impl Engine {
     /// The image the first container of the clone with id `id` is created from.
     pub(crate) fn clone_base(&self, id: &str) -> String {
-        crate::names::clone_base(&self.config.snapshot_repo, id)
+        crate::names::clone_base(&self.shared.config.snapshot_repo, id)
     }
 
     /// Starts version 1 (if it is not running) and clears the intent.
     pub(crate) async fn finish_run(&self, name: &str) -> Result<()> {
         let container = crate::names::container(name, 1);
         if !self.is_running(&container).await? {
-            self.runtime.start_container(&container).await?;
+            self.shared.runtime.start_container(&container).await?;
         }
         failpoint("run.started");
         let (mut head, revision) = self.head(name).await?;
@@ -33,12 +33,17 @@ impl Engine {
 
     /// Removes everything a failed run made: the container, the records and the claims.
     pub(crate) async fn undo_run(&self, name: &str, id: &str, version: &Version) -> Result<()> {
-        self.runtime.remove_container(&version.container).await?;
+        self.shared
+            .runtime
+            .remove_container(&version.container)
+            .await?;
         if version.image == self.clone_base(id) {
-            self.runtime.remove_image(&version.image).await?;
+            self.shared.runtime.remove_image(&version.image).await?;
         }
         let ports: Vec<u16> = version.ports.iter().map(|p| p.host_port).collect();
-        let txn = release(Txn::new(), &version.gpus, &ports)
+        let (head, _) = self.head(name).await?;
+        let txn = self
+            .release(Txn::new(), &head, &version.gpus, &ports)
             .delete(keys::replica_set(name))
             .delete(keys::current(name))
             .delete(keys::version(name, 1));
@@ -58,9 +63,9 @@ impl Engine {
             binds: version.spec.binds.clone(),
             ports: version.ports.clone(),
             gpus: version.gpus.clone(),
-            gpu_attach: self.config.gpu_attach,
+            gpu_attach: self.shared.config.gpu_attach,
             limits: version.limits,
-            init: self.config.resources.init,
+            init: self.shared.config.resources.init,
             labels: self.labels(&[
                 (LABEL_REPLICA_SET, name.to_string()),
                 (LABEL_VERSION, version.version.to_string()),
@@ -71,12 +76,13 @@ impl Engine {
     /// Stops the container, then releases the claims and records the stop.
     pub(crate) async fn finish_stop(&self, mut head: ReplicaSet) -> Result<()> {
         let container = crate::names::container(&head.name, head.current);
-        self.runtime
-            .stop_container(&container, self.config.stop_timeout)
+        self.shared
+            .runtime
+            .stop_container(&container, self.shared.config.stop_timeout)
             .await?;
         failpoint("stop.stopped");
         let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
-        let txn = release(Txn::new(), &head.gpus, &ports);
+        let txn = self.release(Txn::new(), &head, &head.gpus, &ports);
         head.status = Status::Stopped;
         head.pending = None;
         self.commit(txn.put(keys::replica_set(&head.name), encode(&head)))
@@ -86,8 +92,9 @@ impl Engine {
     /// Stops the container and records the pause.
     pub(crate) async fn finish_pause(&self, mut head: ReplicaSet) -> Result<()> {
         let container = crate::names::container(&head.name, head.current);
-        self.runtime
-            .stop_container(&container, self.config.stop_timeout)
+        self.shared
+            .runtime
+            .stop_container(&container, self.shared.config.stop_timeout)
             .await?;
         failpoint("pause.stopped");
         head.status = Status::Paused;
@@ -101,17 +108,25 @@ impl Engine {
     pub(crate) async fn finish_resume(&self, mut head: ReplicaSet, before: Status) -> Result<()> {
         let container = crate::names::container(&head.name, head.current);
         let started = async {
-            if self.runtime.inspect_container(&container).await?.is_none() {
+            if self
+                .shared
+                .runtime
+                .inspect_container(&container)
+                .await?
+                .is_none()
+            {
                 // It vanished outside the engine: make it again from its version record (from
                 // the image it was created from; what it wrote since is gone with it).
                 let version = self.version_record(&head.name, head.current).await?;
                 tracing::warn!(%container, "container is gone; creating it again from its record");
-                self.runtime
+                self.shared
+                    .runtime
                     .create_container(&self.container_spec(&head.name, &version))
                     .await?;
             }
-            self.runtime
-                .restart_container(&container, self.config.stop_timeout)
+            self.shared
+                .runtime
+                .restart_container(&container, self.shared.config.stop_timeout)
                 .await
         }
         .await;
@@ -121,7 +136,7 @@ impl Engine {
             head.status = before;
             let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
             let txn = if reclaimed {
-                release(Txn::new(), &head.gpus, &ports)
+                self.release(Txn::new(), &head, &head.gpus, &ports)
             } else {
                 Txn::new()
             }
@@ -139,10 +154,11 @@ impl Engine {
         let name = head.name.clone();
         let versions: Vec<Version> = self.read_all(&keys::versions(&name)).await?;
         let label = format!("{LABEL_REPLICA_SET}={name}");
-        for container in self.runtime.list_containers(&label).await? {
-            self.runtime.remove_container(&container.id).await?;
+        for container in self.shared.runtime.list_containers(&label).await? {
+            self.shared.runtime.remove_container(&container.id).await?;
         }
-        self.runtime
+        self.shared
+            .runtime
             .remove_container(&crate::names::container(&name, head.current))
             .await?;
         failpoint("delete.containers_removed");
@@ -161,7 +177,7 @@ impl Engine {
             .collect();
         let txn = versions
             .iter()
-            .fold(release(Txn::new(), &gpus, &ports), |t, v| {
+            .fold(self.release(Txn::new(), &head, &gpus, &ports), |t, v| {
                 t.delete(keys::version(&name, v.version))
             })
             .delete(keys::replica_set(&name))
@@ -170,9 +186,10 @@ impl Engine {
         failpoint("delete.records_removed");
         // Newest first: a snapshot goes only once the snapshots built on it are gone.
         for snapshot in versions.iter().rev().filter_map(|v| v.snapshot.as_ref()) {
-            self.runtime.remove_image(snapshot).await?;
+            self.shared.runtime.remove_image(snapshot).await?;
         }
-        self.runtime
+        self.shared
+            .runtime
             .remove_image(&self.clone_base(&head.image_id()))
             .await?;
         Ok(())
@@ -189,7 +206,7 @@ impl Engine {
         }
         self.commit(Txn::new().put(keys::volume(&head.name), encode(&*head)))
             .await?;
-        if let Err(e) = self.runtime.remove_volume(&old.docker_name).await {
+        if let Err(e) = self.shared.runtime.remove_volume(&old.docker_name).await {
             tracing::warn!(volume = %old.docker_name, "old volume not removed: {e}");
         }
         Ok(())

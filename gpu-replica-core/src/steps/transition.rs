@@ -7,7 +7,9 @@
 //! makes the new version current; [`Engine::abort`] undoes a prepared version. Each step is
 //! idempotent, so a restarted engine can finish or undo a transition from its records alone.
 
-use crate::engine::{claim, encode, release, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
+use crate::engine::access::Holdings;
+use crate::engine::claims::{backoff, CLAIM_ATTEMPTS};
+use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
@@ -109,7 +111,8 @@ impl Engine {
         run: bool,
         resize: Option<String>,
     ) -> Result<Prepared> {
-        for _ in 0..8 {
+        for attempt in 0..CLAIM_ATTEMPTS {
+            backoff(attempt).await;
             let (head, revision) = self.head(name).await?;
             let old = self.version_record(name, head.current).await?;
             let run = run || head.status.wants_running();
@@ -171,7 +174,11 @@ impl Engine {
                 gpus,
                 ports,
                 image,
-                limits: self.config.resources.fit(spec.gpu_count, &spec.resources),
+                limits: self
+                    .shared
+                    .config
+                    .resources
+                    .fit(spec.gpu_count, &spec.resources),
                 snapshot: None,
                 created_at: now(),
             };
@@ -185,11 +192,20 @@ impl Engine {
                 released_gpus: released_gpus.clone(),
                 resize: resize.clone(),
             });
-            let txn = claim(Txn::new(), name, &claimed_gpus, &claimed_ports)
+            let quota = self
+                .check_quota(&head.owner, Holdings::gpus(claimed_gpus.len()))
+                .await?;
+            let txn = self
+                .claim(
+                    quota.apply(Txn::new()),
+                    &head,
+                    &claimed_gpus,
+                    &claimed_ports,
+                )
                 .unchanged(keys::replica_set(name), revision)
                 .put(keys::replica_set(name), encode(&recorded))
                 .put(keys::version(name, number), encode(&new));
-            if self.store.commit(txn).await? {
+            if self.shared.store.commit(txn).await? {
                 return Ok(Prepared {
                     name: name.to_string(),
                     was_running: head.status == Status::Running,
@@ -218,12 +234,18 @@ impl Engine {
     /// Stops the old container, snapshots it (flattening a long chain) and creates the new one.
     async fn replace_container(&self, prepared: &mut Prepared) -> Result<()> {
         let old = prepared.old.clone();
-        let Some(state) = self.runtime.inspect_container(&old.container).await? else {
+        let Some(state) = self
+            .shared
+            .runtime
+            .inspect_container(&old.container)
+            .await?
+        else {
             return self.replace_vanished_container(prepared).await;
         };
         if state.running {
-            self.runtime
-                .stop_container(&old.container, self.config.stop_timeout)
+            self.shared
+                .runtime
+                .stop_container(&old.container, self.shared.config.stop_timeout)
                 .await?;
         }
         failpoint("version.stopped");
@@ -232,17 +254,19 @@ impl Engine {
             (LABEL_REPLICA_SET, prepared.name.clone()),
             (LABEL_VERSION, old.version.to_string()),
         ]);
-        let depth = match self.runtime.inspect_image(&old.image).await? {
+        let depth = match self.shared.runtime.inspect_image(&old.image).await? {
             Some(image) => image.layers,
             None => 0,
         };
-        if depth + 1 > self.config.max_layers {
+        if depth + 1 > self.shared.config.max_layers {
             tracing::info!(container = %old.container, depth, "flattening snapshot");
-            self.runtime
+            self.shared
+                .runtime
                 .commit_flattened(&old.container, &snapshot, &labels)
                 .await?;
         } else {
-            self.runtime
+            self.shared
+                .runtime
                 .commit(&old.container, &snapshot, &labels)
                 .await?;
         }
@@ -256,7 +280,7 @@ impl Engine {
         prepared.old = old;
         failpoint("version.committed");
         let spec = self.container_spec(&prepared.name, &prepared.new);
-        self.runtime.create_container(&spec).await?;
+        self.shared.runtime.create_container(&spec).await?;
         failpoint("version.created");
         Ok(())
     }
@@ -269,7 +293,8 @@ impl Engine {
         tracing::warn!(container = %old.container, "container is gone; the new version starts from its image");
         if prepared.new.image == self.snapshot_name(&prepared.head, old.version) {
             prepared.new.image = old.image.clone();
-            self.store
+            self.shared
+                .store
                 .put(
                     &keys::version(&prepared.name, prepared.new.version),
                     encode(&prepared.new),
@@ -278,13 +303,14 @@ impl Engine {
         }
         failpoint("version.committed");
         let spec = self.container_spec(&prepared.name, &prepared.new);
-        self.runtime.create_container(&spec).await?;
+        self.shared.runtime.create_container(&spec).await?;
         failpoint("version.created");
         Ok(())
     }
 
     pub(crate) async fn is_running(&self, container: &str) -> Result<bool> {
         Ok(self
+            .shared
             .runtime
             .inspect_container(container)
             .await?
@@ -296,7 +322,12 @@ impl Engine {
         if !prepared.run || self.is_running(&prepared.new.container).await? {
             return Ok(prepared);
         }
-        match self.runtime.start_container(&prepared.new.container).await {
+        match self
+            .shared
+            .runtime
+            .start_container(&prepared.new.container)
+            .await
+        {
             Ok(()) => {
                 failpoint("version.started");
                 Ok(prepared)
@@ -319,7 +350,7 @@ impl Engine {
             released_gpus,
             ..
         } = prepared;
-        if let Err(e) = self.runtime.remove_container(&old.container).await {
+        if let Err(e) = self.shared.runtime.remove_container(&old.container).await {
             tracing::warn!(container = %old.container, "old container not removed: {e}");
         }
         failpoint("version.old_removed");
@@ -331,7 +362,8 @@ impl Engine {
             head.status = Status::Running;
         }
         // GPUs go back to the pool only now that the container holding them is gone.
-        let txn = release(Txn::new(), &released_gpus, &[])
+        let txn = self
+            .release(Txn::new(), &head, &released_gpus, &[])
             .put(keys::replica_set(&name), encode(&head))
             .put(keys::current(&name), encode(&new));
         self.commit(txn).await?;
@@ -354,11 +386,11 @@ impl Engine {
             claimed_ports,
             ..
         } = prepared;
-        if let Err(e) = self.runtime.remove_container(&new.container).await {
+        if let Err(e) = self.shared.runtime.remove_container(&new.container).await {
             tracing::error!(container = %new.container, "cannot remove failed version: {e}");
         }
         if was_running && !self.is_running(&old.container).await.unwrap_or(true) {
-            if let Err(e) = self.runtime.start_container(&old.container).await {
+            if let Err(e) = self.shared.runtime.start_container(&old.container).await {
                 tracing::error!(container = %old.container, "cannot restart old version: {e}");
             }
         }
@@ -367,23 +399,24 @@ impl Engine {
         if head.latest == new.version {
             head.latest -= 1;
         }
-        let txn = release(Txn::new(), &claimed_gpus, &claimed_ports)
+        let txn = self
+            .release(Txn::new(), &head, &claimed_gpus, &claimed_ports)
             .delete(keys::version(&name, new.version))
             .put(keys::replica_set(&name), encode(&head));
-        if let Err(e) = self.store.commit(txn).await {
+        if let Err(e) = self.shared.store.commit(txn).await {
             tracing::error!(replica_set = %name, "cannot release claims of failed version: {e}");
         }
     }
 
     /// The snapshot image of version `version` of `head`'s set, named by its id.
     pub(crate) fn snapshot_name(&self, head: &ReplicaSet, version: u32) -> String {
-        crate::names::snapshot_image(&self.config.snapshot_repo, &head.image_id(), version)
+        crate::names::snapshot_image(&self.shared.config.snapshot_repo, &head.image_id(), version)
     }
 
     /// Untags snapshots beyond the newest `keep_snapshots`.
     async fn prune_snapshots(&self, name: &str) -> Result<()> {
         let versions: Vec<Version> = self.read_all(&keys::versions(name)).await?;
-        let keep = self.config.keep_snapshots.max(1);
+        let keep = self.shared.config.keep_snapshots.max(1);
         for mut version in versions
             .into_iter()
             .rev()
@@ -391,8 +424,9 @@ impl Engine {
             .skip(keep)
         {
             if let Some(snapshot) = version.snapshot.take() {
-                self.runtime.remove_image(&snapshot).await?;
-                self.store
+                self.shared.runtime.remove_image(&snapshot).await?;
+                self.shared
+                    .store
                     .put(&keys::version(name, version.version), encode(&version))
                     .await?;
             }

@@ -88,6 +88,7 @@ impl Engine {
         let mut pass = Reconciled::default();
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
         let containers: HashMap<String, ContainerState> = self
+            .shared
             .runtime
             .list_containers(LABEL_REPLICA_SET)
             .await?
@@ -114,7 +115,7 @@ impl Engine {
 
     /// Asks a running reconciler to look at `name` soon.
     pub(crate) fn nudge_reconcile(&self, name: &str) {
-        self.nudges.push(name);
+        self.shared.nudges.push(name);
     }
 
     async fn reconcile_one(&self, name: &str, pass: &mut Reconciled) -> Result<()> {
@@ -127,7 +128,7 @@ impl Engine {
             return Ok(());
         }
         let container = names::container(name, head.current);
-        let state = self.runtime.inspect_container(&container).await?;
+        let state = self.shared.runtime.inspect_container(&container).await?;
         if !drifted(head.status, state.as_ref()) {
             return Ok(());
         }
@@ -135,7 +136,7 @@ impl Engine {
         match head.status {
             Status::Running => {
                 let why = match state {
-                    Some(_) => match self.runtime.start_container(&container).await {
+                    Some(_) => match self.shared.runtime.start_container(&container).await {
                         Ok(()) => {
                             let line = format!(
                                 "{container} of {name} had stopped outside gpu-replica: started again"
@@ -150,7 +151,7 @@ impl Engine {
                 let txn = Txn::new()
                     .unchanged(keys::replica_set(name), revision)
                     .put(keys::replica_set(name), encode(&head));
-                if self.store.commit(txn).await? {
+                if self.shared.store.commit(txn).await? {
                     let line = format!(
                         "{container} of {name} {why}: shown exited (continue or patch it to run it again)"
                     );
@@ -165,15 +166,16 @@ impl Engine {
                 let txn = Txn::new()
                     .unchanged(keys::replica_set(name), revision)
                     .put(keys::replica_set(name), encode(&head));
-                if self.store.commit(txn).await? {
+                if self.shared.store.commit(txn).await? {
                     let line = format!("{container} of {name} runs again: shown running");
                     self.settled(name, line, pass).await?;
                 }
                 Ok(())
             }
             Status::Paused | Status::Stopped if running => {
-                self.runtime
-                    .stop_container(&container, self.config.stop_timeout)
+                self.shared
+                    .runtime
+                    .stop_container(&container, self.shared.config.stop_timeout)
                     .await?;
                 let line =
                     format!(
@@ -196,14 +198,15 @@ impl Engine {
     /// Releases claims whose holder does not exist, is stopped, or does not list them; each
     /// in a transaction that holds only if neither the claim nor the holder changed meanwhile.
     async fn release_stray_claims(&self, pass: &mut Reconciled) -> Result<()> {
-        let gpus = self.store.list(keys::GPU_CLAIMS).await?;
-        let ports = self.store.list(keys::PORT_CLAIMS).await?;
+        let gpus = self.shared.store.list(keys::GPU_CLAIMS).await?;
+        let ports = self.shared.store.list(keys::PORT_CLAIMS).await?;
         if gpus.is_empty() && ports.is_empty() {
             return Ok(());
         }
         // Every holder's head with its revision, in one read: the transactions below hold only
         // if neither the claim nor its holder changed since.
         let heads: HashMap<String, (ReplicaSet, u64)> = self
+            .shared
             .store
             .list(keys::REPLICA_SETS)
             .await?
@@ -249,7 +252,7 @@ impl Engine {
             None => txn.absent(keys::replica_set(&holder)),
             Some((_, revision)) => txn.unchanged(keys::replica_set(&holder), *revision),
         };
-        if self.store.commit(txn).await? {
+        if self.shared.store.commit(txn).await? {
             let line = format!("{claimed} claimed by '{holder}' released: {why}");
             self.settled(&holder, line, pass).await?;
         }
@@ -261,14 +264,14 @@ impl Engine {
     /// away is waited out: the event stream is opened again once it is back.
     pub fn spawn_reconciler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine: Weak<Engine> = Arc::downgrade(self);
-        let interval = self.config.reconcile_interval;
+        let interval = self.shared.config.reconcile_interval;
         let closing = self.closing_receiver();
         tokio::spawn(async move {
             let events = tokio::spawn(watch_docker(engine.clone()));
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut closing = closing;
-            while let Some(nudges) = engine.upgrade().map(|e| e.nudges.clone()) {
+            while let Some(nudges) = engine.upgrade().map(|e| e.shared.nudges.clone()) {
                 let full = tokio::select! {
                     _ = ticks.tick() => true,
                     _ = nudges.notify.notified() => false,
@@ -278,8 +281,8 @@ impl Engine {
                 let Some(engine) = engine.upgrade() else {
                     break;
                 };
-                let names = engine.nudges.take();
-                let outcome = if full || engine.nudges.take_everything() {
+                let names = engine.shared.nudges.take();
+                let outcome = if full || engine.shared.nudges.take_everything() {
                     engine.reconcile().await.map(|_| ())
                 } else {
                     let mut pass = Reconciled::default();
@@ -305,17 +308,17 @@ async fn watch_docker(engine: Weak<Engine>) {
         let Some(strong) = engine.upgrade() else {
             return;
         };
-        let label = match strong.store_id.get() {
+        let label = match strong.shared.store_id.get() {
             Some(id) => format!("{LABEL_STORE}={id}"),
             None => LABEL_REPLICA_SET.to_string(),
         };
-        let runtime = strong.runtime.clone();
+        let runtime = strong.shared.runtime.clone();
         drop(strong);
         match runtime.container_events(&label).await {
             Ok(mut stream) => {
                 // Whatever happened while we were not listening.
                 if let Some(engine) = engine.upgrade() {
-                    engine.nudges.push_everything();
+                    engine.shared.nudges.push_everything();
                 }
                 while let Some(event) = stream.next().await {
                     let Ok(event) = event else { break };
@@ -330,7 +333,7 @@ async fn watch_docker(engine: Weak<Engine>) {
                 // The stream ended: Docker went away or restarted. Look at everything once
                 // it is back, then follow again.
                 if let Some(engine) = engine.upgrade() {
-                    engine.nudges.push_everything();
+                    engine.shared.nudges.push_everything();
                 }
             }
             Err(e) => tracing::debug!(error = %e, "docker events unavailable; retrying"),

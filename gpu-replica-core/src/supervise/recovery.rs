@@ -95,7 +95,11 @@ impl Engine {
             tracing::warn!("recovery: {report}");
         }
         self.emit("recovery", "", true, report.to_string()).await;
-        *self.last_recovery.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+        *self
+            .shared
+            .last_recovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
         Ok(report)
     }
 
@@ -109,6 +113,7 @@ impl Engine {
             Intent::Run => {
                 let version = self.version_record(&name, 1).await?;
                 let created = self
+                    .shared
                     .runtime
                     .inspect_container(&version.container)
                     .await?
@@ -192,12 +197,12 @@ impl Engine {
         let txn = Txn::new()
             .absent(keys::STORE_ID)
             .put(keys::STORE_ID, fresh.clone().into_bytes());
-        self.store.commit(txn).await?;
-        let id = match self.store.get(keys::STORE_ID).await? {
+        self.shared.store.commit(txn).await?;
+        let id = match self.shared.store.get(keys::STORE_ID).await? {
             Some(entry) => String::from_utf8_lossy(&entry.value).into_owned(),
             None => fresh,
         };
-        let _ = self.store_id.set(id);
+        let _ = self.shared.store_id.set(id);
         Ok(())
     }
 
@@ -208,6 +213,7 @@ impl Engine {
         let old = self.version_record(&name, head.current).await?;
         let new = self.version_record(&name, version).await?;
         let created = self
+            .shared
             .runtime
             .inspect_container(&new.container)
             .await?
@@ -228,8 +234,9 @@ impl Engine {
                 // period, which Docker finishes on its own later: stop it ourselves and wait,
                 // so the start below is the last word and the container ends up running.
                 let old = prepared.old_container().to_string();
-                self.runtime
-                    .stop_container(&old, self.config.stop_timeout)
+                self.shared
+                    .runtime
+                    .stop_container(&old, self.shared.config.stop_timeout)
                     .await?;
             }
             self.abort(prepared).await;
@@ -271,7 +278,7 @@ impl Engine {
             report.finished.push(line);
         } else {
             let docker_name = crate::names::docker_volume(&volume.name, intent.version);
-            self.runtime.remove_volume(&docker_name).await?;
+            self.shared.runtime.remove_volume(&docker_name).await?;
             volume.pending = None;
             if volume.latest == intent.version {
                 volume.latest -= 1;
@@ -294,11 +301,16 @@ impl Engine {
             .collect();
         // Only objects this store recorded: never another deployment's on the same host.
         let selected = |labels: &std::collections::BTreeMap<String, String>| {
-            labels.get(LABEL_STORE) == self.store_id.get()
+            labels.get(LABEL_STORE) == self.shared.store_id.get()
         };
-        for container in self.runtime.list_containers(LABEL_REPLICA_SET).await? {
+        for container in self
+            .shared
+            .runtime
+            .list_containers(LABEL_REPLICA_SET)
+            .await?
+        {
             if selected(&container.labels) && !current.contains(&container.name) {
-                self.runtime.remove_container(&container.id).await?;
+                self.shared.runtime.remove_container(&container.id).await?;
                 report
                     .orphans_removed
                     .push(format!("container {}", container.name));
@@ -313,15 +325,16 @@ impl Engine {
                     .is_some_and(|(base, _)| base == v.name)
             })
         };
-        for helper in self.runtime.list_containers(HELPER_LABEL).await? {
+        for helper in self.shared.runtime.list_containers(HELPER_LABEL).await? {
             if helper.labels.get(HELPER_LABEL).is_some_and(|v| ours(v)) {
-                self.runtime.remove_container(&helper.id).await?;
+                self.shared.runtime.remove_container(&helper.id).await?;
                 report
                     .orphans_removed
                     .push(format!("helper container {}", helper.name));
             }
         }
         let images: Vec<_> = self
+            .shared
             .runtime
             .list_images(LABEL_REPLICA_SET)
             .await?
@@ -335,10 +348,12 @@ impl Engine {
                 .iter()
                 .flat_map(|v| v.snapshot.iter().chain(std::iter::once(&v.image)))
                 .collect();
-            let prefix = format!("{}/", self.config.snapshot_repo);
+            let prefix = format!("{}/", self.shared.config.snapshot_repo);
             for image in images {
                 for tag in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
-                    if !referenced.contains(tag) && self.runtime.remove_image(tag).await.is_ok() {
+                    if !referenced.contains(tag)
+                        && self.shared.runtime.remove_image(tag).await.is_ok()
+                    {
                         report.orphans_removed.push(format!("image {tag}"));
                     }
                 }
@@ -349,10 +364,15 @@ impl Engine {
             .iter()
             .map(|v| crate::names::docker_volume(&v.name, v.current))
             .collect();
-        for volume in self.runtime.list_volumes(LABEL_VOLUME).await? {
+        for volume in self.shared.runtime.list_volumes(LABEL_VOLUME).await? {
             if selected(&volume.labels)
                 && !live.contains(&volume.name)
-                && self.runtime.remove_volume(&volume.name).await.is_ok()
+                && self
+                    .shared
+                    .runtime
+                    .remove_volume(&volume.name)
+                    .await
+                    .is_ok()
             {
                 report
                     .orphans_removed
@@ -423,6 +443,7 @@ mod tests {
         let head = ReplicaSet {
             name: "set".into(),
             id: String::new(),
+            owner: crate::engine::OPERATOR.into(),
             current: 1,
             latest: 2,
             status: Status::Running,

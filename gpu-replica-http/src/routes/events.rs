@@ -1,17 +1,17 @@
 //! `GET /api/v1/events`: the event log as Server-Sent Events.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{stream, StreamExt};
-use gpu_replica_core::{Engine, Event, KEEP_EVENTS};
+use gpu_replica_core::{Event, KEEP_EVENTS};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::auth::Acting;
 use crate::envelope::ApiError;
 #[allow(unused_imports)]
 use crate::envelope::ErrorReply;
@@ -37,7 +37,7 @@ fn to_sse(event: Event) -> SseEvent {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (the `id` of the last one read; anything else replays as without it)")),
     responses((status = 200, content_type = "text/event-stream", body = SseItem, description = "One event per lifecycle change: `data` is an EventView as JSON"), (status = 400, body = ErrorReply, description = "1000: a query value is malformed")))]
 pub async fn events(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -58,21 +58,24 @@ pub async fn events(
         return Ok(Sse::new(replayed.map(Ok::<_, Infallible>)).into_response());
     }
     let closing = engine.clone();
-    let live = stream::unfold((live, last), |(mut receiver, last)| async move {
-        loop {
-            match receiver.recv().await {
-                Ok(event) if event.seq <= last => continue,
-                Ok(event) => {
-                    let seq = event.seq;
-                    return Some((to_sse(event), (receiver, seq)));
+    let live = stream::unfold((live, last), move |(mut receiver, last)| {
+        let engine = engine.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) if event.seq <= last || !engine.sees(&event) => continue,
+                    Ok(event) => {
+                        let seq = event.seq;
+                        return Some((to_sse(event), (receiver, seq)));
+                    }
+                    // Too slow a reader: say how many were missed; they can be read back with
+                    // Last-Event-ID.
+                    Err(RecvError::Lagged(missed)) => {
+                        let note = SseEvent::default().event("lagged").data(missed.to_string());
+                        return Some((note, (receiver, last)));
+                    }
+                    Err(RecvError::Closed) => return None,
                 }
-                // Too slow a reader: say how many were missed; they can be read back with
-                // Last-Event-ID.
-                Err(RecvError::Lagged(missed)) => {
-                    let note = SseEvent::default().event("lagged").data(missed.to_string());
-                    return Some((note, (receiver, last)));
-                }
-                Err(RecvError::Closed) => return None,
             }
         }
     });

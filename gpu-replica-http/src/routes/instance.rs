@@ -1,14 +1,13 @@
 //! Beyond the contract, for rented instances: timers, clone, logs and stats.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::{StreamExt, TryStreamExt};
-use gpu_replica_core::{CloneRequest, Engine};
+use gpu_replica_core::CloneRequest;
 
 use super::Reply;
+use crate::auth::Acting;
 use crate::envelope::{ok, ApiError, Body};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
@@ -20,10 +19,7 @@ use crate::wire::{
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}/timers", tag = "instance",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<TimersView>), (status = "4XX", body = ErrorReply, description = "1016")))]
-pub async fn timers(
-    State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
-) -> Reply<TimersView> {
+pub async fn timers(Acting(engine): Acting, Path(name): Path<String>) -> Reply<TimersView> {
     let info = engine.info(&name).await?;
     Ok(ok((&info.replica_set.timers).into()))
 }
@@ -34,7 +30,7 @@ pub async fn timers(
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<TimersView>), (status = "4XX", body = ErrorReply, description = "1000, 1016")))]
 pub async fn set_timers(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     Body(body): Body<TimersBody>,
 ) -> Reply<TimersView> {
@@ -48,7 +44,7 @@ pub async fn set_timers(
     params(("name" = String, Path, description = "ReplicaSet to clone")),
     responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000, 1002, 1003, 1008, 1012, 1013, 1014, 1016, 1020, 1043, 1044"), (status = "5XX", body = ErrorReply, description = "1044")))]
 pub async fn clone(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     Body(body): Body<CloneBody>,
 ) -> Reply<RunReply> {
@@ -78,7 +74,7 @@ pub async fn clone(
         ("follow" = Option<bool>, Query, description = "Stream until the container stops")),
     responses((status = 200, content_type = "text/plain", description = "The log"), (status = "4XX", body = ErrorReply, description = "1000, 1016"), (status = "5XX", body = ErrorReply, description = "1045")))]
 pub async fn logs(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -102,9 +98,6 @@ pub async fn logs(
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}/stats", tag = "instance",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<StatsReply>), (status = "4XX", body = ErrorReply, description = "1016, 1045")))]
-pub async fn stats(
-    State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
-) -> Reply<StatsReply> {
+pub async fn stats(Acting(engine): Acting, Path(name): Path<String>) -> Reply<StatsReply> {
     Ok(ok(engine.stats(&name).await?.into()))
 }

@@ -1,17 +1,17 @@
 //! `/api/v1/replicaSet…`
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
-use gpu_replica_core::{BindSwap, Engine, PatchRequest, ReplicaSetInfo, RunRequest};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query};
+use gpu_replica_core::{BindSwap, PatchRequest, ReplicaSetInfo, RunRequest};
 
 use super::Reply;
+use crate::auth::Acting;
 use crate::envelope::{ok, Body};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
-    HistoryReply, InfoReply, PatchBody, ReplicaSetItem, ReplicaSetList, ResourcesBody,
+    HistoryReply, InfoReply, OwnerQuery, PatchBody, ReplicaSetItem, ReplicaSetList, ResourcesBody,
     RollbackBody, RunBody, RunReply, VersionView,
 };
 
@@ -32,7 +32,7 @@ fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
 /// Run a new replicaSet: claim GPUs and ports, create and start `{name}-1`.
 #[utoipa::path(post, path = "/api/v1/replicaSet", tag = "replicaSet", request_body = RunBody,
     responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043"), (status = "5XX", body = ErrorReply, description = "1004, 1039, 1040")))]
-pub async fn run(State(engine): State<Arc<Engine>>, Body(body): Body<RunBody>) -> Reply<RunReply> {
+pub async fn run(Acting(engine): Acting, Body(body): Body<RunBody>) -> Reply<RunReply> {
     let resources = body
         .resources
         .as_ref()
@@ -57,9 +57,18 @@ pub async fn run(State(engine): State<Arc<Engine>>, Body(body): Body<RunBody>) -
 }
 
 /// Every replicaSet with status, version, GPUs and ports.
-#[utoipa::path(get, path = "/api/v1/replicaSet", tag = "replicaSet", responses((status = 200, body = Envelope<ReplicaSetList>)))]
-pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<ReplicaSetList> {
-    let all = engine.list().await?;
+#[utoipa::path(get, path = "/api/v1/replicaSet", tag = "replicaSet",
+    params(("owner" = Option<String>, Query, description = "Only this user's sets (a user sees only their own anyway)")),
+    responses((status = 200, body = Envelope<ReplicaSetList>)))]
+pub async fn list(
+    Acting(engine): Acting,
+    query: Result<Query<OwnerQuery>, QueryRejection>,
+) -> Reply<ReplicaSetList> {
+    let Query(query) = query?;
+    let mut all = engine.list().await?;
+    if let Some(owner) = &query.owner {
+        all.retain(|info| &info.replica_set.owner == owner);
+    }
     Ok(ok(ReplicaSetList {
         replica_sets: all.iter().map(ReplicaSetItem::from).collect(),
     }))
@@ -70,7 +79,7 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<ReplicaSetList> {
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1012, 1013, 1016, 1029, 1037, 1043"), (status = "5XX", body = ErrorReply, description = "1007")))]
 pub async fn patch(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     Body(body): Body<PatchBody>,
 ) -> Reply<ContainerNameReply> {
@@ -94,7 +103,7 @@ pub async fn patch(
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016, 1020, 1021, 1022")))]
 pub async fn rollback(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     Body(body): Body<RollbackBody>,
 ) -> Reply<ContainerNameReply> {
@@ -106,7 +115,7 @@ pub async fn rollback(
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1013, 1014, 1016"), (status = "5XX", body = ErrorReply, description = "1011")))]
 pub async fn restart(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
 ) -> Reply<ContainerNameReply> {
     Ok(ok(new_version(engine.restart(&name).await?)))
@@ -116,7 +125,7 @@ pub async fn restart(
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/stop", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1010")))]
-pub async fn stop(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+pub async fn stop(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.stop(&name).await?;
     Ok(ok(()))
 }
@@ -125,7 +134,7 @@ pub async fn stop(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/pause", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016, 1018")))]
-pub async fn pause(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+pub async fn pause(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.pause(&name).await?;
     Ok(ok(()))
 }
@@ -134,7 +143,7 @@ pub async fn pause(State(engine): State<Arc<Engine>>, Path(name): Path<String>) 
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/continue", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016, 1019")))]
-pub async fn resume(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+pub async fn resume(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.resume(&name).await?;
     Ok(ok(()))
 }
@@ -143,7 +152,7 @@ pub async fn resume(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
 #[utoipa::path(delete, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1005")))]
-pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+pub async fn delete(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.delete(&name).await?;
     Ok(ok(()))
 }
@@ -153,7 +162,7 @@ pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<ExecuteReply>), (status = "4XX", body = ErrorReply, description = "1000, 1006, 1016")))]
 pub async fn execute(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     Body(body): Body<ExecuteBody>,
 ) -> Reply<ExecuteReply> {
@@ -169,7 +178,7 @@ pub async fn execute(
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<CommitReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016"), (status = "5XX", body = ErrorReply, description = "1015")))]
 pub async fn commit(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     Body(body): Body<CommitBody>,
 ) -> Reply<CommitReply> {
@@ -181,12 +190,13 @@ pub async fn commit(
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<InfoReply>), (status = "4XX", body = ErrorReply, description = "1016")))]
-pub async fn info(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<InfoReply> {
+pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<InfoReply> {
     let info = engine.info(&name).await?;
     Ok(ok(InfoReply {
         info: VersionView::new(&engine, &name, &info.version),
         status: status_word(info.replica_set.status),
         timers: (&info.replica_set.timers).into(),
+        owner: info.replica_set.owner.clone(),
     }))
 }
 
@@ -194,10 +204,7 @@ pub async fn info(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}/history", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<HistoryReply>), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1017")))]
-pub async fn history(
-    State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
-) -> Reply<HistoryReply> {
+pub async fn history(Acting(engine): Acting, Path(name): Path<String>) -> Reply<HistoryReply> {
     let versions = engine.history(&name).await?;
     let history = versions
         .iter()

@@ -1,12 +1,10 @@
 //! `/api/v1/resources…`
 
-use std::sync::Arc;
-
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
-use gpu_replica_core::Engine;
 
+use crate::auth::Acting;
 use crate::envelope::{ok, ApiError};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
@@ -20,7 +18,7 @@ use crate::wire::{
     params(("detail" = Option<bool>, Query, description = "Answer with index, name, memory, utilization and holder")),
     responses((status = 200, body = Envelope<GpuAnswer>, description = "`{gpus: {uuid: 0|1}}`, or with `detail=true` `{gpus: [...]}`"), (status = 400, body = ErrorReply, description = "1000: detail is not true or false"), (status = "5XX", body = ErrorReply, description = "1038")))]
 pub async fn gpus(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     query: Result<Query<DetailQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
@@ -38,7 +36,7 @@ pub async fn gpus(
 
 /// Port usage of the configured range.
 #[utoipa::path(get, path = "/api/v1/resources/ports", tag = "resource", responses((status = 200, body = Envelope<PortsReply>)))]
-pub async fn ports(State(engine): State<Arc<Engine>>) -> Result<Response, ApiError> {
+pub async fn ports(Acting(engine): Acting) -> Result<Response, ApiError> {
     let status = engine.port_status().await?;
     Ok(ok(PortsReply {
         ports: PortUsage::from(&status),
@@ -48,7 +46,7 @@ pub async fn ports(State(engine): State<Arc<Engine>>) -> Result<Response, ApiErr
 
 /// What the start-up recovery finished, undid, removed, and which current containers are gone.
 #[utoipa::path(get, path = "/api/v1/status", tag = "resource", responses((status = 200, body = Envelope<StatusReply>)))]
-pub async fn status(State(engine): State<Arc<Engine>>) -> Response {
+pub async fn status(Acting(engine): Acting) -> Response {
     ok(StatusReply {
         recovery: engine.last_recovery().map(RecoveryView::from),
     })

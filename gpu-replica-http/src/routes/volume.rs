@@ -1,17 +1,17 @@
 //! `/api/v1/volumes…`
 
-use std::sync::Arc;
-
-use axum::extract::{Path, State};
-use gpu_replica_core::{Engine, VolumeInfo};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query};
+use gpu_replica_core::VolumeInfo;
 
 use super::Reply;
+use crate::auth::Acting;
 use crate::envelope::{ok, Body};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
-    VolumeCreateBody, VolumeHistoryItem, VolumeHistoryReply, VolumeInfoReply, VolumeItem,
-    VolumeList, VolumeReply, VolumeSizeBody, VolumeView,
+    OwnerQuery, VolumeCreateBody, VolumeHistoryItem, VolumeHistoryReply, VolumeInfoReply,
+    VolumeItem, VolumeList, VolumeReply, VolumeSizeBody, VolumeView,
 };
 
 fn reply(info: VolumeInfo) -> VolumeReply {
@@ -25,7 +25,7 @@ fn reply(info: VolumeInfo) -> VolumeReply {
 #[utoipa::path(post, path = "/api/v1/volumes", tag = "volume", request_body = VolumeCreateBody,
     responses((status = 200, body = Envelope<VolumeReply>), (status = "4XX", body = ErrorReply, description = "1000, 1024, 1026, 1029, 1031, 1032"), (status = "5XX", body = ErrorReply, description = "1023")))]
 pub async fn create(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Body(body): Body<VolumeCreateBody>,
 ) -> Reply<VolumeReply> {
     Ok(ok(reply(
@@ -34,9 +34,18 @@ pub async fn create(
 }
 
 /// Every volume.
-#[utoipa::path(get, path = "/api/v1/volumes", tag = "volume", responses((status = 200, body = Envelope<VolumeList>)))]
-pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<VolumeList> {
-    let all = engine.list_volumes().await?;
+#[utoipa::path(get, path = "/api/v1/volumes", tag = "volume",
+    params(("owner" = Option<String>, Query, description = "Only this user's volumes (a user sees only their own anyway)")),
+    responses((status = 200, body = Envelope<VolumeList>)))]
+pub async fn list(
+    Acting(engine): Acting,
+    query: Result<Query<OwnerQuery>, QueryRejection>,
+) -> Reply<VolumeList> {
+    let Query(query) = query?;
+    let mut all = engine.list_volumes().await?;
+    if let Some(owner) = &query.owner {
+        all.retain(|info| &info.volume.owner == owner);
+    }
     Ok(ok(VolumeList {
         volumes: all.iter().map(VolumeItem::from).collect(),
     }))
@@ -47,7 +56,7 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> Reply<VolumeList> {
     params(("name" = String, Path, description = "Volume name")),
     responses((status = 200, body = Envelope<VolumeReply>), (status = "4XX", body = ErrorReply, description = "1000, 1028, 1029, 1030, 1033"), (status = "5XX", body = ErrorReply, description = "1035")))]
 pub async fn resize(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
     Body(body): Body<VolumeSizeBody>,
 ) -> Reply<VolumeReply> {
@@ -58,7 +67,7 @@ pub async fn resize(
 #[utoipa::path(delete, path = "/api/v1/volumes/{name}", tag = "volume",
     params(("name" = String, Path, description = "Volume name")),
     responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1025, 1033")))]
-pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+pub async fn delete(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.delete_volume(&name).await?;
     Ok(ok(()))
 }
@@ -67,10 +76,7 @@ pub async fn delete(State(engine): State<Arc<Engine>>, Path(name): Path<String>)
 #[utoipa::path(get, path = "/api/v1/volumes/{name}", tag = "volume",
     params(("name" = String, Path, description = "Volume name")),
     responses((status = 200, body = Envelope<VolumeInfoReply>), (status = "4XX", body = ErrorReply, description = "1033")))]
-pub async fn info(
-    State(engine): State<Arc<Engine>>,
-    Path(name): Path<String>,
-) -> Reply<VolumeInfoReply> {
+pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<VolumeInfoReply> {
     let info = engine.volume_info(&name).await?;
     Ok(ok(VolumeInfoReply {
         info: VolumeView::from(&info.version),
@@ -82,7 +88,7 @@ pub async fn info(
     params(("name" = String, Path, description = "Volume name")),
     responses((status = 200, body = Envelope<VolumeHistoryReply>), (status = "4XX", body = ErrorReply, description = "1033"), (status = "5XX", body = ErrorReply, description = "1034")))]
 pub async fn history(
-    State(engine): State<Arc<Engine>>,
+    Acting(engine): Acting,
     Path(name): Path<String>,
 ) -> Reply<VolumeHistoryReply> {
     let versions = engine.volume_history(&name).await?;

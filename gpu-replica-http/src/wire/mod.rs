@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod users;
+
+pub use self::users::*;
+
 /// A mount: a volume name, or an absolute host path.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BindBody {
@@ -306,6 +310,12 @@ pub struct EventView {
     pub kind: String,
     /// ReplicaSet or volume name (empty for recovery).
     pub target: String,
+    /// Who did it (`admin` also for what the server does by itself: timers, recovery).
+    #[serde(default)]
+    pub actor: String,
+    /// Whom the target belongs to.
+    #[serde(default)]
+    pub owner: String,
     /// Whether it succeeded.
     pub ok: bool,
     /// What came of it, or why it failed.
@@ -319,6 +329,8 @@ impl From<Event> for EventView {
             time: e.time,
             kind: e.kind,
             target: e.target,
+            actor: e.actor,
+            owner: e.owner,
             ok: e.ok,
             message: e.message,
         }
@@ -532,6 +544,9 @@ pub struct InfoReply {
     pub status: String,
     /// Timers that stop the set (beyond the contract).
     pub timers: TimersView,
+    /// The user it belongs to (beyond the contract).
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// One history entry.
@@ -592,6 +607,9 @@ pub struct ReplicaSetItem {
     pub ports: BTreeMap<String, u16>,
     /// Creation time of the current version.
     pub create_time: String,
+    /// The user it belongs to.
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl From<&ReplicaSetInfo> for ReplicaSetItem {
@@ -614,6 +632,7 @@ impl From<&ReplicaSetInfo> for ReplicaSetItem {
                 .map(|p| (p.container_port.clone(), p.host_port))
                 .collect(),
             create_time: info.version.created_at.clone(),
+            owner: info.replica_set.owner.clone(),
         }
     }
 }
@@ -719,6 +738,9 @@ pub struct VolumeItem {
     pub size_enforced: bool,
     /// When the current version was created.
     pub create_time: String,
+    /// The user it belongs to.
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl From<&VolumeInfo> for VolumeItem {
@@ -730,6 +752,7 @@ impl From<&VolumeInfo> for VolumeItem {
             size: info.version.size.clone(),
             size_enforced: info.version.size_enforced,
             create_time: info.version.created_at.clone(),
+            owner: info.volume.owner.clone(),
         }
     }
 }

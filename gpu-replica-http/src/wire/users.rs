@@ -1,0 +1,324 @@
+//! Bodies of the routes beyond the contract that share one server among users: accounts,
+//! quotas and the GPU-time report.
+
+use gpu_replica_core::{
+    parse_size, Error, Holdings, NewUser, Quota, QuotaChange, Role, UsageReport, UserInfo,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+/// `Some(None)` for an explicit `null`, `None` when the field is absent.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// `POST /api/v1/users`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAddBody {
+    /// Name, `[A-Za-z0-9][A-Za-z0-9_.]*`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.]*$", max_length = 128)]
+    pub name: String,
+    /// An admin sees and acts on everything and manages users (default false).
+    #[serde(default)]
+    pub admin: bool,
+    /// GPUs held at once (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gpus: Option<u32>,
+    /// ReplicaSets (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sets: Option<u32>,
+    /// Total size of volumes, `500GB` (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_volume_size: Option<String>,
+}
+
+impl UserAddBody {
+    /// The core's request.
+    pub fn to_new_user(&self) -> Result<NewUser, Error> {
+        Ok(NewUser {
+            name: self.name.clone(),
+            admin: self.admin,
+            quota: Quota {
+                max_gpus: self.max_gpus,
+                max_sets: self.max_sets,
+                max_volume_bytes: self
+                    .max_volume_size
+                    .as_deref()
+                    .map(parse_size)
+                    .transpose()?,
+            },
+        })
+    }
+}
+
+/// `PATCH /api/v1/users/{name}/quota`: a field left out stays as it is, `null` removes the
+/// limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaBody {
+    /// GPUs held at once.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<u32>)]
+    pub max_gpus: Option<Option<u32>>,
+    /// ReplicaSets.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<u32>)]
+    pub max_sets: Option<Option<u32>>,
+    /// Total size of volumes, `500GB`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub max_volume_size: Option<Option<String>>,
+}
+
+impl QuotaBody {
+    /// The core's change.
+    pub fn to_change(&self) -> Result<QuotaChange, Error> {
+        let bytes = match &self.max_volume_size {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(size)) => Some(Some(parse_size(size)?)),
+        };
+        Ok(QuotaChange {
+            max_gpus: self.max_gpus,
+            max_sets: self.max_sets,
+            max_volume_bytes: bytes,
+        })
+    }
+}
+
+/// A user's limits; a missing field is no limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaView {
+    /// GPUs held at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gpus: Option<u32>,
+    /// ReplicaSets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sets: Option<u32>,
+    /// Total bytes of volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_volume_bytes: Option<u64>,
+}
+
+/// What a user holds now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldingsView {
+    /// GPUs claimed by their replicaSets.
+    pub gpus: u32,
+    /// Their replicaSets.
+    pub sets: u32,
+    /// Bytes of their volumes.
+    pub volume_bytes: u64,
+}
+
+/// One user.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    /// Name.
+    pub name: String,
+    /// `admin` or `user`.
+    pub role: String,
+    /// Limits.
+    pub quota: QuotaView,
+    /// What they hold now.
+    pub holdings: HoldingsView,
+    /// When they were added (empty for the built-in admin).
+    pub create_time: String,
+}
+
+impl From<&UserInfo> for UserView {
+    fn from(user: &UserInfo) -> UserView {
+        let Quota {
+            max_gpus,
+            max_sets,
+            max_volume_bytes,
+        } = user.quota;
+        let Holdings {
+            gpus,
+            sets,
+            volume_bytes,
+        } = user.holdings;
+        UserView {
+            name: user.name.clone(),
+            role: match user.role {
+                Role::Admin => "admin".into(),
+                Role::User => "user".into(),
+            },
+            quota: QuotaView {
+                max_gpus,
+                max_sets,
+                max_volume_bytes,
+            },
+            holdings: HoldingsView {
+                gpus,
+                sets,
+                volume_bytes,
+            },
+            create_time: user.created_at.clone(),
+        }
+    }
+}
+
+/// `{user}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserReply {
+    /// The user.
+    pub user: UserView,
+}
+
+/// `{user, token}`: the token is shown here once and never again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserTokenReply {
+    /// The user.
+    pub user: UserView,
+    /// Their token: `Authorization: Bearer <token>`.
+    pub token: String,
+}
+
+/// `{token}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenReply {
+    /// The new token; the old one no longer works.
+    pub token: String,
+}
+
+/// `{users}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    /// Every user, by name.
+    pub users: Vec<UserView>,
+}
+
+/// `?owner=NAME` on lists (admins; a user sees only their own anyway).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct OwnerQuery {
+    /// Only this user's objects.
+    pub owner: Option<String>,
+}
+
+/// `?from=&to=&owner=` of `GET /api/v1/usage`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct UsageQueryParams {
+    /// Start: RFC 3339 (`2026-11-01T00:00:00Z`) or seconds since the epoch (default: the
+    /// beginning).
+    pub from: Option<String>,
+    /// End, the same forms (default: now).
+    pub to: Option<String>,
+    /// Only this user's (admins).
+    pub owner: Option<String>,
+}
+
+/// A time as RFC 3339 or seconds since the epoch.
+pub fn parse_instant(what: &str, text: &str) -> Result<i64, Error> {
+    if let Ok(secs) = text.trim().parse::<i64>() {
+        return Ok(secs);
+    }
+    time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| {
+            Error::InvalidParams(format!(
+                "{what} '{text}' is neither RFC 3339 (2026-11-01T00:00:00Z) nor seconds since 1970"
+            ))
+        })
+}
+
+/// GPU-time of one replicaSet.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetUsageView {
+    /// Its owner.
+    pub owner: String,
+    /// Its name (a deleted set keeps its line).
+    pub replica_set: String,
+    /// Its immutable id (a name used again is another set).
+    pub id: String,
+    /// GPU-seconds in the period.
+    pub gpu_seconds: f64,
+    /// GPU-hours in the period.
+    pub gpu_hours: f64,
+    /// GPUs it holds at the end of the period.
+    pub gpus_at_end: i64,
+}
+
+/// GPU-time of one user.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserUsageView {
+    /// The user.
+    pub owner: String,
+    /// GPU-seconds in the period.
+    pub gpu_seconds: f64,
+    /// GPU-hours in the period.
+    pub gpu_hours: f64,
+}
+
+/// `{from, to, users, replicaSets}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReply {
+    /// Start of the period, RFC 3339.
+    pub from: String,
+    /// End of the period, RFC 3339.
+    pub to: String,
+    /// Per user.
+    pub users: Vec<UserUsageView>,
+    /// Per replicaSet.
+    pub replica_sets: Vec<SetUsageView>,
+}
+
+impl From<&UsageReport> for UsageReply {
+    fn from(report: &UsageReport) -> UsageReply {
+        UsageReply {
+            from: gpu_replica_core::model::rfc3339(report.from),
+            to: gpu_replica_core::model::rfc3339(report.to),
+            users: report
+                .users
+                .iter()
+                .map(|u| UserUsageView {
+                    owner: u.owner.clone(),
+                    gpu_seconds: u.gpu_seconds,
+                    gpu_hours: u.gpu_seconds / 3600.0,
+                })
+                .collect(),
+            replica_sets: report
+                .replica_sets
+                .iter()
+                .map(|s| SetUsageView {
+                    owner: s.owner.clone(),
+                    replica_set: s.replica_set.clone(),
+                    id: s.id.clone(),
+                    gpu_seconds: s.gpu_seconds,
+                    gpu_hours: s.gpu_seconds / 3600.0,
+                    gpus_at_end: s.gpus_at_end,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `{name, role}` of `GET /api/v1/whoami`, with quota and holdings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoamiReply {
+    /// Who the token belongs to.
+    pub user: UserView,
+}

@@ -785,7 +785,14 @@ fn print(answer: &Answer) {
                 })
                 .collect();
             table::print(
-                &["NAME", "VERSION", "DOCKER VOLUME", "SIZE", "CREATED", "OWNER"],
+                &[
+                    "NAME",
+                    "VERSION",
+                    "DOCKER VOLUME",
+                    "SIZE",
+                    "CREATED",
+                    "OWNER",
+                ],
                 &rows,
             );
         }

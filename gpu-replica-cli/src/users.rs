@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use gpu_replica_http::wire::{
-    QuotaBody, QuotaView, TokenReply, UsageReply, UserAddBody, UserList, UserReply,
-    UserTokenReply, UserView, WhoamiReply,
+    QuotaBody, QuotaView, TokenReply, UsageReply, UserAddBody, UserList, UserReply, UserTokenReply,
+    UserView, WhoamiReply,
 };
 use hyper::Method;
 use serde::Serialize;
@@ -62,7 +62,10 @@ pub enum UserCommand {
 }
 
 /// `none` → `Some(None)`, a number → `Some(Some(n))`.
-fn limit<T: std::str::FromStr>(what: &str, text: Option<String>) -> Result<Option<Option<T>>, ClientError> {
+fn limit<T: std::str::FromStr>(
+    what: &str,
+    text: Option<String>,
+) -> Result<Option<Option<T>>, ClientError> {
     match text.as_deref() {
         None => Ok(None),
         Some("none" | "unlimited") => Ok(Some(None)),
@@ -118,14 +121,15 @@ fn print_users(users: &[UserView]) {
             ]
         })
         .collect();
-    table::print(
-        &["NAME", "ROLE", "GPUS", "SETS", "VOLUMES", "ADDED"],
-        &rows,
-    );
+    table::print(&["NAME", "ROLE", "GPUS", "SETS", "VOLUMES", "ADDED"], &rows);
 }
 
 /// Runs one `user` command.
-pub async fn user(client: &Client, command: UserCommand, as_json: bool) -> Result<ExitCode, ClientError> {
+pub async fn user(
+    client: &Client,
+    command: UserCommand,
+    as_json: bool,
+) -> Result<ExitCode, ClientError> {
     use UserCommand as U;
     let path = |name: &str| format!("/api/v1/users/{name}");
     let none = None::<&()>;
@@ -280,7 +284,13 @@ pub async fn usage(
             }))
             .collect();
         table::print(
-            &["OWNER", "REPLICASET", "GPU-SECONDS", "GPU-HOURS", "GPUS NOW"],
+            &[
+                "OWNER",
+                "REPLICASET",
+                "GPU-SECONDS",
+                "GPU-HOURS",
+                "GPUS NOW",
+            ],
             &rows,
         );
     }

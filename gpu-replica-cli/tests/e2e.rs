@@ -644,7 +644,14 @@ async fn the_cli_drives_the_lifecycle() {
 fn a_public_address_needs_insecure() {
     let dir = data_dir();
     let out = Command::new(BIN)
-        .args(["serve", "--addr", "0.0.0.0:0", "--gpus", "none", "--data-dir"])
+        .args([
+            "serve",
+            "--addr",
+            "0.0.0.0:0",
+            "--gpus",
+            "none",
+            "--data-dir",
+        ])
         .arg(&dir)
         .output()
         .unwrap();

@@ -3,7 +3,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::routes::{self, events, instance, replicaset, resources, volume};
+use crate::routes::{self, events, instance, replicaset, resources, users, volume};
 use crate::wire;
 
 /// The OpenAPI document of this server.
@@ -42,6 +42,15 @@ use crate::wire;
         instance::logs,
         instance::stats,
         events::events,
+        resources::status,
+        users::add,
+        users::list,
+        users::info,
+        users::remove,
+        users::reset_token,
+        users::quota,
+        users::whoami,
+        users::usage,
     ),
     components(schemas(
         wire::RunBody,
@@ -88,6 +97,21 @@ use crate::wire;
         wire::StatsReply,
         wire::EventView,
         wire::SseItem,
+        wire::StatusReply,
+        wire::RecoveryView,
+        wire::UserAddBody,
+        wire::QuotaBody,
+        wire::QuotaView,
+        wire::HoldingsView,
+        wire::UserView,
+        wire::UserReply,
+        wire::UserTokenReply,
+        wire::TokenReply,
+        wire::UserList,
+        wire::WhoamiReply,
+        wire::UsageReply,
+        wire::UserUsageView,
+        wire::SetUsageView,
     ))
 )]
 pub struct ApiDoc;
@@ -107,8 +131,11 @@ pub fn spec() -> utoipa::openapi::OpenApi {
          Every answer is `{{code, msg, data}}`. Codes: {}.\n\n\
          HTTP status: 400 bad input (replicaSet and volume names are `[A-Za-z0-9][A-Za-z0-9_.]*`, \
          at most 128 characters; image names follow Docker's reference grammar), 401 missing or \
-         wrong bearer token, 403 refused by the operator's policy (1037: a host path or a \
-         volume not allowed), 404 not found (a replicaSet, a volume, or the image: 1036), 409 conflict with the present state or with a \
+         wrong bearer token (the server's own, or a user's `grp-NAME-…`), 403 refused by the \
+         operator's policy (1037: a host path or a volume not allowed; 1048: over the user's \
+         quota; 1049: admins only), 404 not found (a replicaSet, a volume, or the image: 1036; \
+         another user's replicaSet or volume answers exactly as a missing one), 429 too many \
+         failed authentications from this address (1050; retry after a second), 409 conflict with the present state or with a \
          concurrent request (1046; execute on a set whose container is not running is 409), \
          500 an operation failed through our fault, 503 a dependency (Docker, the store, NVML) \
          is down or failing (1041). A JSON body is read as JSON when the Content-Type is \

@@ -214,19 +214,15 @@ pub fn spawn_with(
         command.env("GPU_REPLICA_FAILPOINT", failpoint);
     }
     command.args(["serve", "--gpus", "fake:4", "--gpu-attach", "env"]);
+    if !env.iter().any(|(k, _)| k == "GPU_REPLICA_LOG_LEVEL") {
+        command.args(["--log-level", "info"]);
+    }
     // No stop grace (the test image's sh ignores SIGTERM), unless the test sets one.
     if !env.iter().any(|(k, _)| k == "GPU_REPLICA_STOP_TIMEOUT") {
         command.args(["--stop-timeout", "0"]);
     }
     command
-        .args([
-            "--addr",
-            addr,
-            "--label",
-            "io.gpu-replica.test=1",
-            "--log-level",
-            "info",
-        ])
+        .args(["--addr", addr, "--label", "io.gpu-replica.test=1"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--port-range", port_range])
@@ -289,6 +285,35 @@ pub fn http_typed(
         status,
         serde_json::from_str(payload).unwrap_or_else(|_| panic!("not JSON: {answer}")),
     )
+}
+
+/// One HTTP/1.1 request with a bearer token (when given); returns the status, the headers and
+/// the body as text (an event stream is not JSON).
+pub fn http_as(
+    addr: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let (head, payload) = answer.split_once("\r\n\r\n").unwrap();
+    (status, head.to_string(), payload.to_string())
 }
 
 pub fn data_dir() -> PathBuf {

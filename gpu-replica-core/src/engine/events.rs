@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::engine::{encode, Engine};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::ReplicaSetInfo;
 use crate::store::Txn;
@@ -164,16 +164,13 @@ impl Engine {
         // Read before: a delete takes the record that says whose it was.
         let owner = self.owner_of(kind, target).await;
         let result = op.await;
+        // A request on an object that is not there (or not the caller's) changed nothing.
+        if matches!(result, Err(Error::NotFound(_) | Error::VolumeNotFound(_))) {
+            return result;
+        }
         let (ok, message) = match &result {
             Ok(value) => (true, describe(value)),
             Err(e) => (false, e.to_string()),
-        };
-        // A user who asked about another's object learns nothing from the log either: the
-        // event is theirs, and says what they were told (not found).
-        let owner = if self.caller.may_reach(&owner) {
-            owner
-        } else {
-            self.caller.name.clone()
         };
         self.emit_for(&owner, kind, target, ok, message).await;
         result

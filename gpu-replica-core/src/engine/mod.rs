@@ -210,8 +210,11 @@ impl Engine {
     }
 
     /// What the last [`Engine::recover`] finished, undid, removed and found missing; `None`
-    /// before it ran.
+    /// before it ran, and for callers who are not admins (it names everyone's sets).
     pub fn last_recovery(&self) -> Option<crate::Recovery> {
+        if !self.caller.is_admin() {
+            return None;
+        }
         self.shared
             .last_recovery
             .lock()

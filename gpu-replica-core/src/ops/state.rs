@@ -137,6 +137,12 @@ impl Engine {
         let (mut head, revision) = self.head(name).await?;
         let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
         let reclaimed = head.status == Status::Stopped;
+        let quota = if reclaimed {
+            self.check_quota(&head.owner, Holdings::gpus(head.gpus.len()))
+                .await?
+        } else {
+            Default::default()
+        };
         if reclaimed {
             let gpu_holders = self.gpu_holders().await?;
             let port_holders = self.port_holders().await?;
@@ -168,9 +174,6 @@ impl Engine {
         head.status = Status::Running;
         head.pending = Some(Intent::Continue { reclaimed });
         let txn = if reclaimed {
-            let quota = self
-                .check_quota(&head.owner, Holdings::gpus(head.gpus.len()))
-                .await?;
             self.claim(quota.apply(Txn::new()), &head, &head.gpus, &ports)
         } else {
             Txn::new()

@@ -88,7 +88,12 @@ impl Engine {
             Some(o) => keys::gpu_times_of(o),
             None => keys::GPU_TIMES.to_string(),
         };
-        let (from_us, to_us) = (from as u64 * 1_000_000, to as u64 * 1_000_000);
+        // Without an end, up to this very microsecond.
+        let from_us = from as u64 * 1_000_000;
+        let to_us = match query.to {
+            Some(to) => to as u64 * 1_000_000,
+            None => now,
+        };
         // Keys are `gpu-time/{owner}/{id}/{at}.{unique}`: each set's records come together,
         // in time order.
         let mut sets: BTreeMap<(String, String), (String, Vec<GpuTime>)> = BTreeMap::new();

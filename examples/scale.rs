@@ -242,6 +242,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "port status                    {:>10.3} ms",
         port_status.as_secs_f64() * 1e3
     );
+    // What a claim under a quota reads on top: the owner's holdings among every set.
+    let quota_user = format!("quota{}", std::process::id());
+    engine
+        .add_user(gpu_replica_core::NewUser {
+            name: quota_user.clone(),
+            quota: gpu_replica_core::Quota {
+                max_gpus: Some(8),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await?;
+    let holdings = median(21, || engine.user_info(&quota_user)).await;
+    println!(
+        "quota check (holdings)         {:>10.3} ms",
+        holdings.as_secs_f64() * 1e3
+    );
+    engine.remove_user(&quota_user).await?;
     println!(
         "RSS after start and reads      {:>10.1} MB (before start {rss_before:.1} MB)",
         rss_mb()

@@ -263,6 +263,13 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         }
         None if users => {
             tracing::info!("users exist: a user's token is required on every route but /ping");
+            let admins = engine.users().await.map_err(|e| e.to_string())?;
+            if !admins
+                .iter()
+                .any(|u| u.role == gpu_replica_core::Role::Admin)
+            {
+                tracing::warn!("no user is an admin and there is no --token: nobody can manage users; start with --token to add an admin");
+            }
             gpu_replica_http::router(engine.clone())
         }
         None => {

@@ -11,6 +11,13 @@
 //! `EtcdStore` with the `etcd` feature) and a [`GpuInventory`] ([`NvmlInventory`] or
 //! [`StaticInventory`]). Frontends hold an `Arc<Engine>` and call its typed async methods.
 //!
+//! The engine [`Engine::new`] returns acts for the built-in admin. [`Engine::as_caller`] gives a
+//! handle on the same engine acting for a user ([`Caller`]): they reach their own replicaSets and
+//! volumes only (another user's answer as missing), within their [`Quota`], checked in the same
+//! transaction as the claims. Users and their tokens live in the store ([`Engine::add_user`],
+//! [`Engine::authenticate`]); GPU-time is recorded with every claim change and reported by
+//! [`Engine::usage`].
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use gpu_replica_core::{DockerRuntime, Engine, EngineConfig, RedbStore, RunRequest, StaticInventory};

@@ -181,22 +181,30 @@ async fn with_a_token_every_route_but_ping_needs_it() {
         EngineConfig::default(),
     );
     let app = gpu_replica_http::router_with_token(Arc::new(engine), "s3cret".into());
-    let send = |auth: Option<&str>, path: &str| {
-        let mut request = Request::builder().uri(path);
+    // Each case from an address of its own: failures are limited per address.
+    let send_from = |client: u8, auth: Option<&str>, path: &str| {
+        let address = std::net::SocketAddr::from(([127, 0, 0, client], 40000));
+        let mut request = Request::builder()
+            .uri(path)
+            .extension(axum::extract::ConnectInfo(address));
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
         }
         app.clone().oneshot(request.body(Body::empty()).unwrap())
     };
+    let send = |auth: Option<&str>, path: &str| send_from(1, auth, path);
     assert_eq!(send(None, "/ping").await.unwrap().status(), StatusCode::OK);
-    for auth in [
+    for (client, auth) in [
         None,
         Some("Bearer wrong"),
         Some("s3cret"),
         Some("Bearer s3cre"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         for path in ["/api/v1/resources/gpus", "/openapi.json", "/api/v1/nothing"] {
-            let response = send(auth, path).await.unwrap();
+            let response = send_from(10 + client as u8, auth, path).await.unwrap();
             assert_eq!(
                 response.status(),
                 StatusCode::UNAUTHORIZED,
@@ -211,6 +219,28 @@ async fn with_a_token_every_route_but_ping_needs_it() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // Past a burst of failures an address is told to wait, even with the right token; others
+    // are not.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(
+            send_from(2, Some("Bearer wrong"), "/openapi.json")
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert_eq!(statuses[11], StatusCode::TOO_MANY_REQUESTS);
+    let limited = send_from(2, Some("Bearer s3cret"), "/openapi.json")
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers()["retry-after"], "1");
+    let other = send_from(3, Some("Bearer s3cret"), "/openapi.json")
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -68,9 +68,7 @@ impl Server {
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if TcpStream::connect(&self.addr).is_ok()
-                && http(&self.addr, "GET", "/ping", None).1["code"] == 200
-            {
+            if pong(&self.addr) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -244,6 +242,21 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether `/ping` answers; a connection refused or reset (the server is still starting) is
+/// a no.
+fn pong(addr: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET /ping HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    stream.write_all(request.as_bytes()).is_ok()
+        && stream.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+        && answer.contains("pong")
 }
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.

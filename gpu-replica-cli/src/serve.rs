@@ -14,9 +14,58 @@ use gpu_replica_core::{
 /// Settings of the server; every flag has a `GPU_REPLICA_*` environment twin.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Non-loopback addresses need --insecure.
-    #[arg(long, env = "GPU_REPLICA_ADDR", default_value = "127.0.0.1:2378")]
-    addr: SocketAddr,
+    /// Address to listen on: HOST:PORT, or unix:PATH for a Unix socket. A non-loopback address
+    /// needs TLS (--tls-cert/--tls-key) or --insecure.
+    #[arg(long, env = "GPU_REPLICA_ADDR", default_value = "127.0.0.1:2378", value_parser = parse_addr)]
+    addr: Addr,
+    /// Group that may use the Unix socket (it is created with mode 0660).
+    #[arg(long, env = "GPU_REPLICA_SOCKET_GROUP")]
+    socket_group: Option<String>,
+    /// Server certificate chain (PEM): the server speaks HTTPS. SIGHUP reloads it.
+    #[arg(long, env = "GPU_REPLICA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "GPU_REPLICA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: clients must present one (mutual
+    /// TLS).
+    #[arg(long, env = "GPU_REPLICA_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Longest a client may take to send a request head (30s).
+    #[arg(long, env = "GPU_REPLICA_HEADER_TIMEOUT", default_value = "30s", value_parser = duration)]
+    header_timeout: u64,
+    /// Longest a client may take to send a request body, from its head (60s); then 408.
+    #[arg(long, env = "GPU_REPLICA_BODY_TIMEOUT", default_value = "60s", value_parser = duration)]
+    body_timeout: u64,
+    /// Longest a connection may sit idle before it is closed (60s).
+    #[arg(long, env = "GPU_REPLICA_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    idle_timeout: u64,
+    /// Connections held at once (default: the open-files limit minus 256 kept for Docker and
+    /// the store); past it, new connections wait.
+    #[arg(long, env = "GPU_REPLICA_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// On SIGTERM, how long requests in flight may take to finish (30s).
+    #[arg(long, env = "GPU_REPLICA_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    shutdown_timeout: u64,
+    /// Log lines as text (coloured on a terminal, unless NO_COLOR is set) or json (one object
+    /// per line).
+    #[arg(long, env = "GPU_REPLICA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// CA certificate (PEM) of the etcd servers: talk to etcd over TLS.
+    #[arg(long, env = "GPU_REPLICA_ETCD_CACERT")]
+    etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, env = "GPU_REPLICA_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Key of --etcd-cert (PEM).
+    #[arg(long, env = "GPU_REPLICA_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user; the password comes from GPU_REPLICA_ETCD_PASSWORD or --etcd-password-file.
+    #[arg(long, env = "GPU_REPLICA_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// File holding the etcd password (trailing whitespace ignored).
+    #[arg(long, env = "GPU_REPLICA_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// Folder for state; the redb file lives here.
     #[arg(
         long,
@@ -69,7 +118,7 @@ pub struct ServeArgs {
     /// File holding the bearer token (instead of --token; trailing whitespace ignored).
     #[arg(long, env = "GPU_REPLICA_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// Allow a non-loopback address without a token.
+    /// Allow a non-loopback address over plain HTTP (tokens then cross the network in clear).
     #[arg(long, env = "GPU_REPLICA_INSECURE")]
     insecure: bool,
     /// Extra label KEY=VALUE on every container, image and volume created (repeatable).
@@ -175,14 +224,101 @@ fn open_inventory(spec: &str) -> Result<Arc<dyn GpuInventory>, String> {
     }
 }
 
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix socket path.
+    Unix(PathBuf),
+}
+
+fn parse_addr(text: &str) -> Result<Addr, String> {
+    match text.strip_prefix("unix:") {
+        Some("") => Err("unix: needs a socket path (unix:/run/gpu-replica.sock)".into()),
+        Some(path) => Ok(Addr::Unix(PathBuf::from(path))),
+        None => text
+            .parse()
+            .map(Addr::Tcp)
+            .map_err(|e| format!("'{text}' is neither HOST:PORT nor unix:PATH: {e}")),
+    }
+}
+
+/// Logs to stdout: text (coloured only on a terminal and without NO_COLOR) or JSON lines.
+fn init_logging(args: &ServeArgs) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .map_err(|e| format!("--log-level: {e}"))?;
+    let colour = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        builder.json().with_ansi(false).init();
+    } else {
+        builder.with_ansi(colour).init();
+    }
+    Ok(())
+}
+
+/// The group id of `name`, from /etc/group (or a number).
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let group = fields.next()?;
+            let gid = fields.nth(1)?.parse().ok()?;
+            (group == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("--socket-group: no group '{name}'"))
+}
+
+/// Binds a Unix socket at `path`: a stale socket file is replaced only if nothing answers on
+/// it; the socket gets mode 0660 and, when given, the group.
+fn bind_unix(path: &std::path::Path, group: Option<&str>) -> Result<tokio::net::UnixListener, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!("something already listens on {}", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(group) = group {
+        std::os::unix::fs::chown(path, None, Some(group_id(group)?))
+            .map_err(|e| format!("--socket-group {group}: {e}"))?;
+    }
+    Ok(listener)
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP; a bad file keeps the old ones.
+fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls) {
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Err(e) => tracing::error!("SIGHUP: TLS not reloaded, the old certificate stays: {e}"),
+            }
+        }
+    });
+}
+
 /// Runs the server until SIGINT or SIGTERM; with a token, every route but /ping needs it.
 pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&args.log_level)
-                .map_err(|e| format!("--log-level: {e}"))?,
-        )
-        .init();
+    init_logging(&args)?;
     let token = match (&args.token_file, token) {
         (Some(path), _) => Some(
             std::fs::read_to_string(path)
@@ -195,6 +331,39 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     if token.as_deref() == Some("") {
         return Err("the token is empty".into());
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            gpu_replica_http::ReloadableTls::new(gpu_replica_http::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            })
+            .map_err(|e| format!("TLS: {e}"))?,
+        ),
+        _ => None,
+    };
+    if let Addr::Tcp(addr) = &args.addr {
+        if !addr.ip().is_loopback() && tls.is_none() && !args.insecure {
+            return Err(format!(
+                "refusing to serve plain HTTP on {addr}: off loopback every token would cross the \
+                 network in clear and be given away to anyone on the path; give --tls-cert and \
+                 --tls-key, listen on a loopback address or a unix: socket, or pass --insecure"
+            ));
+        }
+    }
+    let open_files = match gpu_replica_http::serve::raise_open_files_limit() {
+        Ok((before, now, hard)) => {
+            tracing::info!("open files: soft limit {before} raised to {now} (hard limit {hard})");
+            now
+        }
+        Err(e) => {
+            tracing::warn!("open files limit not raised: {e}");
+            1024
+        }
+    };
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| gpu_replica_http::serve::default_max_connections(open_files));
     let mut docker = DockerRuntime::connect().await.map_err(|e| e.to_string())?;
     if let Some(image) = &args.copy_image {
         docker = docker.with_copy_image(image);
@@ -238,12 +407,6 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     );
     let engine = Arc::new(Engine::new(Arc::new(docker), store, inventory, config));
     let users = engine.has_users().await.map_err(|e| e.to_string())?;
-    if !args.addr.ip().is_loopback() && token.is_none() && !users && !args.insecure {
-        return Err(format!(
-            "refusing to listen on {} without a token: give --token or --token-file, add users, use a loopback address, or --insecure",
-            args.addr
-        ));
-    }
     // Finish or undo what a crash left in flight before taking new requests.
     let recovery = engine
         .recover()
@@ -252,10 +415,33 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     tracing::info!("recovery: {recovery}");
     let _timers = engine.spawn_timers();
     let _reconciler = engine.spawn_reconciler();
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
-    tracing::info!("listening on http://{}", args.addr);
+    let listener = match &args.addr {
+        Addr::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!("listening on {scheme}://{addr}");
+            gpu_replica_http::Listener::Tcp(listener)
+        }
+        Addr::Unix(path) => {
+            let listener = bind_unix(path, args.socket_group.as_deref())?;
+            tracing::info!("listening on unix:{} (mode 0660)", path.display());
+            gpu_replica_http::Listener::Unix(listener)
+        }
+    };
+    if let Some(tls) = &tls {
+        if tls.requires_client_certificates() {
+            tracing::info!("TLS: client certificates required (--tls-client-ca)");
+        }
+        reload_on_hangup(tls.clone());
+    }
+    tracing::info!(
+        "connections: at most {max_connections}; head within {}s, body within {}s, idle {}s",
+        args.header_timeout,
+        args.body_timeout,
+        args.idle_timeout
+    );
     let app = match token {
         Some(token) => {
             tracing::info!("a token is required on every route but /ping: the server's own (admin) or a user's");
@@ -277,16 +463,25 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             gpu_replica_http::router(engine.clone())
         }
     };
-    // Client addresses, for limiting failed authentications per address.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Followed logs and event streams end, so the shutdown is not held open.
-            engine.close();
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let options = gpu_replica_http::ServeOptions {
+        header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        max_connections,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        tls,
+    };
+    let closing = engine.clone();
+    gpu_replica_http::serve(listener, app, options, async move {
+        shutdown_signal().await;
+        // Followed logs and event streams end, so the shutdown is not held open.
+        closing.close();
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Addr::Unix(path) = &args.addr {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -305,5 +500,5 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         _ = terminate.recv() => {}
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutting down: closing idle connections, finishing requests in flight");
 }

@@ -154,8 +154,29 @@ impl IntoResponse for ApiError {
             msg: self.0.to_string(),
             data: None,
         };
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a late body may still come: the connection cannot be reused.
+            return (
+                status,
+                [(axum::http::header::CONNECTION, "close")],
+                Json(body),
+            )
+                .into_response();
+        }
         (status, Json(body)).into_response()
     }
+}
+
+/// Whether a body rejection comes from the body's deadline (see [`crate::serve`]).
+fn timed_out(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(error) = source {
+        if error.is::<crate::serve::BodyTimedOut>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The answer to a request whose handler panicked: our fault, said as such (500, code 500).
@@ -242,7 +263,13 @@ where
         }
         let bytes = axum::body::Bytes::from_request(request, state)
             .await
-            .map_err(|_| {
+            .map_err(|rejection| {
+                if timed_out(&rejection) {
+                    return ApiError::new(Error::InvalidParams(
+                        "the request body did not arrive within the body timeout".into(),
+                    ))
+                    .with_status(StatusCode::REQUEST_TIMEOUT);
+                }
                 ApiError::new(Error::InvalidParams(format!(
                     "request body larger than {} bytes",
                     crate::BODY_LIMIT

@@ -19,6 +19,8 @@ mod auth;
 mod envelope;
 mod openapi;
 mod routes;
+pub mod serve;
+pub mod tls;
 pub mod wire;
 
 use std::sync::Arc;
@@ -35,6 +37,8 @@ use tracing::Level;
 
 pub use crate::envelope::{ApiError, Envelope};
 pub use crate::openapi::ApiDoc;
+pub use crate::serve::{serve, Listener, ServeOptions};
+pub use crate::tls::{ReloadableTls, TlsFiles};
 
 /// Largest request body accepted (the contract's bodies are a few hundred bytes).
 pub const BODY_LIMIT: usize = 64 * 1024;

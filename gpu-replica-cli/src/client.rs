@@ -5,8 +5,13 @@ use std::fmt;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 /// What can go wrong talking to the server.
@@ -32,21 +37,125 @@ impl fmt::Display for ClientError {
     }
 }
 
+/// How the CLI checks the server's certificate and proves its own (HTTPS only).
+#[derive(Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// CA certificates (PEM) to trust instead of the system's.
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require one.
+    pub cert: Option<PathBuf>,
+    /// Its key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+type NetClient =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type UnixClient = hyper_util::client::legacy::Client<hyperlocal::UnixConnector, Full<Bytes>>;
+
+/// What requests travel over.
+enum Transport {
+    /// HTTP or HTTPS.
+    Net(NetClient),
+    /// A Unix socket at this path.
+    Unix(UnixClient, PathBuf),
+}
+
+/// Every error of a chain, outermost first: a TLS failure says which certificate problem.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ClientError::Transport(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ClientError::Transport(format!(
+            "{}: holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn tls_config(tls: &TlsArgs) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.cacert {
+        Some(path) => {
+            for cert in read_certificates(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::Transport(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Transport(e.to_string()))?
+        .with_root_certificates(roots);
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let chain = read_certificates(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| ClientError::Transport(format!("{}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| ClientError::Transport(format!("--cert/--key: {e}")))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(ClientError::Transport(
+            "--cert and --key go together".into(),
+        )),
+    }
+}
+
 /// A client for one server.
 pub struct Client {
     base: String,
     token: Option<String>,
-    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    transport: Transport,
 }
 
 impl Client {
-    /// A client for `base` (`http://127.0.0.1:2378`).
-    pub fn new(base: &str, token: Option<String>) -> Client {
-        Client {
-            base: base.trim_end_matches('/').to_string(),
+    /// A client for `base`: `http://127.0.0.1:2378`, `https://host:2378`, or `unix:/path`.
+    pub fn new(base: &str, token: Option<String>, tls: &TlsArgs) -> Result<Client, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        let builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        let transport = match base.strip_prefix("unix:") {
+            Some(path) => Transport::Unix(
+                builder.build(hyperlocal::UnixConnector),
+                PathBuf::from(path),
+            ),
+            None => {
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls_config(tls)?)
+                    .https_or_http()
+                    .enable_http1()
+                    .build();
+                Transport::Net(builder.build(connector))
+            }
+        };
+        Ok(Client {
+            base,
             token,
-            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
-        }
+            transport,
+        })
     }
 
     /// Sends one request with the token, if any; the answer as it comes.
@@ -57,10 +166,16 @@ impl Client {
         body: Option<Value>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let url = format!("{}{}", self.base, path);
+        let uri: hyper::Uri = match &self.transport {
+            Transport::Unix(_, socket) => hyperlocal::Uri::new(socket, &path).into(),
+            Transport::Net(_) => url
+                .parse()
+                .map_err(|e| ClientError::Transport(format!("bad server address {url}: {e}")))?,
+        };
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut request = Request::builder()
             .method(method)
-            .uri(&url)
+            .uri(uri)
             .header("content-type", "application/json");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -68,10 +183,13 @@ impl Client {
         let request = request
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
-        self.http
-            .request(request)
-            .await
-            .map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))
+        let response = match &self.transport {
+            Transport::Net(http) => http.request(request).await,
+            Transport::Unix(http, _) => http.request(request).await,
+        };
+        response.map_err(|e| {
+            ClientError::Transport(format!("cannot reach {}: {}", self.base, chain(&e)))
+        })
     }
 
     /// Opens a GET whose answer is a stream (logs, events); an error answer is returned as

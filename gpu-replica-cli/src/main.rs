@@ -17,7 +17,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "gpu-replica", version, propagate_version = true)]
 struct Cli {
-    /// Server to talk to (client subcommands).
+    /// Server to talk to (client subcommands): http://HOST:PORT, https://HOST:PORT or
+    /// unix:PATH.
     #[arg(
         long,
         global = true,
@@ -28,6 +29,15 @@ struct Cli {
     /// Bearer token: the server requires it (serve), the client sends it.
     #[arg(long, global = true, env = "GPU_REPLICA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) to check an https:// server against, instead of the system's.
+    #[arg(long, global = true, env = "GPU_REPLICA_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a server that requires one (mutual TLS).
+    #[arg(long, global = true, env = "GPU_REPLICA_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Key of --cert (PEM).
+    #[arg(long, global = true, env = "GPU_REPLICA_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// Print the server's JSON data instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -69,7 +79,18 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Client(command) => {
-            let client = client::Client::new(&cli.server, cli.token);
+            let tls = client::TlsArgs {
+                cacert: cli.cacert,
+                cert: cli.cert,
+                key: cli.key,
+            };
+            let client = match client::Client::new(&cli.server, cli.token, &tls) {
+                Ok(client) => client,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             match commands::execute(&client, command, cli.json).await {
                 Ok(code) => code,
                 Err(e) => {

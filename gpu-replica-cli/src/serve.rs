@@ -280,13 +280,17 @@ fn group_id(name: &str) -> Result<u32, String> {
 
 /// Binds a Unix socket at `path`: a stale socket file is replaced only if nothing answers on
 /// it; the socket gets mode 0660 and, when given, the group.
-fn bind_unix(path: &std::path::Path, group: Option<&str>) -> Result<tokio::net::UnixListener, String> {
+fn bind_unix(
+    path: &std::path::Path,
+    group: Option<&str>,
+) -> Result<tokio::net::UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(format!("something already listens on {}", path.display()));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove the stale {}: {e}", path.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
@@ -310,7 +314,9 @@ fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls) {
         while hangups.recv().await.is_some() {
             match tls.reload() {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
-                Err(e) => tracing::error!("SIGHUP: TLS not reloaded, the old certificate stays: {e}"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: TLS not reloaded, the old certificate stays: {e}")
+                }
             }
         }
     });

@@ -672,6 +672,7 @@ fn with_a_token_the_cli_must_send_it() {
             "fake:1",
             "--addr",
             &addr,
+            "--insecure",
             "--log-level",
             "warn",
         ])

@@ -118,10 +118,7 @@ enum Stream {
 impl Listener {
     async fn accept(&self) -> std::io::Result<(Stream, Option<SocketAddr>)> {
         match self {
-            Listener::Tcp(l) => l
-                .accept()
-                .await
-                .map(|(s, a)| (Stream::Tcp(s), Some(a))),
+            Listener::Tcp(l) => l.accept().await.map(|(s, a)| (Stream::Tcp(s), Some(a))),
             Listener::Unix(l) => l.accept().await.map(|(s, _)| (Stream::Unix(s), None)),
         }
     }
@@ -244,10 +241,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -346,7 +340,10 @@ pub async fn serve(
     let _ = stop.send(true);
     let open = connections.len();
     if open > 0 {
-        tracing::info!("shutting down: waiting for {open} connection(s), at most {:?}", options.shutdown_timeout);
+        tracing::info!(
+            "shutting down: waiting for {open} connection(s), at most {:?}",
+            options.shutdown_timeout
+        );
     }
     let drained = tokio::time::timeout(options.shutdown_timeout, async {
         while connections.join_next().await.is_some() {}

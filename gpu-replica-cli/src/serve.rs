@@ -179,7 +179,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 
 async fn open_store(args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
     match args.store.as_deref() {
-        Some(spec) if spec.starts_with("etcd://") => open_etcd(spec).await,
+        Some(spec) if spec.starts_with("etcd://") => open_etcd(spec, args).await,
         Some(path) => Ok(Arc::new(RedbStore::open(path).map_err(|e| e.to_string())?)),
         None => {
             std::fs::create_dir_all(&args.data_dir)
@@ -190,20 +190,103 @@ async fn open_store(args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
     }
 }
 
+/// How to reach etcd, from the flags: TLS files, user, and the password from
+/// `GPU_REPLICA_ETCD_PASSWORD` or `--etcd-password-file`.
 #[cfg(feature = "etcd")]
-async fn open_etcd(spec: &str) -> Result<Arc<dyn StateStore>, String> {
+fn etcd_access(args: &ServeArgs) -> Result<gpu_replica_core::EtcdAccess, String> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    };
+    let ca = args
+        .etcd_cacert
+        .as_ref()
+        .map(|p| read("--etcd-cacert", p))
+        .transpose()?;
+    let identity = match (&args.etcd_cert, &args.etcd_key) {
+        (Some(cert), Some(key)) => {
+            if ca.is_none() {
+                return Err("--etcd-cert needs --etcd-cacert (the CA of the etcd servers)".into());
+            }
+            Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?))
+        }
+        _ => None,
+    };
+    let user = match &args.etcd_user {
+        None => None,
+        Some(name) => {
+            let password = match (&args.etcd_password_file, std::env::var("GPU_REPLICA_ETCD_PASSWORD")) {
+                (Some(path), _) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("--etcd-password-file {}: {e}", path.display()))?
+                    .trim_end()
+                    .to_string(),
+                (None, Ok(password)) => password,
+                (None, Err(_)) => {
+                    return Err(format!(
+                        "--etcd-user {name} needs a password: GPU_REPLICA_ETCD_PASSWORD or --etcd-password-file"
+                    ))
+                }
+            };
+            Some((name.clone(), password))
+        }
+    };
+    Ok(gpu_replica_core::EtcdAccess { ca, identity, user })
+}
+
+/// What to add to an etcd error so that the operator knows what to fix.
+#[cfg(feature = "etcd")]
+fn etcd_hint(error: &str, access: &gpu_replica_core::EtcdAccess) -> &'static str {
+    let error = error.to_lowercase();
+    if error.contains("authentication is not enabled") {
+        "; this etcd has no users: leave out --etcd-user"
+    } else if error.contains("user name is empty") || error.contains("permission denied") {
+        "; etcd requires a user: give --etcd-user and its password"
+    } else if error.contains("authentication failed") {
+        "; check the etcd user and password"
+    } else if error.contains("certificate") || error.contains("tls") || error.contains("handshake")
+    {
+        "; check --etcd-cacert, --etcd-cert and --etcd-key"
+    } else if access.ca.is_none() {
+        "; if etcd serves TLS only, give --etcd-cacert (and --etcd-cert/--etcd-key for client-cert auth)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(spec: &str, args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
+    let access = etcd_access(args)?;
+    let scheme = if access.ca.is_some() { "https" } else { "http" };
     let endpoints: Vec<String> = spec["etcd://".len()..]
         .split(',')
-        .map(|h| format!("http://{h}"))
+        .map(|h| format!("{scheme}://{h}"))
         .collect();
-    let store = gpu_replica_core::EtcdStore::connect(&endpoints, "gpu-replica/")
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Arc::new(store))
+    let joined = endpoints.join(",");
+    // Never hang: connect and one read, within 20 s, or an error naming the cause.
+    let connected = tokio::time::timeout(Duration::from_secs(20), async {
+        let store =
+            gpu_replica_core::EtcdStore::connect_with(&endpoints, "gpu-replica/", &access).await?;
+        store.get(gpu_replica_core::keys::STORE_ID).await?;
+        Ok::<_, gpu_replica_core::Error>(store)
+    })
+    .await;
+    match connected {
+        Ok(Ok(store)) => Ok(Arc::new(store)),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            Err(format!(
+                "etcd at {joined}: {text}{}",
+                etcd_hint(&text, &access)
+            ))
+        }
+        Err(_) => Err(format!(
+            "etcd at {joined} did not answer within 20 s{}",
+            etcd_hint("", &access)
+        )),
+    }
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn open_etcd(_spec: &str) -> Result<Arc<dyn StateStore>, String> {
+async fn open_etcd(_spec: &str, _args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
     Err("this build has no etcd support: build with --features etcd".into())
 }
 

@@ -93,4 +93,4 @@ pub use crate::supervise::reconcile::Reconciled;
 pub use crate::supervise::recovery::Recovery;
 
 #[cfg(feature = "etcd")]
-pub use crate::store::EtcdStore;
+pub use crate::store::{EtcdAccess, EtcdStore};

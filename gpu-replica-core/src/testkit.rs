@@ -255,6 +255,10 @@ pub struct EtcdProcess {
     data_dir: std::path::PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Extra flags (TLS files), kept across restarts.
+    extra: Vec<String>,
+    /// Whether clients speak TLS to it.
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -267,20 +271,68 @@ fn free_port() -> u16 {
 impl EtcdProcess {
     /// Starts etcd on free loopback ports with a fresh data dir; panics if it cannot.
     pub fn start() -> EtcdProcess {
+        EtcdProcess::start_with(Vec::new(), false)
+    }
+
+    /// Serving clients over TLS only: `cert` and `key` (PEM) are its own, and with
+    /// `client_ca` it requires client certificates signed by that CA.
+    pub fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: Option<&std::path::Path>,
+    ) -> EtcdProcess {
+        let mut extra = vec![
+            format!("--cert-file={}", cert.display()),
+            format!("--key-file={}", key.display()),
+        ];
+        if let Some(ca) = client_ca {
+            extra.push("--client-cert-auth".into());
+            extra.push(format!("--trusted-ca-file={}", ca.display()));
+        }
+        EtcdProcess::start_with(extra, true)
+    }
+
+    fn start_with(extra: Vec<String>, tls: bool) -> EtcdProcess {
         let data_dir = std::env::temp_dir().join(unique_name("gpu_replica_etcd_"));
         let mut etcd = EtcdProcess {
             child: None,
             data_dir,
             client_port: free_port(),
             peer_port: free_port(),
+            extra,
+            tls,
         };
         etcd.resume();
         etcd
     }
 
-    /// The client endpoint, `http://127.0.0.1:PORT`.
+    /// The client endpoint, `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `127.0.0.1:PORT`, as `--store etcd://…` takes it.
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Turns on authentication with user `root` (role root) and `password`.
+    #[cfg(feature = "etcd")]
+    pub async fn enable_auth(&self, password: &str) {
+        let client = etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .unwrap_or_else(|e| panic!("etcd: {e}"));
+        let mut auth = client.auth_client();
+        auth.user_add("root", password, None)
+            .await
+            .unwrap_or_else(|e| panic!("etcd user add: {e}"));
+        auth.user_grant_role("root", "root")
+            .await
+            .unwrap_or_else(|e| panic!("etcd grant: {e}"));
+        auth.auth_enable()
+            .await
+            .unwrap_or_else(|e| panic!("etcd auth enable: {e}"));
     }
 
     /// Kills etcd (as a crash or an outage would).
@@ -299,6 +351,7 @@ impl EtcdProcess {
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &self.endpoint()])
             .args(["--advertise-client-urls", &self.endpoint()])
+            .args(&self.extra)
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("t={peer}")])

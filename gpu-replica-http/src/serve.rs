@@ -97,7 +97,7 @@ pub fn raise_open_files_limit() -> std::io::Result<(u64, u64, u64)> {
         }
         limit = raised;
     }
-    Ok((before as u64, limit.rlim_cur as u64, limit.rlim_max as u64))
+    Ok((before, limit.rlim_cur, limit.rlim_max))
 }
 
 /// Where connections come from.

@@ -34,15 +34,56 @@ fn store_err(e: etcd_client::Error) -> Error {
     }
 }
 
+/// How to reach a secured etcd: TLS (with a client certificate) and a user.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    /// CA certificate(s), PEM, of the etcd servers: the connection uses TLS when given.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate and key, PEM, for an etcd with `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// User name and password, for an etcd with authentication enabled.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("tls", &self.ca.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .finish()
+    }
+}
+
 impl EtcdStore {
     /// Connects to `endpoints` (`http://host:port`); every key is stored under `prefix`, so
     /// several deployments (or test runs) can share one cluster.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<EtcdStore> {
+        EtcdStore::connect_with(endpoints, prefix, &EtcdAccess::default()).await
+    }
+
+    /// Connects to a secured etcd (`https://host:port` endpoints with TLS).
+    pub async fn connect_with(
+        endpoints: &[String],
+        prefix: &str,
+        access: &EtcdAccess,
+    ) -> Result<EtcdStore> {
         // Bounded waits: a request to an etcd that is gone fails in seconds with a clear error
         // instead of hanging; the channel reconnects by itself when etcd is back.
-        let options = etcd_client::ConnectOptions::new()
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(3))
             .with_timeout(std::time::Duration::from_secs(5));
+        if let Some(ca) = &access.ca {
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(ca));
+            if let Some((cert, key)) = &access.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((name, password)) = &access.user {
+            options = options.with_user(name.clone(), password.clone());
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(store_err)?;

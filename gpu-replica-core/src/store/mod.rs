@@ -15,7 +15,7 @@ pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
 
 #[cfg(feature = "etcd")]
-pub use self::etcd::EtcdStore;
+pub use self::etcd::{EtcdAccess, EtcdStore};
 
 use async_trait::async_trait;
 

@@ -72,6 +72,7 @@ async fn fill(store: &dyn StateStore, gpus: &[String], sets: usize, versions: u3
             name: name.clone(),
             id: format!("{i:032x}"),
             owner: gpu_replica_core::OPERATOR.to_string(),
+            node: String::new(),
             current: versions,
             latest: versions,
             status: if i < 64 {
@@ -101,7 +102,7 @@ async fn fill(store: &dyn StateStore, gpus: &[String], sets: usize, versions: u3
             txn = txn
                 .put(keys::gpu_claim(&held[0]), name.clone().into_bytes())
                 .put(
-                    keys::port_claim(ports[0].host_port),
+                    keys::port_claim("", ports[0].host_port),
                     name.clone().into_bytes(),
                 );
         }

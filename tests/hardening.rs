@@ -355,7 +355,7 @@ async fn claims_without_a_holder_are_released() {
         .unwrap();
     engine
         .store()
-        .put(&keys::port_claim(41999), b"ghost".to_vec())
+        .put(&keys::port_claim("", 41999), b"ghost".to_vec())
         .await
         .unwrap();
     let pass = engine.reconcile().await.unwrap();
@@ -368,7 +368,7 @@ async fn claims_without_a_holder_are_released() {
         .all(|g| g.holder.is_none()));
     assert!(engine
         .store()
-        .get(&keys::port_claim(41999))
+        .get(&keys::port_claim("", 41999))
         .await
         .unwrap()
         .is_none());

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use gpu_replica_http::wire::{
     BindBody, CloneBody, CommitBody, CommitReply, ContainerNameReply, EventView, ExecuteBody,
-    ExecuteReply, GpuDetails, GpuPatch, HistoryReply, InfoReply, PatchBody, PortsReply,
+    ExecuteReply, GpuDetails, GpuPatch, HistoryReply, InfoReply, NodeList, PatchBody, PortsReply,
     ReplicaSetList, ResourcesBody, RollbackBody, RunBody, RunReply, StatsReply, TimersBody,
     TimersView, VolumeCreateBody, VolumeHistoryReply, VolumeInfoReply, VolumeList, VolumePatch,
     VolumeReply, VolumeSizeBody,
@@ -41,11 +41,14 @@ pub enum ClientCommand {
         ports: Vec<String>,
         #[command(flatten)]
         resources: ResourceArgs,
+        /// In a cluster, the node to run on (default: placement picks one).
+        #[arg(long)]
+        node: Option<String>,
         /// Command replacing the image's.
         #[arg(last = true)]
         cmd: Vec<String>,
     },
-    /// List replicaSets (with their owners).
+    /// List replicaSets (with their owners and nodes).
     Ls {
         /// Only this user's (admins).
         #[arg(long)]
@@ -189,6 +192,8 @@ pub enum ClientCommand {
     Gpus,
     /// Host port usage.
     Ports,
+    /// The nodes of the cluster: state, free and total GPUs, sets.
+    Nodes,
     /// Users, their quotas and tokens (admins).
     #[command(subcommand)]
     User(crate::users::UserCommand),
@@ -321,6 +326,7 @@ enum Answer {
     Gpus(GpuDetails),
     Ports(PortsReply),
     Timers(TimersView),
+    Nodes(NodeList),
     Stats(StatsReply),
 }
 
@@ -343,6 +349,7 @@ impl Answer {
             Answer::Gpus(a) => serde_json::to_value(a),
             Answer::Ports(a) => serde_json::to_value(a),
             Answer::Timers(a) => serde_json::to_value(a),
+            Answer::Nodes(a) => serde_json::to_value(a),
             Answer::Stats(a) => serde_json::to_value(a),
         };
         value.unwrap_or(Value::Null)
@@ -374,9 +381,11 @@ pub async fn execute(
             env,
             ports,
             resources,
+            node,
             cmd,
         } => {
             let body = RunBody {
+                node,
                 image_name: image,
                 replica_set_name: name.clone(),
                 gpu_count: gpus,
@@ -535,6 +544,7 @@ pub async fn execute(
                 .request(Method::GET, "/api/v1/resources/gpus?detail=true", none)
                 .await?,
         ),
+        C::Nodes => Answer::Nodes(client.request(Method::GET, "/api/v1/nodes", none).await?),
         C::Ports => Answer::Ports(
             client
                 .request(Method::GET, "/api/v1/resources/ports", none)
@@ -676,13 +686,39 @@ fn print(answer: &Answer) {
                         r.image.clone(),
                         r.create_time.clone(),
                         r.owner.clone(),
+                        if r.node.is_empty() {
+                            "-".into()
+                        } else {
+                            r.node.clone()
+                        },
                     ]
                 })
                 .collect();
             table::print(
                 &[
                     "NAME", "STATUS", "VERSION", "GPUS", "PORTS", "IMAGE", "UPDATED", "OWNER",
+                    "NODE",
                 ],
+                &rows,
+            );
+        }
+        Answer::Nodes(list) => {
+            let rows: Vec<Vec<String>> = list
+                .nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.state.clone(),
+                        format!("{}/{}", n.free_gpus, n.gpus),
+                        n.sets.to_string(),
+                        n.advertise.clone(),
+                        n.port_range.clone(),
+                    ]
+                })
+                .collect();
+            table::print(
+                &["NODE", "STATE", "FREE GPUS", "SETS", "ADVERTISE", "PORTS"],
                 &rows,
             );
         }

@@ -18,6 +18,13 @@ pub struct ServeArgs {
     /// needs TLS (--tls-cert/--tls-key) or --insecure.
     #[arg(long, env = "GPU_REPLICA_ADDR", default_value = "127.0.0.1:2378", value_parser = parse_addr)]
     addr: Addr,
+    /// This server's node name in a cluster of hosts sharing one etcd (needs --store
+    /// etcd://…): it registers under a lease, and serves the sets placed on it.
+    #[arg(long, env = "GPU_REPLICA_NODE")]
+    node: Option<String>,
+    /// The URL other nodes reach this one at (default: http:// and --addr).
+    #[arg(long, env = "GPU_REPLICA_ADVERTISE")]
+    advertise: Option<String>,
     /// Group that may use the Unix socket (it is created with mode 0660).
     #[arg(long, env = "GPU_REPLICA_SOCKET_GROUP")]
     socket_group: Option<String>,
@@ -458,8 +465,29 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         docker = docker.with_copy_image(image);
     }
     let docker_version = docker.version().await.map_err(|e| e.to_string())?;
+    if args.node.is_some() {
+        if !args
+            .store
+            .as_deref()
+            .is_some_and(|s| s.starts_with("etcd://"))
+        {
+            return Err(
+                "--node needs the etcd store (--store etcd://…): the nodes of a cluster share it"
+                    .into(),
+            );
+        }
+    }
     let store = open_store(&args).await?;
-    let inventory = open_inventory(&args.gpus)?;
+    let inventory = match (&args.node, args.gpus.strip_prefix("fake:")) {
+        // Fake GPUs of a node carry its name: two nodes' never share a UUID.
+        (Some(node), Some(count)) => Arc::new(gpu_replica_core::StaticInventory::fake_on(
+            node,
+            count
+                .parse()
+                .map_err(|_| format!("--gpus '{}' is not fake:N", args.gpus))?,
+        )),
+        _ => open_inventory(&args.gpus)?,
+    };
     let gpus = inventory.gpus().await.map_err(|e| e.to_string())?;
     let config = EngineConfig {
         port_range: args.port_range,
@@ -484,6 +512,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         },
         timer_interval: Duration::from_secs(args.timer_interval),
         reconcile_interval: Duration::from_secs(args.reconcile_interval),
+        node: args.node.clone(),
         ..EngineConfig::default()
     };
     tracing::info!("{docker_version}");
@@ -502,6 +531,26 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         .await
         .map_err(|e| format!("recovery: {e}"))?;
     tracing::info!("recovery: {recovery}");
+    let _membership = match &args.node {
+        Some(node) => {
+            let advertise = match (&args.advertise, &args.addr) {
+                (Some(url), _) => url.clone(),
+                (None, Addr::Tcp(addr)) => format!("http://{addr}"),
+                (None, Addr::Unix(_)) => {
+                    return Err(
+                        "--node on a unix: socket needs --advertise (a URL other nodes reach)"
+                            .into(),
+                    )
+                }
+            };
+            let task = engine
+                .join_cluster(&advertise, &docker_version)
+                .await
+                .map_err(|e| format!("joining the cluster as '{node}': {e}"))?;
+            Some(task)
+        }
+        None => None,
+    };
     let _timers = engine.spawn_timers();
     let _reconciler = engine.spawn_reconciler();
     let listener = match &args.addr {

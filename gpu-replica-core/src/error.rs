@@ -267,6 +267,9 @@ pub enum Error {
     /// The user still owns replicaSets or volumes.
     #[error("user not removed: {0}")]
     UserOwnsObjects(String),
+    /// The set lives on a cluster node that stopped renewing its lease.
+    #[error("node '{0}' is lost (it stopped renewing its lease); its sets answer when it is back, nothing was changed")]
+    NodeLost(String),
     /// Docker or the state store cannot be reached now; nothing was changed, try again.
     #[error("{0} is unreachable; nothing was changed, try again when it is back")]
     Unavailable(String),
@@ -329,6 +332,7 @@ impl Error {
             Error::UserNotFound(_) => 1051,
             Error::UserExists(_) => 1052,
             Error::UserOwnsObjects(_) => 1053,
+            Error::NodeLost(_) => 1054,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -376,6 +380,7 @@ impl Error {
             Error::UserNotFound(_) => "user not found",
             Error::UserExists(_) => "user already exists",
             Error::UserOwnsObjects(_) => "user still owns replicaSets or volumes",
+            Error::NodeLost(_) => "the set's cluster node is lost; nothing changed",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -432,6 +437,7 @@ impl Error {
             Error::UserNotFound(s()),
             Error::UserExists(s()),
             Error::UserOwnsObjects(s()),
+            Error::NodeLost(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -485,7 +491,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1053).collect();
+        let expected: Vec<u16> = (1000..=1054).collect();
         assert_eq!(codes, expected);
     }
 }

@@ -38,13 +38,37 @@ pub fn gpu_claim(uuid: &str) -> String {
 /// Prefix of every GPU claim.
 pub const GPU_CLAIMS: &str = "claims/gpus/";
 
-/// Claim on host port `port`; its value is the holder's name.
-pub fn port_claim(port: u16) -> String {
-    format!("claims/ports/{port:05}")
+/// Claim on host port `port` of `node` (empty on a single host); its value is the holder's
+/// name.
+pub fn port_claim(node: &str, port: u16) -> String {
+    format!("{}{port:05}", port_claims(node))
 }
 
-/// Prefix of every port claim.
-pub const PORT_CLAIMS: &str = "claims/ports/";
+/// Prefix of every port claim of `node` (a single host's are `claims/ports/{port}`; a
+/// node's `claims/ports/@{node}/{port}`, which no single-host listing mistakes for a port).
+pub fn port_claims(node: &str) -> String {
+    if node.is_empty() {
+        "claims/ports/".to_string()
+    } else {
+        format!("claims/ports/@{node}/")
+    }
+}
+
+/// Node `name` of a cluster: its name, advertise URL, GPUs, port range (kept when it is lost).
+pub fn node(name: &str) -> String {
+    format!("nodes/{name}")
+}
+
+/// Prefix of every node.
+pub const NODES: &str = "nodes/";
+
+/// Node `name` is alive: written under a lease the node renews; gone when it stops.
+pub fn node_alive(name: &str) -> String {
+    format!("nodes-alive/{name}")
+}
+
+/// Prefix of every live node.
+pub const NODES_ALIVE: &str = "nodes-alive/";
 
 /// Head of volume `name`.
 pub fn volume(name: &str) -> String {

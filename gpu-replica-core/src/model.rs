@@ -71,6 +71,9 @@ pub struct ReplicaSet {
     /// belong to the built-in admin.
     #[serde(default = "operator")]
     pub owner: String,
+    /// The node it lives on in a cluster (empty on a single host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     /// The version whose container is current.
     pub current: u32,
     /// The highest version number ever handed out; never reused.

@@ -393,9 +393,13 @@ pub struct PrivateDockerd {
 impl PrivateDockerd {
     /// Starts the daemon with the host daemon's storage driver; waits until it answers.
     pub fn start() -> PrivateDockerd {
+        PrivateDockerd::start_nth(0)
+    }
+
+    /// The `nth` daemon of this test process (several nodes of a cluster, each with its own).
+    pub fn start_nth(nth: u32) -> PrivateDockerd {
         // Short paths: containerd's sockets live under the exec root (108-byte limit).
-        // One per test process.
-        let tag = std::process::id() % 100_000;
+        let tag = (std::process::id() % 100_000) * 10 + nth % 10;
         let dir = std::path::PathBuf::from(format!("/tmp/grd{tag}"));
         let netns = format!("grtest{tag}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -136,9 +136,11 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::VolumeNameHasDash(_)
         | Error::VolumeNameSlash(_)
         | Error::OverShare(_) => StatusCode::BAD_REQUEST,
-        Error::Gpu(_) | Error::Docker(_) | Error::Store(_) | Error::Unavailable(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        Error::Gpu(_)
+        | Error::Docker(_)
+        | Error::Store(_)
+        | Error::Unavailable(_)
+        | Error::NodeLost(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

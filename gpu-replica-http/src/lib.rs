@@ -17,6 +17,7 @@
 
 mod auth;
 mod envelope;
+pub mod forward;
 mod openapi;
 mod routes;
 pub mod serve;
@@ -98,12 +99,18 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
         .route("/users/{name}/token", post(users::reset_token))
         .route("/users/{name}/quota", patch(users::quota))
         .route("/whoami", get(users::whoami))
+        .route("/nodes", get(resources::nodes))
         .route("/usage", get(users::usage));
     let guarded = Router::new()
         .nest("/api/v1", api)
         .route("/openapi.json", get(openapi::document))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed);
+    // Inside authentication: a request is sent on as its caller.
+    let guarded = guarded.layer(axum::middleware::from_fn_with_state(
+        Arc::new(forward::Forwarder::new(engine.clone())),
+        forward::forward_if_elsewhere,
+    ));
     let auth = auth::Auth {
         engine: engine.clone(),
         token: token.map(auth::Token::new),

@@ -51,6 +51,7 @@ use crate::wire;
         users::quota,
         users::whoami,
         users::usage,
+        resources::nodes,
     ),
     components(schemas(
         wire::RunBody,
@@ -112,6 +113,8 @@ use crate::wire;
         wire::UsageReply,
         wire::UserUsageView,
         wire::SetUsageView,
+        wire::NodeView,
+        wire::NodeList,
     ))
 )]
 pub struct ApiDoc;

@@ -14,26 +14,26 @@ use crate::runtime::PortMapping;
 use crate::sched::{host_port_is_free, pick_gpus, pick_ports};
 use crate::store::Txn;
 
-/// GPUs and ports a claim adds to a transaction.
-fn claim_keys(txn: Txn, holder: &str, gpus: &[String], ports: &[u16]) -> Txn {
+/// GPUs and ports (of `node`) a claim adds to a transaction.
+fn claim_keys(txn: Txn, node: &str, holder: &str, gpus: &[String], ports: &[u16]) -> Txn {
     let txn = gpus.iter().fold(txn, |t, uuid| {
         t.absent(keys::gpu_claim(uuid))
             .put(keys::gpu_claim(uuid), holder.as_bytes().to_vec())
     });
     ports.iter().fold(txn, |t, port| {
-        t.absent(keys::port_claim(*port))
-            .put(keys::port_claim(*port), holder.as_bytes().to_vec())
+        t.absent(keys::port_claim(node, *port))
+            .put(keys::port_claim(node, *port), holder.as_bytes().to_vec())
     })
 }
 
-/// Releases GPUs and ports in a transaction.
-fn release_keys(txn: Txn, gpus: &[String], ports: &[u16]) -> Txn {
+/// Releases GPUs and ports (of `node`) in a transaction.
+fn release_keys(txn: Txn, node: &str, gpus: &[String], ports: &[u16]) -> Txn {
     let txn = gpus
         .iter()
         .fold(txn, |t, uuid| t.delete(keys::gpu_claim(uuid)));
     ports
         .iter()
-        .fold(txn, |t, port| t.delete(keys::port_claim(*port)))
+        .fold(txn, |t, port| t.delete(keys::port_claim(node, *port)))
 }
 
 /// How often a claim is tried before it answers a conflict: concurrent claims of one owner
@@ -67,7 +67,7 @@ impl Engine {
     /// Adds to `txn` the claims of `head`'s set on `gpus` and `ports` (each must still be
     /// free), and the GPU-time record of the claim.
     pub(crate) fn claim(&self, txn: Txn, head: &ReplicaSet, gpus: &[String], ports: &[u16]) -> Txn {
-        let txn = claim_keys(txn, &head.name, gpus, ports);
+        let txn = claim_keys(txn, self.node_name(), &head.name, gpus, ports);
         self.account(txn, head, gpus.len() as i64)
     }
 
@@ -80,7 +80,7 @@ impl Engine {
         gpus: &[String],
         ports: &[u16],
     ) -> Txn {
-        let txn = release_keys(txn, gpus, ports);
+        let txn = release_keys(txn, self.node_name(), gpus, ports);
         self.account(txn, head, -(gpus.len() as i64))
     }
 
@@ -99,16 +99,17 @@ impl Engine {
             .collect())
     }
 
-    /// Who holds each host port.
+    /// Who holds each host port of this node.
     pub(crate) async fn port_holders(&self) -> Result<HashMap<u16, String>> {
+        let prefix = keys::port_claims(self.node_name());
         Ok(self
             .shared
             .store
-            .list(keys::PORT_CLAIMS)
+            .list(&prefix)
             .await?
             .into_iter()
             .filter_map(|e| {
-                let port = e.key[keys::PORT_CLAIMS.len()..].parse().ok()?;
+                let port = e.key[prefix.len()..].parse().ok()?;
                 Some((port, String::from_utf8_lossy(&e.value).into_owned()))
             })
             .collect())
@@ -157,6 +158,7 @@ impl Engine {
                 name: name.to_string(),
                 id: id.to_string(),
                 owner: owner.clone(),
+                node: self.node_name().to_string(),
                 current: 1,
                 latest: 1,
                 status: Status::Running,

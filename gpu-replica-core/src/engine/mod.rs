@@ -73,6 +73,9 @@ pub struct EngineConfig {
     /// Docker volumes not managed by this engine that binds may mount anyway (default none:
     /// only volumes this engine created).
     pub allowed_volumes: Vec<String>,
+    /// This engine's node in a cluster of hosts sharing one etcd (default none: a single host).
+    /// Its sets, port claims and reconciliation are its own; see [`Engine::join_cluster`].
+    pub node: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -90,6 +93,7 @@ impl Default for EngineConfig {
             timer_interval: Duration::from_secs(15),
             reconcile_interval: Duration::from_secs(30),
             allowed_volumes: Vec::new(),
+            node: None,
         }
     }
 }
@@ -189,6 +193,11 @@ impl Engine {
     /// Who this handle acts for.
     pub fn caller(&self) -> &Caller {
         &self.caller
+    }
+
+    /// This engine's node name, empty on a single host.
+    pub fn node_name(&self) -> &str {
+        self.shared.config.node.as_deref().unwrap_or("")
     }
 
     /// Tells long-lived readers (followed logs, event streams) to end, so a server can shut

@@ -62,6 +62,15 @@ impl Engine {
         Ok((head, revision))
     }
 
+    /// Every replicaSet that lives on this engine's node (every one on a single host): what
+    /// recovery, the reconciler and the timers look after.
+    pub(crate) async fn own_sets(&self) -> Result<Vec<ReplicaSet>> {
+        let mut heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let node = self.node_name();
+        heads.retain(|h| h.node == node);
+        Ok(heads)
+    }
+
     pub(crate) async fn version_record(&self, name: &str, version: u32) -> Result<Version> {
         self.read(&keys::version(name, version))
             .await?

@@ -21,10 +21,28 @@ impl StaticInventory {
     /// that state written by one process still matches the GPUs of the next. Nothing runs on
     /// them, so they report 0 % utilization until [`StaticInventory::set_utilization`].
     pub fn fake(count: u32) -> StaticInventory {
+        StaticInventory::fake_with_prefix(count, 0, format!("fake:{count}"))
+    }
+
+    /// `count` synthetic GPUs of cluster node `node`: their UUIDs carry a hash of the node's
+    /// name (`GPU-{hash}-0000-4000-8000-00000000000N`), so two nodes' fake GPUs never share one.
+    pub fn fake_on(node: &str, count: u32) -> StaticInventory {
+        // FNV-1a: stable across processes and versions.
+        let hash = node.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        StaticInventory::fake_with_prefix(
+            count,
+            hash.max(1),
+            format!("fake:{count} of node {node}"),
+        )
+    }
+
+    fn fake_with_prefix(count: u32, prefix: u32, label: String) -> StaticInventory {
         let gpus = (0..count)
             .map(|index| GpuInfo {
                 index,
-                uuid: format!("GPU-00000000-0000-4000-8000-{index:012x}"),
+                uuid: format!("GPU-{prefix:08x}-0000-4000-8000-{index:012x}"),
                 name: "Fake GPU".to_string(),
                 memory_total: None,
                 memory_used: None,
@@ -34,7 +52,7 @@ impl StaticInventory {
             .collect();
         StaticInventory {
             gpus: Arc::new(Mutex::new(gpus)),
-            label: format!("fake:{count}"),
+            label,
         }
     }
 

@@ -84,8 +84,12 @@ impl Engine {
     /// One pass over every replicaSet with timers: stops those whose stop time has come or
     /// whose GPUs have been idle long enough. Returns the names it stopped.
     pub async fn tick_timers(&self) -> Result<Vec<String>> {
-        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
-        let heads: Vec<ReplicaSet> = heads.into_iter().filter(|h| !h.timers.is_empty()).collect();
+        let heads: Vec<ReplicaSet> = self
+            .own_sets()
+            .await?
+            .into_iter()
+            .filter(|h| !h.timers.is_empty())
+            .collect();
         let watch_idle = heads.iter().any(|h| {
             h.timers.idle_stop_secs.is_some() && h.status == Status::Running && !h.gpus.is_empty()
         });

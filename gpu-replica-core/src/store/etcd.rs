@@ -137,6 +137,33 @@ impl StateStore for EtcdStore {
         Ok(revision as u64)
     }
 
+    async fn put_leased(&self, key: &str, value: Vec<u8>, ttl: std::time::Duration) -> Result<u64> {
+        let mut lease = self.client.lease_client();
+        let granted = lease
+            .grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(store_err)?;
+        let mut kv = self.client.kv_client();
+        kv.put(
+            self.full(key),
+            value,
+            Some(etcd_client::PutOptions::new().with_lease(granted.id())),
+        )
+        .await
+        .map_err(store_err)?;
+        Ok(granted.id() as u64)
+    }
+
+    async fn renew(&self, lease: u64) -> Result<bool> {
+        let mut client = self.client.lease_client();
+        let (mut keeper, mut answers) = client.keep_alive(lease as i64).await.map_err(store_err)?;
+        keeper.keep_alive().await.map_err(store_err)?;
+        match answers.message().await.map_err(store_err)? {
+            Some(answer) => Ok(answer.ttl() > 0),
+            None => Ok(false),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<bool> {
         let mut kv = self.client.kv_client();
         let response = kv.delete(self.full(key), None).await.map_err(store_err)?;

@@ -105,6 +105,24 @@ pub trait StateStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<bool>;
     /// Applies `txn` if its conditions hold; returns whether it applied.
     async fn commit(&self, txn: Txn) -> Result<bool>;
+    /// Writes `key` bound to a fresh lease of `ttl`: the key disappears when the lease is not
+    /// renewed ([`StateStore::renew`]) in time. Returns the lease. Only stores shared by several
+    /// processes have leases (etcd); the others answer an error.
+    async fn put_leased(
+        &self,
+        key: &str,
+        _value: Vec<u8>,
+        _ttl: std::time::Duration,
+    ) -> Result<u64> {
+        Err(crate::Error::Store(format!(
+            "{}: leases (a cluster of nodes) need the etcd store",
+            key
+        )))
+    }
+    /// Renews a lease; `false` when it had already expired (its keys are gone).
+    async fn renew(&self, _lease: u64) -> Result<bool> {
+        Err(crate::Error::Store("leases need the etcd store".into()))
+    }
     /// A short description for logs and the startup summary.
     fn describe(&self) -> String;
     /// A number that changes with every write, for stores that no one writes to but through

@@ -86,7 +86,7 @@ impl Engine {
     /// under its lock.
     pub async fn reconcile(&self) -> Result<Reconciled> {
         let mut pass = Reconciled::default();
-        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let heads = self.own_sets().await?;
         let containers: HashMap<String, ContainerState> = self
             .shared
             .runtime
@@ -116,6 +116,11 @@ impl Engine {
     /// Asks a running reconciler to look at `name` soon.
     pub(crate) fn nudge_reconcile(&self, name: &str) {
         self.shared.nudges.push(name);
+    }
+
+    /// Asks the reconciler for a full pass soon (a node back from being lost).
+    pub(crate) fn nudge_everything(&self) {
+        self.shared.nudges.push_everything();
     }
 
     async fn reconcile_one(&self, name: &str, pass: &mut Reconciled) -> Result<()> {
@@ -198,8 +203,21 @@ impl Engine {
     /// Releases claims whose holder does not exist, is stopped, or does not list them; each
     /// in a transaction that holds only if neither the claim nor the holder changed meanwhile.
     async fn release_stray_claims(&self, pass: &mut Reconciled) -> Result<()> {
-        let gpus = self.shared.store.list(keys::GPU_CLAIMS).await?;
-        let ports = self.shared.store.list(keys::PORT_CLAIMS).await?;
+        let mut gpus = self.shared.store.list(keys::GPU_CLAIMS).await?;
+        if !self.node_name().is_empty() {
+            // In a cluster, each node judges the claims on its own GPUs only.
+            let local: std::collections::HashSet<String> = self
+                .shared
+                .inventory
+                .gpus()
+                .await?
+                .into_iter()
+                .map(|g| g.uuid)
+                .collect();
+            gpus.retain(|e| local.contains(&e.key[keys::GPU_CLAIMS.len()..]));
+        }
+        let port_prefix = keys::port_claims(self.node_name());
+        let ports = self.shared.store.list(&port_prefix).await?;
         if gpus.is_empty() && ports.is_empty() {
             return Ok(());
         }
@@ -220,7 +238,7 @@ impl Engine {
             .iter()
             .map(|e| (e, Claimed::Gpu(&e.key[keys::GPU_CLAIMS.len()..])))
             .chain(ports.iter().filter_map(|e| {
-                let port = e.key[keys::PORT_CLAIMS.len()..].parse().ok()?;
+                let port = e.key[port_prefix.len()..].parse().ok()?;
                 Some((e, Claimed::Port(port)))
             }));
         for (entry, claimed) in claims {

@@ -76,7 +76,7 @@ impl Engine {
     pub async fn recover(&self) -> Result<Recovery> {
         self.load_store_id().await?;
         let mut report = Recovery::default();
-        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let heads = self.own_sets().await?;
         for head in heads.into_iter().filter(|h| h.pending.is_some()) {
             let _guard = self.lock_set(&head.name).await;
             self.recover_set(head, &mut report).await?;
@@ -444,6 +444,7 @@ mod tests {
             name: "set".into(),
             id: String::new(),
             owner: crate::engine::OPERATOR.into(),
+            node: String::new(),
             current: 1,
             latest: 2,
             status: Status::Running,

@@ -58,7 +58,8 @@ pub async fn run(Acting(engine): Acting, Body(body): Body<RunBody>) -> Reply<Run
 
 /// Every replicaSet with status, version, GPUs and ports.
 #[utoipa::path(get, path = "/api/v1/replicaSet", tag = "replicaSet",
-    params(("owner" = Option<String>, Query, description = "Only this user's sets (a user sees only their own anyway)")),
+    params(("owner" = Option<String>, Query, description = "Only this user's sets (a user sees only their own anyway)"),
+        ("node" = Option<String>, Query, description = "Only the sets of this cluster node")),
     responses((status = 200, body = Envelope<ReplicaSetList>)))]
 pub async fn list(
     Acting(engine): Acting,
@@ -68,6 +69,9 @@ pub async fn list(
     let mut all = engine.list().await?;
     if let Some(owner) = &query.owner {
         all.retain(|info| &info.replica_set.owner == owner);
+    }
+    if let Some(node) = &query.node {
+        all.retain(|info| &info.replica_set.node == node);
     }
     Ok(ok(ReplicaSetList {
         replica_sets: all.iter().map(ReplicaSetItem::from).collect(),

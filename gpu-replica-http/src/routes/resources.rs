@@ -9,8 +9,8 @@ use crate::envelope::{ok, ApiError};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
-    DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, PortUsage, PortsReply, RecoveryView,
-    StatusReply,
+    DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, NodeList, NodeView, PortUsage,
+    PortsReply, RecoveryView, StatusReply,
 };
 
 /// GPU usage: `{uuid: 0|1}`, or every GPU in detail with `?detail=true`.
@@ -51,4 +51,18 @@ pub async fn status(Acting(engine): Acting) -> Response {
         recovery: engine.last_recovery().map(RecoveryView::from),
     })
     .into_response()
+}
+
+/// The nodes of the cluster with state and free GPUs (none on a single host).
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "resource", responses((status = 200, body = Envelope<NodeList>)))]
+pub async fn nodes(Acting(engine): Acting) -> Result<Response, ApiError> {
+    let nodes = if engine.node_name().is_empty() {
+        Vec::new()
+    } else {
+        engine.nodes().await?
+    };
+    Ok(ok(NodeList {
+        nodes: nodes.iter().map(NodeView::from).collect(),
+    })
+    .into_response())
 }

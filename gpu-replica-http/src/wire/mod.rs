@@ -80,6 +80,9 @@ pub struct RunBody {
     /// CPU, memory and shm, within the share of `gpuCount` GPUs (beyond the contract).
     #[serde(default)]
     pub resources: Option<ResourcesBody>,
+    /// In a cluster, the node to run on (default: placement picks one; beyond the contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// CPU, memory and shm asked for; each at most the share of the GPU count, which is also
@@ -610,6 +613,9 @@ pub struct ReplicaSetItem {
     /// The user it belongs to.
     #[serde(default)]
     pub owner: String,
+    /// The cluster node it lives on (empty on a single host).
+    #[serde(default)]
+    pub node: String,
 }
 
 impl From<&ReplicaSetInfo> for ReplicaSetItem {
@@ -633,6 +639,7 @@ impl From<&ReplicaSetInfo> for ReplicaSetItem {
                 .collect(),
             create_time: info.version.created_at.clone(),
             owner: info.replica_set.owner.clone(),
+            node: info.replica_set.node.clone(),
         }
     }
 }

@@ -214,6 +214,58 @@ pub struct UserList {
 pub struct OwnerQuery {
     /// Only this user's objects.
     pub owner: Option<String>,
+    /// Only the sets of this cluster node.
+    pub node: Option<String>,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// `ready` (renewing its lease) or `lost`.
+    pub state: String,
+    /// Where other nodes reach it.
+    pub advertise: String,
+    /// Its GPUs.
+    pub gpus: usize,
+    /// GPUs no set holds.
+    pub free_gpus: usize,
+    /// Sets living on it.
+    pub sets: usize,
+    /// Host ports it hands out.
+    pub port_range: String,
+    /// Its Docker engine.
+    pub docker: String,
+    /// When it last joined.
+    pub joined_at: String,
+}
+
+impl From<&gpu_replica_core::cluster::NodeStatus> for NodeView {
+    fn from(status: &gpu_replica_core::cluster::NodeStatus) -> NodeView {
+        NodeView {
+            name: status.node.name.clone(),
+            state: match status.state {
+                gpu_replica_core::cluster::NodeState::Ready => "ready".into(),
+                gpu_replica_core::cluster::NodeState::Lost => "lost".into(),
+            },
+            advertise: status.node.advertise.clone(),
+            gpus: status.node.gpus.len(),
+            free_gpus: status.free_gpus,
+            sets: status.sets,
+            port_range: status.node.port_range.to_string(),
+            docker: status.node.docker.clone(),
+            joined_at: status.node.joined_at.clone(),
+        }
+    }
+}
+
+/// `{nodes}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    /// Every node, by name (none on a single host).
+    pub nodes: Vec<NodeView>,
 }
 
 /// `?from=&to=&owner=` of `GET /api/v1/usage`.

@@ -1,0 +1,264 @@
+//! A cluster of GPU hosts on one etcd: each runs an engine next to its own Docker and GPUs,
+//! registered as a node. Liveness is an etcd lease, never a protocol of ours.
+//!
+//! - `nodes/{name}` holds the node's record (advertise URL, GPUs, port range, Docker version);
+//!   it stays when the node is lost, so its sets and claims keep their meaning.
+//! - `nodes-alive/{name}` is written under a lease of [`NODE_TTL`] that the node renews every
+//!   third of it; etcd deletes it when the node stops renewing, and the node is then `lost`.
+//!   A node that comes back writes it again under a new lease and reconciles its own sets.
+//! - A set records its node; its port claims are the node's (`claims/ports/@{node}/…`), its
+//!   GPU claims are by UUID (unique across nodes; fake GPUs carry the node's name).
+//! - Placement ([`Engine::place`]) and where a set lives ([`Engine::locate`]) are decided
+//!   here; the HTTP layer forwards a request to the node that should serve it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::records::encode;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::gpu::GpuInfo;
+use crate::keys;
+use crate::model::ReplicaSet;
+use crate::sched::PortRange;
+
+/// How long a node stays `ready` without renewing its lease.
+pub const NODE_TTL: Duration = Duration::from_secs(5);
+
+/// A node as registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// Its name, `--node`.
+    pub name: String,
+    /// Where other nodes reach its API, `http://10.0.0.5:2378`.
+    pub advertise: String,
+    /// Its GPUs.
+    pub gpus: Vec<GpuInfo>,
+    /// Host ports it hands out.
+    pub port_range: PortRange,
+    /// Its Docker engine, in words.
+    pub docker: String,
+    /// When it (last) joined.
+    pub joined_at: String,
+}
+
+/// Whether a node renews its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Renewing: it serves its sets.
+    Ready,
+    /// Not renewing: its sets answer [`Error::NodeLost`]; their claims stay held.
+    Lost,
+}
+
+/// A node with its state and free GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The record.
+    pub node: NodeRecord,
+    /// Ready or lost.
+    pub state: NodeState,
+    /// GPUs no set holds.
+    pub free_gpus: usize,
+    /// Replica sets living on it.
+    pub sets: usize,
+}
+
+/// Where a request about a set, or a new set, is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// By this engine.
+    Here,
+    /// By another node, reached at `url`.
+    Node {
+        /// Its name.
+        name: String,
+        /// Its advertise URL.
+        url: String,
+    },
+}
+
+impl Engine {
+    /// Registers this engine's node ([`crate::EngineConfig::node`]) and keeps it alive until
+    /// the engine is dropped: a task renews the lease every third of [`NODE_TTL`], and writes
+    /// it again (then reconciles every set of the node) if it expired meanwhile.
+    pub async fn join_cluster(
+        self: &Arc<Self>,
+        advertise: &str,
+        docker: &str,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        let name = self.node_name().to_string();
+        crate::names::check(
+            &name,
+            Error::InvalidParams("a cluster node needs a name (EngineConfig::node, --node)".into()),
+            |n| Error::InvalidParams(format!("node name '{n}' must not contain '-'")),
+        )?;
+        let record = NodeRecord {
+            name: name.clone(),
+            advertise: advertise.trim_end_matches('/').to_string(),
+            gpus: self.shared.inventory.gpus().await?,
+            port_range: self.shared.config.port_range,
+            docker: docker.to_string(),
+            joined_at: crate::model::now(),
+        };
+        self.shared
+            .store
+            .put(&keys::node(&name), encode(&record))
+            .await?;
+        let alive = keys::node_alive(&name);
+        let mut lease = self
+            .shared
+            .store
+            .put_leased(&alive, record.advertise.clone().into_bytes(), NODE_TTL)
+            .await?;
+        tracing::info!(node = %name, "joined the cluster at {}", record.advertise);
+        let engine = Arc::downgrade(self);
+        Ok(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(NODE_TTL / 3);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                let store = engine.shared.store.clone();
+                match store.renew(lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        match store
+                            .put_leased(&alive, record.advertise.clone().into_bytes(), NODE_TTL)
+                            .await
+                        {
+                            Ok(fresh) => {
+                                lease = fresh;
+                                tracing::warn!(node = %record.name, "the node was lost (lease expired); ready again, reconciling its sets");
+                                engine.nudge_everything();
+                            }
+                            Err(e) => tracing::warn!("cannot rejoin the cluster: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot renew the node's lease: {e}"),
+                }
+            }
+        }))
+    }
+
+    /// Every node of the cluster with its state and free GPUs, by name.
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
+        let records: Vec<NodeRecord> = self.read_all(keys::NODES).await?;
+        let alive: HashSet<String> = self
+            .shared
+            .store
+            .list(keys::NODES_ALIVE)
+            .await?
+            .into_iter()
+            .map(|e| e.key[keys::NODES_ALIVE.len()..].to_string())
+            .collect();
+        let held: HashSet<String> = self.gpu_holders().await?.into_keys().collect();
+        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let mut per_node: HashMap<&str, usize> = HashMap::new();
+        for head in &heads {
+            *per_node.entry(head.node.as_str()).or_default() += 1;
+        }
+        Ok(records
+            .into_iter()
+            .map(|node| NodeStatus {
+                state: if alive.contains(&node.name) {
+                    NodeState::Ready
+                } else {
+                    NodeState::Lost
+                },
+                free_gpus: node.gpus.iter().filter(|g| !held.contains(&g.uuid)).count(),
+                sets: per_node.get(node.name.as_str()).copied().unwrap_or(0),
+                node,
+            })
+            .collect())
+    }
+
+    /// The node a new set of `gpus` GPUs runs on: `pin` when given (it must be ready), else
+    /// the ready node with the fewest free GPUs that still fit, ties by name (so sets pack and
+    /// whole nodes stay free for large asks). On a single host, here.
+    pub async fn place(&self, gpus: u32, pin: Option<&str>) -> Result<Location> {
+        if self.node_name().is_empty() {
+            return match pin {
+                None | Some("") => Ok(Location::Here),
+                Some(other) => Err(Error::InvalidParams(format!(
+                    "node '{other}': this server is not part of a cluster (--node)"
+                ))),
+            };
+        }
+        let nodes = self.nodes().await?;
+        let wanted = gpus as usize;
+        let chosen = match pin.filter(|p| !p.is_empty()) {
+            Some(pin) => {
+                let node = nodes.iter().find(|n| n.node.name == pin).ok_or_else(|| {
+                    Error::InvalidParams(format!("no node named '{pin}' in the cluster"))
+                })?;
+                if node.state == NodeState::Lost {
+                    return Err(Error::NodeLost(pin.to_string()));
+                }
+                node
+            }
+            None => nodes
+                .iter()
+                .filter(|n| n.state == NodeState::Ready && n.free_gpus >= wanted)
+                .min_by(|a, b| (a.free_gpus, &a.node.name).cmp(&(b.free_gpus, &b.node.name)))
+                .ok_or_else(|| Error::NotEnoughGpus {
+                    wanted,
+                    free: nodes
+                        .iter()
+                        .filter(|n| n.state == NodeState::Ready)
+                        .map(|n| n.free_gpus)
+                        .max()
+                        .unwrap_or(0),
+                    total: nodes.iter().map(|n| n.node.gpus.len()).sum(),
+                })?,
+        };
+        Ok(self.location_of(&chosen.node))
+    }
+
+    /// Where replicaSet `name` is served: here, on its node, or nowhere now
+    /// ([`Error::NodeLost`]). A set this caller may not reach, or none, is here (the operation
+    /// answers "not found" itself).
+    pub async fn locate(&self, name: &str) -> Result<Location> {
+        if self.node_name().is_empty() {
+            return Ok(Location::Here);
+        }
+        let Some((head, _)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await? else {
+            return Ok(Location::Here);
+        };
+        if head.node == self.node_name() || !self.caller.may_reach(&head.owner) {
+            return Ok(Location::Here);
+        }
+        let Some((node, _)) = self.read::<NodeRecord>(&keys::node(&head.node)).await? else {
+            return Err(Error::NodeLost(head.node));
+        };
+        if self
+            .shared
+            .store
+            .get(&keys::node_alive(&head.node))
+            .await?
+            .is_none()
+        {
+            return Err(Error::NodeLost(head.node));
+        }
+        Ok(self.location_of(&node))
+    }
+
+    fn location_of(&self, node: &NodeRecord) -> Location {
+        if node.name == self.node_name() {
+            Location::Here
+        } else {
+            Location::Node {
+                name: node.name.clone(),
+                url: node.advertise.clone(),
+            }
+        }
+    }
+}

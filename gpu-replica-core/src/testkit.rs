@@ -519,3 +519,134 @@ pub async fn http_get(port: u16) -> String {
     .await
     .unwrap_or_default()
 }
+
+/// A 3-member (or n-member) etcd cluster on loopback ports, each member its own data dir;
+/// members can be stopped and started again. Killed on drop.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    initial: String,
+    token: String,
+}
+
+struct EtcdMember {
+    name: String,
+    child: Option<std::process::Child>,
+    data_dir: std::path::PathBuf,
+    client_port: u16,
+    peer_port: u16,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until each answers.
+    pub fn start(size: usize) -> EtcdCluster {
+        let token = unique_name("cluster");
+        let members: Vec<EtcdMember> = (0..size)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                child: None,
+                data_dir: std::env::temp_dir().join(unique_name("gpu_replica_etcdm_")),
+                client_port: free_port(),
+                peer_port: free_port(),
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial,
+            token,
+        };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait(i);
+        }
+        cluster
+    }
+
+    /// `127.0.0.1:P1,127.0.0.1:P2,…`, as `--store etcd://…` takes it.
+    pub fn host_ports(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills member `i` (as a crash would).
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again on its data; waits until it answers.
+    pub fn resume_member(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait(i);
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let state = if m.data_dir.join("member").exists() {
+            "existing"
+        } else {
+            "new"
+        };
+        let child = std::process::Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&m.data_dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.initial])
+            .args([
+                "--initial-cluster-state",
+                state,
+                "--initial-cluster-token",
+                &self.token,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start etcd ({e}); install etcd-server"));
+        self.members[i].child = Some(child);
+    }
+
+    fn wait(&self, i: usize) {
+        let port = self.members[i].client_port;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("etcd member {i} did not come up");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+            let _ = std::fs::remove_dir_all(&self.members[i].data_dir);
+        }
+    }
+}

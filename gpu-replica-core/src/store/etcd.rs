@@ -110,53 +110,99 @@ impl EtcdStore {
     }
 }
 
+/// Whether a call failed before its request left (no connection to the member it was sent
+/// to): then it is safe to send again, and the balanced channel tries another member.
+fn not_sent(e: &etcd_client::Error) -> bool {
+    matches!(
+        e,
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
+    ) && e.to_string().contains("connect")
+}
+
+/// Runs `call` again, up to 5 times 100 ms apart, while it could not reach a member: with one
+/// member of a cluster down, the requests sent its way go to the others.
+async fn retrying<T, F, Fut>(mut call: F) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(e) if tries < 5 && not_sent(&e) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[async_trait]
 impl StateStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        let mut kv = self.client.kv_client();
-        let response = kv.get(self.full(key), None).await.map_err(store_err)?;
+        let key = self.full(key);
+        let response = retrying(|| {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await
+        .map_err(store_err)?;
         response.kvs().first().map(|kv| self.entry(kv)).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
-        let mut kv = self.client.kv_client();
-        let response = kv
-            .get(self.full(prefix), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(store_err)?;
+        let prefix = self.full(prefix);
+        let response = retrying(|| {
+            let mut kv = self.client.kv_client();
+            let prefix = prefix.clone();
+            async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(store_err)?;
         response.kvs().iter().map(|kv| self.entry(kv)).collect()
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64> {
-        let mut kv = self.client.kv_client();
-        let response = kv
-            .put(self.full(key), value, None)
-            .await
-            .map_err(store_err)?;
+        let key = self.full(key);
+        let response = retrying(|| {
+            let mut kv = self.client.kv_client();
+            let (key, value) = (key.clone(), value.clone());
+            async move { kv.put(key, value, None).await }
+        })
+        .await
+        .map_err(store_err)?;
         let revision = response.header().map(|h| h.revision()).unwrap_or_default();
         Ok(revision as u64)
     }
 
     async fn put_leased(&self, key: &str, value: Vec<u8>, ttl: std::time::Duration) -> Result<u64> {
-        let mut lease = self.client.lease_client();
-        let granted = lease
-            .grant(ttl.as_secs().max(1) as i64, None)
-            .await
-            .map_err(store_err)?;
-        let mut kv = self.client.kv_client();
-        kv.put(
-            self.full(key),
-            value,
-            Some(etcd_client::PutOptions::new().with_lease(granted.id())),
-        )
+        let granted = retrying(|| {
+            let mut lease = self.client.lease_client();
+            async move { lease.grant(ttl.as_secs().max(1) as i64, None).await }
+        })
+        .await
+        .map_err(store_err)?;
+        let key = self.full(key);
+        retrying(|| {
+            let mut kv = self.client.kv_client();
+            let (key, value) = (key.clone(), value.clone());
+            let options = etcd_client::PutOptions::new().with_lease(granted.id());
+            async move { kv.put(key, value, Some(options)).await }
+        })
         .await
         .map_err(store_err)?;
         Ok(granted.id() as u64)
     }
 
     async fn renew(&self, lease: u64) -> Result<bool> {
-        let mut client = self.client.lease_client();
-        let (mut keeper, mut answers) = client.keep_alive(lease as i64).await.map_err(store_err)?;
+        let (mut keeper, mut answers) = retrying(|| {
+            let mut client = self.client.lease_client();
+            async move { client.keep_alive(lease as i64).await }
+        })
+        .await
+        .map_err(store_err)?;
         keeper.keep_alive().await.map_err(store_err)?;
         match answers.message().await.map_err(store_err)? {
             Some(answer) => Ok(answer.ttl() > 0),
@@ -165,8 +211,14 @@ impl StateStore for EtcdStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let mut kv = self.client.kv_client();
-        let response = kv.delete(self.full(key), None).await.map_err(store_err)?;
+        let key = self.full(key);
+        let response = retrying(|| {
+            let mut kv = self.client.kv_client();
+            let key = key.clone();
+            async move { kv.delete(key, None).await }
+        })
+        .await
+        .map_err(store_err)?;
         Ok(response.deleted() > 0)
     }
 
@@ -191,11 +243,14 @@ impl StateStore for EtcdStore {
                 Write::Delete(key) => TxnOp::delete(self.full(&key), None),
             })
             .collect();
-        let mut kv = self.client.kv_client();
-        let response = kv
-            .txn(EtcdTxn::new().when(compares).and_then(ops))
-            .await
-            .map_err(store_err)?;
+        let txn = EtcdTxn::new().when(compares).and_then(ops);
+        let response = retrying(|| {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(store_err)?;
         Ok(response.succeeded())
     }
 

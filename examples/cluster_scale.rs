@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gpu_replica_core::cluster::NodeRecord;
-use gpu_replica_core::model::{ReplicaSet, Status};
+use gpu_replica_core::model::{ReplicaSet, ReplicaSetSpec, Status, Version};
 use gpu_replica_core::store::Txn;
 use gpu_replica_core::{keys, EtcdStore, GpuInventory, StateStore, StaticInventory};
 
@@ -91,8 +91,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     created_at: "2026-11-26 00:00:00".into(),
                     timers: Default::default(),
                 };
+                let version = Version {
+                    version: 1,
+                    container: format!("{set}-1"),
+                    spec: ReplicaSetSpec {
+                        image: "ubuntu:22.04".into(),
+                        gpu_count: 1,
+                        binds: vec![],
+                        env: vec![],
+                        cmd: None,
+                        container_ports: vec![],
+                        resources: Default::default(),
+                    },
+                    gpus: head.gpus.clone(),
+                    ports: vec![],
+                    image: "ubuntu:22.04".into(),
+                    snapshot: None,
+                    limits: Default::default(),
+                    created_at: head.created_at.clone(),
+                };
                 txn = txn
                     .put(keys::replica_set(&set), serde_json::to_vec(&head)?)
+                    .put(keys::version(&set, 1), serde_json::to_vec(&version)?)
+                    .put(keys::current(&set), serde_json::to_vec(&version)?)
                     .put(keys::gpu_claim(&gpu.uuid), set.into_bytes());
                 sets += 1;
             }

@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for nodes in sizes {
         let prefix = format!("cluster-scale-{}-{nodes}/", std::process::id());
         let store: Arc<dyn StateStore> =
-            Arc::new(EtcdStore::connect(&[endpoint.clone()], &prefix).await?);
+            Arc::new(EtcdStore::connect(std::slice::from_ref(&endpoint), &prefix).await?);
         // Nodes: a record and a leased liveness key each; 4 sets holding one GPU on each.
         let mut sets = 0;
         for n in 0..nodes {

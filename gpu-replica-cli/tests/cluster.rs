@@ -366,3 +366,41 @@ async fn sixteen_concurrent_runs_through_two_nodes_take_each_gpu_once() {
     }
     drop((n1, n2, d1, d2, etcd));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_etcd_with_one_member_stopped_still_serves() {
+    testkit::docker().await;
+    let mut etcd = testkit::EtcdCluster::start(3);
+    let (d1, d2) = (daemon(5).await, daemon(6).await);
+    let n1 = Node::start("n1", &etcd.host_ports(), &d1.socket());
+    let n2 = Node::start("n2", &etcd.host_ports(), &d2.socket());
+    let p = testkit::unique_name("quorum");
+    let a = format!("{p}a");
+    let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(run_body(&a, 1)));
+    assert_eq!(status, 200, "{reply}");
+    // One member down: the other two are a quorum, and both nodes keep serving.
+    etcd.stop_member(0);
+    let b = format!("{p}b");
+    let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(run_body(&b, 1)));
+    assert_eq!(status, 200, "{reply}");
+    let patch = json!({"gpuPatch": {"gpuCount": 0}});
+    let (status, reply) = n2.call("PATCH", &format!("/api/v1/replicaSet/{a}"), Some(patch));
+    assert_eq!(status, 200, "{reply}");
+    for via in [&n1, &n2] {
+        let (status, reply) = via.call("GET", "/api/v1/replicaSet", None);
+        assert_eq!(status, 200, "{reply}");
+    }
+    // Both nodes stay ready past their lease.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        nodes(&n1).iter().all(|n| n["state"] == "ready"),
+        "{:?}",
+        nodes(&n1)
+    );
+    etcd.resume_member(0);
+    for name in [&a, &b] {
+        let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{name}"), None);
+        assert_eq!(status, 200, "{reply}");
+    }
+    drop((n1, n2, d1, d2, etcd));
+}

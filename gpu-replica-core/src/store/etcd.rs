@@ -113,15 +113,48 @@ impl EtcdStore {
 /// Whether a call failed before its request left (no connection to the member it was sent
 /// to): then it is safe to send again, and the balanced channel tries another member.
 fn not_sent(e: &etcd_client::Error) -> bool {
-    matches!(
-        e,
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
-    ) && e.to_string().contains("connect")
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(_) | E::IoError(_) => e.to_string().contains("connect"),
+        // tonic reports a refused connection as status Unavailable.
+        E::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable && status.message().contains("connect")
+        }
+        _ => false,
+    }
 }
 
-/// Runs `call` again, up to 5 times 100 ms apart, while it could not reach a member: with one
+/// Whether a read may simply be asked again: it could not connect, or the cluster was
+/// electing a leader.
+fn read_again(e: &etcd_client::Error) -> bool {
+    not_sent(e)
+        || matches!(e, etcd_client::Error::GRpcStatus(status)
+            if status.code() == tonic::Code::Unavailable && status.message().contains("leader"))
+}
+
+/// Runs `call` again, up to 8 times 25 ms apart, while it could not reach a member: with one
 /// member of a cluster down, the requests sent its way go to the others.
-async fn retrying<T, F, Fut>(mut call: F) -> std::result::Result<T, etcd_client::Error>
+async fn retrying<T, F, Fut>(call: F) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    retrying_when(not_sent, call).await
+}
+
+/// Like [`retrying`], for reads, which may also be asked again after a leader change.
+async fn reading<T, F, Fut>(call: F) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    retrying_when(read_again, call).await
+}
+
+async fn retrying_when<T, F, Fut>(
+    again: fn(&etcd_client::Error) -> bool,
+    mut call: F,
+) -> std::result::Result<T, etcd_client::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -129,9 +162,9 @@ where
     let mut tries = 0;
     loop {
         match call().await {
-            Err(e) if tries < 5 && not_sent(&e) => {
+            Err(e) if tries < 8 && again(&e) => {
                 tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
             }
             other => return other,
         }
@@ -142,7 +175,7 @@ where
 impl StateStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
         let key = self.full(key);
-        let response = retrying(|| {
+        let response = reading(|| {
             let mut kv = self.client.kv_client();
             let key = key.clone();
             async move { kv.get(key, None).await }
@@ -154,7 +187,7 @@ impl StateStore for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
         let prefix = self.full(prefix);
-        let response = retrying(|| {
+        let response = reading(|| {
             let mut kv = self.client.kv_client();
             let prefix = prefix.clone();
             async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }

@@ -871,11 +871,18 @@ fn print(answer: &Answer) {
                         memory,
                         or_dash(g.utilization),
                         or_dash(g.holder.as_ref()),
+                        if g.node.is_empty() {
+                            "-".into()
+                        } else {
+                            g.node.clone()
+                        },
                     ]
                 })
                 .collect();
             table::print(
-                &["INDEX", "UUID", "NAME", "MEMORY", "UTIL%", "HELD BY"],
+                &[
+                    "INDEX", "UUID", "NAME", "MEMORY", "UTIL%", "HELD BY", "NODE",
+                ],
                 &rows,
             );
         }

@@ -222,6 +222,16 @@ async fn placement_pinning_forwarding_and_a_node_lost_and_back() {
     let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(pinned));
     assert_eq!(status, 200, "{reply}");
     assert_eq!(node_of(&n1, &d), "n2");
+    // GPU status covers the cluster: four GPUs, two per node, three held.
+    let (_, gpus) = n2.call("GET", "/api/v1/resources/gpus?detail=true", None);
+    let gpus = gpus["data"]["gpus"].as_array().unwrap().clone();
+    assert_eq!(gpus.len(), 4, "{gpus:?}");
+    assert_eq!(gpus.iter().filter(|g| g["node"] == "n1").count(), 2);
+    assert_eq!(
+        gpus.iter().filter(|g| !g["holder"].is_null()).count(),
+        3,
+        "{gpus:?}"
+    );
     // The containers are on the nodes' own daemons.
     assert_eq!(containers(&d1, &p).len(), 2);
     assert_eq!(containers(&d2, &p).len(), 2);

@@ -258,6 +258,9 @@ pub struct GpuStatus {
     pub gpu: crate::gpu::GpuInfo,
     /// The replicaSet holding it, if any.
     pub holder: Option<String>,
+    /// The cluster node it is on (empty on a single host).
+    #[serde(default)]
+    pub node: String,
 }
 
 /// Host port usage.

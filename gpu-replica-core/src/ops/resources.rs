@@ -10,15 +10,27 @@ use crate::model::{GpuStatus, PortStatus, ReplicaSet};
 pub const HELD_BY_ANOTHER: &str = "(another user)";
 
 impl Engine {
-    /// Every GPU of the host with the replicaSet holding it; for a user, a GPU held by another
+    /// Every GPU of the host (of every node in a cluster) with the replicaSet holding it; for a
+    /// user, a GPU held by another
     /// user's set shows [`HELD_BY_ANOTHER`] instead of the set's name.
     pub async fn gpu_status(&self) -> Result<Vec<GpuStatus>> {
-        let gpus = self
+        let here = self.node_name().to_string();
+        let mut gpus: Vec<(String, crate::gpu::GpuInfo)> = self
             .shared
             .inventory
             .gpus()
             .await
-            .map_err(|e| e.during(Operation::Status))?;
+            .map_err(|e| e.during(Operation::Status))?
+            .into_iter()
+            .map(|g| (here.clone(), g))
+            .collect();
+        if !here.is_empty() {
+            // The other nodes' GPUs as they registered them (figures from when they joined).
+            let nodes: Vec<crate::cluster::NodeRecord> = self.read_all(keys::NODES).await?;
+            for node in nodes.into_iter().filter(|n| n.name != here) {
+                gpus.extend(node.gpus.into_iter().map(|g| (node.name.clone(), g)));
+            }
+        }
         let mut holders = self.gpu_holders().await?;
         if !self.caller.is_admin() {
             let mine: std::collections::HashSet<String> = self
@@ -36,9 +48,9 @@ impl Engine {
         }
         Ok(gpus
             .into_iter()
-            .map(|gpu| {
+            .map(|(node, gpu)| {
                 let holder = holders.get(&gpu.uuid).cloned();
-                GpuStatus { gpu, holder }
+                GpuStatus { gpu, holder, node }
             })
             .collect())
     }

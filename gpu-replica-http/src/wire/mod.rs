@@ -261,6 +261,7 @@ impl From<Stats> for StatsReply {
                     GpuDetail::from(&GpuStatus {
                         gpu: g.clone(),
                         holder: None,
+                        node: String::new(),
                     })
                 })
                 .collect(),
@@ -796,6 +797,9 @@ pub struct GpuDetail {
     pub utilization: Option<u32>,
     /// The replicaSet holding it.
     pub holder: Option<String>,
+    /// The cluster node it is on (empty on a single host).
+    #[serde(default)]
+    pub node: String,
 }
 
 impl From<&GpuStatus> for GpuDetail {
@@ -808,6 +812,7 @@ impl From<&GpuStatus> for GpuDetail {
             memory_used: s.gpu.memory_used,
             utilization: s.gpu.utilization,
             holder: s.holder.clone(),
+            node: s.node.clone(),
         }
     }
 }

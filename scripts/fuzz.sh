@@ -18,7 +18,9 @@ bin=target/debug/gpu-replica
 
 workdir=$(mktemp -d -t gpu-replica-fuzz.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin" serve --addr "127.0.0.1:$port" --data-dir "$workdir" --gpus fake:4 --gpu-attach env \
+# With a server token: users the fuzzer adds never lock it out of the routes.
+token=fuzz-$RANDOM$RANDOM
+"$bin" serve --addr "127.0.0.1:$port" --data-dir "$workdir" --gpus fake:4 --gpu-attach env --token "$token" \
   --port-range 47000-47199 --stop-timeout 0 --label io.gpu-replica.test=1 --log-level warn \
   >"$workdir/server.log" 2>&1 &
 server=$!
@@ -39,6 +41,7 @@ run() { # name, schema, checks, extra args...
   local name=$1 schema=$2 checks=$3; shift 3
   echo "== $name: $schema"
   if ! st run "$schema" "$@" --checks "$checks" --max-examples "$cases" \
+      -H "Authorization: Bearer $token" \
       --workers 1 --request-timeout 60 \
       --report junit --report-junit-path "$workdir/$name.xml" >"$workdir/$name.out" 2>&1; then
     status=1

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::accounting::GpuTime;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys;
 
 /// GPU-time of one replicaSet over the period.
@@ -71,13 +71,9 @@ impl Engine {
     /// an admin everyone's, or one user's with `owner`.
     pub async fn usage(&self, query: UsageQuery) -> Result<UsageReport> {
         let now = self.shared.clock.now_micros();
-        let from = query.from.unwrap_or(0);
-        let to = query.to.unwrap_or((now / 1_000_000) as i64);
-        if from < 0 || to < from {
-            return Err(Error::InvalidParams(format!(
-                "the period from {from} to {to} is empty or before 1970"
-            )));
-        }
+        // Before 1970 is the beginning; a period that ends before it starts is empty.
+        let from = query.from.unwrap_or(0).max(0);
+        let to = query.to.map_or((now / 1_000_000) as i64, |t| t.max(from));
         let owner = match (self.caller.is_admin(), query.owner) {
             (true, owner) => owner,
             // Another user's GPU-time answers as none at all.

@@ -49,7 +49,7 @@ pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<Use
 /// Remove a user (admins); refused while they own replicaSets or volumes.
 #[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path, description = "User name")),
-    responses((status = 200, body = Envelope<UserReply>), (status = "4XX", body = ErrorReply, description = "1049, 1051, 1053 (still owns objects)")))]
+    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1049, 1051, 1053 (still owns objects)")))]
 pub async fn remove(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.remove_user(&name).await?;
     Ok(ok(()))
@@ -92,9 +92,7 @@ pub async fn whoami(Acting(engine): Acting) -> Reply<WhoamiReply> {
 
 /// GPU-seconds per user and per replicaSet over a period (a user sees their own).
 #[utoipa::path(get, path = "/api/v1/usage", tag = "users",
-    params(("from" = Option<String>, Query, description = "Start: RFC 3339 or seconds since 1970 (default: the beginning)"),
-        ("to" = Option<String>, Query, description = "End (default: now)"),
-        ("owner" = Option<String>, Query, description = "Only this user's (admins)")),
+    params(UsageQueryParams),
     responses((status = 200, body = Envelope<UsageReply>), (status = 400, body = ErrorReply, description = "1000: a time not understood, or to before from")))]
 pub async fn usage(
     Acting(engine): Acting,
@@ -103,14 +101,17 @@ pub async fn usage(
     let Query(params) = query?;
     let report = engine
         .usage(UsageQuery {
+            // An empty value is no value: `?from=&to=` is the whole time.
             from: params
                 .from
                 .as_deref()
+                .filter(|t| !t.trim().is_empty())
                 .map(|t| parse_instant("from", t))
                 .transpose()?,
             to: params
                 .to
                 .as_deref()
+                .filter(|t| !t.trim().is_empty())
                 .map(|t| parse_instant("to", t))
                 .transpose()?,
             owner: params.owner,

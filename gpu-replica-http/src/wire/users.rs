@@ -34,7 +34,19 @@ pub struct UserAddBody {
     pub max_sets: Option<u32>,
     /// Total size of volumes, `500GB` (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
     pub max_volume_size: Option<String>,
+}
+
+/// A count limit as the document declares it (a 32-bit integer, not negative).
+fn count(what: &str, value: Option<u32>) -> Result<Option<u32>, Error> {
+    match value {
+        Some(v) if v > i32::MAX as u32 => Err(Error::InvalidParams(format!(
+            "{what} {v} is larger than {}",
+            i32::MAX
+        ))),
+        other => Ok(other),
+    }
 }
 
 impl UserAddBody {
@@ -44,8 +56,8 @@ impl UserAddBody {
             name: self.name.clone(),
             admin: self.admin,
             quota: Quota {
-                max_gpus: self.max_gpus,
-                max_sets: self.max_sets,
+                max_gpus: count("maxGpus", self.max_gpus)?,
+                max_sets: count("maxSets", self.max_sets)?,
                 max_volume_bytes: self
                     .max_volume_size
                     .as_deref()
@@ -83,21 +95,27 @@ pub struct QuotaBody {
         deserialize_with = "present",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
     pub max_volume_size: Option<Option<String>>,
 }
 
 impl QuotaBody {
     /// The core's change.
     pub fn to_change(&self) -> Result<QuotaChange, Error> {
+        if self.max_gpus.is_none() && self.max_sets.is_none() && self.max_volume_size.is_none() {
+            return Err(Error::InvalidParams(
+                "nothing to change: give maxGpus, maxSets or maxVolumeSize (null removes a limit)"
+                    .into(),
+            ));
+        }
         let bytes = match &self.max_volume_size {
             None => None,
             Some(None) => Some(None),
             Some(Some(size)) => Some(Some(parse_size(size)?)),
         };
         Ok(QuotaChange {
-            max_gpus: self.max_gpus,
-            max_sets: self.max_sets,
+            max_gpus: self.max_gpus.map(|v| count("maxGpus", v)).transpose()?,
+            max_sets: self.max_sets.map(|v| count("maxSets", v)).transpose()?,
             max_volume_bytes: bytes,
         })
     }
@@ -269,12 +287,19 @@ pub struct NodeList {
 }
 
 /// `?from=&to=&owner=` of `GET /api/v1/usage`.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQueryParams {
     /// Start: RFC 3339 (`2026-11-01T00:00:00Z`) or seconds since the epoch (default: the
     /// beginning).
+    #[param(
+        pattern = r"^(|[0-9]{1,11}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z)$"
+    )]
     pub from: Option<String>,
     /// End, the same forms (default: now).
+    #[param(
+        pattern = r"^(|[0-9]{1,11}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?Z)$"
+    )]
     pub to: Option<String>,
     /// Only this user's (admins).
     pub owner: Option<String>,

@@ -219,3 +219,61 @@ async fn a_published_port_reaches_the_container() {
     assert!(body.contains("hello"), "{body}");
     docker.remove_container(&name).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_moves_to_another_engine_without_a_registry() {
+    let host = testkit::docker().await;
+    let name = testkit::unique_name("move");
+    let mut container = spec(&name, TEST_IMAGE);
+    container.cmd = Some(argv("echo moved > /root/file; sleep 600"));
+    host.create_container(&container).await.unwrap();
+    host.start_container(&name).await.unwrap();
+    let out = host
+        .exec(
+            &name,
+            &argv("test -s /root/file || sleep 1; cat /root/file"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output.trim(), "moved");
+    let snapshot = format!("gpu-replica-test/{name}:v1");
+    host.commit(&name, &snapshot, &testkit::test_labels())
+        .await
+        .unwrap();
+
+    // Saved from the host's engine, loaded into another one (its own daemon), as a stream.
+    let other = testkit::PrivateDockerd::start_nth(7);
+    let target = gpu_replica_core::DockerRuntime::connect_socket(&other.socket())
+        .await
+        .unwrap();
+    assert!(target.inspect_image(&snapshot).await.unwrap().is_none());
+    target
+        .load_image(host.save_image(&snapshot).await.unwrap())
+        .await
+        .unwrap();
+    assert!(target.inspect_image(&snapshot).await.unwrap().is_some());
+    // The filesystem came with it: a container made from it on the other engine has the file.
+    let moved = format!("{name}b");
+    let mut again = spec(&moved, &snapshot);
+    again.cmd = Some(argv("sleep 600"));
+    target.create_container(&again).await.unwrap();
+    target.start_container(&moved).await.unwrap();
+    let out = target
+        .exec(&moved, &argv("cat /root/file"), None)
+        .await
+        .unwrap();
+    assert_eq!(out.output.trim(), "moved");
+    target.remove_container(&moved).await.unwrap();
+    drop(other);
+
+    // A missing image is said to be missing.
+    let missing = host
+        .save_image("gpu-replica-test/none:v9")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(missing.code(), 1036);
+    host.remove_container(&name).await.unwrap();
+    host.remove_image(&snapshot).await.unwrap();
+}

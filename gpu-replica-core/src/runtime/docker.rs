@@ -731,6 +731,33 @@ impl ContainerRuntime for DockerRuntime {
         Ok(imported.id)
     }
 
+    async fn save_image(&self, image: &str) -> Result<super::ImageStream> {
+        if self.inspect_image(image).await?.is_none() {
+            return Err(Error::ImageNotFound(image.to_string()));
+        }
+        Ok(Box::pin(
+            self.docker.export_image(image).map_err(docker_err),
+        ))
+    }
+
+    async fn load_image(&self, archive: super::ImageStream) -> Result<()> {
+        let archive = archive.map_err(|e| std::io::Error::other(e.to_string()));
+        let options = bollard::query_parameters::ImportImageOptionsBuilder::new()
+            .quiet(true)
+            .build();
+        let mut progress = self.docker.import_image_stream(options, archive, None);
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(docker_err)?;
+            if let Some(detail) = info.error_detail {
+                return Err(Error::Docker(format!(
+                    "loading an image: {}",
+                    detail.message.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn tag_image(&self, source: &str, target: &str) -> Result<()> {
         let (repo, tag) = split_reference(target);
         let options = TagImageOptions {

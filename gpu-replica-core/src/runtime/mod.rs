@@ -52,6 +52,9 @@ use crate::limits::Limits;
 /// A container's log output as it arrives: chunks of bytes, stdout and stderr interleaved.
 pub type LogStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>;
 
+/// An image as a `docker save` tar archive (layers, config and tags), as it streams.
+pub type ImageStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>;
+
 /// How a container is given its GPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -274,6 +277,11 @@ pub trait ContainerRuntime: Send + Sync {
     ) -> Result<String>;
     /// Gives image `source` the extra reference `target` (`repo:tag`).
     async fn tag_image(&self, source: &str, target: &str) -> Result<()>;
+    /// Image `image` as a `docker save` archive, streamed: what another engine loads (a set's
+    /// filesystem moving between hosts without a registry). Missing image: `ImageNotFound`.
+    async fn save_image(&self, image: &str) -> Result<ImageStream>;
+    /// Loads a `docker save` archive (`docker load`): the images in it, with their tags.
+    async fn load_image(&self, archive: ImageStream) -> Result<()>;
     /// Inspects an image; `None` when it is not present.
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>>;
     /// Images carrying label `key` (any value).

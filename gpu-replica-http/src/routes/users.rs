@@ -65,7 +65,7 @@ pub async fn reset_token(Acting(engine): Acting, Path(name): Path<String>) -> Re
 }
 
 /// Change a user's limits (admins): fields left out stay, `null` removes a limit.
-#[utoipa::path(patch, path = "/api/v1/users/{name}/quota", tag = "users", request_body = QuotaBody,
+#[utoipa::path(patch, path = "/api/v1/users/{name}/quota", tag = "users", request_body = Option<QuotaBody>,
     params(("name" = String, Path, description = "User name")),
     responses((status = 200, body = Envelope<UserReply>), (status = "4XX", body = ErrorReply, description = "1000, 1029, 1049, 1051")))]
 pub async fn quota(

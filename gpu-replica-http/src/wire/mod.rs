@@ -272,8 +272,9 @@ impl From<Stats> for StatsReply {
 /// `?replay=N&follow=false`
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct EventsQuery {
-    /// Stored events sent first, newest N (default 20; 0 = none).
-    #[serde(default = "default_replay")]
+    /// Stored events sent first, newest N (default 20; 0 = none; more than are kept is all).
+    #[serde(default = "default_replay", deserialize_with = "saturating_count")]
+    #[schema(value_type = u64, minimum = 0)]
     pub replay: usize,
     /// Keep the stream open for live events (default true).
     #[serde(default = "default_follow")]
@@ -282,6 +283,18 @@ pub struct EventsQuery {
 
 fn default_replay() -> usize {
     20
+}
+
+/// A count given as digits, however many: past what fits, it is as many as there are.
+fn saturating_count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let digits = text.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(serde::de::Error::custom(format!(
+            "replay '{text}' is not a count"
+        )));
+    }
+    Ok(digits.parse().unwrap_or(usize::MAX))
 }
 
 fn default_follow() -> bool {

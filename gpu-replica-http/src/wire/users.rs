@@ -102,12 +102,6 @@ pub struct QuotaBody {
 impl QuotaBody {
     /// The core's change.
     pub fn to_change(&self) -> Result<QuotaChange, Error> {
-        if self.max_gpus.is_none() && self.max_sets.is_none() && self.max_volume_size.is_none() {
-            return Err(Error::InvalidParams(
-                "nothing to change: give maxGpus, maxSets or maxVolumeSize (null removes a limit)"
-                    .into(),
-            ));
-        }
         let bytes = match &self.max_volume_size {
             None => None,
             Some(None) => Some(None),

@@ -289,6 +289,12 @@ where
                 "the request body is not valid JSON: {e}"
             )))
         })?;
+        // `null` is no body, as an empty one is.
+        let value = if value.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            value
+        };
         if !value.is_object() {
             return Err(ApiError::new(Error::InvalidParams(
                 "the request body must be a JSON object".into(),

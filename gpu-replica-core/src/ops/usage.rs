@@ -73,7 +73,7 @@ impl Engine {
         let now = self.shared.clock.now_micros();
         // Before 1970 is the beginning; a period that ends before it starts is empty.
         let from = query.from.unwrap_or(0).max(0);
-        let to = query.to.map_or((now / 1_000_000) as i64, |t| t.max(from));
+        let to = query.to.unwrap_or((now / 1_000_000) as i64).max(from);
         let owner = match (self.caller.is_admin(), query.owner) {
             (true, owner) => owner,
             // Another user's GPU-time answers as none at all.
@@ -85,9 +85,9 @@ impl Engine {
             None => keys::GPU_TIMES.to_string(),
         };
         // Without an end, up to this very microsecond.
-        let from_us = from as u64 * 1_000_000;
+        let from_us = (from as u64).saturating_mul(1_000_000);
         let to_us = match query.to {
-            Some(to) => to as u64 * 1_000_000,
+            Some(_) => (to as u64).saturating_mul(1_000_000),
             None => now,
         };
         // Keys are `gpu-time/{owner}/{id}/{at}.{unique}`: each set's records come together,
@@ -159,7 +159,37 @@ fn empty(from: i64, to: i64) -> UsageReport {
 
 #[cfg(test)]
 mod tests {
-    use super::overlap;
+    use super::{overlap, UsageQuery};
+    use crate::gpu::StaticInventory;
+    use crate::runtime::MockContainerRuntime;
+    use crate::store::MemoryStore;
+
+    /// Found by fuzzing: a period before 1970, or at the end of time, is an answer, not a panic.
+    #[tokio::test]
+    async fn any_period_is_answered() {
+        let engine = crate::Engine::new(
+            std::sync::Arc::new(MockContainerRuntime::new()),
+            std::sync::Arc::new(MemoryStore::new()),
+            std::sync::Arc::new(StaticInventory::fake(0)),
+            Default::default(),
+        );
+        for (from, to) in [
+            (None, Some(-25_000_000_000)),
+            (Some(i64::MAX), None),
+            (Some(-1), Some(i64::MAX)),
+            (Some(i64::MIN), Some(i64::MIN)),
+        ] {
+            let report = engine
+                .usage(UsageQuery {
+                    from,
+                    to,
+                    owner: None,
+                })
+                .await
+                .unwrap();
+            assert!(report.users.is_empty() && report.from <= report.to);
+        }
+    }
 
     #[test]
     fn overlaps_are_clipped_to_the_period() {

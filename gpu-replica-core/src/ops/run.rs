@@ -84,15 +84,15 @@ impl Engine {
                 "cmd, when given, must name a program".into(),
             ));
         }
+        // `22` and `22/tcp` are one port: published once, in the order first given.
+        let mut seen = HashSet::new();
         let container_ports = container_ports
             .iter()
             .map(|p| parse_container_port(p))
-            .collect::<Result<Vec<_>>>()?;
-        if container_ports.iter().collect::<HashSet<_>>().len() != container_ports.len() {
-            return Err(Error::InvalidParams(
-                "a container port is listed twice".into(),
-            ));
-        }
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|p| seen.insert(p.clone()))
+            .collect::<Vec<_>>();
         self.shared
             .config
             .resources
@@ -151,6 +151,29 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_port_given_twice_is_published_once() {
+        let mut runtime = crate::runtime::MockContainerRuntime::new();
+        runtime.expect_inspect_image().returning(|_| Ok(None));
+        let engine = crate::Engine::new(
+            std::sync::Arc::new(runtime),
+            std::sync::Arc::new(crate::store::MemoryStore::new()),
+            std::sync::Arc::new(crate::gpu::StaticInventory::fake(0)),
+            Default::default(),
+        );
+        // Refused later for the image (the mock knows none), not for the ports.
+        let error = engine
+            .run(RunRequest {
+                name: "p".into(),
+                image: "img".into(),
+                container_ports: vec!["22".into(), "22/tcp".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), 1036, "{error}");
+    }
 
     #[test]
     fn container_ports_take_an_optional_protocol() {

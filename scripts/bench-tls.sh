@@ -16,17 +16,17 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
   -keyout "$work/key.pem" -out "$work/cert.pem" -subj /CN=localhost \
   -addext subjectAltName=IP:127.0.0.1,DNS:localhost 2>/dev/null
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-start() { # name, extra flags... -> address
+started=""
+start() { # name, extra flags... -> $started (not in a subshell: the pid must be remembered)
   local name=$1; shift
-  local addr=127.0.0.1:$(port)
+  started=127.0.0.1:$(port)
   mkdir -p "$work/$name"
-  "$bin" serve --gpus fake:4 --gpu-attach env --data-dir "$work/$name" --addr "$addr" \
+  "$bin" serve --gpus fake:4 --gpu-attach env --data-dir "$work/$name" --addr "$started" \
     --log-level warn "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
-  echo "$addr"
 }
-plain=$(start plain)
-tls=$(start tls --tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+start plain; plain=$started
+start tls --tls-cert "$work/cert.pem" --tls-key "$work/key.pem"; tls=$started
 until curl -sf "http://$plain/ping" >/dev/null; do sleep 0.05; done
 until curl -sfk "https://$tls/ping" >/dev/null; do sleep 0.05; done
 load() { # url -> "requests/s p99-ms"

@@ -67,29 +67,16 @@ impl Engine {
         {
             return Err(Error::VolumeExists(name.to_string()));
         }
-        let mut recorded = false;
-        for attempt in 0..CLAIM_ATTEMPTS {
-            backoff(attempt).await;
-            let quota = self
-                .check_quota(&head.owner, Holdings::volume_bytes(size_bytes))
-                .await?;
-            let txn = quota
-                .apply(Txn::new())
-                .absent(keys::volume(name))
-                .put(keys::volume(name), encode(&head))
-                .put(keys::volume_version(name, 1), encode(&version));
-            if self.shared.store.commit(txn).await? {
-                recorded = true;
-                break;
-            }
-            if self.shared.store.get(&keys::volume(name)).await?.is_some() {
-                return Err(Error::VolumeExists(name.to_string()));
-            }
-        }
-        if !recorded {
-            return Err(Error::Conflict(
-                "other claims of the same owner kept committing first".into(),
-            ));
+        let txn = Txn::new()
+            .absent(keys::volume(name))
+            .put(keys::volume(name), encode(&head))
+            .put(keys::volume_version(name, 1), encode(&version));
+        let bytes = Holdings::volume_bytes(size_bytes);
+        if !self
+            .commit_within_quota(&head.owner, bytes, &txn, Some(&keys::volume(name)))
+            .await?
+        {
+            return Err(Error::VolumeExists(name.to_string()));
         }
         match self.create_docker_volume(name, &version).await {
             Ok(version) => Ok(VolumeInfo {
@@ -104,6 +91,33 @@ impl Engine {
                 Err(e.during(Operation::VolumeCreate))
             }
         }
+    }
+
+    /// Commits `txn` together with `owner`'s quota guard for `more`, counting the holdings
+    /// again when another claim of the owner committed first. `Ok(false)` when the commit
+    /// failed because key `taken` exists (the name is someone else's now).
+    async fn commit_within_quota(
+        &self,
+        owner: &str,
+        more: Holdings,
+        txn: &Txn,
+        taken: Option<&str>,
+    ) -> Result<bool> {
+        for attempt in 0..CLAIM_ATTEMPTS {
+            backoff(attempt).await;
+            let quota = self.check_quota(owner, more).await?;
+            if self.shared.store.commit(quota.apply(txn.clone())).await? {
+                return Ok(true);
+            }
+            if let Some(key) = taken {
+                if self.shared.store.get(key).await?.is_some() {
+                    return Ok(false);
+                }
+            }
+        }
+        Err(Error::Conflict(
+            "other claims of the same owner kept committing first".into(),
+        ))
     }
 
     async fn create_docker_volume(
@@ -214,27 +228,12 @@ impl Engine {
             users: users.iter().map(|u| u.replica_set.name.clone()).collect(),
             copied: false,
         });
-        let growth = size_bytes.saturating_sub(current.size_bytes);
-        let mut recorded = false;
-        for attempt in 0..CLAIM_ATTEMPTS {
-            backoff(attempt).await;
-            let quota = self
-                .check_quota(&head.owner, Holdings::volume_bytes(growth))
-                .await?;
-            let txn = quota
-                .apply(Txn::new())
-                .put(keys::volume(&name), encode(&head))
-                .put(keys::volume_version(&name, number), encode(&next));
-            if self.shared.store.commit(txn).await? {
-                recorded = true;
-                break;
-            }
-        }
-        if !recorded {
-            return Err(Error::Conflict(
-                "other claims of the same owner kept committing first".into(),
-            ));
-        }
+        let growth = Holdings::volume_bytes(size_bytes.saturating_sub(current.size_bytes));
+        let txn = Txn::new()
+            .put(keys::volume(&name), encode(&head))
+            .put(keys::volume_version(&name, number), encode(&next));
+        self.commit_within_quota(&head.owner, growth, &txn, None)
+            .await?;
         failpoint("resize.recorded");
         let next = match self.move_volume(&mut head, &current, &next, &users).await {
             Ok(next) => next,

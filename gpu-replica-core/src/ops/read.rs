@@ -124,8 +124,21 @@ impl Engine {
     /// Every replicaSet this caller may reach with its current version, by name: two prefix
     /// reads, whatever the length of the histories.
     pub async fn list(&self) -> Result<Vec<ReplicaSetInfo>> {
+        self.list_where(None, None).await
+    }
+
+    /// [`Engine::list`], only the sets of `owner` and of cluster node `node` when given.
+    pub async fn list_where(
+        &self,
+        owner: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<Vec<ReplicaSetInfo>> {
         let mut heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
-        heads.retain(|h| self.caller.may_reach(&h.owner));
+        heads.retain(|h| {
+            self.caller.may_reach(&h.owner)
+                && owner.is_none_or(|o| h.owner == o)
+                && node.is_none_or(|n| h.node == n)
+        });
         let mut current: std::collections::HashMap<String, Version> = self
             .shared
             .store

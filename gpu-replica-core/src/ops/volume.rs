@@ -415,11 +415,16 @@ impl Engine {
 
     /// Every volume this caller may reach, with its current version.
     pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>> {
+        self.list_volumes_of(None).await
+    }
+
+    /// [`Engine::list_volumes`], only `owner`'s when given.
+    pub async fn list_volumes_of(&self, owner: Option<&str>) -> Result<Vec<VolumeInfo>> {
         let heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
         let mut infos = Vec::with_capacity(heads.len());
         for volume in heads
             .into_iter()
-            .filter(|v| self.caller.may_reach(&v.owner))
+            .filter(|v| self.caller.may_reach(&v.owner) && owner.is_none_or(|o| v.owner == o))
         {
             let key = keys::volume_version(&volume.name, volume.current);
             let (version, _) = self.read::<VolumeVersion>(&key).await?.ok_or_else(|| {

@@ -66,13 +66,9 @@ pub async fn list(
     query: Result<Query<OwnerQuery>, QueryRejection>,
 ) -> Reply<ReplicaSetList> {
     let Query(query) = query?;
-    let mut all = engine.list().await?;
-    if let Some(owner) = &query.owner {
-        all.retain(|info| &info.replica_set.owner == owner);
-    }
-    if let Some(node) = &query.node {
-        all.retain(|info| &info.replica_set.node == node);
-    }
+    let all = engine
+        .list_where(query.owner.as_deref(), query.node.as_deref())
+        .await?;
     Ok(ok(ReplicaSetList {
         replica_sets: all.iter().map(ReplicaSetItem::from).collect(),
     }))

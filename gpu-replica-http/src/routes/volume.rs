@@ -42,10 +42,7 @@ pub async fn list(
     query: Result<Query<OwnerQuery>, QueryRejection>,
 ) -> Reply<VolumeList> {
     let Query(query) = query?;
-    let mut all = engine.list_volumes().await?;
-    if let Some(owner) = &query.owner {
-        all.retain(|info| &info.volume.owner == owner);
-    }
+    let all = engine.list_volumes_of(query.owner.as_deref()).await?;
     Ok(ok(VolumeList {
         volumes: all.iter().map(VolumeItem::from).collect(),
     }))

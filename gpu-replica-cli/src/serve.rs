@@ -465,17 +465,16 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         docker = docker.with_copy_image(image);
     }
     let docker_version = docker.version().await.map_err(|e| e.to_string())?;
-    if args.node.is_some() {
-        if !args
+    if args.node.is_some()
+        && !args
             .store
             .as_deref()
             .is_some_and(|s| s.starts_with("etcd://"))
-        {
-            return Err(
-                "--node needs the etcd store (--store etcd://…): the nodes of a cluster share it"
-                    .into(),
-            );
-        }
+    {
+        return Err(
+            "--node needs the etcd store (--store etcd://…): the nodes of a cluster share it"
+                .into(),
+        );
     }
     let store = open_store(&args).await?;
     let inventory = match (&args.node, args.gpus.strip_prefix("fake:")) {

@@ -6,10 +6,10 @@ use std::time::Duration;
 use clap::Subcommand;
 use gpu_replica_http::wire::{
     BindBody, CloneBody, CommitBody, CommitReply, ContainerNameReply, EventView, ExecuteBody,
-    ExecuteReply, GpuDetails, GpuPatch, HistoryReply, InfoReply, NodeList, PatchBody, PortsReply,
-    ReplicaSetList, ResourcesBody, RollbackBody, RunBody, RunReply, StatsReply, TimersBody,
-    TimersView, VolumeCreateBody, VolumeHistoryReply, VolumeInfoReply, VolumeList, VolumePatch,
-    VolumeReply, VolumeSizeBody,
+    ExecuteReply, GpuDetails, GpuPatch, HistoryReply, InfoReply, MigrateBody, MigrateReply,
+    NodeList, PatchBody, PortsReply, ReplicaSetList, ResourcesBody, RollbackBody, RunBody,
+    RunReply, StatsReply, TimersBody, TimersView, VolumeCreateBody, VolumeHistoryReply,
+    VolumeInfoReply, VolumeList, VolumePatch, VolumeReply, VolumeSizeBody,
 };
 use hyper::Method;
 use serde_json::Value;
@@ -133,6 +133,20 @@ pub enum ClientCommand {
         /// Keep printing events as they happen.
         #[arg(long, short)]
         follow: bool,
+    },
+    /// Move a replicaSet to another node of the cluster (a new version there, same files).
+    Migrate {
+        /// ReplicaSet name.
+        name: String,
+        /// The node it moves to.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        /// GPUs it gets there (default: as many as now).
+        #[arg(long, short)]
+        gpus: Option<i64>,
+        /// Take its volumes' data along (needed when it mounts volumes).
+        #[arg(long)]
+        move_volumes: bool,
     },
     /// Return to an earlier version's spec and filesystem (as a new version).
     Rollback {
@@ -314,6 +328,7 @@ enum Answer {
     Done,
     Run(RunReply),
     NewVersion(ContainerNameReply),
+    Migrated(MigrateReply),
     Commit(CommitReply),
     Volume(VolumeReply),
     ReplicaSets(ReplicaSetList),
@@ -337,6 +352,7 @@ impl Answer {
             Answer::Done => Ok(Value::Null),
             Answer::Run(a) => serde_json::to_value(a),
             Answer::NewVersion(a) => serde_json::to_value(a),
+            Answer::Migrated(a) => serde_json::to_value(a),
             Answer::Commit(a) => serde_json::to_value(a),
             Answer::Volume(a) => serde_json::to_value(a),
             Answer::ReplicaSets(a) => serde_json::to_value(a),
@@ -442,6 +458,21 @@ pub async fn execute(
             };
             let call = client.request(Method::PATCH, rs(&name), Some(&body));
             Answer::NewVersion(with_spinner(format!("patching {name}"), call).await?)
+        }
+        C::Migrate {
+            name,
+            to,
+            gpus,
+            move_volumes,
+        } => {
+            let body = MigrateBody {
+                node: to.clone(),
+                gpu_count: gpus,
+                move_volumes,
+            };
+            let call = client.request(Method::POST, format!("{}/migrate", rs(&name)), Some(&body));
+            let message = format!("moving {name} to node {to}");
+            Answer::Migrated(with_spinner(message, call).await?)
         }
         C::Rollback {
             name,
@@ -663,6 +694,7 @@ fn print(answer: &Answer) {
         Answer::Done => println!("ok"),
         Answer::Run(a) => println!("{}", a.name),
         Answer::NewVersion(a) => println!("{}", a.container_name),
+        Answer::Migrated(a) => println!("{} on node {}", a.container_name, a.node),
         Answer::Commit(a) => println!("{}", a.image_name),
         Answer::Volume(a) => println!("{}", a.name),
         Answer::Exec(a) => print!("{}", a.stdout),

@@ -524,6 +524,16 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     );
     let engine = Arc::new(Engine::new(Arc::new(docker), store, inventory, config));
     let users = engine.has_users().await.map_err(|e| e.to_string())?;
+    if args.node.is_some() {
+        // Recovery may ask another node to undo its part of an interrupted migration.
+        engine
+            .load_cluster_secret()
+            .await
+            .map_err(|e| format!("reading the cluster's secret: {e}"))?;
+        if let Some(secret) = engine.cluster_secret() {
+            engine.set_link(Arc::new(gpu_replica_http::HttpNodeLink::new(secret)));
+        }
+    }
     // Finish or undo what a crash left in flight before taking new requests.
     let recovery = engine
         .recover()

@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 struct Node {
     name: String,
     child: Option<Child>,
+    /// The failpoint the next start arms, if any.
+    armed: Option<String>,
     dir: PathBuf,
     addr: String,
     etcd: String,
@@ -31,6 +33,7 @@ impl Node {
         let mut node = Node {
             name: name.to_string(),
             child: None,
+            armed: None,
             dir: data_dir(),
             addr: format!("127.0.0.1:{}", free_port()),
             etcd: etcd.to_string(),
@@ -48,7 +51,11 @@ impl Node {
             .append(true)
             .open(self.dir.join("server.log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        if let Some(failpoint) = self.armed.take() {
+            command.env("GPU_REPLICA_FAILPOINT", failpoint);
+        }
+        let child = command
             .env("DOCKER_HOST", format!("unix://{}", self.socket))
             .args([
                 "serve",
@@ -92,6 +99,27 @@ impl Node {
             .unwrap_or_default()
             .matches("listening on")
             .count()
+    }
+
+    /// Restarts it with `failpoint` armed.
+    fn restart_armed(&mut self, failpoint: &str) {
+        self.kill();
+        self.armed = Some(failpoint.to_string());
+        self.resume();
+    }
+
+    /// Waits for the process to exit on its own (a failpoint); its exit code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {} did not exit", self.name);
     }
 
     fn kill(&mut self) {
@@ -411,6 +439,282 @@ async fn a_three_member_etcd_with_one_member_stopped_still_serves() {
     for name in [&a, &b] {
         let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{name}"), None);
         assert_eq!(status, 200, "{reply}");
+    }
+    drop((n1, n2, d1, d2, etcd));
+}
+
+/// Objects of `kind` (`volume`, `image`) on `daemon` whose listing contains `needle`.
+fn docker_objects(daemon: &PrivateDockerd, kind: &str, needle: &str) -> Vec<String> {
+    let args: Vec<&str> = match kind {
+        "volume" => vec!["volume", "ls", "--format", "{{.Name}}"],
+        _ => vec!["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"],
+    };
+    let out = Command::new("docker")
+        .args(["-H", &format!("unix://{}", daemon.socket())])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Images on `daemon` labelled with set `name`.
+fn set_images(daemon: &PrivateDockerd, name: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["-H", &format!("unix://{}", daemon.socket())])
+        .args(["images", "-q", "--filter"])
+        .arg(format!("label=io.gpu-replica.replicaset={name}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn exec(via: &Node, name: &str, script: &str) -> String {
+    let (status, reply) = via.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{name}/execute"),
+        Some(json!({"cmd": ["sh", "-c", script]})),
+    );
+    assert_eq!(status, 200, "{name}: {reply}");
+    reply["data"]["stdout"].as_str().unwrap().trim().to_string()
+}
+
+fn info(via: &Node, name: &str) -> Value {
+    let (status, reply) = via.call("GET", &format!("/api/v1/replicaSet/{name}"), None);
+    assert_eq!(status, 200, "{reply}");
+    reply["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(1).await, daemon(2).await);
+    let n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
+    let n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
+    let p = testkit::unique_name("mg");
+    let (set, volume) = (format!("{p}s"), format!("{p}v"));
+
+    // A volume on n1, a set on n1 mounting it, a file in each, a port published.
+    let (status, reply) = n1.call(
+        "POST",
+        "/api/v1/volumes",
+        Some(json!({"name": volume, "size": "10MB"})),
+    );
+    assert_eq!(status, 200, "{reply}");
+    let mut body = run_body(&set, 1);
+    body["node"] = json!("n1");
+    body["binds"] = json!([{"src": format!("{volume}-1"), "dest": "/data"}]);
+    body["containerPorts"] = json!(["80"]);
+    let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(body));
+    assert_eq!(status, 200, "{reply}");
+    exec(&n1, &set, "echo installed > /root/f; echo kept > /data/g");
+
+    // Without moveVolumes: refused, nothing changes.
+    let (status, reply) = n2.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{set}/migrate"),
+        Some(json!({"node": "n2"})),
+    );
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (409, Some(1055)),
+        "{reply}"
+    );
+    assert!(
+        reply["msg"].as_str().unwrap().contains("moveVolumes"),
+        "{reply}"
+    );
+    // Nowhere to go: unknown node, its own node.
+    for (to, code) in [("n9", 1000), ("n1", 1000)] {
+        let (status, reply) = n2.call(
+            "POST",
+            &format!("/api/v1/replicaSet/{set}/migrate"),
+            Some(json!({"node": to, "moveVolumes": true})),
+        );
+        assert_eq!(
+            (status, reply["code"].as_u64()),
+            (400, Some(code)),
+            "{to}: {reply}"
+        );
+    }
+    let before = info(&n2, &set);
+    assert_eq!(
+        (
+            before["status"].as_str(),
+            before["info"]["version"].as_u64()
+        ),
+        (Some("running"), Some(1)),
+        "{before}"
+    );
+    assert_eq!(node_of(&n2, &set), "n1");
+
+    // Through n2 (sent on to n1, where the set lives), with 2 GPUs there.
+    let (status, reply) = n2.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{set}/migrate"),
+        Some(json!({"node": "n2", "gpuCount": 2, "moveVolumes": true})),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["data"]["node"], "n2", "{reply}");
+    assert_eq!(
+        reply["data"]["containerName"],
+        format!("{set}-2"),
+        "{reply}"
+    );
+    assert_eq!(node_of(&n1, &set), "n2");
+    let after = info(&n1, &set);
+    assert_eq!(after["status"], "running", "{after}");
+    assert_eq!(after["info"]["version"], 2, "{after}");
+    // Both intact on the target, through either node; the new GPUs are n2's.
+    assert_eq!(exec(&n1, &set, "cat /root/f"), "installed");
+    assert_eq!(exec(&n2, &set, "cat /data/g"), "kept");
+    let visible = exec(&n1, &set, "echo $NVIDIA_VISIBLE_DEVICES");
+    assert_eq!(visible.split(',').count(), 2, "{visible}");
+    assert_eq!(state_of(&n1, "n2"), ("ready".into(), 0));
+    assert_eq!(
+        state_of(&n1, "n1"),
+        ("ready".into(), 2),
+        "n1's GPU released"
+    );
+    // The old node is clean: no container, snapshot or volume of the set left.
+    assert!(containers(&d1, &p).is_empty(), "{:?}", containers(&d1, &p));
+    assert_eq!(containers(&d2, &p), vec![format!("{set}-2")]);
+    assert!(
+        set_images(&d1, &set).is_empty(),
+        "{:?}",
+        set_images(&d1, &set)
+    );
+    assert!(docker_objects(&d1, "volume", &volume).is_empty());
+    assert_eq!(
+        docker_objects(&d2, "volume", &volume),
+        vec![format!("{volume}-1")]
+    );
+    // It keeps working there: a patch makes version 3 on n2 with the files.
+    let (status, reply) = n1.call(
+        "PATCH",
+        &format!("/api/v1/replicaSet/{set}"),
+        Some(json!({"gpuPatch": {"gpuCount": 1}})),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(exec(&n2, &set, "cat /root/f /data/g"), "installed\nkept");
+    // The events tell who moved it where.
+    let (_, _, events) = common::http_as(
+        &n1.addr,
+        None,
+        "GET",
+        "/api/v1/events?replay=50&follow=false",
+        None,
+    );
+    assert!(events.contains("to node n2"), "{events}");
+
+    let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{set}"), None);
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = n2.call("DELETE", &format!("/api/v1/volumes/{volume}"), None);
+    assert_eq!(status, 200, "{reply}");
+    drop((n1, n2, d1, d2, etcd));
+}
+
+/// A migration whose source or target is killed at each of its steps ends finished or
+/// undone: the set runs on exactly one node with its file, the other node keeps nothing of it
+/// (once restarted), and the GPUs held are the set's only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_killed_at_each_step_ends_finished_or_undone() {
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(1).await, daemon(2).await);
+    let mut n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
+    let mut n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
+    let p = testkit::unique_name("mk");
+    // (failpoint, armed on the target, whether the set ends on the target)
+    let steps = [
+        ("migrate.recorded", false, false),
+        ("migrate.stopped", false, false),
+        ("migrate.committed", false, false),
+        ("migrate.sent", false, false),
+        ("migrate.moved", false, true),
+        ("migrate.claimed", true, false),
+        ("migrate.created", true, false),
+        ("migrate.target_started", true, false),
+        ("migrate.switched", true, true),
+    ];
+    for (i, (failpoint, on_target, moved)) in steps.into_iter().enumerate() {
+        let set = format!("{p}{i}");
+        let mut body = run_body(&set, 1);
+        body["node"] = json!("n1");
+        let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+        assert_eq!(status, 200, "{reply}");
+        exec(&n1, &set, "echo mine > /root/f");
+        let armed = if on_target { &mut n2 } else { &mut n1 };
+        armed.restart_armed(failpoint);
+        // The source's own answer is lost when it is the one killed.
+        let (addr, path) = (n1.addr.clone(), format!("/api/v1/replicaSet/{set}/migrate"));
+        let answer =
+            std::thread::spawn(move || http(&addr, "POST", &path, Some(json!({"node": "n2"}))))
+                .join()
+                .ok();
+        let code = if on_target { &mut n2 } else { &mut n1 }.wait_exit(Duration::from_secs(60));
+        assert_eq!(code, Some(86), "{failpoint}: the armed node stops there");
+        if on_target {
+            // The source saw its target go and answered.
+            let (status, reply) = answer.expect("the source answers");
+            assert_eq!(status == 200, moved, "{failpoint}: {reply}");
+            n2.resume();
+        } else {
+            n1.resume();
+        }
+        let (home, away, home_daemon, away_daemon) = if moved {
+            ("n2", "n1", &d2, &d1)
+        } else {
+            ("n1", "n2", &d1, &d2)
+        };
+        assert_eq!(node_of(&n2, &set), home, "{failpoint}");
+        let now = info(&n1, &set);
+        assert_eq!(now["status"], "running", "{failpoint}: {now}");
+        assert_eq!(
+            now["info"]["version"],
+            if moved { 2 } else { 1 },
+            "{failpoint}: {now}"
+        );
+        assert_eq!(exec(&n2, &set, "cat /root/f"), "mine", "{failpoint}");
+        assert_eq!(
+            containers(home_daemon, &set),
+            vec![format!("{set}-{}", if moved { 2 } else { 1 })],
+            "{failpoint}"
+        );
+        // The other node keeps nothing of it once it has restarted (its recovery) or swept.
+        if !moved && !on_target {
+            // The target stayed up: the source's recovery asked it to drop its part.
+            wait_for(
+                "the target dropped its part",
+                Duration::from_secs(10),
+                || containers(away_daemon, &set).is_empty(),
+            );
+        } else if moved && !on_target {
+            assert!(containers(away_daemon, &set).is_empty(), "{failpoint}");
+        } else {
+            assert!(
+                containers(away_daemon, &set).is_empty(),
+                "{failpoint}: {:?}",
+                containers(away_daemon, &set)
+            );
+        }
+        // One GPU held in all, on its home node.
+        let held: u64 = nodes(&n1)
+            .iter()
+            .map(|n| 2 - n["freeGpus"].as_u64().unwrap())
+            .sum();
+        assert_eq!(held, 1, "{failpoint}: {:?}", nodes(&n1));
+        assert_eq!(state_of(&n1, home).1, 1, "{failpoint}");
+        let _ = away;
+        let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{set}"), None);
+        assert_eq!(status, 200, "{failpoint}: {reply}");
     }
     drop((n1, n2, d1, d2, etcd));
 }

@@ -23,7 +23,9 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuInfo;
 use crate::keys;
 use crate::model::ReplicaSet;
+use crate::runtime::ImageStream;
 use crate::sched::PortRange;
+use crate::store::Txn;
 
 /// How long a node stays `ready` without renewing its lease.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
@@ -84,7 +86,96 @@ pub enum Location {
     },
 }
 
+/// Where a replicaSet moves: [`Engine::migrate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Migration {
+    /// The node it moves to.
+    pub node: String,
+    /// GPUs it gets there (default: as many as now).
+    pub gpu_count: Option<u32>,
+    /// Whether its volumes' data moves too; without it, a set that mounts volumes is refused
+    /// ([`Error::VolumesNotMoved`]).
+    pub move_volumes: bool,
+}
+
+/// What the source node of a migration asks its target, in order: [`LinkRequest::Receive`],
+/// one [`LinkRequest::Files`] per moved volume, [`LinkRequest::Start`]; or
+/// [`LinkRequest::Abort`] once something failed.
+pub enum LinkRequest {
+    /// Claim GPUs and ports for the set's new version, load its filesystem from `archive` (a
+    /// `docker save` archive of the snapshot), create its volumes and its container:
+    /// [`Engine::accept_migration`].
+    Receive {
+        /// The replicaSet.
+        set: String,
+        /// The snapshot image, streamed.
+        archive: ImageStream,
+    },
+    /// Extract `archive` (a volume's files) into `dir` of the new container:
+    /// [`Engine::accept_migration_files`].
+    Files {
+        /// The replicaSet.
+        set: String,
+        /// The directory holding the volume's mount point.
+        dir: String,
+        /// A tar archive whose top entry is the mount point.
+        archive: ImageStream,
+    },
+    /// Start the new version and make it current on the target:
+    /// [`Engine::complete_migration`].
+    Start {
+        /// The replicaSet.
+        set: String,
+    },
+    /// Undo what the target did for the migration: [`Engine::abort_migration`].
+    Abort {
+        /// The replicaSet.
+        set: String,
+    },
+}
+
+/// How one node of a cluster reaches another during a migration. The HTTP crate implements
+/// it over the nodes' advertise URLs; an embedder running several engines in one process
+/// may call the target engine directly.
+#[async_trait::async_trait]
+pub trait NodeLink: Send + Sync {
+    /// Sends `request` to node `to` and waits for its answer.
+    async fn send(&self, to: &NodeRecord, request: LinkRequest) -> Result<()>;
+}
+
 impl Engine {
+    /// Gives the engine its link to the other nodes (once; later calls are ignored).
+    pub fn set_link(&self, link: Arc<dyn NodeLink>) {
+        let _ = self.shared.link.set(link);
+    }
+
+    /// The secret the nodes of this cluster authenticate their calls to each other with;
+    /// `None` before [`Engine::join_cluster`].
+    pub fn cluster_secret(&self) -> Option<&str> {
+        self.shared.cluster_secret.get().map(String::as_str)
+    }
+
+    /// Reads the cluster's secret, making it when this is the first node; then
+    /// [`Engine::cluster_secret`] knows it. [`Engine::join_cluster`] calls it; call it before
+    /// [`Engine::recover`] (and give the engine its link) so that recovery can ask a target to
+    /// undo its part of an interrupted migration.
+    pub async fn load_cluster_secret(&self) -> Result<()> {
+        if self.shared.cluster_secret.get().is_some() {
+            return Ok(());
+        }
+        let fresh = crate::names::new_id()? + &crate::names::new_id()?;
+        let txn = Txn::new()
+            .absent(keys::CLUSTER_SECRET)
+            .put(keys::CLUSTER_SECRET, fresh.clone().into_bytes());
+        self.shared.store.commit(txn).await?;
+        let secret = match self.shared.store.get(keys::CLUSTER_SECRET).await? {
+            Some(entry) => String::from_utf8_lossy(&entry.value).into_owned(),
+            None => fresh,
+        };
+        let _ = self.shared.cluster_secret.set(secret);
+        Ok(())
+    }
+
     /// Registers this engine's node ([`crate::EngineConfig::node`]) and keeps it alive until
     /// the engine is dropped: a task renews the lease every third of [`NODE_TTL`], and writes
     /// it again (then reconciles every set of the node) if it expired meanwhile.
@@ -99,6 +190,7 @@ impl Engine {
             Error::InvalidParams("a cluster node needs a name (EngineConfig::node, --node)".into()),
             |n| Error::InvalidParams(format!("node name '{n}' must not contain '-'")),
         )?;
+        self.load_cluster_secret().await?;
         let record = NodeRecord {
             name: name.clone(),
             advertise: advertise.trim_end_matches('/').to_string(),

@@ -52,11 +52,13 @@ pub enum Operation {
     Clone,
     /// Read a container's logs or live statistics.
     Logs,
+    /// Move a replicaSet to another node of the cluster.
+    Migrate,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 20] = [
+    pub const ALL: [Operation; 21] = [
         Operation::Run,
         Operation::Delete,
         Operation::Exec,
@@ -77,6 +79,7 @@ impl Operation {
         Operation::Status,
         Operation::Clone,
         Operation::Logs,
+        Operation::Migrate,
     ];
 
     /// The contract code for "this operation failed".
@@ -102,6 +105,7 @@ impl Operation {
             Operation::Status => 500,
             Operation::Clone => 1044,
             Operation::Logs => 1045,
+            Operation::Migrate => 1056,
         }
     }
 }
@@ -129,6 +133,7 @@ impl fmt::Display for Operation {
             Operation::Status => "status",
             Operation::Clone => "clone",
             Operation::Logs => "logs",
+            Operation::Migrate => "migrate",
         };
         f.write_str(word)
     }
@@ -270,6 +275,10 @@ pub enum Error {
     /// The set lives on a cluster node that stopped renewing its lease.
     #[error("node '{0}' is lost (it stopped renewing its lease); its sets answer when it is back, nothing was changed")]
     NodeLost(String),
+    /// A migration without `moveVolumes` of a set that mounts volumes (their data would stay
+    /// behind).
+    #[error("{0}")]
+    VolumesNotMoved(String),
     /// Docker or the state store cannot be reached now; nothing was changed, try again.
     #[error("{0} is unreachable; nothing was changed, try again when it is back")]
     Unavailable(String),
@@ -333,6 +342,7 @@ impl Error {
             Error::UserExists(_) => 1052,
             Error::UserOwnsObjects(_) => 1053,
             Error::NodeLost(_) => 1054,
+            Error::VolumesNotMoved(_) => 1055,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -381,6 +391,7 @@ impl Error {
             Error::UserExists(_) => "user already exists",
             Error::UserOwnsObjects(_) => "user still owns replicaSets or volumes",
             Error::NodeLost(_) => "the set's cluster node is lost; nothing changed",
+            Error::VolumesNotMoved(_) => "the set mounts volumes: migrate with moveVolumes",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -438,6 +449,7 @@ impl Error {
             Error::UserExists(s()),
             Error::UserOwnsObjects(s()),
             Error::NodeLost(s()),
+            Error::VolumesNotMoved(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -491,7 +503,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1054).collect();
+        let expected: Vec<u16> = (1000..=1056).collect();
         assert_eq!(codes, expected);
     }
 }

@@ -36,6 +36,15 @@ pub const FAILPOINTS: &[&str] = &[
     "clone.recorded",
     "clone.based",
     "clone.created",
+    "migrate.recorded",
+    "migrate.stopped",
+    "migrate.committed",
+    "migrate.sent",
+    "migrate.moved",
+    "migrate.claimed",
+    "migrate.created",
+    "migrate.target_started",
+    "migrate.switched",
 ];
 
 /// Exits the process if `name` is the armed failpoint.

@@ -91,6 +91,10 @@ pub fn volume_versions(name: &str) -> String {
 /// The store's identity, written once by the first engine that recovers on it.
 pub const STORE_ID: &str = "meta/store-id";
 
+/// The secret the nodes of a cluster authenticate their calls to each other with (made by the
+/// first node that joins).
+pub const CLUSTER_SECRET: &str = "meta/cluster-secret";
+
 /// Event number `seq`; zero-padded so key order is time order.
 pub fn event(seq: u64) -> String {
     format!("events/{seq:020}")

@@ -62,6 +62,7 @@ mod supervise;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use crate::cluster::{LinkRequest, Migration, NodeLink};
 pub use crate::engine::events::{Event, KEEP_EVENTS};
 pub use crate::engine::{
     Caller, Clock, Engine, EngineConfig, Holdings, ManualClock, Quota, Role, SystemClock,

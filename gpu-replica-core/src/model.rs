@@ -157,6 +157,29 @@ pub enum Intent {
     },
     /// Everything of the set is being removed.
     Delete,
+    /// The set is moving from node `from` to node `to`, where version `version` is built from
+    /// a snapshot of the current one. Until the target makes it current (one transaction that
+    /// also moves the set's node), the source may undo it.
+    Migrate {
+        /// The node it lives on now.
+        from: String,
+        /// The node it moves to.
+        to: String,
+        /// The version being built on the target.
+        version: u32,
+        /// GPUs the new version gets.
+        gpu_count: u32,
+        /// Whether the data of its volumes moves too.
+        move_volumes: bool,
+        /// The set's status before: the target ends it the same (a running set runs there).
+        before: Status,
+        /// GPUs the target claimed for it (empty until it has).
+        #[serde(default)]
+        claimed_gpus: Vec<String>,
+        /// Host ports the target claimed for it, on the target.
+        #[serde(default)]
+        claimed_ports: Vec<u16>,
+    },
 }
 
 /// One version of a replicaSet: one container, and later the snapshot of its filesystem.
@@ -201,6 +224,9 @@ pub struct Volume {
     /// The user it belongs to; records from before users existed belong to the built-in admin.
     #[serde(default = "operator")]
     pub owner: String,
+    /// The cluster node whose Docker holds its data (empty on a single host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     /// Current version.
     pub current: u32,
     /// Highest version ever handed out.

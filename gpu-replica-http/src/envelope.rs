@@ -123,6 +123,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::NotRunning(_)
         | Error::UserExists(_)
         | Error::UserOwnsObjects(_)
+        | Error::VolumesNotMoved(_)
         // Well formed, but the clock has moved past it.
         | Error::StopTimePast(_) => StatusCode::CONFLICT,
         Error::InvalidParams(_)

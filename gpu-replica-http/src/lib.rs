@@ -18,6 +18,7 @@
 mod auth;
 mod envelope;
 pub mod forward;
+pub mod link;
 mod openapi;
 mod routes;
 pub mod serve;
@@ -37,6 +38,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub use crate::envelope::{ApiError, Envelope};
+pub use crate::link::HttpNodeLink;
 pub use crate::openapi::ApiDoc;
 pub use crate::serve::{serve, Listener, ServeOptions};
 pub use crate::tls::{ReloadableTls, TlsFiles};
@@ -79,6 +81,7 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
         .route("/replicaSet/{name}/continue", patch(rs::resume))
         .route("/replicaSet/{name}/restart", patch(rs::restart))
         .route("/replicaSet/{name}/history", get(rs::history))
+        .route("/replicaSet/{name}/migrate", post(rs::migrate))
         .route(
             "/replicaSet/{name}/timers",
             get(instance::timers).put(instance::set_timers),
@@ -122,6 +125,7 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
     ));
     Router::new()
         .route("/ping", get(routes::ping))
+        .merge(link::routes(engine.clone()))
         .merge(guarded)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // A bug of ours answers 500 in the envelope, never a dropped connection.

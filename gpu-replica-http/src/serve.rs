@@ -421,9 +421,15 @@ async fn run_http<S>(
         if let Some(peer) = peer {
             parts.extensions.insert(ConnectInfo(peer));
         }
+        // A migration's archive streams between nodes for as long as the handler may take.
+        let deadline = if parts.uri.path().starts_with(crate::link::INTERNAL) {
+            crate::REQUEST_TIMEOUT
+        } else {
+            body_timeout
+        };
         let body = DeadlineBody {
             inner: body,
-            deadline: Box::pin(tokio::time::sleep(body_timeout)),
+            deadline: Box::pin(tokio::time::sleep(deadline)),
         };
         let request = hyper::Request::from_parts(parts, axum::body::Body::new(body));
         let app = app.clone();

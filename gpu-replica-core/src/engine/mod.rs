@@ -137,6 +137,10 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// Eight hex digits telling this engine's records apart from another's.
     pub(crate) instance: String,
+    /// How this node reaches the others of its cluster (migration); set once it joined.
+    pub(crate) link: std::sync::OnceLock<Arc<dyn crate::cluster::NodeLink>>,
+    /// What the nodes of the cluster authenticate their calls to each other with.
+    pub(crate) cluster_secret: std::sync::OnceLock<String>,
 }
 
 impl Engine {
@@ -164,6 +168,8 @@ impl Engine {
             instance: crate::names::new_id()
                 .map(|id| id[..8].to_string())
                 .unwrap_or_else(|_| format!("{:08x}", std::process::id())),
+            link: std::sync::OnceLock::new(),
+            cluster_secret: std::sync::OnceLock::new(),
         };
         Engine {
             shared: Arc::new(shared),

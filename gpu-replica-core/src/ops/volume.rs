@@ -53,6 +53,7 @@ impl Engine {
         let head = Volume {
             name: name.to_string(),
             owner: self.caller.name.clone(),
+            node: self.node_name().to_string(),
             current: 1,
             latest: 1,
             pending: None,
@@ -120,7 +121,7 @@ impl Engine {
         ))
     }
 
-    async fn create_docker_volume(
+    pub(crate) async fn create_docker_volume(
         &self,
         name: &str,
         version: &VolumeVersion,

@@ -758,6 +758,31 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
+    async fn download_path(&self, name: &str, path: &str) -> Result<super::ImageStream> {
+        if self.inspect_container(name).await?.is_none() {
+            return Err(Error::Docker(format!("no container '{name}'")));
+        }
+        let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
+        Ok(Box::pin(
+            self.docker
+                .download_from_container(name, Some(options))
+                .map_err(docker_err),
+        ))
+    }
+
+    async fn upload_path(&self, name: &str, dir: &str, archive: super::ImageStream) -> Result<()> {
+        let archive = archive.map_err(|e| std::io::Error::other(e.to_string()));
+        let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+            .path(dir)
+            .build();
+        self.docker
+            .upload_to_container(name, Some(options), bollard::body_try_stream(archive))
+            .await
+            .map_err(docker_err)
+    }
+
     async fn tag_image(&self, source: &str, target: &str) -> Result<()> {
         let (repo, tag) = split_reference(target);
         let options = TagImageOptions {

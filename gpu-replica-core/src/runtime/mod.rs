@@ -282,6 +282,12 @@ pub trait ContainerRuntime: Send + Sync {
     async fn save_image(&self, image: &str) -> Result<ImageStream>;
     /// Loads a `docker save` archive (`docker load`): the images in it, with their tags.
     async fn load_image(&self, archive: ImageStream) -> Result<()>;
+    /// The files under `path` in container `name` (running or not, its volumes included), as
+    /// a tar archive whose top entry is `path`'s last component (`docker cp NAME:PATH -`).
+    async fn download_path(&self, name: &str, path: &str) -> Result<ImageStream>;
+    /// Extracts tar `archive` into directory `dir` of container `name` (running or not, into
+    /// its volumes where they are mounted): `docker cp - NAME:DIR`.
+    async fn upload_path(&self, name: &str, dir: &str, archive: ImageStream) -> Result<()>;
     /// Inspects an image; `None` when it is not present.
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>>;
     /// Images carrying label `key` (any value).

@@ -242,16 +242,36 @@ impl Engine {
         else {
             return self.replace_vanished_container(prepared).await;
         };
-        if state.running {
+        prepared.old = self
+            .snapshot_current(&prepared.head, old, state.running, "version")
+            .await?;
+        failpoint("version.committed");
+        let spec = self.container_spec(&prepared.name, &prepared.new);
+        self.shared.runtime.create_container(&spec).await?;
+        failpoint("version.created");
+        Ok(())
+    }
+
+    /// Stops `old`, the current version of `head`'s set (when `running`), commits its
+    /// filesystem to its snapshot image (flattening a long chain) and records the snapshot.
+    /// Failpoint `{step}.stopped` is passed once it stopped.
+    pub(crate) async fn snapshot_current(
+        &self,
+        head: &ReplicaSet,
+        old: Version,
+        running: bool,
+        step: &str,
+    ) -> Result<Version> {
+        if running {
             self.shared
                 .runtime
                 .stop_container(&old.container, self.shared.config.stop_timeout)
                 .await?;
         }
-        failpoint("version.stopped");
-        let snapshot = self.snapshot_name(&prepared.head, old.version);
+        failpoint(&format!("{step}.stopped"));
+        let snapshot = self.snapshot_name(head, old.version);
         let labels = self.labels(&[
-            (LABEL_REPLICA_SET, prepared.name.clone()),
+            (LABEL_REPLICA_SET, head.name.clone()),
             (LABEL_VERSION, old.version.to_string()),
         ]);
         let depth = match self.shared.runtime.inspect_image(&old.image).await? {
@@ -274,15 +294,10 @@ impl Engine {
         old.snapshot = Some(snapshot);
         // Still the current version: its copy changes with it.
         let txn = Txn::new()
-            .put(keys::version(&prepared.name, old.version), encode(&old))
-            .put(keys::current(&prepared.name), encode(&old));
+            .put(keys::version(&head.name, old.version), encode(&old))
+            .put(keys::current(&head.name), encode(&old));
         self.commit(txn).await?;
-        prepared.old = old;
-        failpoint("version.committed");
-        let spec = self.container_spec(&prepared.name, &prepared.new);
-        self.shared.runtime.create_container(&spec).await?;
-        failpoint("version.created");
-        Ok(())
+        Ok(old)
     }
 
     /// The old container vanished outside the engine, so its filesystem cannot be carried: the

@@ -103,7 +103,71 @@ impl Engine {
             self.reconcile_one(&head.name, &mut pass).await?;
         }
         self.release_stray_claims(&mut pass).await?;
+        if !self.node_name().is_empty() {
+            self.sweep_containers(None, &mut pass).await?;
+        }
         Ok(pass)
+    }
+
+    /// In a cluster, removes this store's containers (of set `only`, or of every set) that
+    /// their set does not use here: it lives on another node (an undone or finished
+    /// migration left them), or they are not its current container. A set with an operation
+    /// in flight is left alone (it may be creating one). Containers are listed before the
+    /// heads are read, so one created meanwhile belongs to a head that already says so.
+    pub(crate) async fn sweep_containers(
+        &self,
+        only: Option<&str>,
+        pass: &mut Reconciled,
+    ) -> Result<()> {
+        let Some(store) = self.shared.store_id.get() else {
+            return Ok(());
+        };
+        let listed: Vec<ContainerState> = self
+            .shared
+            .runtime
+            .list_containers(LABEL_REPLICA_SET)
+            .await?
+            .into_iter()
+            .filter(|c| c.labels.get(LABEL_STORE) == Some(store))
+            .filter(|c| {
+                only.is_none_or(|set| {
+                    c.labels.get(LABEL_REPLICA_SET).map(String::as_str) == Some(set)
+                })
+            })
+            .collect();
+        if listed.is_empty() {
+            return Ok(());
+        }
+        let heads: HashMap<String, ReplicaSet> = self
+            .read_all::<ReplicaSet>(keys::REPLICA_SETS)
+            .await?
+            .into_iter()
+            .map(|h| (h.name.clone(), h))
+            .collect();
+        for container in listed {
+            let set = container
+                .labels
+                .get(LABEL_REPLICA_SET)
+                .cloned()
+                .unwrap_or_default();
+            let unused = match heads.get(&set) {
+                None => true,
+                // Recorded before it was a cluster node: not this sweep's to judge.
+                Some(head) if head.pending.is_some() || head.node.is_empty() => false,
+                Some(head) => {
+                    head.node != self.node_name()
+                        || container.name != names::container(&head.name, head.current)
+                }
+            };
+            if unused {
+                self.shared.runtime.remove_container(&container.id).await?;
+                pass.settled.push(format!(
+                    "container {} removed: '{set}' does not use it on this node",
+                    container.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Reconciles one replicaSet (its container against its head).
@@ -129,7 +193,8 @@ impl Engine {
         else {
             return Ok(());
         };
-        if head.pending.is_some() {
+        // Another node's set (one that moved away) is that node's to reconcile.
+        if head.pending.is_some() || head.node != self.node_name() {
             return Ok(());
         }
         let container = names::container(name, head.current);

@@ -160,6 +160,13 @@ impl Engine {
                 self.finish_delete(head).await?;
                 report.finished.push(format!("delete of {name}"));
             }
+            // Still ours: the target never made it current. Undone.
+            Intent::Migrate { to, .. } => {
+                self.undo_migration(&name).await?;
+                report
+                    .undone
+                    .push(format!("migration of {name} to node {to}"));
+            }
         }
         Ok(())
     }
@@ -342,8 +349,28 @@ impl Engine {
             .filter(|i| selected(&i.labels))
             .collect();
         if !images.is_empty() {
-            // Only the image names of every version, read only when there are images to judge.
-            let versions: Vec<ImageRefs> = self.read_all(keys::ALL_VERSIONS).await?;
+            // Only the image names of every version of the sets living here (in a cluster, a
+            // set that moved away left its snapshots behind), read only when there are images
+            // to judge.
+            let here: HashSet<&str> = heads
+                .iter()
+                .filter(|h| h.node == self.node_name())
+                .map(|h| h.name.as_str())
+                .collect();
+            let versions: Vec<ImageRefs> = self
+                .shared
+                .store
+                .list(keys::ALL_VERSIONS)
+                .await?
+                .into_iter()
+                .filter(|e| {
+                    e.key[keys::ALL_VERSIONS.len()..]
+                        .split('/')
+                        .next()
+                        .is_some_and(|set| here.contains(set))
+                })
+                .filter_map(|e| serde_json::from_slice(&e.value).ok())
+                .collect();
             let referenced: HashSet<&String> = versions
                 .iter()
                 .flat_map(|v| v.snapshot.iter().chain(std::iter::once(&v.image)))
@@ -360,8 +387,11 @@ impl Engine {
             }
         }
 
+        // A volume of another node is not live here (a copy a migration left); one recorded
+        // before volumes had nodes may be anywhere.
         let live: HashSet<String> = volume_heads
             .iter()
+            .filter(|v| v.node.is_empty() || v.node == self.node_name())
             .map(|v| crate::names::docker_volume(&v.name, v.current))
             .collect();
         for volume in self.shared.runtime.list_volumes(LABEL_VOLUME).await? {

@@ -2,7 +2,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query};
-use gpu_replica_core::{BindSwap, PatchRequest, ReplicaSetInfo, RunRequest};
+use gpu_replica_core::{BindSwap, Error, Migration, PatchRequest, ReplicaSetInfo, RunRequest};
 
 use super::Reply;
 use crate::auth::Acting;
@@ -11,8 +11,8 @@ use crate::envelope::{ok, Body};
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
-    HistoryReply, InfoReply, OwnerQuery, PatchBody, ReplicaSetItem, ReplicaSetList, ResourcesBody,
-    RollbackBody, RunBody, RunReply, VersionView,
+    HistoryReply, InfoReply, MigrateBody, MigrateReply, OwnerQuery, PatchBody, ReplicaSetItem,
+    ReplicaSetList, ResourcesBody, RollbackBody, RunBody, RunReply, VersionView,
 };
 
 /// `running`, `paused` or `stopped`.
@@ -96,6 +96,38 @@ pub async fn patch(
             .transpose()?,
     };
     Ok(ok(new_version(engine.patch(&name, request).await?)))
+}
+
+/// Move the set to another node of the cluster: its filesystem (and with `moveVolumes` its
+/// volumes' data) goes there and a new version starts with the target's GPUs and ports; the
+/// old container goes once the new one runs. Any failure before leaves the set as it was.
+#[utoipa::path(post, path = "/api/v1/replicaSet/{name}/migrate", tag = "replicaSet", request_body = MigrateBody,
+    params(("name" = String, Path, description = "ReplicaSet name")),
+    responses((status = 200, body = Envelope<MigrateReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1013, 1016, 1046, 1047, 1048, 1055 (mounts volumes: send moveVolumes)"), (status = "5XX", body = ErrorReply, description = "1041, 1054, 1056")))]
+pub async fn migrate(
+    Acting(engine): Acting,
+    Path(name): Path<String>,
+    Body(body): Body<MigrateBody>,
+) -> Reply<MigrateReply> {
+    let gpu_count = match body.gpu_count {
+        Some(count) if count < 0 => return Err(Error::NegativeGpuCount(count).into()),
+        Some(count) => Some(
+            u32::try_from(count)
+                .map_err(|_| Error::InvalidParams(format!("gpuCount {count} is too large")))?,
+        ),
+        None => None,
+    };
+    let to = Migration {
+        node: body.node,
+        gpu_count,
+        move_volumes: body.move_volumes,
+    };
+    let info = engine.migrate(&name, to).await?;
+    Ok(ok(MigrateReply {
+        container_name: info.version.container,
+        node: info.replica_set.node,
+        version: info.version.version,
+    }))
 }
 
 /// New version with the spec and filesystem of an earlier one.

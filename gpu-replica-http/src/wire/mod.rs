@@ -498,6 +498,33 @@ pub struct RunReply {
     pub name: String,
 }
 
+/// `POST /api/v1/replicaSet/{name}/migrate`: move the set to another node of the cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateBody {
+    /// The node it moves to.
+    pub node: String,
+    /// GPUs it gets there (default: as many as now).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 4294967295_i64)]
+    pub gpu_count: Option<i64>,
+    /// Take the data of its volumes along (required when it mounts volumes).
+    #[serde(default)]
+    pub move_volumes: bool,
+}
+
+/// Where a migrated set lives now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateReply {
+    /// Container of the new version, `foo-3`.
+    pub container_name: String,
+    /// The node it lives on.
+    pub node: String,
+    /// The new version.
+    pub version: u32,
+}
+
 /// `{containerName}` of the new version.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,0 +1,209 @@
+//! How the nodes of a cluster reach each other during a migration: [`HttpNodeLink`] sends the
+//! source's calls ([`LinkRequest`]) to the target's `/internal/v1/migrations/…` routes, which
+//! [`routes`] serves. Those routes take the cluster's secret (kept in etcd, made by the first
+//! node that joined), never a user's token: only a node may load images or move a set's data.
+//! Archives stream through (no body limit, the handler's deadline instead of the body
+//! deadline); nothing is buffered whole.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::Router;
+use futures_util::{StreamExt, TryStreamExt};
+use gpu_replica_core::cluster::NodeRecord;
+use gpu_replica_core::runtime::ImageStream;
+use gpu_replica_core::{Engine, Error, LinkRequest, NodeLink, Operation};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+
+use crate::envelope::{ok, ApiError};
+use crate::routes::Reply;
+
+/// Where the internal routes live.
+pub const INTERNAL: &str = "/internal/v1/migrations";
+
+/// Sends a migration's calls to the target node over HTTP, authenticated by the cluster's
+/// secret.
+pub struct HttpNodeLink {
+    client: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    secret: String,
+}
+
+impl HttpNodeLink {
+    /// A link authenticating with `secret` ([`Engine::cluster_secret`]).
+    pub fn new(secret: impl Into<String>) -> HttpNodeLink {
+        let mut connector = HttpConnector::new();
+        // A node that is gone answers nothing: do not wait for the kernel's minutes.
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        HttpNodeLink {
+            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build(connector),
+            secret: secret.into(),
+        }
+    }
+}
+
+/// `s` with every byte but unreserved ones percent-encoded, for a query value.
+fn encode_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn streamed(archive: ImageStream) -> Body {
+    Body::from_stream(archive)
+}
+
+#[async_trait::async_trait]
+impl NodeLink for HttpNodeLink {
+    async fn send(&self, to: &NodeRecord, request: LinkRequest) -> gpu_replica_core::Result<()> {
+        let (method, path, body) = match request {
+            LinkRequest::Receive { set, archive } => (
+                Method::PUT,
+                format!("{INTERNAL}/{set}/image"),
+                streamed(archive),
+            ),
+            LinkRequest::Files { set, dir, archive } => (
+                Method::PUT,
+                format!("{INTERNAL}/{set}/files?dir={}", encode_query(&dir)),
+                streamed(archive),
+            ),
+            LinkRequest::Start { set } => (
+                Method::POST,
+                format!("{INTERNAL}/{set}/start"),
+                Body::empty(),
+            ),
+            LinkRequest::Abort { set } => {
+                (Method::DELETE, format!("{INTERNAL}/{set}"), Body::empty())
+            }
+        };
+        let url = format!("{}{path}", to.advertise);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.secret))
+            .body(body)
+            .map_err(|e| Error::InvalidParams(format!("{url}: {e}")))?;
+        let unreachable = |e: String| {
+            tracing::warn!(node = %to.name, "{url}: {e}");
+            Error::Unavailable(format!("node '{}' at {}", to.name, to.advertise))
+        };
+        let answer = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = answer.status();
+        let body = Limited::new(answer.into_body(), crate::BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(());
+        }
+        let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let message = format!(
+            "node '{}' answered {}: {}",
+            to.name,
+            said["code"].as_u64().unwrap_or(status.as_u16().into()),
+            said["msg"].as_str().unwrap_or("(no message)")
+        );
+        Err(if status.is_client_error() {
+            Error::refused(Operation::Migrate, message)
+        } else {
+            Error::failed(Operation::Migrate, message)
+        })
+    }
+}
+
+/// The internal routes a migration's target serves, behind the cluster's secret.
+pub(crate) fn routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
+    Router::new()
+        .route(&format!("{INTERNAL}/{{name}}/image"), put(receive))
+        .route(&format!("{INTERNAL}/{{name}}/files"), put(files))
+        .route(&format!("{INTERNAL}/{{name}}/start"), post(start))
+        .route(
+            &format!("{INTERNAL}/{{name}}"),
+            axum::routing::delete(abort),
+        )
+        .layer(axum::middleware::from_fn_with_state(engine, from_a_node))
+}
+
+/// Lets through only calls carrying the cluster's secret; a server outside a cluster has no
+/// such routes.
+async fn from_a_node(State(engine): State<Arc<Engine>>, request: Request, next: Next) -> Response {
+    let Some(secret) = engine.cluster_secret() else {
+        return ApiError::new(Error::NotFound(request.uri().path().to_string())).into_response();
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !crate::auth::Token::new(secret.to_string()).matches(given) {
+        let mut response = ApiError::new(Error::Unauthorized).into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    next.run(request).await
+}
+
+/// The request body as an archive stream; a body cut short fails the stream.
+fn archive_of(body: Body) -> ImageStream {
+    TryStreamExt::map_err(body.into_data_stream(), |e| {
+        Error::Unavailable(format!("the sending node (the archive stopped: {e})"))
+    })
+    .boxed()
+}
+
+async fn receive(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Reply<()> {
+    engine.accept_migration(&name, archive_of(body)).await?;
+    Ok(ok(()))
+}
+
+#[derive(Deserialize)]
+struct FilesQuery {
+    dir: String,
+}
+
+async fn files(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+    Query(query): Query<FilesQuery>,
+    body: Body,
+) -> Reply<()> {
+    engine
+        .accept_migration_files(&name, &query.dir, archive_of(body))
+        .await?;
+    Ok(ok(()))
+}
+
+async fn start(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+    engine.complete_migration(&name).await?;
+    Ok(ok(()))
+}
+
+async fn abort(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
+    engine.abort_migration(&name).await?;
+    Ok(ok(()))
+}

@@ -240,6 +240,9 @@ pub enum VolumeCommand {
         name: String,
         /// Size with KB, MB, GB or TB (20GB).
         size: String,
+        /// In a cluster, the node whose Docker holds it (default: the server asked).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Resize: a new version with the data, users moved onto it.
     Resize {
@@ -604,8 +607,8 @@ async fn volume(client: &Client, command: VolumeCommand) -> Result<Answer, Clien
     let path = |name: &str| format!("/api/v1/volumes/{name}");
     let none = None::<&()>;
     Ok(match command {
-        V::Create { name, size } => {
-            let body = VolumeCreateBody { name, size };
+        V::Create { name, size, node } => {
+            let body = VolumeCreateBody { name, size, node };
             Answer::Volume(
                 client
                     .request(Method::POST, "/api/v1/volumes", Some(&body))
@@ -849,6 +852,7 @@ fn print(answer: &Answer) {
                         v.size.clone(),
                         v.create_time.clone(),
                         v.owner.clone(),
+                        v.node.clone(),
                     ]
                 })
                 .collect();
@@ -860,6 +864,7 @@ fn print(answer: &Answer) {
                     "SIZE",
                     "CREATED",
                     "OWNER",
+                    "NODE",
                 ],
                 &rows,
             );

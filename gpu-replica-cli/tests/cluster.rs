@@ -501,19 +501,25 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     let p = testkit::unique_name("mg");
     let (set, volume) = (format!("{p}s"), format!("{p}v"));
 
-    // A volume on n1, a set on n1 mounting it, a file in each, a port published.
-    let (status, reply) = n1.call(
+    // A volume made through n2 on n1; a set mounting it, asked of n2, runs where the volume
+    // is (pinned elsewhere, it is refused); a file in each, a port published.
+    let (status, reply) = n2.call(
         "POST",
         "/api/v1/volumes",
-        Some(json!({"name": volume, "size": "10MB"})),
+        Some(json!({"name": volume, "size": "10MB", "node": "n1"})),
     );
     assert_eq!(status, 200, "{reply}");
+    assert_eq!(docker_objects(&d1, "volume", &volume), vec![format!("{volume}-1")]);
     let mut body = run_body(&set, 1);
-    body["node"] = json!("n1");
     body["binds"] = json!([{"src": format!("{volume}-1"), "dest": "/data"}]);
     body["containerPorts"] = json!(["80"]);
+    let mut pinned = body.clone();
+    pinned["node"] = json!("n2");
+    let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(pinned));
+    assert_eq!((status, reply["code"].as_u64()), (403, Some(1037)), "{reply}");
     let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(body));
     assert_eq!(status, 200, "{reply}");
+    assert_eq!(node_of(&n2, &set), "n1");
     exec(&n1, &set, "echo installed > /root/f; echo kept > /data/g");
 
     // Without moveVolumes: refused, nothing changes.
@@ -604,6 +610,23 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     );
     assert_eq!(status, 200, "{reply}");
     assert_eq!(exec(&n2, &set, "cat /root/f /data/g"), "installed\nkept");
+    // The volume moved with it: listed on n2, resized there through n1.
+    let (_, volumes) = n1.call("GET", "/api/v1/volumes", None);
+    let listed = volumes["data"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == volume.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(listed["node"], "n2", "{volumes}");
+    let (status, reply) = n1.call(
+        "PATCH",
+        &format!("/api/v1/volumes/{volume}/size"),
+        Some(json!({"size": "20MB"})),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(exec(&n1, &set, "cat /data/g"), "kept");
     // The events tell who moved it where.
     let (_, _, events) = common::http_as(
         &n1.addr,
@@ -616,8 +639,9 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
 
     let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{set}"), None);
     assert_eq!(status, 200, "{reply}");
-    let (status, reply) = n2.call("DELETE", &format!("/api/v1/volumes/{volume}"), None);
+    let (status, reply) = n1.call("DELETE", &format!("/api/v1/volumes/{volume}"), None);
     assert_eq!(status, 200, "{reply}");
+    assert!(docker_objects(&d2, "volume", &volume).is_empty());
     drop((n1, n2, d1, d2, etcd));
 }
 

@@ -277,6 +277,49 @@ impl Engine {
     /// the ready node with the fewest free GPUs that still fit, ties by name (so sets pack and
     /// whole nodes stay free for large asks). On a single host, here.
     pub async fn place(&self, gpus: u32, pin: Option<&str>) -> Result<Location> {
+        self.place_with_volumes(gpus, pin, &[]).await
+    }
+
+    /// [`Engine::place`] for a set that mounts bind sources `sources`: the volumes among them
+    /// (`data-1`) live on one node, which the set must run on (a pin elsewhere is refused).
+    pub async fn place_with_volumes(
+        &self,
+        gpus: u32,
+        pin: Option<&str>,
+        sources: &[String],
+    ) -> Result<Location> {
+        let mut homes: Vec<(String, &str)> = Vec::new();
+        for src in sources.iter().filter(|s| !s.starts_with('/')) {
+            let Some((base, _)) = src.rsplit_once('-') else {
+                continue;
+            };
+            // Another user's volume, or none: the run answers for it.
+            if let Some((volume, _)) = self.read::<crate::model::Volume>(&keys::volume(base)).await? {
+                if !volume.node.is_empty() && self.caller.may_reach(&volume.owner) {
+                    homes.push((volume.node, src));
+                }
+            }
+        }
+        let pin = match (homes.first(), pin.filter(|p| !p.is_empty())) {
+            (None, pin) => pin.map(str::to_string),
+            (Some((home, src)), pin) => {
+                if let Some((other, other_src)) = homes.iter().find(|(n, _)| n != home) {
+                    return Err(Error::BindRefused(format!(
+                        "volumes '{src}' and '{other_src}' live on different nodes ('{home}', '{other}'); a set runs on one"
+                    )));
+                }
+                if let Some(pin) = pin.filter(|p| p != home) {
+                    return Err(Error::BindRefused(format!(
+                        "volume '{src}' lives on node '{home}', not on '{pin}'"
+                    )));
+                }
+                Some(home.clone())
+            }
+        };
+        self.place_pinned(gpus, pin.as_deref()).await
+    }
+
+    async fn place_pinned(&self, gpus: u32, pin: Option<&str>) -> Result<Location> {
         if self.node_name().is_empty() {
             return match pin {
                 None | Some("") => Ok(Location::Here),
@@ -328,17 +371,41 @@ impl Engine {
         if head.node == self.node_name() || !self.caller.may_reach(&head.owner) {
             return Ok(Location::Here);
         }
-        let Some((node, _)) = self.read::<NodeRecord>(&keys::node(&head.node)).await? else {
-            return Err(Error::NodeLost(head.node));
+        self.node_location(&head.node).await
+    }
+
+    /// Where requests about volume `name` are served: on the node whose Docker holds it (a
+    /// volume recorded before volumes had nodes, one this caller may not reach, or none, is
+    /// here).
+    pub async fn locate_volume(&self, name: &str) -> Result<Location> {
+        if self.node_name().is_empty() {
+            return Ok(Location::Here);
+        }
+        let Some((volume, _)) = self.read::<crate::model::Volume>(&keys::volume(name)).await? else {
+            return Ok(Location::Here);
+        };
+        if volume.node.is_empty() || !self.caller.may_reach(&volume.owner) {
+            return Ok(Location::Here);
+        }
+        self.node_location(&volume.node).await
+    }
+
+    /// Where node `name` is reached, if it is ready.
+    async fn node_location(&self, name: &str) -> Result<Location> {
+        if name == self.node_name() {
+            return Ok(Location::Here);
+        }
+        let Some((node, _)) = self.read::<NodeRecord>(&keys::node(name)).await? else {
+            return Err(Error::NodeLost(name.to_string()));
         };
         if self
             .shared
             .store
-            .get(&keys::node_alive(&head.node))
+            .get(&keys::node_alive(name))
             .await?
             .is_none()
         {
-            return Err(Error::NodeLost(head.node));
+            return Err(Error::NodeLost(name.to_string()));
         }
         Ok(self.location_of(&node))
     }

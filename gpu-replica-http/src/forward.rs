@@ -40,11 +40,71 @@ impl Forwarder {
     }
 }
 
-/// The set a path is about: `/api/v1/replicaSet/{name}…`.
-fn set_of(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/api/v1/replicaSet/")?;
+/// The object a path is about: `{prefix}{name}…`.
+fn object_of<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
     let name = rest.split('/').next()?;
     (!name.is_empty()).then_some(name)
+}
+
+/// What decides where a request is served.
+enum Subject {
+    /// A new set of this many GPUs, perhaps pinned, mounting these bind sources.
+    Run(u32, Option<String>, Vec<String>),
+    /// A new volume, perhaps pinned to a node.
+    NewVolume(Option<String>),
+    /// An existing set.
+    Set(String),
+    /// An existing volume.
+    Volume(String),
+    /// Anything else: served here.
+    Here,
+}
+
+impl Subject {
+    fn of(method: &Method, path: &str, body: &[u8]) -> Subject {
+        let asked = || serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+        let pin = |asked: &serde_json::Value| asked["node"].as_str().map(str::to_string);
+        if method == Method::POST && path == "/api/v1/replicaSet" {
+            let asked = asked();
+            let gpus = asked["gpuCount"].as_f64().unwrap_or(0.0).max(0.0) as u32;
+            let sources = asked["binds"]
+                .as_array()
+                .map(|binds| {
+                    binds
+                        .iter()
+                        .filter_map(|b| b["src"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Subject::Run(gpus, pin(&asked), sources);
+        }
+        if method == Method::POST && path == "/api/v1/volumes" {
+            return Subject::NewVolume(pin(&asked()));
+        }
+        if let Some(name) = object_of(path, "/api/v1/replicaSet/") {
+            return Subject::Set(name.to_string());
+        }
+        if let Some(name) = object_of(path, "/api/v1/volumes/") {
+            return Subject::Volume(name.to_string());
+        }
+        Subject::Here
+    }
+
+    /// Where it is served now.
+    async fn location(&self, engine: &Engine) -> gpu_replica_core::Result<Location> {
+        match self {
+            Subject::Run(gpus, pin, sources) => {
+                engine
+                    .place_with_volumes(*gpus, pin.as_deref(), sources)
+                    .await
+            }
+            Subject::NewVolume(Some(pin)) => engine.place(0, Some(pin)).await,
+            Subject::Set(name) => engine.locate(name).await,
+            Subject::Volume(name) => engine.locate_volume(name).await,
+            Subject::NewVolume(None) | Subject::Here => Ok(Location::Here),
+        }
+    }
 }
 
 /// Sends the request on when its set (or, for a run, its placement) is on another node.
@@ -62,8 +122,6 @@ pub async fn forward_if_elsewhere(
         .cloned()
         .unwrap_or_else(Caller::operator);
     let engine = forwarder.engine.as_caller(caller);
-    let path = request.uri().path().to_string();
-    let is_run = request.method() == Method::POST && path == "/api/v1/replicaSet";
     let (parts, body) = request.into_parts();
     // Bodies are small (64 KiB at most); a run's says how many GPUs and which node.
     let bytes = match Limited::new(body, crate::BODY_LIMIT).collect().await {
@@ -76,25 +134,14 @@ pub async fn forward_if_elsewhere(
             .into_response()
         }
     };
-    let pinned = if is_run {
-        let asked: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let gpus = asked["gpuCount"].as_f64().unwrap_or(0.0).max(0.0) as u32;
-        Some((gpus, asked["node"].as_str().map(str::to_string)))
-    } else {
-        None
-    };
+    let subject = Subject::of(&parts.method, parts.uri.path(), &bytes);
     // A run placed on a node whose GPUs another run took meanwhile is placed again.
-    let attempts = match &pinned {
-        Some((_, None)) => 3,
+    let attempts = match &subject {
+        Subject::Run(_, None, _) => 3,
         _ => 1,
     };
     for attempt in 1..=attempts {
-        let location = match (&pinned, set_of(&path)) {
-            (Some((gpus, pin)), _) => engine.place(*gpus, pin.as_deref()).await,
-            (None, Some(name)) => engine.locate(name).await,
-            (None, None) => Ok(Location::Here),
-        };
-        let response = match location {
+        let response = match subject.location(&engine).await {
             Ok(Location::Here) => {
                 next.clone()
                     .run(Request::from_parts(

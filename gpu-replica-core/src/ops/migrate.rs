@@ -116,6 +116,9 @@ impl Engine {
     }
 
     async fn migrate_set(&self, name: &str, to: Migration) -> Result<ReplicaSetInfo> {
+        let _guard = self.lock_set(name).await;
+        self.settle(name).await?;
+        let (head, revision) = self.head(name).await?;
         if self.node_name().is_empty() {
             return Err(Error::InvalidParams(
                 "this server is not part of a cluster (--node): there is no node to migrate to"
@@ -125,9 +128,6 @@ impl Engine {
         let link = self.shared.link.get().cloned().ok_or_else(|| {
             Error::InvalidParams("this node has no link to the others of its cluster".into())
         })?;
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (head, revision) = self.head(name).await?;
         if head.node != self.node_name() {
             return Err(Error::Conflict(format!(
                 "'{name}' lives on node '{}', not on this one",

@@ -469,6 +469,9 @@ pub struct VolumeCreateBody {
         pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$"
     )]
     pub size: String,
+    /// In a cluster, the node whose Docker holds it (default: the node asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `PATCH /api/v1/volumes/{name}/size`
@@ -789,6 +792,9 @@ pub struct VolumeItem {
     /// The user it belongs to.
     #[serde(default)]
     pub owner: String,
+    /// The cluster node whose Docker holds it (absent on a single host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 impl From<&VolumeInfo> for VolumeItem {
@@ -801,6 +807,7 @@ impl From<&VolumeInfo> for VolumeItem {
             size_enforced: info.version.size_enforced,
             create_time: info.version.created_at.clone(),
             owner: info.volume.owner.clone(),
+            node: info.volume.node.clone(),
         }
     }
 }

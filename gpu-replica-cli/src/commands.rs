@@ -204,8 +204,12 @@ pub enum ClientCommand {
     Volume(VolumeCommand),
     /// GPU usage.
     Gpus,
-    /// Host port usage.
-    Ports,
+    /// Host port usage (in a cluster, every node's).
+    Ports {
+        /// In a cluster, this node's usage first.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// The nodes of the cluster: state, free and total GPUs, sets.
     Nodes,
     /// Users, their quotas and tokens (admins).
@@ -579,11 +583,13 @@ pub async fn execute(
                 .await?,
         ),
         C::Nodes => Answer::Nodes(client.request(Method::GET, "/api/v1/nodes", none).await?),
-        C::Ports => Answer::Ports(
-            client
-                .request(Method::GET, "/api/v1/resources/ports", none)
-                .await?,
-        ),
+        C::Ports { node } => {
+            let path = match node {
+                Some(node) => format!("/api/v1/resources/ports?node={node}"),
+                None => "/api/v1/resources/ports".to_string(),
+            };
+            Answer::Ports(client.request(Method::GET, path, none).await?)
+        }
     };
     if as_json {
         println!(
@@ -936,6 +942,27 @@ fn print(answer: &Answer) {
                     used.join(",")
                 }
             );
+            if !reply.nodes.is_empty() {
+                println!();
+                let rows: Vec<Vec<String>> = reply
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let used: Vec<String> = n.used_ports.iter().map(u16::to_string).collect();
+                        vec![
+                            n.node.clone(),
+                            format!("{}-{}", n.start_port, n.end_port),
+                            n.available_count.to_string(),
+                            if used.is_empty() {
+                                "-".into()
+                            } else {
+                                used.join(",")
+                            },
+                        ]
+                    })
+                    .collect();
+                table::print(&["NODE", "RANGE", "AVAILABLE", "USED"], &rows);
+            }
         }
     }
 }

@@ -509,14 +509,21 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
         Some(json!({"name": volume, "size": "10MB", "node": "n1"})),
     );
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(docker_objects(&d1, "volume", &volume), vec![format!("{volume}-1")]);
+    assert_eq!(
+        docker_objects(&d1, "volume", &volume),
+        vec![format!("{volume}-1")]
+    );
     let mut body = run_body(&set, 1);
     body["binds"] = json!([{"src": format!("{volume}-1"), "dest": "/data"}]);
     body["containerPorts"] = json!(["80"]);
     let mut pinned = body.clone();
     pinned["node"] = json!("n2");
     let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(pinned));
-    assert_eq!((status, reply["code"].as_u64()), (403, Some(1037)), "{reply}");
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (403, Some(1037)),
+        "{reply}"
+    );
     let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(body));
     assert_eq!(status, 200, "{reply}");
     assert_eq!(node_of(&n2, &set), "n1");
@@ -588,6 +595,30 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
         state_of(&n1, "n1"),
         ("ready".into(), 2),
         "n1's GPU released"
+    );
+    // Its port is claimed on n2 now, none on n1: the port status covers every node.
+    let (_, ports) = n1.call("GET", "/api/v1/resources/ports", None);
+    let used_on = |node: &str| {
+        ports["data"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .unwrap()["usedPorts"]
+            .clone()
+    };
+    let published = after["info"]["hostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert_eq!(used_on("n2"), json!([published]), "{ports}");
+    assert_eq!(used_on("n1"), json!([]), "{ports}");
+    let (_, only) = n1.call("GET", "/api/v1/resources/ports?node=n2", None);
+    assert_eq!(
+        only["data"]["ports"]["AvailableCount"],
+        ports["data"]["ports"]["AvailableCount"].as_u64().unwrap() - 1,
+        "{only}"
     );
     // The old node is clean: no container, snapshot or volume of the set left.
     assert!(containers(&d1, &p).is_empty(), "{:?}", containers(&d1, &p));

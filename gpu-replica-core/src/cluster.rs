@@ -294,7 +294,10 @@ impl Engine {
                 continue;
             };
             // Another user's volume, or none: the run answers for it.
-            if let Some((volume, _)) = self.read::<crate::model::Volume>(&keys::volume(base)).await? {
+            if let Some((volume, _)) = self
+                .read::<crate::model::Volume>(&keys::volume(base))
+                .await?
+            {
                 if !volume.node.is_empty() && self.caller.may_reach(&volume.owner) {
                     homes.push((volume.node, src));
                 }
@@ -381,7 +384,10 @@ impl Engine {
         if self.node_name().is_empty() {
             return Ok(Location::Here);
         }
-        let Some((volume, _)) = self.read::<crate::model::Volume>(&keys::volume(name)).await? else {
+        let Some((volume, _)) = self
+            .read::<crate::model::Volume>(&keys::volume(name))
+            .await?
+        else {
             return Ok(Location::Here);
         };
         if volume.node.is_empty() || !self.caller.may_reach(&volume.owner) {

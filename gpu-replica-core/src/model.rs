@@ -298,6 +298,22 @@ pub struct PortStatus {
     pub used: Vec<u16>,
     /// Ports of the range not claimed.
     pub available: usize,
+    /// In a cluster, the figures of every node, by name (empty on a single host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodePorts>,
+}
+
+/// One cluster node's host ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePorts {
+    /// The node.
+    pub node: String,
+    /// Its range.
+    pub range: crate::sched::PortRange,
+    /// Its claimed ports, ascending.
+    pub used: Vec<u16>,
+    /// Ports of its range not claimed.
+    pub available: usize,
 }
 
 fn operator() -> String {

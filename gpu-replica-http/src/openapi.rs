@@ -92,6 +92,7 @@ use crate::wire;
         wire::GpuDetail,
         wire::PortsReply,
         wire::PortUsage,
+        wire::NodePortsView,
         wire::Pong,
         wire::ResourcesBody,
         wire::ResourcesView,

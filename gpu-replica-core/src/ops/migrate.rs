@@ -517,8 +517,16 @@ impl Engine {
             let gpus = self
                 .pick_gpus_for(name, &[], spec.gpu_count as usize)
                 .await?;
+            // The same host ports when this node's range has them free.
+            let range = self.shared.config.port_range;
+            let previous: Vec<_> = head
+                .ports
+                .iter()
+                .filter(|p| range.contains(p.host_port))
+                .cloned()
+                .collect();
             let ports = self
-                .pick_ports_for(name, &spec.container_ports, &head.ports)
+                .pick_ports_for(name, &spec.container_ports, &previous)
                 .await?;
             let claims = moving.before.holds_claims();
             if claims {

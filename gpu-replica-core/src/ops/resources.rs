@@ -1,9 +1,9 @@
 //! GPU and port status: who holds what.
 
 use crate::engine::Engine;
-use crate::error::{Operation, Result};
+use crate::error::{Error, Operation, Result};
 use crate::keys;
-use crate::model::{GpuStatus, PortStatus, ReplicaSet};
+use crate::model::{GpuStatus, NodePorts, PortStatus, ReplicaSet};
 
 /// What a user sees as the holder of a GPU another user's replicaSet holds (never a valid
 /// set name).
@@ -57,18 +57,60 @@ impl Engine {
 
     /// Claimed ports of the configured range.
     pub async fn port_status(&self) -> Result<PortStatus> {
-        let range = self.shared.config.port_range;
-        let mut used: Vec<u16> = self
-            .port_holders()
-            .await?
-            .into_keys()
-            .filter(|p| range.contains(*p))
-            .collect();
-        used.sort_unstable();
+        self.port_status_of(None).await
+    }
+
+    /// [`Engine::port_status`] of node `node` (this one when `None`); in a cluster, with every
+    /// node's figures in `nodes`.
+    pub async fn port_status_of(&self, node: Option<&str>) -> Result<PortStatus> {
+        let here = self.node_name().to_string();
+        let asked = node.filter(|n| !n.is_empty()).unwrap_or(&here).to_string();
+        let mut nodes = Vec::new();
+        if !here.is_empty() {
+            let records: Vec<crate::cluster::NodeRecord> = self.read_all(keys::NODES).await?;
+            for record in records {
+                let used = self.used_ports(&record.name, record.port_range).await?;
+                nodes.push(NodePorts {
+                    node: record.name,
+                    available: record.port_range.len() - used.len(),
+                    range: record.port_range,
+                    used,
+                });
+            }
+        }
+        let (range, used) = match nodes.iter().find(|n| n.node == asked) {
+            Some(n) => (n.range, n.used.clone()),
+            None if asked == here => {
+                let range = self.shared.config.port_range;
+                (range, self.used_ports(&here, range).await?)
+            }
+            None => {
+                return Err(Error::InvalidParams(format!(
+                    "no node named '{asked}' in the cluster"
+                )))
+            }
+        };
         Ok(PortStatus {
             range,
             available: range.len() - used.len(),
             used,
+            nodes,
         })
+    }
+
+    /// Claimed ports of `node` within `range`, ascending.
+    async fn used_ports(&self, node: &str, range: crate::sched::PortRange) -> Result<Vec<u16>> {
+        let prefix = keys::port_claims(node);
+        let mut used: Vec<u16> = self
+            .shared
+            .store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.key[prefix.len()..].parse().ok())
+            .filter(|p| range.contains(*p))
+            .collect();
+        used.sort_unstable();
+        Ok(used)
     }
 }

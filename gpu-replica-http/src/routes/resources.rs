@@ -9,7 +9,7 @@ use crate::envelope::{ok, ApiError};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
-    DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, NodeList, NodeView, PortUsage,
+    DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, NodeList, NodeQuery, NodeView,
     PortsReply, RecoveryView, StatusReply,
 };
 
@@ -34,14 +34,18 @@ pub async fn gpus(
     Ok(ok(GpuMap { gpus }).into_response())
 }
 
-/// Port usage of the configured range.
-#[utoipa::path(get, path = "/api/v1/resources/ports", tag = "resource", responses((status = 200, body = Envelope<PortsReply>)))]
-pub async fn ports(Acting(engine): Acting) -> Result<Response, ApiError> {
-    let status = engine.port_status().await?;
-    Ok(ok(PortsReply {
-        ports: PortUsage::from(&status),
-    })
-    .into_response())
+/// Port usage of the configured range; in a cluster, of the node asked (or `?node=`), with
+/// every node's in `nodes`.
+#[utoipa::path(get, path = "/api/v1/resources/ports", tag = "resource",
+    params(("node" = Option<String>, Query, description = "In a cluster, this node's usage at the top level")),
+    responses((status = 200, body = Envelope<PortsReply>)))]
+pub async fn ports(
+    Acting(engine): Acting,
+    query: Result<Query<NodeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let status = engine.port_status_of(query.node.as_deref()).await?;
+    Ok(ok(PortsReply::of(&status)).into_response())
 }
 
 /// What the start-up recovery finished, undid, removed, and which current containers are gone.

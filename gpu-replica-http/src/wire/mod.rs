@@ -914,8 +914,47 @@ impl From<&PortStatus> for PortUsage {
 /// `{ports}`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PortsReply {
-    /// Port usage.
+    /// Port usage (of the node asked, in a cluster).
     pub ports: PortUsage,
+    /// In a cluster, every node's port usage (absent on a single host).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodePortsView>,
+}
+
+/// One node's port usage.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePortsView {
+    /// The node.
+    pub node: String,
+    /// First port of its range.
+    pub start_port: u16,
+    /// Last port of its range.
+    pub end_port: u16,
+    /// Ports not claimed.
+    pub available_count: usize,
+    /// Claimed ports, ascending.
+    pub used_ports: Vec<u16>,
+}
+
+impl PortsReply {
+    /// The reply for `status`.
+    pub fn of(status: &PortStatus) -> PortsReply {
+        PortsReply {
+            ports: PortUsage::from(status),
+            nodes: status
+                .nodes
+                .iter()
+                .map(|n| NodePortsView {
+                    node: n.node.clone(),
+                    start_port: n.range.start,
+                    end_port: n.range.end,
+                    available_count: n.available,
+                    used_ports: n.used.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// `GET /ping`

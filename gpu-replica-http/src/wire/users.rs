@@ -230,6 +230,13 @@ pub struct OwnerQuery {
     pub node: Option<String>,
 }
 
+/// `?node=`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct NodeQuery {
+    /// A cluster node.
+    pub node: Option<String>,
+}
+
 /// One node of the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

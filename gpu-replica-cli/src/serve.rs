@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// TLS).
     #[arg(long, env = "GPU_REPLICA_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// In a cluster over HTTPS: the CA certificates (PEM) that signed the nodes' certificates
+    /// (default: --tls-client-ca). This node presents --tls-cert to the others.
+    #[arg(long, env = "GPU_REPLICA_CLUSTER_CA", requires = "tls_cert")]
+    cluster_ca: Option<PathBuf>,
     /// Longest a client may take to send a request head (30s).
     #[arg(long, env = "GPU_REPLICA_HEADER_TIMEOUT", default_value = "30s", value_parser = duration)]
     header_timeout: u64,
@@ -438,6 +442,30 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         ),
         _ => None,
     };
+    // How this node reaches the others of its cluster.
+    let nodes = match (&args.node, &args.tls_cert, &args.tls_key) {
+        (Some(_), Some(cert), Some(key)) => {
+            let ca = args
+                .cluster_ca
+                .as_ref()
+                .or(args.tls_client_ca.as_ref())
+                .ok_or(
+                    "a cluster over HTTPS needs --cluster-ca: the CA that signed the nodes' \
+                     certificates (or --tls-client-ca)",
+                )?;
+            let files = gpu_replica_http::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            };
+            gpu_replica_http::NodeClient::with_tls(
+                files
+                    .node_client_config(ca)
+                    .map_err(|e| format!("TLS to the other nodes: {e}"))?,
+            )
+        }
+        _ => gpu_replica_http::NodeClient::plain(),
+    };
     if let Addr::Tcp(addr) = &args.addr {
         if !addr.ip().is_loopback() && tls.is_none() && !args.insecure {
             return Err(format!(
@@ -531,7 +559,10 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             .await
             .map_err(|e| format!("reading the cluster's secret: {e}"))?;
         if let Some(secret) = engine.cluster_secret() {
-            engine.set_link(Arc::new(gpu_replica_http::HttpNodeLink::new(secret)));
+            engine.set_link(Arc::new(gpu_replica_http::HttpNodeLink::new(
+                secret,
+                nodes.clone(),
+            )));
         }
     }
     // Finish or undo what a crash left in flight before taking new requests.
@@ -544,6 +575,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         Some(node) => {
             let advertise = match (&args.advertise, &args.addr) {
                 (Some(url), _) => url.clone(),
+                (None, Addr::Tcp(addr)) if tls.is_some() => format!("https://{addr}"),
                 (None, Addr::Tcp(addr)) => format!("http://{addr}"),
                 (None, Addr::Unix(_)) => {
                     return Err(
@@ -592,7 +624,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     let app = match token {
         Some(token) => {
             tracing::info!("a token is required on every route but /ping: the server's own (admin) or a user's");
-            gpu_replica_http::router_with_token(engine.clone(), token)
+            gpu_replica_http::router_with(engine.clone(), Some(token), nodes)
         }
         None if users => {
             tracing::info!("users exist: a user's token is required on every route but /ping");
@@ -603,11 +635,11 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             {
                 tracing::warn!("no user is an admin and there is no --token: nobody can manage users; start with --token to add an admin");
             }
-            gpu_replica_http::router(engine.clone())
+            gpu_replica_http::router_with(engine.clone(), None, nodes)
         }
         None => {
             tracing::info!("no token and no users: every request acts as the admin");
-            gpu_replica_http::router(engine.clone())
+            gpu_replica_http::router_with(engine.clone(), None, nodes)
         }
     };
     let options = gpu_replica_http::ServeOptions {

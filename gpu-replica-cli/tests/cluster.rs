@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{data_dir, free_port, http, BIN};
+use common::{data_dir, free_port, http, Authority, BIN};
 use gpu_replica_core::testkit::{self, EtcdProcess, PrivateDockerd, TEST_IMAGE};
 use gpu_replica_core::DockerRuntime;
 use serde_json::{json, Value};
@@ -22,6 +22,8 @@ struct Node {
     child: Option<Child>,
     /// The failpoint the next start arms, if any.
     armed: Option<String>,
+    /// More `serve` arguments (TLS files).
+    extra: Vec<String>,
     dir: PathBuf,
     addr: String,
     etcd: String,
@@ -30,15 +32,21 @@ struct Node {
 
 impl Node {
     fn start(name: &str, etcd: &str, socket: &str) -> Node {
+        Node::start_with(name, etcd, socket, &[])
+    }
+
+    fn start_with(name: &str, etcd: &str, socket: &str, extra: &[String]) -> Node {
         let mut node = Node {
             name: name.to_string(),
             child: None,
             armed: None,
+            extra: Vec::new(),
             dir: data_dir(),
             addr: format!("127.0.0.1:{}", free_port()),
             etcd: etcd.to_string(),
             socket: socket.to_string(),
         };
+        node.extra = extra.to_vec();
         node.resume();
         node
     }
@@ -73,6 +81,7 @@ impl Node {
                 "0",
             ])
             .args(["--addr", &self.addr, "--label", "io.gpu-replica.test=1"])
+            .args(&self.extra)
             .args([
                 "--port-range",
                 &format!("{}-{}", range.start, range.end),
@@ -495,7 +504,7 @@ fn info(via: &Node, name: &str) -> Value {
 async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     testkit::docker().await;
     let etcd = EtcdProcess::start();
-    let (d1, d2) = (daemon(1).await, daemon(2).await);
+    let (d1, d2) = (daemon(7).await, daemon(8).await);
     let n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
     let n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
     let p = testkit::unique_name("mg");
@@ -683,7 +692,7 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
 async fn a_migration_killed_at_each_step_ends_finished_or_undone() {
     testkit::docker().await;
     let etcd = EtcdProcess::start();
-    let (d1, d2) = (daemon(1).await, daemon(2).await);
+    let (d1, d2) = (daemon(9).await, daemon(10).await);
     let mut n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
     let mut n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
     let p = testkit::unique_name("mk");
@@ -772,4 +781,84 @@ async fn a_migration_killed_at_each_step_ends_finished_or_undone() {
         assert_eq!(status, 200, "{failpoint}: {reply}");
     }
     drop((n1, n2, d1, d2, etcd));
+}
+
+/// The CLI against `node` over HTTPS with a client certificate; its stdout, or a panic with
+/// its stderr.
+fn cli_tls(node: &Node, tls: &[String], args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["--server", &format!("https://{}", node.addr)])
+        .args(tls)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Nodes that speak HTTPS and require client certificates (one private CA) still forward to
+/// each other and migrate between them: each presents its own certificate to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_mutual_tls_forwards_and_migrates() {
+    testkit::docker().await;
+    let pki = data_dir();
+    let ca = Authority::new("cluster CA");
+    let ca_pem = ca.write(&pki.join("ca.pem"));
+    let node_args = |name: &str| -> Vec<String> {
+        let (cert, key) = ca.issue_node(&pki, name);
+        vec![
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+            "--tls-client-ca".into(),
+            ca_pem.display().to_string(),
+        ]
+    };
+    let (client_cert, client_key) = ca.issue(&pki, "operator", false);
+    let tls: Vec<String> = vec![
+        "--cacert".into(),
+        ca_pem.display().to_string(),
+        "--cert".into(),
+        client_cert.display().to_string(),
+        "--key".into(),
+        client_key.display().to_string(),
+    ];
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(11).await, daemon(12).await);
+    let n1 = Node::start_with("n1", &etcd.host_port(), &d1.socket(), &node_args("n1"));
+    let n2 = Node::start_with("n2", &etcd.host_port(), &d2.socket(), &node_args("n2"));
+    let nodes = cli_tls(&n2, &tls, &["nodes"]);
+    assert!(nodes.contains(&format!("https://{}", n1.addr)), "{nodes}");
+
+    let set = testkit::unique_name("tls");
+    // Asked of n2, run on n1: forwarded over HTTPS with n2's certificate.
+    cli_tls(
+        &n2,
+        &tls,
+        &["run", &set, "-i", TEST_IMAGE, "--gpus", "1", "--node", "n1"],
+    );
+    cli_tls(
+        &n2,
+        &tls,
+        &["exec", &set, "--", "sh", "-c", "echo sealed > /root/f"],
+    );
+    assert_eq!(containers(&d1, &set), vec![format!("{set}-1")]);
+    // Moved to n2 through n2: n1 streams the snapshot to n2 over HTTPS.
+    let moved = cli_tls(&n2, &tls, &["migrate", &set, "--to", "n2"]);
+    assert!(moved.contains("n2"), "{moved}");
+    assert_eq!(
+        cli_tls(&n1, &tls, &["exec", &set, "--", "cat", "/root/f"]),
+        "sealed"
+    );
+    assert_eq!(containers(&d2, &set), vec![format!("{set}-2")]);
+    assert!(containers(&d1, &set).is_empty());
+    cli_tls(&n1, &tls, &["rm", &set]);
+    assert!(containers(&d2, &set).is_empty());
+    drop((n1, n2, d1, d2, etcd));
+    let _ = std::fs::remove_dir_all(pki);
 }

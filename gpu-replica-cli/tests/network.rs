@@ -14,9 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{data_dir, free_port, BIN};
+use common::{data_dir, free_port, Authority, BIN};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 /// A server started with `extra` flags; killed on drop.
 struct Served {
@@ -388,54 +387,6 @@ async fn sigterm_with_slow_clients_exits_within_the_shutdown_timeout() {
     closed_after(stream, Instant::now());
     drop(server);
     std::fs::remove_dir_all(dir).ok();
-}
-
-/// A CA, and certificates it signs.
-struct Authority {
-    key: KeyPair,
-    cert: rcgen::Certificate,
-}
-
-impl Authority {
-    fn new(name: &str) -> Authority {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).unwrap();
-        Authority { key, cert }
-    }
-
-    /// Writes `{stem}.pem` and `{stem}.key` signed by this CA; for a server (localhost and
-    /// 127.0.0.1) or a client.
-    fn issue(&self, dir: &Path, stem: &str, server: bool) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let names = if server {
-            vec!["localhost".to_string(), "127.0.0.1".to_string()]
-        } else {
-            vec![]
-        };
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, stem);
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (pem, private) = (
-            dir.join(format!("{stem}.pem")),
-            dir.join(format!("{stem}.key")),
-        );
-        std::fs::write(&pem, cert.pem()).unwrap();
-        std::fs::write(&private, key.serialize_pem()).unwrap();
-        (pem, private)
-    }
-
-    fn write(&self, path: &Path) -> PathBuf {
-        std::fs::write(path, self.cert.pem()).unwrap();
-        path.to_path_buf()
-    }
 }
 
 /// A kept-alive TLS connection of our own (rustls, trusting `ca`, presenting `client`).

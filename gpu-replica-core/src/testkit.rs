@@ -399,7 +399,7 @@ impl PrivateDockerd {
     /// The `nth` daemon of this test process (several nodes of a cluster, each with its own).
     pub fn start_nth(nth: u32) -> PrivateDockerd {
         // Short paths: containerd's sockets live under the exec root (108-byte limit).
-        let tag = (std::process::id() % 100_000) * 10 + nth % 10;
+        let tag = (std::process::id() % 100_000) * 100 + nth % 100;
         let dir = std::path::PathBuf::from(format!("/tmp/grd{tag}"));
         let netns = format!("grtest{tag}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gpu_replica_core::cluster::Location;
 use gpu_replica_core::{Caller, Engine, Error};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
@@ -21,22 +21,76 @@ use crate::envelope::ApiError;
 /// Marks a request one node sent to another: it is served where it arrives, never sent on.
 pub const FORWARDED: &str = "x-gpu-replica-forwarded";
 
-type Client = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+/// How a node reaches the others (forwarded requests, migrations): `http://` advertise URLs
+/// as they are, `https://` ones with the cluster's CA, presenting this node's certificate
+/// when the others require client certificates. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeClient {
+    client: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+}
 
-/// The forwarding layer's state: the engine and one HTTP client for every node.
+impl NodeClient {
+    /// Reaches `http://` nodes only (an `https://` one fails its certificate check: no CA).
+    pub fn plain() -> NodeClient {
+        let roots = rustls::RootCertStore::empty();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        NodeClient::with_tls(config)
+    }
+
+    /// Reaches `https://` nodes with `config` (see [`crate::TlsFiles::node_client_config`]),
+    /// and `http://` ones.
+    pub fn with_tls(config: rustls::ClientConfig) -> NodeClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        // A node that is gone answers nothing: do not wait for the kernel's minutes.
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        NodeClient {
+            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .build(connector),
+        }
+    }
+
+    /// Sends `request`; the error in words, every cause included (a certificate problem says
+    /// which).
+    pub(crate) async fn send(
+        &self,
+        request: hyper::Request<Body>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        self.client.request(request).await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        })
+    }
+}
+
+/// The forwarding layer's state: the engine and the client that reaches the other nodes.
 pub struct Forwarder {
     /// The engine, acting for the admin (requests act for their caller).
     pub engine: Arc<Engine>,
-    client: Client,
+    client: NodeClient,
 }
 
 impl Forwarder {
-    /// A forwarder over `engine`.
-    pub fn new(engine: Arc<Engine>) -> Forwarder {
-        Forwarder {
-            engine,
-            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
-        }
+    /// A forwarder over `engine`, reaching the other nodes with `client`.
+    pub fn new(engine: Arc<Engine>, client: NodeClient) -> Forwarder {
+        Forwarder { engine, client }
     }
 }
 
@@ -192,7 +246,7 @@ pub async fn forward_if_elsewhere(
 
 /// Sends the request to node `name` at `url` and returns its answer as it comes.
 async fn send_on(
-    client: &Client,
+    client: &NodeClient,
     engine: &Engine,
     parts: &axum::http::request::Parts,
     bytes: Bytes,
@@ -216,11 +270,11 @@ async fn send_on(
         }
     }
     let from = HeaderValue::from_str(engine.node_name()).unwrap_or(HeaderValue::from_static("?"));
-    let outgoing = match outgoing.header(FORWARDED, from).body(Full::new(bytes)) {
+    let outgoing = match outgoing.header(FORWARDED, from).body(Body::from(bytes)) {
         Ok(request) => request,
         Err(e) => return ApiError::new(Error::InvalidParams(e.to_string())).into_response(),
     };
-    match client.request(outgoing).await {
+    match client.send(outgoing).await {
         Ok(answer) => answer.map(Body::new).into_response(),
         Err(e) => {
             tracing::warn!(node = %name, "forwarding to {target} failed: {e}");

@@ -38,6 +38,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub use crate::envelope::{ApiError, Envelope};
+pub use crate::forward::NodeClient;
 pub use crate::link::HttpNodeLink;
 pub use crate::openapi::ApiDoc;
 pub use crate::serve::{serve, Listener, ServeOptions};
@@ -56,16 +57,23 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// `into_make_service_with_connect_info::<SocketAddr>()` so that addresses are known (without
 /// it, every client shares one allowance).
 pub fn router(engine: Arc<Engine>) -> Router {
-    routes(engine, None)
+    routes(engine, None, NodeClient::plain())
 }
 
 /// Every route of the API over `engine`; all but `/ping` need `Authorization: Bearer <token>`
 /// with `token` (the built-in admin) or a user's token.
 pub fn router_with_token(engine: Arc<Engine>, token: String) -> Router {
-    routes(engine, Some(token))
+    routes(engine, Some(token), NodeClient::plain())
 }
 
-fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
+/// Every route of the API over `engine`, with `token` as the built-in admin's (as
+/// [`router_with_token`]) or none (as [`router`]); in a cluster, requests for other nodes go
+/// to them through `nodes` (HTTPS with the cluster's CA, say).
+pub fn router_with(engine: Arc<Engine>, token: Option<String>, nodes: NodeClient) -> Router {
+    routes(engine, token, nodes)
+}
+
+fn routes(engine: Arc<Engine>, token: Option<String>, nodes: NodeClient) -> Router {
     use routes::{events, instance, replicaset as rs, resources, users, volume};
     let api = Router::new()
         .route("/replicaSet", post(rs::run).get(rs::list))
@@ -111,7 +119,7 @@ fn routes(engine: Arc<Engine>, token: Option<String>) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed);
     // Inside authentication: a request is sent on as its caller.
     let guarded = guarded.layer(axum::middleware::from_fn_with_state(
-        Arc::new(forward::Forwarder::new(engine.clone())),
+        Arc::new(forward::Forwarder::new(engine.clone(), nodes)),
         forward::forward_if_elsewhere,
     ));
     let auth = auth::Auth {

@@ -19,11 +19,10 @@ use gpu_replica_core::cluster::NodeRecord;
 use gpu_replica_core::runtime::ImageStream;
 use gpu_replica_core::{Engine, Error, LinkRequest, NodeLink, Operation};
 use http_body_util::{BodyExt, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 use crate::envelope::{ok, ApiError};
+use crate::forward::NodeClient;
 use crate::routes::Reply;
 
 /// Where the internal routes live.
@@ -32,19 +31,16 @@ pub const INTERNAL: &str = "/internal/v1/migrations";
 /// Sends a migration's calls to the target node over HTTP, authenticated by the cluster's
 /// secret.
 pub struct HttpNodeLink {
-    client: hyper_util::client::legacy::Client<HttpConnector, Body>,
+    client: NodeClient,
     secret: String,
 }
 
 impl HttpNodeLink {
-    /// A link authenticating with `secret` ([`Engine::cluster_secret`]).
-    pub fn new(secret: impl Into<String>) -> HttpNodeLink {
-        let mut connector = HttpConnector::new();
-        // A node that is gone answers nothing: do not wait for the kernel's minutes.
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    /// A link authenticating with `secret` ([`Engine::cluster_secret`]), reaching the nodes
+    /// with `client`.
+    pub fn new(secret: impl Into<String>, client: NodeClient) -> HttpNodeLink {
         HttpNodeLink {
-            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .build(connector),
+            client,
             secret: secret.into(),
         }
     }
@@ -100,11 +96,7 @@ impl NodeLink for HttpNodeLink {
             tracing::warn!(node = %to.name, "{url}: {e}");
             Error::Unavailable(format!("node '{}' at {}", to.name, to.advertise))
         };
-        let answer = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let answer = self.client.send(request).await.map_err(unreachable)?;
         let status = answer.status();
         let body = Limited::new(answer.into_body(), crate::BODY_LIMIT)
             .collect()

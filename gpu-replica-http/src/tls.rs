@@ -65,6 +65,30 @@ impl TlsFiles {
     }
 }
 
+impl TlsFiles {
+    /// How this node, as a client, reaches the other nodes of its cluster: it trusts the CAs
+    /// in `ca` (the one that signed the nodes' certificates) and presents its own certificate
+    /// (which then needs the clientAuth usage too, where nodes require client certificates).
+    pub fn node_client_config(&self, ca: &Path) -> Result<rustls::ClientConfig, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in certificates(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+        let chain = certificates(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| format!("{}: no private key: {e}", self.key.display()))?;
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("{} and {}: {e}", self.cert.display(), self.key.display()))
+    }
+}
+
 /// A TLS configuration that can be replaced while the server runs: connections made before
 /// keep theirs, new ones get the new one.
 #[derive(Clone)]

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use gpu_replica_core::testkit;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gpu-replica");
@@ -333,4 +334,73 @@ pub fn data_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(testkit::unique_name("gpu_replica_e2e_"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A CA, and certificates it signs.
+pub struct Authority {
+    key: KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl Authority {
+    pub fn new(name: &str) -> Authority {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Authority { key, cert }
+    }
+
+    /// Writes `{stem}.pem` and `{stem}.key` signed by this CA; for a server (localhost and
+    /// 127.0.0.1) or a client.
+    pub fn issue(&self, dir: &Path, stem: &str, server: bool) -> (PathBuf, PathBuf) {
+        let usage = if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        };
+        self.issue_for(dir, stem, server, vec![usage])
+    }
+
+    /// A cluster node's certificate: a server (localhost, 127.0.0.1) that is also a client of
+    /// the other nodes.
+    pub fn issue_node(&self, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        let usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue_for(dir, stem, true, usages)
+    }
+
+    fn issue_for(
+        &self,
+        dir: &Path,
+        stem: &str,
+        server: bool,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let names = if server {
+            vec!["localhost".to_string(), "127.0.0.1".to_string()]
+        } else {
+            vec![]
+        };
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, stem);
+        params.extended_key_usages = usages;
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (pem, private) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&pem, cert.pem()).unwrap();
+        std::fs::write(&private, key.serialize_pem()).unwrap();
+        (pem, private)
+    }
+
+    pub fn write(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.cert.pem()).unwrap();
+        path.to_path_buf()
+    }
 }

@@ -682,6 +682,49 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     let (status, reply) = n1.call("DELETE", &format!("/api/v1/volumes/{volume}"), None);
     assert_eq!(status, 200, "{reply}");
     assert!(docker_objects(&d2, "volume", &volume).is_empty());
+
+    // A paused set moves paused (its GPU held on the target), a stopped one stopped (nothing
+    // held); each runs there on continue, with its files.
+    let quiet = format!("{p}q");
+    let mut body = run_body(&quiet, 1);
+    body["node"] = json!("n2");
+    let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+    assert_eq!(status, 200, "{reply}");
+    exec(&n1, &quiet, "echo asleep > /root/f");
+    let (status, reply) = n1.call("PATCH", &format!("/api/v1/replicaSet/{quiet}/pause"), None);
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = n1.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{quiet}/migrate"),
+        Some(json!({"node": "n1"})),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(info(&n2, &quiet)["status"], "paused");
+    assert_eq!(state_of(&n2, "n1").1, 1, "the paused set holds a GPU on n1");
+    assert_eq!(state_of(&n2, "n2").1, 2);
+    let (status, reply) = n2.call("PATCH", &format!("/api/v1/replicaSet/{quiet}/stop"), None);
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = n2.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{quiet}/migrate"),
+        Some(json!({"node": "n2"})),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(info(&n1, &quiet)["status"], "stopped");
+    assert_eq!(state_of(&n1, "n1").1, 2);
+    assert_eq!(state_of(&n1, "n2").1, 2, "a stopped set holds nothing");
+    let (status, reply) = n1.call(
+        "PATCH",
+        &format!("/api/v1/replicaSet/{quiet}/continue"),
+        None,
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(info(&n1, &quiet)["status"], "running");
+    assert_eq!(state_of(&n1, "n2").1, 1);
+    assert_eq!(exec(&n1, &quiet, "cat /root/f"), "asleep");
+    assert!(containers(&d1, &quiet).is_empty());
+    let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{quiet}"), None);
+    assert_eq!(status, 200, "{reply}");
     drop((n1, n2, d1, d2, etcd));
 }
 

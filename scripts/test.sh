@@ -17,6 +17,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v curl >/dev/null || missing+=(curl) # the README's curl examples are run as written
 { command -v ip >/dev/null && command -v nsenter >/dev/null; } || missing+=(iproute2 util-linux) # a private dockerd
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || missing+=(chromium chromium-driver) # the console's test
 started_dockerd=""
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || missing+=(docker.io)

@@ -133,6 +133,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The server it talks to, as given.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// A client for `base`: `http://127.0.0.1:2378`, `https://host:2378`, or `unix:/path`.
     pub fn new(base: &str, token: Option<String>, tls: &TlsArgs) -> Result<Client, ClientError> {
         let base = base.trim_end_matches('/').to_string();

@@ -212,6 +212,12 @@ pub enum ClientCommand {
     },
     /// The nodes of the cluster: state, free and total GPUs, sets.
     Nodes,
+    /// A live view of the GPUs and sets, redrawn until q is pressed.
+    Top {
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+    },
     /// Users, their quotas and tokens (admins).
     #[command(subcommand)]
     User(crate::users::UserCommand),
@@ -429,6 +435,10 @@ pub async fn execute(
             Answer::ReplicaSets(client.request(Method::GET, path, none).await?)
         }
         C::User(command) => return crate::users::user(client, command, as_json).await,
+        C::Top { interval } => {
+            crate::top::top(client, std::time::Duration::from_secs(interval.max(1))).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         C::Whoami => return crate::users::whoami(client, as_json).await,
         C::Usage {
             from,

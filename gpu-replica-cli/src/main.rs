@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod serve;
 mod table;
+mod top;
 mod users;
 
 use std::process::ExitCode;

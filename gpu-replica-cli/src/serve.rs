@@ -129,6 +129,9 @@ pub struct ServeArgs {
     /// File holding the bearer token (instead of --token; trailing whitespace ignored).
     #[arg(long, env = "GPU_REPLICA_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// File holding a token that may only read GET /metrics (for Prometheus).
+    #[arg(long, env = "GPU_REPLICA_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// Allow a non-loopback address over plain HTTP (tokens then cross the network in clear).
     #[arg(long, env = "GPU_REPLICA_INSECURE")]
     insecure: bool,
@@ -621,10 +624,28 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         args.body_timeout,
         args.idle_timeout
     );
+    let metrics_token = match &args.metrics_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| format!("--metrics-token-file {}: {e}", path.display()))?
+                .trim_end()
+                .to_string();
+            if token.is_empty() {
+                return Err(format!("--metrics-token-file {}: empty", path.display()));
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let options = |token: Option<String>| gpu_replica_http::RouterOptions {
+        token,
+        metrics_token: metrics_token.clone(),
+        nodes: nodes.clone(),
+    };
     let app = match token {
         Some(token) => {
-            tracing::info!("a token is required on every route but /ping: the server's own (admin) or a user's");
-            gpu_replica_http::router_with(engine.clone(), Some(token), nodes)
+            tracing::info!("a token is required on every route but /ping and /ui's assets: the server's own (admin) or a user's");
+            gpu_replica_http::router_with(engine.clone(), options(Some(token)))
         }
         None if users => {
             tracing::info!("users exist: a user's token is required on every route but /ping");
@@ -635,11 +656,11 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             {
                 tracing::warn!("no user is an admin and there is no --token: nobody can manage users; start with --token to add an admin");
             }
-            gpu_replica_http::router_with(engine.clone(), None, nodes)
+            gpu_replica_http::router_with(engine.clone(), options(None))
         }
         None => {
             tracing::info!("no token and no users: every request acts as the admin");
-            gpu_replica_http::router_with(engine.clone(), None, nodes)
+            gpu_replica_http::router_with(engine.clone(), options(None))
         }
     };
     let options = gpu_replica_http::ServeOptions {

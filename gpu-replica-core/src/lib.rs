@@ -49,6 +49,7 @@ mod failure_tests;
 pub mod gpu;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod names;
 mod ops;

@@ -93,6 +93,8 @@ pub struct Auth {
     pub engine: Arc<Engine>,
     /// The server's own token, if it has one.
     pub token: Option<Token>,
+    /// The token that may only read `/metrics`.
+    pub metrics_token: Option<Token>,
     /// Failed attempts per address.
     pub limiter: FailureLimiter,
 }
@@ -128,6 +130,16 @@ pub async fn authenticate(
     let caller = match given {
         Some(_) | None if !auth.limiter.allows(address) => Err(Error::TooManyAttempts),
         Some(token) if auth.token.as_ref().is_some_and(|t| t.matches(&token)) => {
+            Ok(Caller::operator())
+        }
+        // Read-only by where it is accepted: the scrape, nowhere else.
+        Some(token)
+            if request.uri().path() == "/metrics"
+                && auth
+                    .metrics_token
+                    .as_ref()
+                    .is_some_and(|t| t.matches(&token)) =>
+        {
             Ok(Caller::operator())
         }
         Some(token) => auth.engine.authenticate(&token).await,

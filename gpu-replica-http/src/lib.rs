@@ -19,10 +19,12 @@ mod auth;
 mod envelope;
 pub mod forward;
 pub mod link;
+mod metrics;
 mod openapi;
 mod routes;
 pub mod serve;
 pub mod tls;
+mod ui;
 pub mod wire;
 
 use std::sync::Arc;
@@ -57,23 +59,56 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// `into_make_service_with_connect_info::<SocketAddr>()` so that addresses are known (without
 /// it, every client shares one allowance).
 pub fn router(engine: Arc<Engine>) -> Router {
-    routes(engine, None, NodeClient::plain())
+    routes(engine, RouterOptions::default())
 }
 
 /// Every route of the API over `engine`; all but `/ping` need `Authorization: Bearer <token>`
 /// with `token` (the built-in admin) or a user's token.
 pub fn router_with_token(engine: Arc<Engine>, token: String) -> Router {
-    routes(engine, Some(token), NodeClient::plain())
+    routes(
+        engine,
+        RouterOptions {
+            token: Some(token),
+            ..RouterOptions::default()
+        },
+    )
 }
 
-/// Every route of the API over `engine`, with `token` as the built-in admin's (as
-/// [`router_with_token`]) or none (as [`router`]); in a cluster, requests for other nodes go
-/// to them through `nodes` (HTTPS with the cluster's CA, say).
-pub fn router_with(engine: Arc<Engine>, token: Option<String>, nodes: NodeClient) -> Router {
-    routes(engine, token, nodes)
+/// How [`router_with`] serves.
+#[derive(Clone)]
+pub struct RouterOptions {
+    /// The built-in admin's token (as [`router_with_token`]), or none (as [`router`]).
+    pub token: Option<String>,
+    /// A token that may only read `GET /metrics` (for a Prometheus scraper).
+    pub metrics_token: Option<String>,
+    /// In a cluster, how requests for other nodes reach them (HTTPS with the cluster's CA,
+    /// say).
+    pub nodes: NodeClient,
 }
 
-fn routes(engine: Arc<Engine>, token: Option<String>, nodes: NodeClient) -> Router {
+impl Default for RouterOptions {
+    fn default() -> RouterOptions {
+        RouterOptions {
+            token: None,
+            metrics_token: None,
+            nodes: NodeClient::plain(),
+        }
+    }
+}
+
+/// Every route of the API over `engine`, the metrics and the web console, served as
+/// `options` say.
+pub fn router_with(engine: Arc<Engine>, options: RouterOptions) -> Router {
+    routes(engine, options)
+}
+
+fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
+    let RouterOptions {
+        token,
+        metrics_token,
+        nodes,
+    } = options;
+    let http_metrics = Arc::new(metrics::HttpMetrics::new(engine.node_name()));
     use routes::{events, instance, replicaset as rs, resources, users, volume};
     let api = Router::new()
         .route("/replicaSet", post(rs::run).get(rs::list))
@@ -112,9 +147,14 @@ fn routes(engine: Arc<Engine>, token: Option<String>, nodes: NodeClient) -> Rout
         .route("/whoami", get(users::whoami))
         .route("/nodes", get(resources::nodes))
         .route("/usage", get(users::usage));
+    let scraped = http_metrics.clone();
     let guarded = Router::new()
         .nest("/api/v1", api)
         .route("/openapi.json", get(openapi::document))
+        .route(
+            "/metrics",
+            get(move |acting: auth::Acting| metrics::scrape(acting, scraped)),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed);
     // Inside authentication: a request is sent on as its caller.
@@ -125,6 +165,7 @@ fn routes(engine: Arc<Engine>, token: Option<String>, nodes: NodeClient) -> Rout
     let auth = auth::Auth {
         engine: engine.clone(),
         token: token.map(auth::Token::new),
+        metrics_token: metrics_token.map(auth::Token::new),
         limiter: auth::FailureLimiter::default(),
     };
     let guarded = guarded.layer(axum::middleware::from_fn_with_state(
@@ -133,8 +174,13 @@ fn routes(engine: Arc<Engine>, token: Option<String>, nodes: NodeClient) -> Rout
     ));
     Router::new()
         .route("/ping", get(routes::ping))
+        .merge(ui::routes())
         .merge(link::routes(engine.clone()))
         .merge(guarded)
+        .route_layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // A bug of ours answers 500 in the envelope, never a dropped connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

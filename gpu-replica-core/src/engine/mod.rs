@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     pub(crate) link: std::sync::OnceLock<Arc<dyn crate::cluster::NodeLink>>,
     /// What the nodes of the cluster authenticate their calls to each other with.
     pub(crate) cluster_secret: std::sync::OnceLock<String>,
+    /// Counters and histograms for `/metrics`.
+    pub(crate) metrics: crate::metrics::EngineMetrics,
 }
 
 impl Engine {
@@ -170,6 +172,7 @@ impl Engine {
                 .unwrap_or_else(|_| format!("{:08x}", std::process::id())),
             link: std::sync::OnceLock::new(),
             cluster_secret: std::sync::OnceLock::new(),
+            metrics: Default::default(),
         };
         Engine {
             shared: Arc::new(shared),

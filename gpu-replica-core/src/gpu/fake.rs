@@ -44,8 +44,8 @@ impl StaticInventory {
                 index,
                 uuid: format!("GPU-{prefix:08x}-0000-4000-8000-{index:012x}"),
                 name: "Fake GPU".to_string(),
-                memory_total: None,
-                memory_used: None,
+                memory_total: Some(16 * 1024 * 1024 * 1024),
+                memory_used: Some(0),
                 utilization: Some(0),
                 distances: Vec::new(),
             })

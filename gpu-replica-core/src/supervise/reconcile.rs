@@ -106,7 +106,7 @@ impl Engine {
         if !self.node_name().is_empty() {
             self.sweep_containers(None, &mut pass).await?;
         }
-        Ok(pass)
+        Ok(self.counted(pass))
     }
 
     /// In a cluster, removes this store's containers (of set `only`, or of every set) that
@@ -174,7 +174,14 @@ impl Engine {
     pub async fn reconcile_set(&self, name: &str) -> Result<Reconciled> {
         let mut pass = Reconciled::default();
         self.reconcile_one(name, &mut pass).await?;
-        Ok(pass)
+        Ok(self.counted(pass))
+    }
+
+    /// `pass`, counted in the metrics.
+    fn counted(&self, pass: Reconciled) -> Reconciled {
+        self.count_actions(false, "settled", pass.settled.len());
+        self.count_actions(false, "shown", pass.shown.len());
+        pass
     }
 
     /// Asks a running reconciler to look at `name` soon.

@@ -94,6 +94,10 @@ impl Engine {
         if report != Recovery::default() {
             tracing::warn!("recovery: {report}");
         }
+        self.count_actions(true, "finished", report.finished.len());
+        self.count_actions(true, "undone", report.undone.len());
+        self.count_actions(true, "orphan_removed", report.orphans_removed.len());
+        self.count_actions(true, "missing", report.missing.len());
         self.emit("recovery", "", true, report.to_string()).await;
         *self
             .shared

@@ -660,6 +660,9 @@ pub struct ReplicaSetItem {
     /// The cluster node it lives on (empty on a single host).
     #[serde(default)]
     pub node: String,
+    /// Its timers, when any is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timers: Option<TimersView>,
 }
 
 impl From<&ReplicaSetInfo> for ReplicaSetItem {
@@ -684,6 +687,8 @@ impl From<&ReplicaSetInfo> for ReplicaSetItem {
             create_time: info.version.created_at.clone(),
             owner: info.replica_set.owner.clone(),
             node: info.replica_set.node.clone(),
+            timers: (!info.replica_set.timers.is_empty())
+                .then(|| TimersView::from(&info.replica_set.timers)),
         }
     }
 }

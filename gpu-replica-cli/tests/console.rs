@@ -1,0 +1,426 @@
+//! The web console in a real browser: Debian's chromium, headless, driven through WebDriver
+//! (chromedriver, spoken to over plain HTTP: the protocol is JSON over HTTP). Sign in, run a
+//! set with 2 fake GPUs, patch it to 1, roll back to version 1, watch an event arrive live,
+//! resize a volume, see an error as the API words it, delete; a user sees only their own.
+//! Each page is saved as a screenshot under `target/ui-screenshots/`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{data_dir, free_port, http_as, Server};
+use gpu_replica_core::testkit::{self, TEST_IMAGE};
+use serde_json::{json, Value};
+
+/// One WebDriver call: JSON over HTTP/1.1. chromedriver keeps the connection open after its
+/// answer (whatever `Connection: close` says), so the body is read by its length.
+fn http(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line[9..12].parse().unwrap();
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut payload = vec![0; length];
+    reader.read_exact(&mut payload).unwrap();
+    (
+        status,
+        serde_json::from_slice(&payload).unwrap_or(Value::Null),
+    )
+}
+
+/// The key WebDriver names an element reference by.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A chromedriver process and one browser session in it.
+struct Browser {
+    driver: Child,
+    addr: String,
+    session: String,
+    shots: PathBuf,
+}
+
+fn binary(candidates: &[&str]) -> String {
+    candidates
+        .iter()
+        .find(|c| std::path::Path::new(c).exists())
+        .unwrap_or_else(|| {
+            panic!("none of {candidates:?} is installed: scripts/test.sh installs chromium and chromium-driver")
+        })
+        .to_string()
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let driver_bin = binary(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]);
+        let chromium = binary(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"]);
+        let port = free_port();
+        let driver = Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let profile = data_dir();
+        let (status, answer) = http(
+            &addr,
+            "POST",
+            "/session",
+            Some(json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": chromium,
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1400,900",
+                             format!("--user-data-dir={}", profile.display())],
+                },
+            }}})),
+        );
+        assert_eq!(status, 200, "new session: {answer}");
+        let session = answer["value"]["sessionId"].as_str().unwrap().to_string();
+        let shots = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/ui-screenshots"
+        ));
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            driver,
+            addr,
+            session,
+            shots,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, answer) = http(
+            &self.addr,
+            method,
+            &format!("/session/{}{path}", self.session),
+            body,
+        );
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        answer["value"].clone()
+    }
+
+    fn open(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    /// The element `css` selects, if there is one now.
+    fn find(&self, css: &str) -> Option<String> {
+        let (status, answer) = http(
+            &self.addr,
+            "POST",
+            &format!("/session/{}/element", self.session),
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        (status == 200).then(|| answer["value"][ELEMENT].as_str().unwrap().to_string())
+    }
+
+    /// Waits for `css` to select an element.
+    fn wait(&self, css: &str) -> String {
+        let mut found = None;
+        self.until(&format!("{css} appears"), || {
+            found = self.find(css);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    fn until(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !check() {
+            if Instant::now() > deadline {
+                self.screenshot(&format!(
+                    "failed-{}",
+                    what.replace(|c: char| !c.is_alphanumeric(), "_")
+                ));
+                panic!("{what}: not within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The text of the element `css` selects now ("" when there is none, or it just went
+    /// stale).
+    fn text(&self, css: &str) -> String {
+        let Some(id) = self.find(css) else {
+            return String::new();
+        };
+        let (_, answer) = http(
+            &self.addr,
+            "GET",
+            &format!("/session/{}/element/{id}/text", self.session),
+            None,
+        );
+        answer["value"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Does `steps` (element commands) on the element `css` selects; the page redraws its
+    /// tables as events arrive, so an element gone stale meanwhile is found again.
+    fn on(&self, css: &str, steps: &[(&str, Value)]) {
+        for _ in 0..20 {
+            let id = self.wait(css);
+            let stale = steps.iter().any(|(command, body)| {
+                let (status, answer) = http(
+                    &self.addr,
+                    "POST",
+                    &format!("/session/{}/element/{id}/{command}", self.session),
+                    Some(body.clone()),
+                );
+                if status == 200 {
+                    return false;
+                }
+                assert_eq!(
+                    answer["value"]["error"], "stale element reference",
+                    "{command} on {css}: {answer}"
+                );
+                true
+            });
+            if !stale {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{css} kept going stale");
+    }
+
+    fn click(&self, css: &str) {
+        self.on(css, &[("click", json!({}))]);
+    }
+
+    fn fill(&self, css: &str, text: &str) {
+        self.on(
+            css,
+            &[("clear", json!({})), ("value", json!({ "text": text }))],
+        );
+    }
+
+    /// Saves the page as `{name}.png`.
+    fn screenshot(&self, name: &str) {
+        let (_, answer) = http(
+            &self.addr,
+            "GET",
+            &format!("/session/{}/screenshot", self.session),
+            None,
+        );
+        if let Some(png) = answer["value"].as_str() {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(png)
+                .unwrap();
+            std::fs::write(self.shots.join(format!("{name}.png")), bytes).unwrap();
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = http(
+            &self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+        );
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
+    let docker = testkit::docker().await;
+    testkit::ensure_image(&docker, TEST_IMAGE, 0).await.unwrap();
+    let dir = data_dir();
+    let token = "console-admin-token";
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_TOKEN", token)]);
+    let api = |method: &str, path: &str, body: Option<Value>| -> Value {
+        let body = body.map(|b| b.to_string());
+        let (status, _, answer) = http_as(&server.addr, Some(token), method, path, body.as_deref());
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        serde_json::from_str(&answer).unwrap()
+    };
+    let browser = Browser::start();
+    let ui = format!("http://{}/ui", server.addr);
+    let name = testkit::unique_name("ui");
+    let row = |cell: &str| format!("tr[data-set=\"{name}\"] {cell}");
+
+    // Sign in.
+    browser.open(&ui);
+    browser.wait("#token");
+    browser.screenshot("1-sign-in");
+    browser.fill("#token", "a-wrong-token");
+    browser.click("#signin");
+    browser.until("the API's message for a wrong token", || {
+        browser.text("#error").contains("missing or wrong token")
+    });
+    browser.fill("#token", token);
+    browser.click("#signin");
+    browser.until("signed in as admin", || {
+        browser.text("#who").contains("admin")
+    });
+
+    // Run a set with 2 fake GPUs: it appears with them.
+    browser.fill("#run-name", &name);
+    browser.fill("#run-image", TEST_IMAGE);
+    browser.fill("#run-gpus", "2");
+    browser.click("#run-submit");
+    browser.until("the set runs with 2 GPUs", || {
+        browser.text(&row(".gpus")) == "2" && browser.text(&row(".status")) == "running"
+    });
+    // A timer set through the API shows in its column.
+    api(
+        "PUT",
+        &format!("/api/v1/replicaSet/{name}/timers"),
+        Some(json!({"idleStop": "2h"})),
+    );
+    browser.until("the timer shows", || {
+        browser.text(&row(".timers")).contains("idle 7200s")
+    });
+    browser.screenshot("2-sets");
+    // The same name again: the API's own message, shown as it is.
+    let (_, _, again) = http_as(
+        &server.addr,
+        Some(token),
+        "POST",
+        "/api/v1/replicaSet",
+        Some(&json!({"imageName": TEST_IMAGE, "replicaSetName": name}).to_string()),
+    );
+    let message = serde_json::from_str::<Value>(&again).unwrap()["msg"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.fill("#run-name", &name);
+    browser.fill("#run-gpus", "0");
+    browser.click("#run-submit");
+    browser.until("the error as the API gives it", || {
+        browser.text("#error").contains(&message)
+    });
+
+    // Patch to 1 GPU: version 2.
+    browser.fill(&row("input.patch-gpus"), "1");
+    browser.click(&row("button.patch"));
+    browser.until("version 2 with 1 GPU", || {
+        browser.text(&row(".version")) == "2" && browser.text(&row(".gpus")) == "1"
+    });
+    // Roll back to version 1 from the history: version 3, with 2 GPUs again.
+    browser.click(&row("button.history"));
+    browser.wait("#history button.rollback[data-version=\"1\"]");
+    browser.screenshot("3-history");
+    browser.click("#history button.rollback[data-version=\"1\"]");
+    browser.until("version 3 with 2 GPUs", || {
+        browser.text(&row(".version")) == "3" && browser.text(&row(".gpus")) == "2"
+    });
+    let info = api("GET", &format!("/api/v1/replicaSet/{name}"), None);
+    assert_eq!(info["data"]["info"]["version"], 3, "{info}");
+
+    // An event appears live: a stop made through the API, outside the browser.
+    browser.click("button[data-tab=\"events\"]");
+    browser.wait("#events li");
+    api("PATCH", &format!("/api/v1/replicaSet/{name}/stop"), None);
+    browser.until("the stop event arrives", || {
+        browser.text("#events").contains(&format!("stop {name}"))
+    });
+    browser.screenshot("4-events");
+
+    // GPUs: the set stopped, so all 4 are listed free.
+    browser.click("button[data-tab=\"gpus\"]");
+    browser.wait("#gpus tbody tr");
+    browser.until("4 GPUs listed", || {
+        browser.text("#gpus tbody").matches("GPU-").count() == 4
+    });
+    browser.screenshot("5-gpus");
+
+    // Volumes: create one, resize it.
+    let volume = format!("{name}v");
+    browser.click("button[data-tab=\"volumes\"]");
+    browser.fill("#volume-name", &volume);
+    browser.fill("#volume-size", "10MB");
+    browser.click("#volume-submit");
+    let vrow = |cell: &str| format!("tr[data-volume=\"{volume}\"] {cell}");
+    browser.wait(&vrow(".size"));
+    browser.fill(&vrow("input.resize-size"), "20MB");
+    browser.click(&vrow("button.resize"));
+    browser.until("resized to 20MB", || {
+        browser.text(&vrow(".size")).starts_with("20MB")
+    });
+    browser.screenshot("6-volumes");
+    browser.click(&vrow("button.delete"));
+    browser.click(&vrow("button.confirm-delete"));
+    browser.until("the volume is gone", || {
+        browser.find(&vrow(".size")).is_none()
+    });
+
+    // A user sees only their own sets.
+    let bob = api(
+        "POST",
+        "/api/v1/users",
+        Some(json!({"name": format!("{name}bob")})),
+    );
+    let bob_token = bob["data"]["token"].as_str().unwrap().to_string();
+    browser.click("#signout");
+    browser.fill("#token", &bob_token);
+    browser.click("#signin");
+    browser.until("signed in as bob", || browser.text("#who").contains("bob"));
+    browser.wait("#sets");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        browser.find(&row(".name")).is_none(),
+        "bob sees the admin's set"
+    );
+    browser.screenshot("7-user");
+    browser.click("#signout");
+    browser.fill("#token", token);
+    browser.click("#signin");
+    browser.until("signed in as admin again", || {
+        browser.text("#who").contains("admin")
+    });
+
+    // Delete, after a confirmation.
+    browser.click(&row("button.delete"));
+    browser.click(&row("button.confirm-delete"));
+    browser.until("the set is gone", || browser.find(&row(".name")).is_none());
+    let (status, _, _) = http_as(
+        &server.addr,
+        Some(token),
+        "GET",
+        &format!("/api/v1/replicaSet/{name}"),
+        None,
+    );
+    assert_eq!(status, 404);
+    api("DELETE", &format!("/api/v1/users/{name}bob"), None);
+    drop(browser);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -650,6 +650,23 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     );
     assert_eq!(status, 200, "{reply}");
     assert_eq!(exec(&n2, &set, "cat /root/f /data/g"), "installed\nkept");
+    // Each node's metrics are its own: the set runs on n2, n1 did the migration.
+    let (_, _, on_n2) = common::http_as(&n2.addr, None, "GET", "/metrics", None);
+    assert!(
+        on_n2.contains("gpu_replica_sets{status=\"running\",node=\"n2\"} 1"),
+        "{on_n2}"
+    );
+    let (_, _, on_n1) = common::http_as(&n1.addr, None, "GET", "/metrics", None);
+    assert!(
+        on_n1.contains(
+            "gpu_replica_operations_total{operation=\"migrate\",outcome=\"ok\",node=\"n1\"} 1"
+        ),
+        "{on_n1}"
+    );
+    assert!(
+        on_n1.contains("gpu_replica_sets{status=\"running\",node=\"n1\"} 0"),
+        "{on_n1}"
+    );
     // The volume moved with it: listed on n2, resized there through n1.
     let (_, volumes) = n1.call("GET", "/api/v1/volumes", None);
     let listed = volumes["data"]["volumes"]

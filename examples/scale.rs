@@ -243,6 +243,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "port status                    {:>10.3} ms",
         port_status.as_secs_f64() * 1e3
     );
+    // A Prometheus scrape of the engine's part: every head, the claims, the inventory, encoded.
+    let scrape = median(21, || async {
+        let mut registry = prometheus_client::registry::Registry::default();
+        engine.collect_metrics(&mut registry).await?;
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .map_err(|e| gpu_replica_core::Error::InvalidParams(e.to_string()))?;
+        Ok::<usize, gpu_replica_core::Error>(text.len())
+    })
+    .await;
+    println!(
+        "metrics scrape (engine part)   {:>10.3} ms",
+        scrape.as_secs_f64() * 1e3
+    );
     // What a claim under a quota reads on top: the owner's holdings among every set.
     let quota_user = format!("quota{}", std::process::id());
     engine

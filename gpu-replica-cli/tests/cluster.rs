@@ -922,3 +922,81 @@ async fn a_cluster_over_mutual_tls_forwards_and_migrates() {
     drop((n1, n2, d1, d2, etcd));
     let _ = std::fs::remove_dir_all(pki);
 }
+
+/// Figures, not a check: how long a migration takes with N MB written into the set, against
+/// the bare `docker save | docker load` of the same snapshot between the two daemons.
+/// `cargo test --release --all-features -p gpu-replica-cli --test cluster migration_figures -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn migration_figures() {
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(13).await, daemon(14).await);
+    let n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
+    let n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
+    println!("| written into the set | migrate (API call) | docker save → load alone |");
+    println!("|---|---|---|");
+    for mb in [0, 64, 256] {
+        let set = testkit::unique_name(&format!("fig{mb}m"));
+        let mut body = run_body(&set, 1);
+        body["node"] = json!("n1");
+        let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+        assert_eq!(status, 200, "{reply}");
+        if mb > 0 {
+            exec(
+                &n1,
+                &set,
+                &format!("dd if=/dev/urandom of=/root/blob bs=1M count={mb} 2>/dev/null"),
+            );
+        }
+        let started = Instant::now();
+        let (status, reply) = n1.call(
+            "POST",
+            &format!("/api/v1/replicaSet/{set}/migrate"),
+            Some(json!({"node": "n2"})),
+        );
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{reply}");
+        // The same bytes moved by hand: commit on n2, save, load into n1.
+        let image = format!("figures/{set}:bare");
+        let docker = |socket: &str| format!("docker -H unix://{socket}");
+        let commit = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} commit {set}-2 {image} >/dev/null",
+                docker(&d2.socket())
+            ))
+            .status()
+            .unwrap();
+        assert!(commit.success());
+        let bare = Instant::now();
+        let pipe = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} save {image} | {} load >/dev/null",
+                docker(&d2.socket()),
+                docker(&d1.socket())
+            ))
+            .status()
+            .unwrap();
+        assert!(pipe.success());
+        let bare = bare.elapsed();
+        println!(
+            "| {mb} MB | {:.2} s | {:.2} s |",
+            took.as_secs_f64(),
+            bare.as_secs_f64()
+        );
+        for socket in [d1.socket(), d2.socket()] {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "{} rmi -f {image} >/dev/null 2>&1",
+                    docker(&socket)
+                ))
+                .status();
+        }
+        let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{set}"), None);
+        assert_eq!(status, 200, "{reply}");
+    }
+    drop((n1, n2, d1, d2, etcd));
+}

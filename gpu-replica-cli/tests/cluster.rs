@@ -554,7 +554,7 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
         "{reply}"
     );
     // Nowhere to go: unknown node, its own node.
-    for (to, code) in [("n9", 1000), ("n1", 1000)] {
+    for (to, status_code, code) in [("n9", 404, 1057), ("n1", 400, 1000)] {
         let (status, reply) = n2.call(
             "POST",
             &format!("/api/v1/replicaSet/{set}/migrate"),
@@ -562,10 +562,16 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
         );
         assert_eq!(
             (status, reply["code"].as_u64()),
-            (400, Some(code)),
+            (status_code, Some(code)),
             "{to}: {reply}"
         );
     }
+    let (status, reply) = n2.call("GET", "/api/v1/resources/ports?node=n9", None);
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (404, Some(1057)),
+        "{reply}"
+    );
     let before = info(&n2, &set);
     assert_eq!(
         (

@@ -335,9 +335,10 @@ impl Engine {
         let wanted = gpus as usize;
         let chosen = match pin.filter(|p| !p.is_empty()) {
             Some(pin) => {
-                let node = nodes.iter().find(|n| n.node.name == pin).ok_or_else(|| {
-                    Error::InvalidParams(format!("no node named '{pin}' in the cluster"))
-                })?;
+                let node = nodes
+                    .iter()
+                    .find(|n| n.node.name == pin)
+                    .ok_or_else(|| Error::NodeNotFound(pin.to_string()))?;
                 if node.state == NodeState::Lost {
                     return Err(Error::NodeLost(pin.to_string()));
                 }

@@ -279,6 +279,9 @@ pub enum Error {
     /// behind).
     #[error("{0}")]
     VolumesNotMoved(String),
+    /// No node of that name in the cluster.
+    #[error("no node named '{0}' in the cluster")]
+    NodeNotFound(String),
     /// Docker or the state store cannot be reached now; nothing was changed, try again.
     #[error("{0} is unreachable; nothing was changed, try again when it is back")]
     Unavailable(String),
@@ -343,6 +346,7 @@ impl Error {
             Error::UserOwnsObjects(_) => 1053,
             Error::NodeLost(_) => 1054,
             Error::VolumesNotMoved(_) => 1055,
+            Error::NodeNotFound(_) => 1057,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -392,6 +396,7 @@ impl Error {
             Error::UserOwnsObjects(_) => "user still owns replicaSets or volumes",
             Error::NodeLost(_) => "the set's cluster node is lost; nothing changed",
             Error::VolumesNotMoved(_) => "the set mounts volumes: migrate with moveVolumes",
+            Error::NodeNotFound(_) => "no such node in the cluster",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -450,6 +455,7 @@ impl Error {
             Error::UserOwnsObjects(s()),
             Error::NodeLost(s()),
             Error::VolumesNotMoved(s()),
+            Error::NodeNotFound(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -503,7 +509,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1056).collect();
+        let expected: Vec<u16> = (1000..=1057).collect();
         assert_eq!(codes, expected);
     }
 }

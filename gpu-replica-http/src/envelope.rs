@@ -103,7 +103,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         Error::NotFound(_)
         | Error::VolumeNotFound(_)
         | Error::ImageNotFound(_)
-        | Error::UserNotFound(_) => StatusCode::NOT_FOUND,
+        | Error::UserNotFound(_)
+        | Error::NodeNotFound(_) => StatusCode::NOT_FOUND,
         // The operator's policy forbids it, however well formed.
         Error::BindRefused(_) | Error::QuotaExceeded(_) | Error::AdminOnly(_) => {
             StatusCode::FORBIDDEN

@@ -231,9 +231,7 @@ impl Engine {
             .await?
             .into_iter()
             .find(|n| n.node.name == name)
-            .ok_or_else(|| {
-                Error::InvalidParams(format!("no node named '{name}' in the cluster"))
-            })?;
+            .ok_or_else(|| Error::NodeNotFound(name.to_string()))?;
         if status.state == NodeState::Lost {
             return Err(Error::NodeLost(name.to_string()));
         }
@@ -479,8 +477,18 @@ impl Engine {
                     .await?
                     .map(|(v, _)| v)
                     .ok_or_else(|| Error::VolumeNotFound(bind.src.clone()))?;
-                // A copy an earlier, failed migration left here goes first.
-                self.shared.runtime.remove_volume(&bind.src).await?;
+                // A copy an earlier, failed migration left here goes first; a volume of that
+                // name that is not ours stays, and the migration stops.
+                if !self.remove_own_volume(&bind.src).await? {
+                    return Err(Error::refused(
+                        Operation::Migrate,
+                        format!(
+                            "node '{}' has a Docker volume '{}' that is not this server's",
+                            self.node_name(),
+                            bind.src
+                        ),
+                    ));
+                }
                 self.create_docker_volume(base, &version).await?;
             }
         }
@@ -624,7 +632,7 @@ impl Engine {
     }
 
     async fn switch_incoming(&self, name: &str) -> Result<()> {
-        let (head, _, moving) = self.incoming(name).await?;
+        let (_, _, moving) = self.incoming(name).await?;
         let new = self.version_record(name, moving.version).await?;
         if moving.before.wants_running() {
             self.shared.runtime.start_container(&new.container).await?;
@@ -633,7 +641,8 @@ impl Engine {
         // Snapshots of earlier versions stay on the source (which removes them): rollbacks
         // here reach the versions from this one on.
         let versions: Vec<Version> = self.read_all(&keys::versions(name)).await?;
-        let (_, revision, moving) = self.incoming(name).await?;
+        // The head as it is now: the switch holds only if nobody changed it since.
+        let (head, revision, moving) = self.incoming(name).await?;
         let mut moved = head.clone();
         moved.node = self.node_name().to_string();
         moved.current = moving.version;
@@ -685,6 +694,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes Docker volume `name` if it is absent or this store's; `false` when it belongs to
+    /// something else (left alone).
+    async fn remove_own_volume(&self, name: &str) -> Result<bool> {
+        let Some(volume) = self.shared.runtime.inspect_volume(name).await? else {
+            return Ok(true);
+        };
+        if volume.labels.get(crate::engine::LABEL_STORE) != self.shared.store_id.get() {
+            return Ok(false);
+        }
+        self.shared.runtime.remove_volume(name).await?;
+        Ok(true)
+    }
+
     /// Target: undoes what it made for an incoming migration (the source asked, or a step
     /// failed).
     pub async fn abort_migration(&self, name: &str) -> Result<()> {
@@ -708,7 +730,7 @@ impl Engine {
             }
             if moving.move_volumes {
                 for bind in new.spec.binds.iter().filter(|b| !b.is_host_path()) {
-                    let _ = runtime.remove_volume(&bind.src).await;
+                    let _ = self.remove_own_volume(&bind.src).await;
                 }
             }
             let _ = runtime.remove_image(&new.image).await;

@@ -84,11 +84,7 @@ impl Engine {
                 let range = self.shared.config.port_range;
                 (range, self.used_ports(&here, range).await?)
             }
-            None => {
-                return Err(Error::InvalidParams(format!(
-                    "no node named '{asked}' in the cluster"
-                )))
-            }
+            None => return Err(Error::NodeNotFound(asked)),
         };
         Ok(PortStatus {
             range,

@@ -31,7 +31,7 @@ fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
 
 /// Run a new replicaSet: claim GPUs and ports, create and start `{name}-1`.
 #[utoipa::path(post, path = "/api/v1/replicaSet", tag = "replicaSet", request_body = RunBody,
-    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043"), (status = "5XX", body = ErrorReply, description = "1004, 1039, 1040")))]
+    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043, 1048, 1054 (pinned node lost), 1057 (pinned node unknown)"), (status = "5XX", body = ErrorReply, description = "1004, 1039, 1040")))]
 pub async fn run(Acting(engine): Acting, Body(body): Body<RunBody>) -> Reply<RunReply> {
     let resources = body
         .resources
@@ -103,7 +103,7 @@ pub async fn patch(
 /// old container goes once the new one runs. Any failure before leaves the set as it was.
 #[utoipa::path(post, path = "/api/v1/replicaSet/{name}/migrate", tag = "replicaSet", request_body = MigrateBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = Envelope<MigrateReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1013, 1016, 1046, 1047, 1048, 1055 (mounts volumes: send moveVolumes)"), (status = "5XX", body = ErrorReply, description = "1041, 1054, 1056")))]
+    responses((status = 200, body = Envelope<MigrateReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1013, 1016, 1046, 1047, 1048, 1055 (mounts volumes: send moveVolumes), 1057 (no such node)"), (status = "5XX", body = ErrorReply, description = "1041, 1054, 1056")))]
 pub async fn migrate(
     Acting(engine): Acting,
     Path(name): Path<String>,

@@ -38,7 +38,7 @@ pub async fn gpus(
 /// every node's in `nodes`.
 #[utoipa::path(get, path = "/api/v1/resources/ports", tag = "resource",
     params(("node" = Option<String>, Query, description = "In a cluster, this node's usage at the top level")),
-    responses((status = 200, body = Envelope<PortsReply>)))]
+    responses((status = 200, body = Envelope<PortsReply>), (status = 404, body = ErrorReply, description = "1057: no node of that name in the cluster")))]
 pub async fn ports(
     Acting(engine): Acting,
     query: Result<Query<NodeQuery>, QueryRejection>,

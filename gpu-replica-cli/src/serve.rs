@@ -400,8 +400,16 @@ fn bind_unix(
     Ok(listener)
 }
 
-/// Reloads the TLS certificate and key on every SIGHUP; a bad file keeps the old ones.
-fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls) {
+/// What a node presents to the others, reloaded with the server's certificate.
+struct NodeIdentity {
+    client: gpu_replica_http::NodeClient,
+    files: gpu_replica_http::TlsFiles,
+    ca: PathBuf,
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP, for serving and (in a cluster over
+/// HTTPS) for reaching the other nodes; a bad file keeps the old ones.
+fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls, nodes: Option<NodeIdentity>) {
     tokio::spawn(async move {
         let Ok(mut hangups) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -413,6 +421,17 @@ fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls) {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
                 Err(e) => {
                     tracing::error!("SIGHUP: TLS not reloaded, the old certificate stays: {e}")
+                }
+            }
+            if let Some(nodes) = &nodes {
+                match nodes.files.node_client_config(&nodes.ca) {
+                    Ok(config) => {
+                        nodes.client.reload(config);
+                        tracing::info!("SIGHUP: the certificate shown to other nodes reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!("SIGHUP: the certificate shown to other nodes stays: {e}")
+                    }
                 }
             }
         }
@@ -446,6 +465,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         _ => None,
     };
     // How this node reaches the others of its cluster.
+    let mut identity = None;
     let nodes = match (&args.node, &args.tls_cert, &args.tls_key) {
         (Some(_), Some(cert), Some(key)) => {
             let ca = args
@@ -461,11 +481,17 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
                 key: key.clone(),
                 client_ca: None,
             };
-            gpu_replica_http::NodeClient::with_tls(
+            let client = gpu_replica_http::NodeClient::with_tls(
                 files
                     .node_client_config(ca)
                     .map_err(|e| format!("TLS to the other nodes: {e}"))?,
-            )
+            );
+            identity = Some(NodeIdentity {
+                client: client.clone(),
+                files,
+                ca: ca.clone(),
+            });
+            client
         }
         _ => gpu_replica_http::NodeClient::plain(),
     };
@@ -616,7 +642,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         if tls.requires_client_certificates() {
             tracing::info!("TLS: client certificates required (--tls-client-ca)");
         }
-        reload_on_hangup(tls.clone());
+        reload_on_hangup(tls.clone(), identity.take());
     }
     tracing::info!(
         "connections: at most {max_connections}; head within {}s, body within {}s, idle {}s",

@@ -925,6 +925,28 @@ async fn a_cluster_over_mutual_tls_forwards_and_migrates() {
     assert!(containers(&d1, &set).is_empty());
     cli_tls(&n1, &tls, &["rm", &set]);
     assert!(containers(&d2, &set).is_empty());
+    // A renewed certificate for n2, loaded on SIGHUP for serving and for reaching n1: runs
+    // through n2 onto n1 still work, with it.
+    ca.issue_node(&pki, "n2");
+    let pid = n2.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("n2 reloaded", Duration::from_secs(10), || {
+        std::fs::read_to_string(n2.dir.join("server.log"))
+            .unwrap_or_default()
+            .contains("the certificate shown to other nodes reloaded")
+    });
+    let again = format!("{set}b");
+    cli_tls(
+        &n2,
+        &tls,
+        &["run", &again, "-i", TEST_IMAGE, "--node", "n1"],
+    );
+    assert_eq!(containers(&d1, &again), vec![format!("{again}-1")]);
+    cli_tls(&n2, &tls, &["rm", &again]);
     drop((n1, n2, d1, d2, etcd));
     let _ = std::fs::remove_dir_all(pki);
 }

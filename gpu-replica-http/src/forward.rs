@@ -21,12 +21,16 @@ use crate::envelope::ApiError;
 /// Marks a request one node sent to another: it is served where it arrives, never sent on.
 pub const FORWARDED: &str = "x-gpu-replica-forwarded";
 
+type HttpsClient =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
 /// How a node reaches the others (forwarded requests, migrations): `http://` advertise URLs
 /// as they are, `https://` ones with the cluster's CA, presenting this node's certificate
-/// when the others require client certificates. Cheap to clone.
+/// when the others require client certificates. Cheap to clone; clones share one
+/// configuration, which [`NodeClient::reload`] replaces (a renewed certificate).
 #[derive(Clone)]
 pub struct NodeClient {
-    client: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    client: Arc<std::sync::RwLock<HttpsClient>>,
 }
 
 impl NodeClient {
@@ -46,6 +50,17 @@ impl NodeClient {
     /// Reaches `https://` nodes with `config` (see [`crate::TlsFiles::node_client_config`]),
     /// and `http://` ones.
     pub fn with_tls(config: rustls::ClientConfig) -> NodeClient {
+        NodeClient {
+            client: Arc::new(std::sync::RwLock::new(NodeClient::build(config))),
+        }
+    }
+
+    /// Uses `config` from now on (requests in flight finish with the old one).
+    pub fn reload(&self, config: rustls::ClientConfig) {
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = NodeClient::build(config);
+    }
+
+    fn build(config: rustls::ClientConfig) -> HttpsClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         // A node that is gone answers nothing: do not wait for the kernel's minutes.
@@ -55,10 +70,7 @@ impl NodeClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        NodeClient {
-            client: hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .build(connector),
-        }
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector)
     }
 
     /// Sends `request`; the error in words, every cause included (a certificate problem says
@@ -67,7 +79,12 @@ impl NodeClient {
         &self,
         request: hyper::Request<Body>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-        self.client.request(request).await.map_err(|e| {
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        client.request(request).await.map_err(|e| {
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);
             while let Some(cause) = source {

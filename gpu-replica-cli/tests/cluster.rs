@@ -727,6 +727,12 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     assert_eq!(state_of(&n2, "n2").1, 2);
     let (status, reply) = n2.call("PATCH", &format!("/api/v1/replicaSet/{quiet}/stop"), None);
     assert_eq!(status, 200, "{reply}");
+    // n2 full: a stopped set moves there all the same (it holds nothing until it continues).
+    let filler = format!("{p}f");
+    let mut body = run_body(&filler, 2);
+    body["node"] = json!("n2");
+    let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+    assert_eq!(status, 200, "{reply}");
     let (status, reply) = n2.call(
         "POST",
         &format!("/api/v1/replicaSet/{quiet}/migrate"),
@@ -735,7 +741,19 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(info(&n1, &quiet)["status"], "stopped");
     assert_eq!(state_of(&n1, "n1").1, 2);
-    assert_eq!(state_of(&n1, "n2").1, 2, "a stopped set holds nothing");
+    assert_eq!(
+        state_of(&n1, "n2").1,
+        0,
+        "the filler's; a stopped set holds nothing"
+    );
+    let (status, reply) = n1.call(
+        "PATCH",
+        &format!("/api/v1/replicaSet/{quiet}/continue"),
+        None,
+    );
+    assert_ne!(status, 200, "its GPUs are the filler's: {reply}");
+    let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{filler}"), None);
+    assert_eq!(status, 200, "{reply}");
     let (status, reply) = n1.call(
         "PATCH",
         &format!("/api/v1/replicaSet/{quiet}/continue"),

@@ -522,9 +522,27 @@ impl Engine {
                 // A host path is this host's: its policy decides.
                 *bind = self.check_bind(bind).await?;
             }
-            let gpus = self
-                .pick_gpus_for(name, &[], spec.gpu_count as usize)
-                .await?;
+            let claims = moving.before.holds_claims();
+            let gpus = match self.pick_gpus_for(name, &[], spec.gpu_count as usize).await {
+                Ok(gpus) => gpus,
+                // A stopped set holds none: it records some of this node's (continue takes
+                // them if they are free then; restart takes any).
+                Err(Error::NotEnoughGpus { .. }) if !claims => {
+                    let all = self.shared.inventory.gpus().await?;
+                    if all.len() < spec.gpu_count as usize {
+                        return Err(Error::NotEnoughGpus {
+                            wanted: spec.gpu_count as usize,
+                            free: 0,
+                            total: all.len(),
+                        });
+                    }
+                    all.into_iter()
+                        .take(spec.gpu_count as usize)
+                        .map(|g| g.uuid)
+                        .collect()
+                }
+                Err(e) => return Err(e),
+            };
             // The same host ports when this node's range has them free.
             let range = self.shared.config.port_range;
             let previous: Vec<_> = head
@@ -536,7 +554,6 @@ impl Engine {
             let ports = self
                 .pick_ports_for(name, &spec.container_ports, &previous)
                 .await?;
-            let claims = moving.before.holds_claims();
             if claims {
                 moving.claimed_gpus = gpus.clone();
                 moving.claimed_ports = ports.iter().map(|p| p.host_port).collect();

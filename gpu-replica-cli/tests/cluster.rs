@@ -656,6 +656,15 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     );
     assert_eq!(status, 200, "{reply}");
     assert_eq!(exec(&n2, &set, "cat /root/f /data/g"), "installed\nkept");
+    // The nodes' own routes take the cluster's secret, never a caller's token.
+    let (status, _, _) = common::http_as(
+        &n2.addr,
+        Some("not-the-secret"),
+        "POST",
+        &format!("/internal/v1/migrations/{set}/start"),
+        None,
+    );
+    assert_eq!(status, 401);
     // Each node's metrics are its own: the set runs on n2, n1 did the migration.
     let (_, _, on_n2) = common::http_as(&n2.addr, None, "GET", "/metrics", None);
     assert!(

@@ -179,6 +179,15 @@ async fn the_scrape_parses_and_carries_dcgm_and_our_names() {
     assert!(!text.contains(&format!("route=\"/api/v1/replicaSet/{name}\"")));
     assert!(text.contains("gpu_replica_http_request_duration_seconds_bucket"));
 
+    // A single host has no routes for other nodes.
+    let (status, _, _) = http_as(
+        &server.addr,
+        Some(token),
+        "PUT",
+        "/internal/v1/migrations/x/image",
+        Some("tar"),
+    );
+    assert_eq!(status, 404);
     // A user may not scrape (the metrics name everyone's sets).
     let (_, _, user) = http_as(
         &server.addr,

@@ -138,7 +138,9 @@ pub(crate) fn routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
 /// such routes.
 async fn from_a_node(State(engine): State<Arc<Engine>>, request: Request, next: Next) -> Response {
     let Some(secret) = engine.cluster_secret() else {
-        return ApiError::new(Error::NotFound(request.uri().path().to_string())).into_response();
+        return crate::routes::not_found(request.uri().clone())
+            .await
+            .into_response();
     };
     let given = request
         .headers()

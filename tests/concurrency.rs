@@ -247,3 +247,54 @@ async fn two_engines_on_one_etcd_never_claim_the_same_gpu_or_port() {
         .iter()
         .all(|g| g.holder.is_none()));
 }
+
+/// In a cluster, a node sees another node's GPUs with their figures of a few seconds ago, not
+/// of when it joined: each node writes them into its record when they change.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_sees_the_live_figures_of_another_nodes_gpus() {
+    use gpu_replica_core::{EngineConfig, GpuInventory, StaticInventory};
+    let store = TestStore::etcd();
+    let node = |name: &str, inventory: StaticInventory| {
+        let store = &store;
+        let name = name.to_string();
+        async move {
+            let config = EngineConfig {
+                node: Some(name),
+                ..testkit::config()
+            };
+            Arc::new(Engine::new(
+                Arc::new(testkit::docker().await),
+                store.open().await,
+                Arc::new(inventory),
+                config,
+            ))
+        }
+    };
+    let inventory_b = StaticInventory::fake_on("b", 2);
+    let a = node("a", StaticInventory::fake_on("a", 2)).await;
+    let b = node("b", inventory_b.clone()).await;
+    let _a_alive = a.join_cluster("http://127.0.0.1:9", "test").await.unwrap();
+    let _b_alive = b.join_cluster("http://127.0.0.1:9", "test").await.unwrap();
+    let uuid = inventory_b.gpus().await.unwrap()[0].uuid.clone();
+    let seen_by_a = || async {
+        a.gpu_status()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|g| g.gpu.uuid == uuid)
+            .and_then(|g| g.gpu.utilization)
+    };
+    assert_eq!(seen_by_a().await, Some(0));
+    assert!(inventory_b.set_utilization(&uuid, Some(73)));
+    let started = Instant::now();
+    while seen_by_a().await != Some(73) {
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "a still sees {:?}",
+            seen_by_a().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("seen after {:?}", started.elapsed());
+}

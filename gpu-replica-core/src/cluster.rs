@@ -30,6 +30,10 @@ use crate::store::Txn;
 /// How long a node stays `ready` without renewing its lease.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
 
+/// Every this many lease renewals (a third of [`NODE_TTL`] apart, so ~5 s), a node writes its
+/// GPUs' figures into its record when they changed: the others' GPU status stays live.
+const GPU_REFRESH_TICKS: u64 = 3;
+
 /// A node as registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -211,15 +215,32 @@ impl Engine {
             .await?;
         tracing::info!(node = %name, "joined the cluster at {}", record.advertise);
         let engine = Arc::downgrade(self);
+        let mut record = record;
         Ok(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(NODE_TTL / 3);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for tick in 0u64.. {
                 ticks.tick().await;
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
                 let store = engine.shared.store.clone();
+                // Every GPU_REFRESH_TICKS ticks, the GPUs' figures as they are now (when they
+                // changed), so other nodes show live utilization and memory.
+                if tick % GPU_REFRESH_TICKS == GPU_REFRESH_TICKS - 1 {
+                    match engine.shared.inventory.gpus().await {
+                        Ok(gpus) if gpus != record.gpus => {
+                            record.gpus = gpus;
+                            if let Err(e) =
+                                store.put(&keys::node(&record.name), encode(&record)).await
+                            {
+                                tracing::warn!("cannot refresh the node's GPU figures: {e}");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("cannot read the GPUs: {e}"),
+                    }
+                }
                 match store.renew(lease).await {
                     Ok(true) => {}
                     Ok(false) => {

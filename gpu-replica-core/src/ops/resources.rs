@@ -25,7 +25,7 @@ impl Engine {
             .map(|g| (here.clone(), g))
             .collect();
         if !here.is_empty() {
-            // The other nodes' GPUs as they registered them (figures from when they joined).
+            // The other nodes' GPUs as they last wrote them (every ~5 s when they change).
             let nodes: Vec<crate::cluster::NodeRecord> = self.read_all(keys::NODES).await?;
             for node in nodes.into_iter().filter(|n| n.name != here) {
                 gpus.extend(node.gpus.into_iter().map(|g| (node.name.clone(), g)));

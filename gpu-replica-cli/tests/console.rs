@@ -389,12 +389,21 @@ async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
         Some(json!({"name": format!("{name}bob")})),
     );
     let bob_token = bob["data"]["token"].as_str().unwrap().to_string();
+    let bobs = format!("{name}b");
+    let (status, _, answer) = http_as(
+        &server.addr,
+        Some(&bob_token),
+        "POST",
+        "/api/v1/replicaSet",
+        Some(&json!({"imageName": TEST_IMAGE, "replicaSetName": bobs}).to_string()),
+    );
+    assert_eq!(status, 200, "{answer}");
     browser.click("#signout");
     browser.fill("#token", &bob_token);
     browser.click("#signin");
     browser.until("signed in as bob", || browser.text("#who").contains("bob"));
-    browser.wait("#sets");
-    std::thread::sleep(Duration::from_millis(500));
+    // The table is drawn (bob's own set is in it), without the admin's.
+    browser.wait(&format!("tr[data-set=\"{bobs}\"] .name"));
     assert!(
         browser.find(&row(".name")).is_none(),
         "bob sees the admin's set"
@@ -419,6 +428,7 @@ async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
         None,
     );
     assert_eq!(status, 404);
+    api("DELETE", &format!("/api/v1/replicaSet/{bobs}"), None);
     api("DELETE", &format!("/api/v1/users/{name}bob"), None);
     drop(browser);
     drop(server);

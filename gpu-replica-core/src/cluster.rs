@@ -418,13 +418,24 @@ impl Engine {
         self.node_location(&volume.node).await
     }
 
-    /// Where node `name` is reached, if it is ready.
+    /// Where node `name` (which a set or volume records) is reached, if it is ready; one
+    /// without a record is gone.
     async fn node_location(&self, name: &str) -> Result<Location> {
         if name == self.node_name() {
             return Ok(Location::Here);
         }
+        match self.ready_node(name).await {
+            Ok(node) => Ok(self.location_of(&node)),
+            Err(Error::NodeNotFound(_)) => Err(Error::NodeLost(name.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Node `name`'s record, if it is ready: [`Error::NodeNotFound`] when no node has that
+    /// name, [`Error::NodeLost`] when it stopped renewing its lease.
+    pub(crate) async fn ready_node(&self, name: &str) -> Result<NodeRecord> {
         let Some((node, _)) = self.read::<NodeRecord>(&keys::node(name)).await? else {
-            return Err(Error::NodeLost(name.to_string()));
+            return Err(Error::NodeNotFound(name.to_string()));
         };
         if self
             .shared
@@ -435,7 +446,7 @@ impl Engine {
         {
             return Err(Error::NodeLost(name.to_string()));
         }
-        Ok(self.location_of(&node))
+        Ok(node)
     }
 
     fn location_of(&self, node: &NodeRecord) -> Location {

@@ -74,8 +74,8 @@ pub use crate::failpoint::{FAILPOINTS, FAILPOINT_EXIT_CODE};
 pub use crate::gpu::{GpuInfo, GpuInventory, NvmlInventory, StaticInventory};
 pub use crate::limits::{parse_cpus, Limits, ResourcePolicy};
 pub use crate::model::{
-    GpuStatus, Intent, NodePorts, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec, Status,
-    Timers, Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
+    GpuStatus, Intent, Moving, NodePorts, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec,
+    Status, Timers, Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
 pub use crate::ops::clone::CloneRequest;
 pub use crate::ops::observe::Stats;

@@ -22,7 +22,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::Status;
 
@@ -143,8 +143,16 @@ impl Engine {
     }
 
     /// Registers everything this engine reports into `registry`: its counters and histograms,
-    /// and gauges read now from the records and the GPU inventory (of this node).
+    /// and gauges read now from the records and the GPU inventory (of this node). For admins
+    /// only ([`Error::AdminOnly`]): the figures name every set and owner.
     pub async fn collect_metrics(&self, registry: &mut Registry) -> Result<()> {
+        if !self.caller.is_admin() {
+            return Err(Error::AdminOnly(
+                "the metrics name every set and owner: scrape as an admin or with the metrics \
+                 token"
+                    .into(),
+            ));
+        }
         let metrics = &self.shared.metrics;
         let node = self.node_name().to_string();
         registry.register(

@@ -157,29 +157,33 @@ pub enum Intent {
     },
     /// Everything of the set is being removed.
     Delete,
-    /// The set is moving from node `from` to node `to`, where version `version` is built from
-    /// a snapshot of the current one. Until the target makes it current (one transaction that
-    /// also moves the set's node), the source may undo it.
-    Migrate {
-        /// The node it lives on now.
-        from: String,
-        /// The node it moves to.
-        to: String,
-        /// The version being built on the target.
-        version: u32,
-        /// GPUs the new version gets.
-        gpu_count: u32,
-        /// Whether the data of its volumes moves too.
-        move_volumes: bool,
-        /// The set's status before: the target ends it the same (a running set runs there).
-        before: Status,
-        /// GPUs the target claimed for it (empty until it has).
-        #[serde(default)]
-        claimed_gpus: Vec<String>,
-        /// Host ports the target claimed for it, on the target.
-        #[serde(default)]
-        claimed_ports: Vec<u16>,
-    },
+    /// The set is moving to another node: see [`Moving`].
+    Migrate(Moving),
+}
+
+/// A migration in flight: the set moves from node `from` to node `to`, where version
+/// `version` is built from a snapshot of the current one. Until the target makes it current
+/// (one transaction that also moves the set's node), the source may undo it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moving {
+    /// The node it lives on now.
+    pub from: String,
+    /// The node it moves to.
+    pub to: String,
+    /// The version being built on the target.
+    pub version: u32,
+    /// GPUs the new version gets.
+    pub gpu_count: u32,
+    /// Whether the data of its volumes moves too.
+    pub move_volumes: bool,
+    /// The set's status before: the target ends it the same (a running set runs there).
+    pub before: Status,
+    /// GPUs the target claimed for it (empty until it has).
+    #[serde(default)]
+    pub claimed_gpus: Vec<String>,
+    /// Host ports the target claimed for it, on the target.
+    #[serde(default)]
+    pub claimed_ports: Vec<u16>,
 }
 
 /// One version of a replicaSet: one container, and later the snapshot of its filesystem.

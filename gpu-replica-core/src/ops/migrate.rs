@@ -20,7 +20,7 @@
 //! the old container again. A source killed meanwhile undoes it at its next start (the set is
 //! still its own); a source killed after step 4 finds the old container an orphan.
 
-use crate::cluster::{LinkRequest, Migration, NodeLink, NodeRecord, NodeState};
+use crate::cluster::{LinkRequest, Migration, NodeLink, NodeRecord};
 use crate::engine::access::Holdings;
 use crate::engine::claims::{backoff, claim_keys, release_keys, CLAIM_ATTEMPTS};
 use crate::engine::events::describe_info;
@@ -29,60 +29,16 @@ use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::model::{
-    now, Intent, ReplicaSet, ReplicaSetInfo, Status, Version, Volume, VolumeVersion,
+    now, Intent, Moving, ReplicaSet, ReplicaSetInfo, Status, Version, Volume, VolumeVersion,
 };
 use crate::runtime::{Bind, ImageStream};
 use crate::store::Txn;
 
-/// The fields of a migration intent.
-struct Moving {
-    from: String,
-    to: String,
-    version: u32,
-    gpu_count: u32,
-    move_volumes: bool,
-    before: Status,
-    claimed_gpus: Vec<String>,
-    claimed_ports: Vec<u16>,
-}
-
-impl Moving {
-    fn of(head: &ReplicaSet) -> Option<Moving> {
-        match head.pending.clone()? {
-            Intent::Migrate {
-                from,
-                to,
-                version,
-                gpu_count,
-                move_volumes,
-                before,
-                claimed_gpus,
-                claimed_ports,
-            } => Some(Moving {
-                from,
-                to,
-                version,
-                gpu_count,
-                move_volumes,
-                before,
-                claimed_gpus,
-                claimed_ports,
-            }),
-            _ => None,
-        }
-    }
-
-    fn intent(&self) -> Intent {
-        Intent::Migrate {
-            from: self.from.clone(),
-            to: self.to.clone(),
-            version: self.version,
-            gpu_count: self.gpu_count,
-            move_volumes: self.move_volumes,
-            before: self.before,
-            claimed_gpus: self.claimed_gpus.clone(),
-            claimed_ports: self.claimed_ports.clone(),
-        }
+/// The migration `head` records, if any.
+fn moving_of(head: &ReplicaSet) -> Option<Moving> {
+    match &head.pending {
+        Some(Intent::Migrate(moving)) => Some(moving.clone()),
+        _ => None,
     }
 }
 
@@ -187,7 +143,7 @@ impl Engine {
         };
         let mut recorded = head.clone();
         recorded.latest = moving.version;
-        recorded.pending = Some(moving.intent());
+        recorded.pending = Some(Intent::Migrate(moving.clone()));
         let txn = Txn::new()
             .unchanged(keys::replica_set(name), revision)
             .put(keys::replica_set(name), encode(&recorded));
@@ -222,20 +178,6 @@ impl Engine {
         self.clean_after_migration(&current, &snapshots, &volumes)
             .await;
         self.info(name).await
-    }
-
-    /// Node `name`'s record, if it is part of the cluster and ready.
-    async fn ready_node(&self, name: &str) -> Result<NodeRecord> {
-        let status = self
-            .nodes()
-            .await?
-            .into_iter()
-            .find(|n| n.node.name == name)
-            .ok_or_else(|| Error::NodeNotFound(name.to_string()))?;
-        if status.state == NodeState::Lost {
-            return Err(Error::NodeLost(name.to_string()));
-        }
-        Ok(status.node)
     }
 
     /// Volumes move only when they are current volumes of this server that no other set
@@ -368,7 +310,7 @@ impl Engine {
             else {
                 return Ok(());
             };
-            let Some(moving) = Moving::of(&head) else {
+            let Some(moving) = moving_of(&head) else {
                 return Ok(());
             };
             if head.node != self.node_name() {
@@ -427,7 +369,7 @@ impl Engine {
             .read::<ReplicaSet>(&keys::replica_set(name))
             .await?
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
-        match Moving::of(&head) {
+        match moving_of(&head) {
             Some(moving) if moving.to == self.node_name() && head.node == moving.from => {
                 Ok((head, revision, moving))
             }
@@ -466,7 +408,8 @@ impl Engine {
                 format!("the archive sent did not hold image '{}'", new.image),
             ));
         }
-        let (head, _, moving) = self.incoming(name).await?;
+        // Still in flight after the load (the source may have undone it meanwhile)?
+        let (_, _, moving) = self.incoming(name).await?;
         if moving.move_volumes {
             for bind in new.spec.binds.iter().filter(|b| !b.is_host_path()) {
                 let (base, number) = volume_of(&bind.src).ok_or_else(|| {
@@ -493,7 +436,7 @@ impl Engine {
             }
         }
         self.shared.runtime.remove_container(&new.container).await?;
-        let spec = self.container_spec(&head.name, &new);
+        let spec = self.container_spec(name, &new);
         self.shared.runtime.create_container(&spec).await?;
         failpoint("migrate.created");
         Ok(())
@@ -581,7 +524,7 @@ impl Engine {
                 created_at: now(),
             };
             let mut recorded = head.clone();
-            recorded.pending = Some(moving.intent());
+            recorded.pending = Some(Intent::Migrate(moving.clone()));
             // GPU-time moves when the set does (step 4): never counted twice meanwhile.
             let txn = claim_keys(
                 quota.apply(Txn::new()),
@@ -761,7 +704,7 @@ impl Engine {
         moving.claimed_gpus.clear();
         moving.claimed_ports.clear();
         let mut dropped = head;
-        dropped.pending = Some(moving.intent());
+        dropped.pending = Some(Intent::Migrate(moving.clone()));
         let txn = txn
             .unchanged(keys::replica_set(name), revision)
             .put(keys::replica_set(name), encode(&dropped));

@@ -86,17 +86,20 @@ impl Engine {
     /// under its lock.
     pub async fn reconcile(&self) -> Result<Reconciled> {
         let mut pass = Reconciled::default();
-        let heads = self.own_sets().await?;
-        let containers: HashMap<String, ContainerState> = self
+        // Containers first, then the heads: what the sweep below needs (and drift does not
+        // mind).
+        let listed = self
             .shared
             .runtime
             .list_containers(LABEL_REPLICA_SET)
-            .await?
-            .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect();
-        for head in heads {
-            let container = containers.get(&names::container(&head.name, head.current));
+            .await?;
+        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let containers: HashMap<&str, &ContainerState> =
+            listed.iter().map(|c| (c.name.as_str(), c)).collect();
+        for head in heads.iter().filter(|h| h.node == self.node_name()) {
+            let container = containers
+                .get(names::container(&head.name, head.current).as_str())
+                .copied();
             if head.pending.is_none() && !drifted(head.status, container) {
                 continue;
             }
@@ -104,7 +107,7 @@ impl Engine {
         }
         self.release_stray_claims(&mut pass).await?;
         if !self.node_name().is_empty() {
-            self.sweep_containers(None, &mut pass).await?;
+            self.sweep_listed(listed, &heads, &mut pass).await?;
         }
         Ok(self.counted(pass))
     }
@@ -119,16 +122,12 @@ impl Engine {
         only: Option<&str>,
         pass: &mut Reconciled,
     ) -> Result<()> {
-        let Some(store) = self.shared.store_id.get() else {
-            return Ok(());
-        };
         let listed: Vec<ContainerState> = self
             .shared
             .runtime
             .list_containers(LABEL_REPLICA_SET)
             .await?
             .into_iter()
-            .filter(|c| c.labels.get(LABEL_STORE) == Some(store))
             .filter(|c| {
                 only.is_none_or(|set| {
                     c.labels.get(LABEL_REPLICA_SET).map(String::as_str) == Some(set)
@@ -138,19 +137,32 @@ impl Engine {
         if listed.is_empty() {
             return Ok(());
         }
-        let heads: HashMap<String, ReplicaSet> = self
-            .read_all::<ReplicaSet>(keys::REPLICA_SETS)
-            .await?
+        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        self.sweep_listed(listed, &heads, pass).await
+    }
+
+    /// [`Engine::sweep_containers`] over containers `listed` before `heads` were read.
+    async fn sweep_listed(
+        &self,
+        listed: Vec<ContainerState>,
+        heads: &[ReplicaSet],
+        pass: &mut Reconciled,
+    ) -> Result<()> {
+        let Some(store) = self.shared.store_id.get() else {
+            return Ok(());
+        };
+        let heads: HashMap<&str, &ReplicaSet> =
+            heads.iter().map(|h| (h.name.as_str(), h)).collect();
+        for container in listed
             .into_iter()
-            .map(|h| (h.name.clone(), h))
-            .collect();
-        for container in listed {
+            .filter(|c| c.labels.get(LABEL_STORE) == Some(store))
+        {
             let set = container
                 .labels
                 .get(LABEL_REPLICA_SET)
                 .cloned()
                 .unwrap_or_default();
-            let unused = match heads.get(&set) {
+            let unused = match heads.get(set.as_str()) {
                 None => true,
                 // Recorded before it was a cluster node: not this sweep's to judge.
                 Some(head) if head.pending.is_some() || head.node.is_empty() => false,

@@ -13,7 +13,7 @@ use std::fmt;
 use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
 use crate::error::Result;
 use crate::keys;
-use crate::model::{Intent, ReplicaSet, Status, Volume, VolumeVersion};
+use crate::model::{Intent, Moving, ReplicaSet, Status, Volume, VolumeVersion};
 use crate::runtime::HELPER_LABEL;
 use crate::steps::Prepared;
 use crate::store::Txn;
@@ -165,7 +165,7 @@ impl Engine {
                 report.finished.push(format!("delete of {name}"));
             }
             // Still ours: the target never made it current. Undone.
-            Intent::Migrate { to, .. } => {
+            Intent::Migrate(Moving { to, .. }) => {
                 self.undo_migration(&name).await?;
                 report
                     .undone

@@ -234,17 +234,19 @@ impl Engine {
     /// Stops the old container, snapshots it (flattening a long chain) and creates the new one.
     async fn replace_container(&self, prepared: &mut Prepared) -> Result<()> {
         let old = prepared.old.clone();
-        let Some(state) = self
+        match self
             .shared
             .runtime
             .inspect_container(&old.container)
             .await?
-        else {
-            return self.replace_vanished_container(prepared).await;
-        };
-        prepared.old = self
-            .snapshot_current(&prepared.head, old, state.running, "version")
-            .await?;
+        {
+            Some(state) => {
+                prepared.old = self
+                    .snapshot_current(&prepared.head, old, state.running, "version")
+                    .await?;
+            }
+            None => self.start_from_image_of_vanished(prepared).await?,
+        }
         failpoint("version.committed");
         let spec = self.container_spec(&prepared.name, &prepared.new);
         self.shared.runtime.create_container(&spec).await?;
@@ -303,7 +305,7 @@ impl Engine {
     /// The old container vanished outside the engine, so its filesystem cannot be carried: the
     /// new version starts from the image the old one was created from (a `Filesystem::Of`
     /// rollback keeps its snapshot).
-    async fn replace_vanished_container(&self, prepared: &mut Prepared) -> Result<()> {
+    async fn start_from_image_of_vanished(&self, prepared: &mut Prepared) -> Result<()> {
         let old = &prepared.old;
         tracing::warn!(container = %old.container, "container is gone; the new version starts from its image");
         if prepared.new.image == self.snapshot_name(&prepared.head, old.version) {
@@ -316,10 +318,6 @@ impl Engine {
                 )
                 .await?;
         }
-        failpoint("version.committed");
-        let spec = self.container_spec(&prepared.name, &prepared.new);
-        self.shared.runtime.create_container(&spec).await?;
-        failpoint("version.created");
         Ok(())
     }
 

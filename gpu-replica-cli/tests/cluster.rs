@@ -742,6 +742,34 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     body["node"] = json!("n2");
     let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
     assert_eq!(status, 200, "{reply}");
+    // A running set is refused up front (1013), and keeps running where it was.
+    let busy = format!("{p}r");
+    let mut body = run_body(&busy, 1);
+    body["node"] = json!("n1");
+    let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = n2.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{busy}/migrate"),
+        Some(json!({"node": "n2"})),
+    );
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (409, Some(1013)),
+        "{reply}"
+    );
+    assert!(
+        reply["msg"].as_str().unwrap().contains("0 free of 2"),
+        "{reply}"
+    );
+    let now = info(&n2, &busy);
+    assert_eq!(
+        (now["status"].as_str(), now["info"]["version"].as_u64()),
+        (Some("running"), Some(1))
+    );
+    assert_eq!(containers(&d1, &busy), vec![format!("{busy}-1")]);
+    let (status, reply) = n1.call("DELETE", &format!("/api/v1/replicaSet/{busy}"), None);
+    assert_eq!(status, 200, "{reply}");
     let (status, reply) = n2.call(
         "POST",
         &format!("/api/v1/replicaSet/{quiet}/migrate"),

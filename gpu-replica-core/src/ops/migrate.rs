@@ -99,10 +99,23 @@ impl Engine {
         let target = self.ready_node(&to.node).await?;
         let current = self.version_record(name, head.current).await?;
         let gpu_count = to.gpu_count.unwrap_or(current.spec.gpu_count);
-        if gpu_count as usize > target.gpus.len() {
+        // Refused here, before anything stops, when the target cannot have them now (a
+        // stopped set needs them only once it continues); the target's claim decides races.
+        let holders = self.gpu_holders().await?;
+        let free = target
+            .gpus
+            .iter()
+            .filter(|g| !holders.contains_key(&g.uuid))
+            .count();
+        let available = if head.status.holds_claims() {
+            free
+        } else {
+            target.gpus.len()
+        };
+        if gpu_count as usize > available {
             return Err(Error::NotEnoughGpus {
                 wanted: gpu_count as usize,
-                free: 0,
+                free,
                 total: target.gpus.len(),
             });
         }

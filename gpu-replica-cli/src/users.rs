@@ -3,12 +3,11 @@
 use std::process::ExitCode;
 
 use gpu_replica_http::wire::{
-    QuotaBody, QuotaView, TokenReply, UsageReply, UserAddBody, UserList, UserReply, UserTokenReply,
-    UserView, WhoamiReply,
+    PurgedReply, QuotaBody, QuotaView, ReplicaSetList, TokenReply, UsageReply, UserAddBody,
+    UserList, UserReply, UserTokenReply, UserView, VolumeList, WhoamiReply,
 };
 use hyper::Method;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::client::{Client, ClientError};
 use crate::table;
@@ -35,10 +34,16 @@ pub enum UserCommand {
     },
     /// List users with their quota and what they hold.
     Ls,
-    /// Remove a user (refused while they own replicaSets or volumes).
+    /// Remove a user (refused while they own replicaSets or volumes, unless --purge).
     Rm {
         /// User name.
         name: String,
+        /// Delete their replicaSets and volumes too (asks first on a terminal).
+        #[arg(long)]
+        purge: bool,
+        /// Do not ask before purging.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// Give a user a new token (the old one stops working) and print it.
     TokenReset {
@@ -59,6 +64,50 @@ pub enum UserCommand {
         #[arg(long)]
         max_volume_size: Option<String>,
     },
+}
+
+/// Asks on the terminal whether to delete `name` with everything they own (what that is,
+/// listed first); without a terminal to ask on, refuses: `--yes` says it up front.
+async fn confirm_purge(client: &Client, name: &str) -> Result<bool, ClientError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(ClientError::Transport(format!(
+            "--purge deletes every replicaSet and volume of '{name}': add --yes to confirm \
+             (there is no terminal to ask on)"
+        )));
+    }
+    let owner = encode(name);
+    let sets: ReplicaSetList = client
+        .request(
+            Method::GET,
+            format!("/api/v1/replicaSet?owner={owner}"),
+            None::<&()>,
+        )
+        .await?;
+    let volumes: VolumeList = client
+        .request(
+            Method::GET,
+            format!("/api/v1/volumes?owner={owner}"),
+            None::<&()>,
+        )
+        .await?;
+    let sets: Vec<&str> = sets.replica_sets.iter().map(|s| s.name.as_str()).collect();
+    let volumes: Vec<&str> = volumes.volumes.iter().map(|v| v.name.as_str()).collect();
+    eprint!(
+        "remove user '{name}' and delete their {} replicaSet(s) [{}] and {} volume(s) [{}], \
+         with every snapshot and file in them? [y/N] ",
+        sets.len(),
+        sets.join(", "),
+        volumes.len(),
+        volumes.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
 /// `none` → `Some(None)`, a number → `Some(Some(n))`.
@@ -169,9 +218,26 @@ pub async fn user(
                 print_users(&reply.users);
             }
         }
-        U::Rm { name } => {
-            let _: Value = client.request(Method::DELETE, path(&name), none).await?;
-            println!("ok");
+        U::Rm { name, purge, yes } => {
+            if purge && !yes && !confirm_purge(client, &name).await? {
+                eprintln!("nothing removed");
+                return Ok(ExitCode::FAILURE);
+            }
+            let query = if purge { "?purge=true" } else { "" };
+            let reply: PurgedReply = client
+                .request(Method::DELETE, format!("{}{query}", path(&name)), none)
+                .await?;
+            if as_json {
+                print_json(&reply);
+            } else {
+                for set in &reply.replica_sets {
+                    println!("deleted replicaSet {set}");
+                }
+                for volume in &reply.volumes {
+                    println!("deleted volume {volume}");
+                }
+                println!("removed user {name}");
+            }
         }
         U::TokenReset { name } => {
             let reply: TokenReply = client

@@ -250,3 +250,61 @@ async fn the_scrape_parses_and_carries_dcgm_and_our_names() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_exports_every_counter_at_zero_from_the_first_scrape() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let token = "fresh-admin";
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_TOKEN", token)]);
+    let (status, _, text) = scrape(&server, token);
+    assert_eq!(status, 200, "{text}");
+    let parsed = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+
+    // Every operation kind, both outcomes, at zero, with its duration histogram.
+    let operations = samples(&parsed, "gpu_replica_operations_total");
+    for operation in gpu_replica_core::metrics::OPERATIONS {
+        for outcome in ["ok", "failed"] {
+            let found: Vec<_> = operations
+                .iter()
+                .filter(|s| {
+                    s.labels.get("operation") == Some(operation)
+                        && s.labels.get("outcome") == Some(outcome)
+                })
+                .collect();
+            assert_eq!(found.len(), 1, "{operation} {outcome}:\n{text}");
+            assert_eq!(number(&found[0].value), 0.0);
+            assert!(
+                text.contains(&format!(
+                    "gpu_replica_operation_duration_seconds_count{{operation=\"{operation}\",outcome=\"{outcome}\",node=\"\"}} 0"
+                )),
+                "{operation} {outcome} timed at zero"
+            );
+        }
+    }
+    assert_eq!(operations.len(), 2 * gpu_replica_core::metrics::OPERATIONS.len());
+    // What recovery and the reconciler do, each action at zero until it happens (a fresh
+    // data dir has nothing to recover).
+    for (metric, actions) in [
+        (
+            "gpu_replica_recovery_actions_total",
+            gpu_replica_core::metrics::RECOVERY_ACTIONS,
+        ),
+        (
+            "gpu_replica_reconcile_actions_total",
+            gpu_replica_core::metrics::RECONCILE_ACTIONS,
+        ),
+    ] {
+        let found = samples(&parsed, metric);
+        assert_eq!(found.len(), actions.len(), "{metric}:\n{text}");
+        for action in actions {
+            let sample = found
+                .iter()
+                .find(|s| s.labels.get("action") == Some(action))
+                .unwrap_or_else(|| panic!("{metric} {action}:\n{text}"));
+            assert_eq!(number(&sample.value), 0.0, "{metric} {action}");
+        }
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -23,7 +23,6 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuInfo;
 use crate::keys;
 use crate::model::ReplicaSet;
-use crate::runtime::ImageStream;
 use crate::sched::PortRange;
 use crate::store::Txn;
 
@@ -33,6 +32,12 @@ pub const NODE_TTL: Duration = Duration::from_secs(5);
 /// Every this many lease renewals (a third of [`NODE_TTL`] apart, so ~5 s), a node writes its
 /// GPUs' figures into its record when they changed: the others' GPU status stays live.
 const GPU_REFRESH_TICKS: u64 = 3;
+
+/// What travels over the node link: a `docker save` archive of a snapshot, or a tar of a
+/// volume's files, as a stream of chunks. The same type as the runtime's
+/// [`crate::runtime::ImageStream`], named here so that a frontend carrying the link speaks the
+/// link's words, never the runtime's.
+pub type ArchiveStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>;
 
 /// A node as registered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,7 +118,7 @@ pub enum LinkRequest {
         /// The replicaSet.
         set: String,
         /// The snapshot image, streamed.
-        archive: ImageStream,
+        archive: ArchiveStream,
     },
     /// Extract `archive` (a volume's files) into `dir` of the new container:
     /// [`Engine::accept_migration_files`].
@@ -123,7 +128,7 @@ pub enum LinkRequest {
         /// The directory holding the volume's mount point.
         dir: String,
         /// A tar archive whose top entry is the mount point.
-        archive: ImageStream,
+        archive: ArchiveStream,
     },
     /// Start the new version and make it current on the target:
     /// [`Engine::complete_migration`].

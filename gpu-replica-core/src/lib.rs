@@ -47,6 +47,7 @@ mod failpoint;
 #[cfg(test)]
 mod failure_tests;
 pub mod gpu;
+mod input;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
@@ -83,7 +84,7 @@ pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;
 pub use crate::ops::timers::{parse_duration, parse_time};
 pub use crate::ops::usage::{SetUsage, UsageQuery, UsageReport, UserUsage};
-pub use crate::ops::users::{NewUser, QuotaChange, UserInfo};
+pub use crate::ops::users::{NewUser, Purged, QuotaChange, UserInfo};
 pub use crate::ops::version::{BindSwap, PatchRequest};
 pub use crate::runtime::{
     Bind, ContainerEvent, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach,

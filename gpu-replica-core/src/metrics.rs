@@ -47,6 +47,33 @@ pub struct ActionLabels {
     pub node: String,
 }
 
+/// Every operation kind counted (the event kinds of [`Engine`]'s operations): each is exported
+/// from the first scrape, at zero until it happens, so a dashboard never shows "no data".
+pub const OPERATIONS: &[&str] = &[
+    "run",
+    "patch",
+    "rollback",
+    "restart",
+    "stop",
+    "pause",
+    "continue",
+    "delete",
+    "clone",
+    "migrate",
+    "timers",
+    "volume.create",
+    "volume.resize",
+    "volume.delete",
+];
+
+/// What a start-up recovery counts.
+pub const RECOVERY_ACTIONS: &[&str] = &["finished", "undone", "orphan_removed", "missing"];
+
+/// What a reconcile pass counts.
+pub const RECONCILE_ACTIONS: &[&str] = &["settled", "shown"];
+
+const OUTCOMES: [&str; 2] = ["ok", "failed"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Durations of operations: 10 ms to ~80 s.
@@ -69,6 +96,34 @@ impl Default for EngineMetrics {
             operation_seconds: Family::new_with_constructor(operation_buckets),
             recovery: Family::default(),
             reconcile: Family::default(),
+        }
+    }
+}
+
+impl EngineMetrics {
+    /// Makes every known series exist (at zero where nothing happened yet).
+    fn start_at_zero(&self, node: &str) {
+        for operation in OPERATIONS {
+            for outcome in OUTCOMES {
+                let labels = OperationLabels {
+                    operation: operation.to_string(),
+                    outcome: outcome.to_string(),
+                    node: node.to_string(),
+                };
+                let _ = self.operations.get_or_create(&labels);
+                let _ = self.operation_seconds.get_or_create(&labels);
+            }
+        }
+        for (family, actions) in [
+            (&self.recovery, RECOVERY_ACTIONS),
+            (&self.reconcile, RECONCILE_ACTIONS),
+        ] {
+            for action in actions {
+                let _ = family.get_or_create(&ActionLabels {
+                    action: action.to_string(),
+                    node: node.to_string(),
+                });
+            }
         }
     }
 }
@@ -112,6 +167,7 @@ fn hostname() -> String {
 impl Engine {
     /// Counts one operation of `kind` that took `took`.
     pub(crate) fn count_operation(&self, kind: &str, ok: bool, took: Duration) {
+        debug_assert!(OPERATIONS.contains(&kind), "'{kind}' missing from OPERATIONS");
         let labels = OperationLabels {
             operation: kind.to_string(),
             outcome: if ok { "ok" } else { "failed" }.to_string(),
@@ -127,6 +183,10 @@ impl Engine {
 
     /// Counts `n` actions of a recovery (`recovery` true) or reconcile pass.
     pub(crate) fn count_actions(&self, recovery: bool, action: &str, n: usize) {
+        debug_assert!(
+            RECOVERY_ACTIONS.contains(&action) || RECONCILE_ACTIONS.contains(&action),
+            "'{action}' missing from the known actions"
+        );
         if n == 0 {
             return;
         }
@@ -155,6 +215,7 @@ impl Engine {
         }
         let metrics = &self.shared.metrics;
         let node = self.node_name().to_string();
+        metrics.start_at_zero(&node);
         registry.register(
             "gpu_replica_operations",
             "Operations by kind and outcome",

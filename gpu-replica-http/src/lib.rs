@@ -197,3 +197,29 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         )
         .with_state(engine)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The HTTP crate speaks the engine's words: what it needs of Docker's world (the node
+    /// link's byte stream, say) core names outside its runtime layer.
+    #[test]
+    fn the_http_crate_never_reaches_into_the_runtime_layer() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut stack = vec![src];
+        let mut read = 0;
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let needle = concat!("gpu_replica_core::", "runtime");
+                    assert!(!text.contains(needle), "{} names {needle}", path.display());
+                    read += 1;
+                }
+            }
+        }
+        assert!(read > 10, "read {read} files");
+    }
+}

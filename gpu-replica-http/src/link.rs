@@ -15,8 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{post, put};
 use axum::Router;
 use futures_util::{StreamExt, TryStreamExt};
-use gpu_replica_core::cluster::NodeRecord;
-use gpu_replica_core::runtime::ImageStream;
+use gpu_replica_core::cluster::{ArchiveStream, NodeRecord};
 use gpu_replica_core::{Engine, Error, LinkRequest, NodeLink, Operation};
 use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
@@ -58,7 +57,7 @@ fn encode_query(s: &str) -> String {
         .collect()
 }
 
-fn streamed(archive: ImageStream) -> Body {
+fn streamed(archive: ArchiveStream) -> Body {
     Body::from_stream(archive)
 }
 
@@ -159,7 +158,7 @@ async fn from_a_node(State(engine): State<Arc<Engine>>, request: Request, next: 
 }
 
 /// The request body as an archive stream; a body cut short fails the stream.
-fn archive_of(body: Body) -> ImageStream {
+fn archive_of(body: Body) -> ArchiveStream {
     TryStreamExt::map_err(body.into_data_stream(), |e| {
         Error::Unavailable(format!("the sending node (the archive stopped: {e})"))
     })

@@ -27,6 +27,8 @@ impl Engine {
     /// `/`; a host source resolved (symlinks, `..`) and then under an allowed root and never a
     /// system path; a volume source existing and managed by this engine (or allowed by name).
     pub(crate) async fn check_bind(&self, bind: &Bind) -> Result<Bind> {
+        crate::input::bind_path("bind source", &bind.src)?;
+        crate::input::bind_path("bind destination", &bind.dest)?;
         if !bind.dest.starts_with('/') {
             return Err(Error::InvalidParams(format!(
                 "bind destination '{}' must be an absolute path",

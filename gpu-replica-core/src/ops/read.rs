@@ -17,6 +17,12 @@ impl Engine {
         if argv.is_empty() || argv[0].is_empty() {
             return Err(Error::InvalidParams("cmd must name a program".into()));
         }
+        crate::input::os_strings("cmd", argv)?;
+        // An empty workDir is the container's own, as Docker reads it.
+        let workdir = workdir.filter(|d| !d.is_empty());
+        if let Some(dir) = &workdir {
+            crate::input::work_dir(dir)?;
+        }
         let (head, _) = self.head(name).await?;
         if head.status != Status::Running {
             return Err(Error::refused(

@@ -71,18 +71,16 @@ impl Engine {
         if gpu_count < 0 {
             return Err(Error::NegativeGpuCount(gpu_count));
         }
-        if let Some(bad) = env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
-            return Err(Error::InvalidParams(format!(
-                "env '{bad}' is not KEY=value"
-            )));
+        for (i, entry) in env.iter().enumerate() {
+            crate::input::env_entry(i, entry)?;
         }
-        if cmd
-            .as_ref()
-            .is_some_and(|c| c.first().is_none_or(String::is_empty))
-        {
-            return Err(Error::InvalidParams(
-                "cmd, when given, must name a program".into(),
-            ));
+        if let Some(cmd) = &cmd {
+            if cmd.first().is_none_or(String::is_empty) {
+                return Err(Error::InvalidParams(
+                    "cmd, when given, must name a program".into(),
+                ));
+            }
+            crate::input::os_strings("cmd", cmd)?;
         }
         // `22` and `22/tcp` are one port: published once, in the order first given.
         let mut seen = HashSet::new();

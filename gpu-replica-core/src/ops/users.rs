@@ -36,6 +36,16 @@ pub(crate) struct UserRecord {
     pub created_at: String,
 }
 
+/// What [`Engine::purge_user`] deleted with the account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Purged {
+    /// The replicaSets, with their containers, snapshots and claims.
+    pub replica_sets: Vec<String>,
+    /// The volumes.
+    pub volumes: Vec<String>,
+}
+
 /// A user as shown: never their token or its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -254,8 +264,9 @@ impl Engine {
             .count();
         if held.sets > 0 || volumes > 0 {
             return Err(Error::UserOwnsObjects(format!(
-                "'{name}' still owns {} replicaSet(s) and {volumes} volume(s); delete them first \
-                 (or reset the token to lock them out now)",
+                "'{name}' still owns {} replicaSet(s) and {volumes} volume(s); delete them first, \
+                 or remove the user with them: `gpu-replica user rm {name} --purge` \
+                 (DELETE /api/v1/users/{name}?purge=true)",
                 held.sets
             )));
         }
@@ -266,6 +277,51 @@ impl Engine {
         self.commit(txn).await?;
         self.emit("user.remove", name, true, "removed".into()).await;
         Ok(())
+    }
+
+    /// Removes a user with everything they own (admins only), as `userdel -r` does: first
+    /// their token stops working (nothing new is made meanwhile), then their replicaSets go
+    /// (containers, snapshots, claims, records), then their volumes, then the account. What a
+    /// failure leaves stays theirs and a second purge finishes it. In a cluster, objects on
+    /// another node are deleted by that node: purge there, or delete them first.
+    pub async fn purge_user(&self, name: &str) -> Result<Purged> {
+        self.admin_only("removing users")?;
+        self.reset_token(name).await?;
+        let here = self.node_name().to_string();
+        let sets: Vec<crate::model::ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let volumes: Vec<crate::model::Volume> = self.read_all(keys::VOLUMES).await?;
+        let elsewhere: Vec<String> = sets
+            .iter()
+            .filter(|s| s.owner == name && s.node != here)
+            .map(|s| format!("replicaSet '{}' on node '{}'", s.name, s.node))
+            .chain(
+                volumes
+                    .iter()
+                    .filter(|v| v.owner == name && v.node != here)
+                    .map(|v| format!("volume '{}' on node '{}'", v.name, v.node)),
+            )
+            .collect();
+        if !elsewhere.is_empty() {
+            return Err(Error::UserOwnsObjects(format!(
+                "'{name}' owns {} that this node cannot delete; delete them there first",
+                elsewhere.join(", ")
+            )));
+        }
+        let mut purged = Purged::default();
+        for set in sets.iter().filter(|s| s.owner == name) {
+            match self.delete(&set.name).await {
+                Ok(()) | Err(Error::NotFound(_)) => purged.replica_sets.push(set.name.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        for volume in volumes.iter().filter(|v| v.owner == name) {
+            match self.delete_volume(&volume.name).await {
+                Ok(()) | Err(Error::VolumeNotFound(_)) => purged.volumes.push(volume.name.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.remove_user(name).await?;
+        Ok(purged)
     }
 
     /// Makes a new token for `name`; the old one stops working at once. Admins may reset

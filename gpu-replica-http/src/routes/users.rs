@@ -10,7 +10,7 @@ use crate::envelope::{ok, Body};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
-    parse_instant, QuotaBody, TokenReply, UsageQueryParams, UsageReply, UserAddBody, UserList,
+    parse_instant, PurgedReply, QuotaBody, RemoveQuery, TokenReply, UsageQueryParams, UsageReply, UserAddBody, UserList,
     UserReply, UserTokenReply, UserView, WhoamiReply,
 };
 
@@ -46,13 +46,26 @@ pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<Use
     }))
 }
 
-/// Remove a user (admins); refused while they own replicaSets or volumes.
+/// Remove a user (admins); refused while they own replicaSets or volumes, unless
+/// `purge=true`: then their sets and volumes are deleted first (their token stops working at
+/// once), and the answer names them.
 #[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users",
-    params(("name" = String, Path, description = "User name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1049, 1051, 1053 (still owns objects)")))]
-pub async fn remove(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
-    engine.remove_user(&name).await?;
-    Ok(ok(()))
+    params(("name" = String, Path, description = "User name"),
+        ("purge" = Option<bool>, Query, description = "Delete their replicaSets and volumes too")),
+    responses((status = 200, body = Envelope<PurgedReply>), (status = "4XX", body = ErrorReply, description = "1000, 1049, 1051, 1053 (still owns objects)")))]
+pub async fn remove(
+    Acting(engine): Acting,
+    Path(name): Path<String>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Reply<PurgedReply> {
+    let Query(query) = query?;
+    let purged = if query.purge {
+        engine.purge_user(&name).await?
+    } else {
+        engine.remove_user(&name).await?;
+        Default::default()
+    };
+    Ok(ok(PurgedReply::from(purged)))
 }
 
 /// A new token for the user (admins, or the user themselves); the old one stops working.

@@ -214,6 +214,33 @@ pub struct TokenReply {
     pub token: String,
 }
 
+/// `?purge=true` on a user's removal.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct RemoveQuery {
+    /// Delete their replicaSets and volumes too.
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// `{replicaSets, volumes}`: what was deleted with the account (empty without `purge`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgedReply {
+    /// The replicaSets deleted, with their containers, snapshots and claims.
+    pub replica_sets: Vec<String>,
+    /// The volumes deleted.
+    pub volumes: Vec<String>,
+}
+
+impl From<gpu_replica_core::Purged> for PurgedReply {
+    fn from(purged: gpu_replica_core::Purged) -> PurgedReply {
+        PurgedReply {
+            replica_sets: purged.replica_sets,
+            volumes: purged.volumes,
+        }
+    }
+}
+
 /// `{users}`
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserList {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{data_dir, http_raw, http_typed, Server};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
+use gpu_replica_core::ContainerRuntime;
 use serde_json::{json, Value};
 
 /// The `sh` block of the README's "The HTTP API" section.
@@ -234,4 +235,133 @@ async fn a_patch_killed_while_docker_stops_the_old_container_ends_running() {
     );
     let (status, _) = server.call("DELETE", &format!("/api/v1/replicaSet/{name}"), None);
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strings_the_kernel_cannot_take_are_refused_before_docker_is_asked() {
+    let docker = testkit::docker().await;
+    let dir = data_dir();
+    let server = Server::start(&dir, None);
+    let name = testkit::unique_name("nul");
+    let run = |extra: Value| {
+        let mut body = json!({"imageName": TEST_IMAGE, "replicaSetName": name, "gpuCount": 1});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        server.call("POST", "/api/v1/replicaSet", Some(body))
+    };
+    // Each field that reaches the container's process or a mount, with the field named.
+    for (extra, field) in [
+        (json!({"env": ["A=1", "B=\u{0}x"]}), "env[1]"),
+        (json!({"env": ["A\u{0}=x"]}), "env[0]"),
+        (json!({"cmd": ["sh", "-c", "echo \u{0}"]}), "cmd[2]"),
+        (json!({"cmd": ["sh\u{0}"]}), "cmd[0]"),
+        (
+            json!({"binds": [{"src": "/tmp", "dest": "/data\u{0}"}]}),
+            "bind destination",
+        ),
+        (
+            json!({"binds": [{"src": "/tmp", "dest": "/data:ro"}]}),
+            "bind destination",
+        ),
+        (
+            json!({"binds": [{"src": "/tmp\u{0}", "dest": "/data"}]}),
+            "bind source",
+        ),
+    ] {
+        let (status, answer) = run(extra.clone());
+        assert_eq!(
+            (status, answer["code"].clone()),
+            (400, json!(1000)),
+            "{extra}: {answer}"
+        );
+        assert!(
+            answer["msg"].as_str().unwrap().contains(field),
+            "{extra}: {answer}"
+        );
+    }
+    // Nothing was made or claimed for them.
+    assert!(docker
+        .inspect_container(&format!("{name}-1"))
+        .await
+        .unwrap()
+        .is_none());
+    let (_, gpus) = server.call("GET", "/api/v1/resources/gpus", None);
+    assert!(
+        gpus["data"]["gpus"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v == 0),
+        "{gpus}"
+    );
+    let (status, _) = server.call("GET", &format!("/api/v1/replicaSet/{name}"), None);
+    assert_eq!(status, 404);
+
+    // The same for exec's argv and working directory, on a running set.
+    let volume = format!("{name}v");
+    let (status, answer) = server.call(
+        "POST",
+        "/api/v1/volumes",
+        Some(json!({"name": volume, "size": "10MB"})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let bind = json!({"src": format!("{volume}-1"), "dest": "/data"});
+    let (status, answer) = run(json!({"env": ["A=1"], "binds": [bind]}));
+    assert_eq!(status, 200, "{answer}");
+    let exec = format!("/api/v1/replicaSet/{name}/execute");
+    for (body, field) in [
+        (json!({"cmd": ["echo", "a\u{0}b"]}), "cmd[1]"),
+        (json!({"cmd": ["pwd"], "workDir": "/ro\u{0}ot"}), "workDir"),
+        (json!({"cmd": ["pwd"], "workDir": "root"}), "workDir"),
+    ] {
+        let (status, answer) = server.call("POST", &exec, Some(body.clone()));
+        assert_eq!(
+            (status, answer["code"].clone()),
+            (400, json!(1000)),
+            "{body}: {answer}"
+        );
+        assert!(
+            answer["msg"].as_str().unwrap().contains(field),
+            "{body}: {answer}"
+        );
+    }
+    // An empty workDir is the container's own.
+    let (_, out) = server.call(
+        "POST",
+        &exec,
+        Some(json!({"cmd": ["sh", "-c", "pwd"], "workDir": ""})),
+    );
+    assert_eq!(out["data"]["exitCode"], 0, "{out}");
+    // A patch that swaps in a bind with a NUL byte is refused, and the set stays as it was.
+    let (status, answer) = server.call(
+        "PATCH",
+        &format!("/api/v1/replicaSet/{name}"),
+        Some(json!({"volumePatch": {"oldBind": bind,
+                                    "newBind": {"src": format!("{volume}-1"), "dest": "/y\u{0}"}}})),
+    );
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (400, json!(1000)),
+        "{answer}"
+    );
+    assert!(
+        answer["msg"].as_str().unwrap().contains("bind destination"),
+        "{answer}"
+    );
+    assert_eq!(server.versions(&name), vec![1]);
+    assert_eq!(
+        server
+            .call("DELETE", &format!("/api/v1/replicaSet/{name}"), None)
+            .0,
+        200
+    );
+    assert_eq!(
+        server
+            .call("DELETE", &format!("/api/v1/volumes/{volume}"), None)
+            .0,
+        200
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -282,7 +282,10 @@ async fn a_fresh_server_exports_every_counter_at_zero_from_the_first_scrape() {
             );
         }
     }
-    assert_eq!(operations.len(), 2 * gpu_replica_core::metrics::OPERATIONS.len());
+    assert_eq!(
+        operations.len(),
+        2 * gpu_replica_core::metrics::OPERATIONS.len()
+    );
     // What recovery and the reconciler do, each action at zero until it happens (a fresh
     // data dir has nothing to recover).
     for (metric, actions) in [

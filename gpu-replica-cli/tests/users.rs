@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{data_dir, http_as, Server};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
+use gpu_replica_core::ContainerRuntime;
 use serde_json::{json, Value};
 
 const ADMIN: &str = "s3rver-admin-t0ken";
@@ -651,5 +652,150 @@ async fn the_cli_manages_users_and_reports_usage() {
     assert_eq!(report["users"][0]["owner"], "erin", "{report}");
     assert!(erin(&["rm", &name]).status.success());
     assert!(admin(&["user", "rm", "erin"]).status.success());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_user_who_owns_things_asks_for_purge_and_purge_leaves_nothing() {
+    let docker = testkit::docker().await;
+    let dir = data_dir();
+    let server = server(&dir);
+    let token = add_user(&server, json!({"name": "frank"}));
+    let set = testkit::unique_name("frank");
+    let volume = format!("{set}v");
+    ok(&call(
+        &server,
+        &token,
+        "POST",
+        "/api/v1/volumes",
+        json!({"name": volume, "size": "10MB"}),
+    ));
+    ok(&call(
+        &server,
+        &token,
+        "POST",
+        "/api/v1/replicaSet",
+        json!({"imageName": TEST_IMAGE, "replicaSetName": set, "gpuCount": 1,
+               "binds": [{"src": format!("{volume}-1"), "dest": "/data"}]}),
+    ));
+    // A second version, so a snapshot image exists.
+    ok(&call(
+        &server,
+        &token,
+        "PATCH",
+        &format!("/api/v1/replicaSet/{set}"),
+        json!({"gpuPatch": {"gpuCount": 2}}),
+    ));
+
+    // Without purge: refused, and the refusal says how to purge.
+    let (status, answer) = call(&server, ADMIN, "DELETE", "/api/v1/users/frank", json!({}));
+    assert_eq!(
+        (status, answer["code"].clone()),
+        (409, json!(1053)),
+        "{answer}"
+    );
+    let msg = answer["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("--purge") && msg.contains("purge=true"),
+        "{msg}"
+    );
+
+    // The CLI does not purge without a confirmation, and there is no terminal here to ask on.
+    let admin = |args: &[&str]| {
+        let mut all = vec!["--token", ADMIN];
+        all.extend_from_slice(args);
+        server.cli(&all)
+    };
+    let out = admin(&["user", "rm", "frank", "--purge"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--yes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&call(
+        &server,
+        ADMIN,
+        "GET",
+        "/api/v1/users/frank",
+        json!({}),
+    ));
+
+    // A user may not purge anyone, themselves included.
+    let (status, _) = call(
+        &server,
+        &token,
+        "DELETE",
+        "/api/v1/users/frank?purge=true",
+        json!({}),
+    );
+    assert_eq!(status, 403);
+
+    let out = admin(&["--json", "user", "rm", "frank", "--purge", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let purged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(purged, json!({"replicaSets": [set], "volumes": [volume]}));
+
+    // Nothing of theirs is left: the account, the token, the records, and in Docker the
+    // containers, the snapshot images and the volume; the GPUs are free.
+    let (status, _) = call(&server, ADMIN, "GET", "/api/v1/users/frank", json!({}));
+    assert_eq!(status, 404);
+    let (status, _) = call(&server, &token, "GET", "/api/v1/whoami", json!({}));
+    assert_eq!(status, 401);
+    let (status, _) = call(
+        &server,
+        ADMIN,
+        "GET",
+        &format!("/api/v1/replicaSet/{set}"),
+        json!({}),
+    );
+    assert_eq!(status, 404);
+    for version in 1..=2 {
+        let container = format!("{set}-{version}");
+        assert!(docker
+            .inspect_container(&container)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let docker_volume = format!("{volume}-1");
+    assert!(docker
+        .inspect_volume(&docker_volume)
+        .await
+        .unwrap()
+        .is_none());
+    let images = docker
+        .list_images(gpu_replica_core::LABEL_REPLICA_SET)
+        .await
+        .unwrap();
+    assert!(
+        !images
+            .iter()
+            .any(|i| i.labels.get(gpu_replica_core::LABEL_REPLICA_SET) == Some(&set)),
+        "a snapshot of {set} is left"
+    );
+    let (_, gpus) = call(&server, ADMIN, "GET", "/api/v1/resources/gpus", json!({}));
+    assert!(
+        gpus["data"]["gpus"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|v| v == 0),
+        "{gpus}"
+    );
+    // The name is free again.
+    add_user(&server, json!({"name": "frank"}));
+    ok(&call(
+        &server,
+        ADMIN,
+        "DELETE",
+        "/api/v1/users/frank",
+        json!({}),
+    ));
+    drop(server);
     std::fs::remove_dir_all(dir).ok();
 }

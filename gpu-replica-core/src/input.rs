@@ -90,10 +90,7 @@ mod tests {
     fn bind_paths_hold_no_mount_options() {
         assert!(bind_path("bind destination", "/data/my dir").is_ok());
         for bad in ["/data:ro", "/a,b", "/a\0"] {
-            assert_eq!(
-                bind_path("bind destination", bad).unwrap_err().code(),
-                1000
-            );
+            assert_eq!(bind_path("bind destination", bad).unwrap_err().code(), 1000);
         }
     }
 

@@ -167,7 +167,10 @@ fn hostname() -> String {
 impl Engine {
     /// Counts one operation of `kind` that took `took`.
     pub(crate) fn count_operation(&self, kind: &str, ok: bool, took: Duration) {
-        debug_assert!(OPERATIONS.contains(&kind), "'{kind}' missing from OPERATIONS");
+        debug_assert!(
+            OPERATIONS.contains(&kind),
+            "'{kind}' missing from OPERATIONS"
+        );
         let labels = OperationLabels {
             operation: kind.to_string(),
             outcome: if ok { "ok" } else { "failed" }.to_string(),

@@ -29,6 +29,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The document is checked by using it: a client generated from it, and schemathesis' checks.
+if ! command -v openapi-python-client >/dev/null || ! python3 -c 'import schemathesis' 2>/dev/null; then
+  log "installing openapi-python-client and schemathesis (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check "openapi-python-client==0.29.*" "schemathesis>=4,<5"
+fi
+
 workdir=$(mktemp -d -t gpu-replica-test.XXXXXX)
 etcd_pid=""
 dockerd_pid=""

@@ -102,6 +102,33 @@ async fn a_resize_copies_the_data_and_moves_its_users(store: TestStore) {
     engine.resume(&user).await.unwrap();
     assert_eq!(sh(&engine, &user, "sha256sum /data/blob").await.0, sum);
 
+    // A rollback to version 1 (recorded with bar-1, long gone) brings back that filesystem
+    // with the volume as it is now: bar-4 and its data, never an empty bar-1 made by Docker.
+    let rolled = engine.rollback(&user, 1).await.unwrap();
+    assert_eq!(rolled.version.spec.binds[0].src, format!("{bar}-4"));
+    assert_eq!(sh(&engine, &user, "sha256sum /data/blob").await.0, sum);
+    // So does a clone of version 1.
+    let twin = testkit::unique_name("twin");
+    let cloned = engine
+        .clone_set(gpu_replica_core::CloneRequest {
+            source: user.clone(),
+            name: twin.clone(),
+            version: Some(1),
+            gpu_count: Some(0),
+            resources: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cloned.version.spec.binds[0].src, format!("{bar}-4"));
+    assert_eq!(sh(&engine, &twin, "sha256sum /data/blob").await.0, sum);
+    assert!(engine
+        .runtime()
+        .inspect_volume(&format!("{bar}-1"))
+        .await
+        .unwrap()
+        .is_none());
+    engine.delete(&twin).await.unwrap();
+
     engine.delete(&user).await.unwrap();
     engine.delete_volume(&bar).await.unwrap();
     assert!(engine

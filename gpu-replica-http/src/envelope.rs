@@ -49,6 +49,27 @@ pub struct ErrorReply {
     pub data: Option<serde_json::Value>,
 }
 
+/// What a success without data looks like (stop, pause, continue, delete, …): code 200, msg
+/// "Success", `data` null. Only for the document: such handlers answer `Envelope<()>`, which
+/// serializes the same.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NoData {
+    /// Always 200.
+    pub code: u16,
+    /// Always "Success".
+    pub msg: String,
+    /// Always null.
+    #[schema(schema_with = null_schema)]
+    pub data: (),
+}
+
+fn null_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Null)
+        .description(Some("Always null."))
+        .build()
+}
+
 /// A successful answer.
 pub fn ok<T: Serialize>(data: T) -> Envelope<T> {
     Envelope {

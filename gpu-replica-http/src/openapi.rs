@@ -88,6 +88,7 @@ use crate::wire;
         wire::GpuMap,
         wire::GpuAnswer,
         crate::envelope::ErrorReply,
+        crate::envelope::NoData,
         wire::GpuDetails,
         wire::GpuDetail,
         wire::PortsReply,
@@ -133,6 +134,7 @@ pub fn spec() -> utoipa::openapi::OpenApi {
                 .map(|(code, meaning)| format!("{code} {meaning}")),
         )
         .collect();
+    every_operation_may_fail(&mut doc);
     doc.info.description = Some(format!(
         "Versioned GPU containers over Docker; a drop-in for gpu-docker-api.\n\n\
          Every answer is `{{code, msg, data}}`. Codes: {}.\n\n\
@@ -151,6 +153,45 @@ pub fn spec() -> utoipa::openapi::OpenApi {
         codes.join(", ")
     ));
     doc
+}
+
+/// Every route may answer an error its own list does not name (401 without a token, 429
+/// after too many wrong ones, 408 past the time limit, 503 when a dependency is down), always
+/// as an [`crate::envelope::ErrorReply`]: each operation declares `4XX` and `5XX`, so a
+/// generated client parses those too.
+fn every_operation_may_fail(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |what: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorReply")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            responses.entry("4XX".into()).or_insert_with(|| {
+                error("Refused: the code says why (401 and 429 on every route)")
+            });
+            responses
+                .entry("5XX".into())
+                .or_insert_with(|| error("Failed: the code says why (1041: a dependency is down)"));
+        }
+    }
 }
 
 /// Serves the document.

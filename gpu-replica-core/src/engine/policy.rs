@@ -61,6 +61,24 @@ impl Engine {
         Ok(bind.clone())
     }
 
+    /// `bind` as an older version recorded it, mounted now: a volume of this engine follows
+    /// to its current version (a resize since then replaced `data-1` by `data-2`, and Docker
+    /// would silently make an empty `data-1`), then the bind is checked as a new one.
+    pub(crate) async fn check_recorded_bind(&self, bind: &Bind) -> Result<Bind> {
+        let mut bind = bind.clone();
+        if let Some((base, number)) = bind.src.rsplit_once('-') {
+            if !bind.is_host_path() && number.parse::<u32>().is_ok() {
+                if let Some((volume, _)) = self
+                    .read::<crate::model::Volume>(&keys::volume(base))
+                    .await?
+                {
+                    bind.src = crate::names::docker_volume(&volume.name, volume.current);
+                }
+            }
+        }
+        self.check_bind(&bind).await
+    }
+
     /// A volume may be mounted when this engine manages it (the current version of one of its
     /// volumes) or the operator allows it by name; never another application's volume.
     async fn check_volume_source(&self, src: &str) -> Result<()> {

@@ -118,7 +118,7 @@ impl Engine {
             .grant(spec.gpu_count, &spec.resources)?;
         let mut checked = Vec::with_capacity(spec.binds.len());
         for bind in &spec.binds {
-            checked.push(self.check_bind(bind).await?);
+            checked.push(self.check_recorded_bind(bind).await?);
         }
         spec.binds = checked;
         let id = crate::names::new_id()?;

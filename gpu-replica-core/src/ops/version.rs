@@ -134,7 +134,12 @@ impl Engine {
                 ),
             ));
         }
-        self.new_version(name, target.spec, Filesystem::Of(version))
+        // The filesystem and spec of `version`, with the volumes as they are now.
+        let mut spec = target.spec;
+        for bind in &mut spec.binds {
+            *bind = self.check_recorded_bind(bind).await?;
+        }
+        self.new_version(name, spec, Filesystem::Of(version))
             .await
             .map_err(|e| e.during(Operation::Rollback))
     }

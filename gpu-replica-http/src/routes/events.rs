@@ -35,7 +35,7 @@ fn to_sse(event: Event) -> SseEvent {
     params(("replay" = Option<usize>, Query, description = "Stored events sent first (default 20)"),
         ("follow" = Option<bool>, Query, description = "Stay open for live events (default true)"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (the `id` of the last one read; anything else replays as without it)")),
-    responses((status = 200, content_type = "text/event-stream", body = SseItem, description = "One event per lifecycle change: `data` is an EventView as JSON"), (status = 400, body = ErrorReply, description = "1000: a query value is malformed")))]
+    responses((status = 200, content_type = "text/event-stream", body = String, description = "Server-Sent Events, one per lifecycle change (see SseItem): `id` is its seq, `event` its kind, `data` an EventView as JSON"), (status = 400, body = ErrorReply, description = "1000: a query value is malformed")))]
 pub async fn events(
     Acting(engine): Acting,
     headers: HeaderMap,

@@ -72,7 +72,7 @@ pub async fn clone(
     params(("name" = String, Path, description = "ReplicaSet name"),
         ("tail" = Option<u64>, Query, description = "Only the last N lines"),
         ("follow" = Option<bool>, Query, description = "Stream until the container stops")),
-    responses((status = 200, content_type = "text/plain", description = "The log"), (status = "4XX", body = ErrorReply, description = "1000, 1016"), (status = "5XX", body = ErrorReply, description = "1045")))]
+    responses((status = 200, content_type = "text/plain", body = String, description = "The log: stdout and stderr as the container wrote them"), (status = "4XX", body = ErrorReply, description = "1000, 1016"), (status = "5XX", body = ErrorReply, description = "1045")))]
 pub async fn logs(
     Acting(engine): Acting,
     Path(name): Path<String>,

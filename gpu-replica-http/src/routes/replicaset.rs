@@ -8,7 +8,7 @@ use super::Reply;
 use crate::auth::Acting;
 use crate::envelope::{ok, Body};
 #[allow(unused_imports)]
-use crate::envelope::{Envelope, ErrorReply};
+use crate::envelope::{Envelope, ErrorReply, NoData};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
     HistoryReply, InfoReply, MigrateBody, MigrateReply, OwnerQuery, PatchBody, ReplicaSetItem,
@@ -156,7 +156,7 @@ pub async fn restart(
 /// Stop the container; release GPUs and ports.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/stop", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1010")))]
+    responses((status = 200, body = NoData), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1010")))]
 pub async fn stop(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.stop(&name).await?;
     Ok(ok(()))
@@ -165,7 +165,7 @@ pub async fn stop(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()>
 /// Stop the container; keep GPUs and ports.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/pause", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016, 1018")))]
+    responses((status = 200, body = NoData), (status = "4XX", body = ErrorReply, description = "1016, 1018")))]
 pub async fn pause(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.pause(&name).await?;
     Ok(ok(()))
@@ -174,7 +174,7 @@ pub async fn pause(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()
 /// Start the current container again (after a stop, with the same GPUs and ports).
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/continue", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016, 1019")))]
+    responses((status = 200, body = NoData), (status = "4XX", body = ErrorReply, description = "1016, 1019")))]
 pub async fn resume(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.resume(&name).await?;
     Ok(ok(()))
@@ -183,7 +183,7 @@ pub async fn resume(Acting(engine): Acting, Path(name): Path<String>) -> Reply<(
 /// Remove containers, records, claims and snapshots.
 #[utoipa::path(delete, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1005")))]
+    responses((status = 200, body = NoData), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1005")))]
 pub async fn delete(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.delete(&name).await?;
     Ok(ok(()))

@@ -8,7 +8,7 @@ use super::Reply;
 use crate::auth::Acting;
 use crate::envelope::{ok, Body};
 #[allow(unused_imports)]
-use crate::envelope::{Envelope, ErrorReply};
+use crate::envelope::{Envelope, ErrorReply, NoData};
 use crate::wire::{
     OwnerQuery, VolumeCreateBody, VolumeHistoryItem, VolumeHistoryReply, VolumeInfoReply,
     VolumeItem, VolumeList, VolumeReply, VolumeSizeBody, VolumeView,
@@ -63,7 +63,7 @@ pub async fn resize(
 /// Delete the volume (refused while mounted).
 #[utoipa::path(delete, path = "/api/v1/volumes/{name}", tag = "volume",
     params(("name" = String, Path, description = "Volume name")),
-    responses((status = 200, description = "data: null"), (status = "4XX", body = ErrorReply, description = "1025, 1033")))]
+    responses((status = 200, body = NoData), (status = "4XX", body = ErrorReply, description = "1025, 1033")))]
 pub async fn delete(Acting(engine): Acting, Path(name): Path<String>) -> Reply<()> {
     engine.delete_volume(&name).await?;
     Ok(ok(()))

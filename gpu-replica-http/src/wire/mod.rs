@@ -550,11 +550,11 @@ pub struct VersionView {
     /// Docker's host config (Binds, PortBindings, DeviceRequests, …).
     #[schema(value_type = Object)]
     pub host_config: Value,
-    /// Docker's networking config.
-    #[schema(value_type = Object)]
+    /// Docker's networking config; null when the container joins no network of its own.
+    #[schema(value_type = Option<Object>)]
     pub networking_config: Value,
-    /// Platform (empty: the host's).
-    #[schema(value_type = Object)]
+    /// Platform; null: the host's.
+    #[schema(value_type = Option<Object>)]
     pub platform: Value,
     /// Container name.
     pub container_name: String,

@@ -100,6 +100,7 @@ impl Browser {
             "/session",
             Some(json!({"capabilities": {"alwaysMatch": {
                 "browserName": "chrome",
+                "goog:loggingPrefs": {"browser": "ALL"},
                 "goog:chromeOptions": {
                     "binary": chromium,
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -228,6 +229,38 @@ impl Browser {
         );
     }
 
+    /// The browser's console errors (failed loads, script errors) since the last call: each
+    /// read empties the log.
+    fn errors(&self) -> Vec<String> {
+        let entries = self.call("POST", "/se/log", Some(json!({"type": "browser"})));
+        entries
+            .as_array()
+            .unwrap_or_else(|| panic!("no browser log: {entries}"))
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Asserts the console logged no error since the last look, `at` saying where.
+    fn quiet(&self, at: &str) {
+        let errors = self.errors();
+        assert!(errors.is_empty(), "{at}: the browser logged {errors:#?}");
+    }
+
+    /// Asserts the console logged exactly the failed requests a step asked for on purpose
+    /// (`path` answered `status`), and nothing else.
+    fn logged_only(&self, at: &str, path: &str, status: u16) {
+        let errors = self.errors();
+        assert!(
+            !errors.is_empty()
+                && errors
+                    .iter()
+                    .all(|e| e.contains(path) && e.contains(&format!("status of {status}"))),
+            "{at}: expected only {path} answering {status}, the browser logged {errors:#?}"
+        );
+    }
+
     /// Saves the page as `{name}.png`.
     fn screenshot(&self, name: &str) {
         let (_, answer) = http(
@@ -279,17 +312,24 @@ async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
     // Sign in.
     browser.open(&ui);
     browser.wait("#token");
+    // Loading the page before anyone signs in sends nothing that fails (the icon needs no
+    // token, the page asks whether one is needed before it calls the API).
+    std::thread::sleep(Duration::from_millis(500));
+    browser.quiet("loading the page");
     browser.screenshot("1-sign-in");
     browser.fill("#token", "a-wrong-token");
     browser.click("#signin");
     browser.until("the API's message for a wrong token", || {
         browser.text("#error").contains("missing or wrong token")
     });
+    browser.logged_only("a wrong token", "/api/v1/whoami", 401);
     browser.fill("#token", token);
     browser.click("#signin");
     browser.until("signed in as admin", || {
         browser.text("#who").contains("admin")
     });
+    browser.wait("#sets tbody");
+    browser.quiet("signing in");
 
     // Run a set with 2 fake GPUs: it appears with them.
     browser.fill("#run-name", &name);
@@ -327,6 +367,7 @@ async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
     browser.until("the error as the API gives it", || {
         browser.text("#error").contains(&message)
     });
+    browser.logged_only("running a name taken", "/api/v1/replicaSet", 409);
 
     // Patch to 1 GPU: version 2.
     browser.fill(&row("input.patch-gpus"), "1");
@@ -409,6 +450,7 @@ async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
         "bob sees the admin's set"
     );
     browser.screenshot("7-user");
+    browser.quiet("everything between");
     browser.click("#signout");
     browser.fill("#token", token);
     browser.click("#signin");
@@ -420,6 +462,7 @@ async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
     browser.click(&row("button.delete"));
     browser.click(&row("button.confirm-delete"));
     browser.until("the set is gone", || browser.find(&row(".name")).is_none());
+    browser.quiet("signing out and in, deleting");
     let (status, _, _) = http_as(
         &server.addr,
         Some(token),
@@ -430,6 +473,32 @@ async fn the_console_runs_patches_rolls_back_and_deletes_in_a_real_browser() {
     assert_eq!(status, 404);
     api("DELETE", &format!("/api/v1/replicaSet/{bobs}"), None);
     api("DELETE", &format!("/api/v1/users/{name}bob"), None);
+    drop(browser);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_tokens_opens_the_console_at_once_and_quietly() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let server = Server::start(&dir, None);
+    // The icon is an asset: no token, an image.
+    let (status, head, icon) = http_as(&server.addr, None, "GET", "/favicon.ico", None);
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("image/svg+xml") && icon.starts_with("<svg"),
+        "{head}"
+    );
+    let browser = Browser::start();
+    browser.open(&format!("http://{}/ui", server.addr));
+    browser.until("signed in as admin without a token", || {
+        browser.text("#who").contains("admin")
+    });
+    browser.wait("#sets tbody");
+    browser.click("button[data-tab=\"gpus\"]");
+    browser.wait("#gpus tbody tr");
+    browser.quiet("a server without tokens");
     drop(browser);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);

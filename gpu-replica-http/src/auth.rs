@@ -99,6 +99,14 @@ pub struct Auth {
     pub limiter: FailureLimiter,
 }
 
+impl Auth {
+    /// Whether a request without a token is refused now: the server has a token, or users
+    /// exist (a store that cannot be read counts as yes).
+    pub async fn token_required(&self) -> bool {
+        self.token.is_some() || self.engine.has_users().await.unwrap_or(true)
+    }
+}
+
 fn unauthorized(error: Error) -> Response {
     let retry = matches!(error, Error::TooManyAttempts);
     let mut response =

@@ -168,13 +168,14 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         metrics_token: metrics_token.map(auth::Token::new),
         limiter: auth::FailureLimiter::default(),
     };
+    let auth = Arc::new(auth);
     let guarded = guarded.layer(axum::middleware::from_fn_with_state(
-        Arc::new(auth),
+        auth.clone(),
         auth::authenticate,
     ));
     Router::new()
         .route("/ping", get(routes::ping))
-        .merge(ui::routes())
+        .merge(ui::routes(auth))
         .merge(link::routes(engine.clone()))
         .merge(guarded)
         .route_layer(axum::middleware::from_fn_with_state(

@@ -328,4 +328,14 @@ $("#volume-form").addEventListener("submit", action(async () => {
 setInterval(() => { if (state.tab === "gpus") refresh(); }, 5000);
 
 // A token kept from earlier in this tab, or a server that needs none: signed in at once.
-signIn(state.token || "", true);
+// Without a token, ask first whether one is needed (never a request known to fail).
+async function start() {
+  if (state.token) return signIn(state.token, true);
+  try {
+    const session = await (await fetch("/ui/session")).json();
+    if (!session.tokenRequired) return signIn("", true);
+  } catch (e) {
+    showError("The server did not answer: " + e.message);
+  }
+}
+start();

@@ -130,6 +130,9 @@ pub struct Client {
     base: String,
     token: Option<String>,
     transport: Transport,
+    /// Whether it presents a client certificate (a server that wants one may close a TLS 1.3
+    /// connection without one only after the handshake, with no reason given).
+    client_certificate: bool,
 }
 
 impl Client {
@@ -160,6 +163,7 @@ impl Client {
             base,
             token,
             transport,
+            client_certificate: tls.cert.is_some(),
         })
     }
 
@@ -193,7 +197,12 @@ impl Client {
             Transport::Unix(http, _) => http.request(request).await,
         };
         response.map_err(|e| {
-            ClientError::Transport(format!("cannot reach {}: {}", self.base, chain(&e)))
+            let hint = if self.base.starts_with("https://") && !self.client_certificate {
+                " (if the server requires a client certificate, give --cert and --key)"
+            } else {
+                ""
+            };
+            ClientError::Transport(format!("cannot reach {}: {}{hint}", self.base, chain(&e)))
         })
     }
 

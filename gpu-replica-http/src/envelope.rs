@@ -37,6 +37,19 @@ impl<T: Serialize> IntoResponse for Envelope<T> {
     }
 }
 
+/// The error a request body gives when its deadline passed (the server's connection loop
+/// puts it there); the body extractor answers 408.
+#[derive(Debug)]
+pub struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
 /// What every error answer looks like: the contract's code, the message, `data` null.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorReply {
@@ -196,7 +209,7 @@ impl IntoResponse for ApiError {
 fn timed_out(rejection: &axum::extract::rejection::BytesRejection) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(error) = source {
-        if error.is::<crate::serve::BodyTimedOut>() {
+        if error.is::<BodyTimedOut>() {
             return true;
         }
         source = error.source();

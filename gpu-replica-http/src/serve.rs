@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::envelope::BodyTimedOut;
 use crate::tls::ReloadableTls;
 
 /// Descriptors kept back from connections for the engine (Docker, the store, NVML, logs).
@@ -245,18 +246,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-
-/// The error a request body gives when its deadline passed; the body extractor answers 408.
-#[derive(Debug)]
-pub struct BodyTimedOut;
-
-impl std::fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body did not arrive in time")
-    }
-}
-
-impl std::error::Error for BodyTimedOut {}
 
 /// A request body that fails once its deadline passed.
 struct DeadlineBody {

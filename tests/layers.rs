@@ -1,0 +1,315 @@
+//! The house's structure, read from the sources: which file of a crate names which (`use
+//! crate::…`, `super::…` and inline `crate::…` paths), and the import circles that makes. A
+//! circle means no file in it can be read, tested or changed without the others.
+//!
+//! The HTTP crate has none, and none may appear. Core still has one, around `Engine` (every
+//! layer adds methods to it, so its module and the layers name each other); it is pinned
+//! here file by file, so that no file joins it and no second circle appears while the engine
+//! is split into a context below the operations.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A crate's files by module path (`engine::claims`), and what each names.
+struct Crate {
+    files: BTreeMap<Vec<String>, PathBuf>,
+    edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+}
+
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let relative = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if matches!(
+        parts.last().map(String::as_str),
+        Some("mod" | "lib" | "main")
+    ) {
+        parts.pop();
+    }
+    parts
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The code of a file without comments and without its `#[cfg(test)]` module (tests may
+/// reach anywhere).
+fn code(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]\nmod tests") {
+        Some(at) => &text[..at],
+        None => text,
+    };
+    text.lines()
+        .map(|line| match line.find("//") {
+            Some(at) if !line[..at].contains('"') => &line[..at],
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every path a use-tree starting at `rest` spells (`{a::B, c}` gives `a::B` and `c`).
+fn use_tree(rest: &str, prefix: &[String], out: &mut Vec<Vec<String>>) -> usize {
+    let mut path = prefix.to_vec();
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+            i += 1;
+        }
+        if i > start {
+            path.push(rest[start..i].to_string());
+        }
+        if rest[i..].starts_with("::") {
+            i += 2;
+            if rest[i..].starts_with('{') {
+                i += 1;
+                loop {
+                    while rest[i..].starts_with([' ', '\n', ',']) {
+                        i += 1;
+                    }
+                    if rest[i..].starts_with('}') {
+                        return i + 1;
+                    }
+                    i += use_tree(&rest[i..], &path, out);
+                }
+            }
+            continue;
+        }
+        out.push(path);
+        return i;
+    }
+}
+
+impl Crate {
+    fn read(src: &Path) -> Crate {
+        let mut paths = Vec::new();
+        rust_files(src, &mut paths);
+        let files: BTreeMap<Vec<String>, PathBuf> = paths
+            .iter()
+            .map(|p| (module_of(src, p), p.clone()))
+            .collect();
+        // The crate root is a face: names it re-exports (`pub use crate::engine::Engine`)
+        // stand for the files that define them, and its own `use`s are no imports.
+        let mut faces = BTreeMap::new();
+        if let Some(root) = files.get(&Vec::new()) {
+            let text = code(&std::fs::read_to_string(root).unwrap());
+            let mut named = Vec::new();
+            for (at, _) in text.match_indices("pub use ") {
+                let rest = &text[at + "pub use ".len()..];
+                let rest = rest
+                    .strip_prefix("crate::")
+                    .or_else(|| rest.strip_prefix("self::"))
+                    .unwrap_or(rest);
+                use_tree(rest, &[], &mut named);
+            }
+            for path in named {
+                if let Some((name, module)) = path.split_last() {
+                    faces.insert(name.clone(), module.to_vec());
+                }
+            }
+        }
+        let mut edges = BTreeMap::new();
+        for (module, path) in &files {
+            if module.is_empty() {
+                edges.insert(module.clone(), BTreeSet::new());
+                continue;
+            }
+            let text = code(&std::fs::read_to_string(path).unwrap());
+            let mut named = Vec::new();
+            for (at, _) in text.match_indices("crate::") {
+                let before = text[..at].chars().last();
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                    continue; // `gpu_replica_core::…` and the like
+                }
+                use_tree(&text[at + "crate::".len()..], &[], &mut named);
+            }
+            for (at, _) in text.match_indices("super::") {
+                if text[..at].ends_with("super::") {
+                    continue; // counted with the first `super::` of the chain
+                }
+                // Each `super` goes up one module from this file's.
+                let mut rest = &text[at..];
+                let mut base = module.as_slice();
+                while let Some(after) = rest.strip_prefix("super::") {
+                    base = &base[..base.len().saturating_sub(1)];
+                    rest = after;
+                }
+                use_tree(rest, base, &mut named);
+            }
+            for (at, _) in text.match_indices("self::") {
+                let before = text[..at].chars().last();
+                if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                    continue;
+                }
+                use_tree(&text[at + "self::".len()..], module, &mut named);
+            }
+            let mut targets = BTreeSet::new();
+            for mut path in named {
+                if let Some(module) = path.first().and_then(|name| faces.get(name)) {
+                    path = module.iter().chain(&path).cloned().collect();
+                }
+                // The longest prefix that is a file of the crate.
+                let target = (0..=path.len())
+                    .rev()
+                    .map(|n| path[..n].to_vec())
+                    .find(|p| files.contains_key(p));
+                // A folder's mod.rs holds its files (and hands their names on): naming one
+                // of its own is no import.
+                if let Some(target) = target.filter(|t| !t.starts_with(module)) {
+                    targets.insert(target);
+                }
+            }
+            edges.insert(module.clone(), targets);
+        }
+        Crate { files, edges }
+    }
+
+    /// The circles: strongly connected groups of more than one file (Tarjan's algorithm).
+    fn circles(&self) -> Vec<BTreeSet<String>> {
+        struct Walk<'a> {
+            edges: &'a BTreeMap<Vec<String>, BTreeSet<Vec<String>>>,
+            index: BTreeMap<&'a Vec<String>, usize>,
+            low: BTreeMap<&'a Vec<String>, usize>,
+            stack: Vec<&'a Vec<String>>,
+            on_stack: BTreeSet<&'a Vec<String>>,
+            found: Vec<BTreeSet<String>>,
+        }
+        fn visit<'a>(w: &mut Walk<'a>, v: &'a Vec<String>) {
+            let n = w.index.len();
+            w.index.insert(v, n);
+            w.low.insert(v, n);
+            w.stack.push(v);
+            w.on_stack.insert(v);
+            for next in &w.edges[v] {
+                if !w.index.contains_key(next) {
+                    visit(w, next);
+                    let low = w.low[v].min(w.low[next]);
+                    w.low.insert(v, low);
+                } else if w.on_stack.contains(next) {
+                    let low = w.low[v].min(w.index[next]);
+                    w.low.insert(v, low);
+                }
+            }
+            if w.low[v] == w.index[v] {
+                let mut group = BTreeSet::new();
+                while let Some(top) = w.stack.pop() {
+                    w.on_stack.remove(top);
+                    group.insert(if top.is_empty() {
+                        "lib".to_string()
+                    } else {
+                        top.join("::")
+                    });
+                    if top == v {
+                        break;
+                    }
+                }
+                if group.len() > 1 {
+                    w.found.push(group);
+                }
+            }
+        }
+        let mut walk = Walk {
+            edges: &self.edges,
+            index: BTreeMap::new(),
+            low: BTreeMap::new(),
+            stack: Vec::new(),
+            on_stack: BTreeSet::new(),
+            found: Vec::new(),
+        };
+        for module in self.files.keys() {
+            if !walk.index.contains_key(module) {
+                visit(&mut walk, module);
+            }
+        }
+        walk.found
+    }
+}
+
+fn src_of(krate: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(krate)
+        .join("src")
+}
+
+#[test]
+fn the_http_crate_has_no_import_circle() {
+    let http = Crate::read(&src_of("gpu-replica-http"));
+    assert!(http.files.len() > 15, "read {} files", http.files.len());
+    let circles = http.circles();
+    assert!(
+        circles.is_empty(),
+        "import circles in gpu-replica-http: {circles:#?}"
+    );
+}
+
+#[test]
+fn core_has_no_import_circle_but_the_one_around_engine_and_it_grows_no_file() {
+    let core = Crate::read(&src_of("gpu-replica-core"));
+    assert!(core.files.len() > 40, "read {} files", core.files.len());
+    let allowed: BTreeSet<String> = [
+        "cluster",
+        "engine",
+        "engine::access",
+        "engine::events",
+        "engine::records",
+        "metrics",
+        "model",
+        "supervise::reconcile",
+        "supervise::recovery",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let circles = core.circles();
+    assert!(circles.len() <= 1, "import circles in core: {circles:#?}");
+    for circle in &circles {
+        let joined: Vec<_> = circle.difference(&allowed).collect();
+        assert!(
+            joined.is_empty(),
+            "{joined:?} joined the import circle around Engine: {circle:#?}"
+        );
+    }
+}
+
+#[test]
+fn the_reader_finds_a_circle_when_there_is_one() {
+    let dir = std::env::temp_dir().join(format!("layers-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("low")).unwrap();
+    std::fs::write(dir.join("lib.rs"), "mod low;\nmod high;\n").unwrap();
+    std::fs::write(dir.join("high.rs"), "use crate::low::{Down, other::X};\n").unwrap();
+    std::fs::write(dir.join("low/mod.rs"), "pub mod other;\npub struct Down;\n").unwrap();
+    std::fs::write(
+        dir.join("low/other.rs"),
+        "// crate::high is only named in a comment\nfn f() -> super::Down { super::Down }\n",
+    )
+    .unwrap();
+    let quiet = Crate::read(&dir);
+    assert!(quiet.circles().is_empty(), "{:?}", quiet.edges);
+    // An import running back up, from the lower file to the higher.
+    std::fs::write(
+        dir.join("low/other.rs"),
+        "fn f() { super::super::high::up(); }\n",
+    )
+    .unwrap();
+    let circled = Crate::read(&dir);
+    assert_eq!(
+        circled.circles(),
+        vec![["high", "low::other"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -8,9 +8,6 @@ use gpu_replica_core::Error;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-#[allow(unused_imports)]
-use crate::serve::ServeOptions;
-
 /// `{code, msg, data}`: code 200 and msg "Success" on success, the contract code otherwise.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Envelope<T> {

@@ -32,16 +32,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let state = std::env::temp_dir().join(format!("gpu-replica-embed-{}.redb", std::process::id()));
-    let engine = Engine::new(
+    // Started as `gpu-replica serve` starts it: recovery first, then the timers and the
+    // reconciler in the background (they stop when `running` is dropped).
+    let running = Engine::builder(
         Arc::new(docker),
         Arc::new(RedbStore::open(&state)?),
         Arc::new(StaticInventory::fake(4)),
-        EngineConfig {
-            gpu_attach: GpuAttach::Env, // fake GPUs: only NVIDIA_VISIBLE_DEVICES
-            stop_timeout: Duration::from_secs(1),
-            ..EngineConfig::default()
-        },
-    );
+    )
+    .config(EngineConfig {
+        gpu_attach: GpuAttach::Env, // fake GPUs: only NVIDIA_VISIBLE_DEVICES
+        stop_timeout: Duration::from_secs(1),
+        ..EngineConfig::default()
+    })
+    .start()
+    .await?;
+    println!("recovery: {}", running.recovery());
+    let engine = running.engine();
 
     let name = format!("embed{}", std::process::id());
     let first = engine
@@ -106,6 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if imported {
         engine.runtime().remove_image(testkit::TEST_IMAGE).await?;
     }
+    drop(running);
     std::fs::remove_file(state)?;
     println!("cleaned up");
     Ok(())

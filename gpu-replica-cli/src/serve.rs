@@ -579,50 +579,34 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         config.port_range,
         config.gpu_attach
     );
-    let engine = Arc::new(Engine::new(Arc::new(docker), store, inventory, config));
-    let users = engine.has_users().await.map_err(|e| e.to_string())?;
-    if args.node.is_some() {
-        // Recovery may ask another node to undo its part of an interrupted migration.
-        engine
-            .load_cluster_secret()
-            .await
-            .map_err(|e| format!("reading the cluster's secret: {e}"))?;
-        if let Some(secret) = engine.cluster_secret() {
-            engine.set_link(Arc::new(gpu_replica_http::HttpNodeLink::new(
-                secret,
-                nodes.clone(),
-            )));
+    // A node's URL for the others: given, or this address.
+    let advertise = match (&args.node, &args.advertise, &args.addr) {
+        (None, _, _) => None,
+        (Some(_), Some(url), _) => Some(url.clone()),
+        (Some(_), None, Addr::Tcp(addr)) if tls.is_some() => Some(format!("https://{addr}")),
+        (Some(_), None, Addr::Tcp(addr)) => Some(format!("http://{addr}")),
+        (Some(_), None, Addr::Unix(_)) => {
+            return Err(
+                "--node on a unix: socket needs --advertise (a URL other nodes reach)".into(),
+            )
         }
-    }
-    // Finish or undo what a crash left in flight before taking new requests.
-    let recovery = engine
-        .recover()
-        .await
-        .map_err(|e| format!("recovery: {e}"))?;
-    tracing::info!("recovery: {recovery}");
-    let _membership = match &args.node {
-        Some(node) => {
-            let advertise = match (&args.advertise, &args.addr) {
-                (Some(url), _) => url.clone(),
-                (None, Addr::Tcp(addr)) if tls.is_some() => format!("https://{addr}"),
-                (None, Addr::Tcp(addr)) => format!("http://{addr}"),
-                (None, Addr::Unix(_)) => {
-                    return Err(
-                        "--node on a unix: socket needs --advertise (a URL other nodes reach)"
-                            .into(),
-                    )
-                }
-            };
-            let task = engine
-                .join_cluster(&advertise, &docker_version)
-                .await
-                .map_err(|e| format!("joining the cluster as '{node}': {e}"))?;
-            Some(task)
-        }
-        None => None,
     };
-    let _timers = engine.spawn_timers();
-    let _reconciler = engine.spawn_reconciler();
+    let mut builder = Engine::builder(Arc::new(docker), store, inventory).config(config);
+    if let Some(url) = advertise {
+        let link_client = nodes.clone();
+        builder = builder.advertise(url).node_link(move |secret| {
+            Arc::new(gpu_replica_http::HttpNodeLink::new(secret, link_client))
+        });
+    }
+    let running = builder.start().await.map_err(|e| match &args.node {
+        Some(node) if e.step == "joining the cluster" => {
+            format!("joining the cluster as '{node}': {}", e.error)
+        }
+        _ => e.to_string(),
+    })?;
+    tracing::info!("recovery: {}", running.recovery());
+    let engine = running.engine().clone();
+    let users = engine.has_users().await.map_err(|e| e.to_string())?;
     let listener = match &args.addr {
         Addr::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -57,6 +57,7 @@ mod ops;
 pub mod runtime;
 pub mod sched;
 mod size;
+mod start;
 mod steps;
 pub mod store;
 mod supervise;
@@ -92,6 +93,7 @@ pub use crate::runtime::{
 };
 pub use crate::sched::PortRange;
 pub use crate::size::parse_size;
+pub use crate::start::{EngineBuilder, Running, StartError};
 pub use crate::store::{MemoryStore, RedbStore, StateStore};
 pub use crate::supervise::reconcile::Reconciled;
 pub use crate::supervise::recovery::Recovery;

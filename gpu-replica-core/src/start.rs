@@ -1,0 +1,247 @@
+//! Starting an engine the way a server does, in the one order that is safe:
+//!
+//! 1. in a cluster, the cluster's secret (made by the first node), and with it the link to the
+//!    other nodes: recovery may have to ask another node to undo its part of a migration;
+//! 2. recovery: what a crash left in flight is finished or undone, orphans are removed, before
+//!    any new request is taken;
+//! 3. in a cluster, joining it (the node's record and its lease);
+//! 4. the timers (idle and stop-at) and the reconciler (Docker's events and a periodic pass).
+//!
+//! [`Engine::builder`] gathers the parts, [`EngineBuilder::start`] runs the steps and hands back
+//! a [`Running`] engine that owns the background tasks. `gpu-replica serve` does exactly this,
+//! then serves HTTP; an embedder gets the same server behaviour in one call.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::cluster::NodeLink;
+use crate::engine::{Clock, Engine, EngineConfig};
+use crate::error::Error;
+use crate::gpu::GpuInventory;
+use crate::runtime::ContainerRuntime;
+use crate::store::StateStore;
+use crate::supervise::recovery::Recovery;
+
+/// Makes the link to the other nodes from the cluster's secret.
+type LinkMaker = Box<dyn FnOnce(&str) -> Arc<dyn NodeLink> + Send>;
+
+/// The parts of an engine and how to start it; see [`Engine::builder`].
+pub struct EngineBuilder {
+    runtime: Arc<dyn ContainerRuntime>,
+    store: Arc<dyn StateStore>,
+    inventory: Arc<dyn GpuInventory>,
+    config: EngineConfig,
+    clock: Option<Arc<dyn Clock>>,
+    advertise: Option<String>,
+    link: Option<LinkMaker>,
+}
+
+/// The start-up step that failed, with what failed.
+#[derive(Debug)]
+pub struct StartError {
+    /// What was being done: "reading the cluster's secret", "recovery", "joining the cluster".
+    pub step: &'static str,
+    /// Why it failed.
+    pub error: Error,
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.step, self.error)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A started engine and its background tasks (membership, timers, reconciler). Dropping it
+/// stops the tasks; [`Running::engine`] may be shared meanwhile.
+pub struct Running {
+    engine: Arc<Engine>,
+    recovery: Recovery,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Gathers an engine's parts, to be [`EngineBuilder::start`]ed (or only
+    /// [`EngineBuilder::build`]t, with nothing running in the background).
+    pub fn builder(
+        runtime: Arc<dyn ContainerRuntime>,
+        store: Arc<dyn StateStore>,
+        inventory: Arc<dyn GpuInventory>,
+    ) -> EngineBuilder {
+        EngineBuilder {
+            runtime,
+            store,
+            inventory,
+            config: EngineConfig::default(),
+            clock: None,
+            advertise: None,
+            link: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// How the engine behaves (default: [`EngineConfig::default`]).
+    pub fn config(mut self, config: EngineConfig) -> EngineBuilder {
+        self.config = config;
+        self
+    }
+
+    /// Where GPU-time is read from (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> EngineBuilder {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// In a cluster ([`EngineConfig::node`]): the URL the other nodes reach this one at.
+    pub fn advertise(mut self, url: impl Into<String>) -> EngineBuilder {
+        self.advertise = Some(url.into());
+        self
+    }
+
+    /// In a cluster: how to reach the other nodes, made from the cluster's secret once it is
+    /// read (`gpu_replica_http::HttpNodeLink::new(secret, client)`, say).
+    pub fn node_link(
+        mut self,
+        make: impl FnOnce(&str) -> Arc<dyn NodeLink> + Send + 'static,
+    ) -> EngineBuilder {
+        self.link = Some(Box::new(make));
+        self
+    }
+
+    /// The engine, with nothing started: no recovery, no background task.
+    pub fn build(self) -> Engine {
+        let engine = Engine::new(self.runtime, self.store, self.inventory, self.config);
+        match self.clock {
+            Some(clock) => engine.with_clock(clock),
+            None => engine,
+        }
+    }
+
+    /// Starts the engine in the order the module describes; a failed step stops it there.
+    pub async fn start(mut self) -> Result<Running, StartError> {
+        let advertise = self.advertise.take();
+        let link = self.link.take();
+        let node = self.config.node.is_some();
+        if node && advertise.is_none() {
+            return Err(StartError {
+                step: "joining the cluster",
+                error: Error::InvalidParams(
+                    "a node needs the URL the other nodes reach it at (advertise)".into(),
+                ),
+            });
+        }
+        let engine = Arc::new(self.build());
+        let step = |step: &'static str| move |error: Error| StartError { step, error };
+        if node {
+            engine
+                .load_cluster_secret()
+                .await
+                .map_err(step("reading the cluster's secret"))?;
+            if let (Some(make), Some(secret)) = (link, engine.cluster_secret()) {
+                engine.set_link(make(secret));
+            }
+        }
+        let recovery = engine.recover().await.map_err(step("recovery"))?;
+        let mut tasks = Vec::new();
+        if let Some(url) = advertise.filter(|_| node) {
+            let docker = engine
+                .runtime()
+                .version()
+                .await
+                .map_err(step("reading the container runtime's version"))?;
+            tasks.push(
+                engine
+                    .join_cluster(&url, &docker)
+                    .await
+                    .map_err(step("joining the cluster"))?,
+            );
+        }
+        tasks.push(engine.spawn_timers());
+        tasks.push(engine.spawn_reconciler());
+        Ok(Running {
+            engine,
+            recovery,
+            tasks,
+        })
+    }
+}
+
+impl Running {
+    /// The engine, acting for the built-in admin.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// What the start-up recovery did.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::StaticInventory;
+    use crate::runtime::MockContainerRuntime;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_node_without_an_address_for_the_others_stops_before_touching_anything() {
+        // No expectation: any call to Docker would panic the mock.
+        let result = Engine::builder(
+            Arc::new(MockContainerRuntime::new()),
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticInventory::fake(1)),
+        )
+        .config(EngineConfig {
+            node: Some("gpu1".into()),
+            ..EngineConfig::default()
+        })
+        .start()
+        .await;
+        let Err(error) = result else {
+            panic!("a node started without --advertise")
+        };
+        assert_eq!(error.step, "joining the cluster");
+        assert_eq!(error.error.code(), 1000);
+        assert!(error.to_string().contains("advertise"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_recovery_names_its_step_and_starts_no_task() {
+        let mut runtime = MockContainerRuntime::new();
+        runtime
+            .expect_list_containers()
+            .returning(|_| Err(Error::Docker("the engine is down".into())));
+        runtime
+            .expect_list_images()
+            .returning(|_| Err(Error::Docker("the engine is down".into())));
+        runtime
+            .expect_list_volumes()
+            .returning(|_| Err(Error::Docker("the engine is down".into())));
+        let result = Engine::builder(
+            Arc::new(runtime),
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticInventory::fake(1)),
+        )
+        .start()
+        .await;
+        let Err(error) = result else {
+            panic!("started on a Docker that is down")
+        };
+        assert_eq!(error.step, "recovery");
+        assert!(error.to_string().starts_with("recovery: "), "{error}");
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::engine::access::Holdings;
+use crate::engine::access::{Holdings, QuotaGuard};
 use crate::engine::records::encode;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -15,7 +15,7 @@ use crate::sched::{host_port_is_free, pick_gpus, pick_ports};
 use crate::store::Txn;
 
 /// GPUs and ports (of `node`) a claim adds to a transaction.
-pub(crate) fn claim_keys(
+fn claim_keys(
     txn: Txn,
     node: &str,
     holder: &str,
@@ -44,10 +44,10 @@ pub(crate) fn release_keys(txn: Txn, node: &str, gpus: &[String], ports: &[u16])
 
 /// How often a claim is tried before it answers a conflict: concurrent claims of one owner
 /// under a quota lose to each other until each has counted the others' (16 at once settle).
-pub(crate) const CLAIM_ATTEMPTS: u32 = 32;
+const CLAIM_ATTEMPTS: u32 = 32;
 
 /// Waits a little, more after each lost attempt, with jitter so losers do not meet again.
-pub(crate) async fn backoff(attempt: u32) {
+async fn backoff(attempt: u32) {
     if attempt == 0 {
         return;
     }
@@ -55,6 +55,52 @@ pub(crate) async fn backoff(attempt: u32) {
     let _ = getrandom::fill(&mut byte);
     let millis = u64::from(attempt.min(8)) * 2 + u64::from(byte[0] % 8);
     tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+}
+
+/// What one try of a compare-and-swap loop came to.
+pub(crate) enum Try<T> {
+    /// It committed, or decided the answer.
+    Done(T),
+    /// It lost a race to another request: read again and try once more.
+    Again,
+}
+
+/// What a claim answers when it lost every try.
+pub(crate) const CLAIMS_KEPT_LOST: &str =
+    "the GPUs or ports picked kept being claimed by other requests";
+
+/// The one retry loop of the engine's compare-and-swaps: runs `attempt` (given its number)
+/// until it is done, at most [`CLAIM_ATTEMPTS`] times with a growing, jittered wait between;
+/// then a conflict saying `exhausted`.
+///
+/// `attempt` makes a fresh future each time; it borrows what it reads (the engine, the
+/// request) from outside, so the loop stays `Send` for a spawned task.
+pub(crate) async fn retry<T, F, Fut>(exhausted: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Try<T>>>,
+{
+    for n in 0..CLAIM_ATTEMPTS {
+        backoff(n).await;
+        if let Try::Done(answer) = attempt(n).await? {
+            return Ok(answer);
+        }
+    }
+    Err(Error::Conflict(exhausted.to_string()))
+}
+
+/// GPUs and host ports a set takes in one transaction, under its owner's quota guard.
+pub(crate) struct Claim<'a> {
+    /// The owner's quota guard, checked for what this claim adds.
+    pub(crate) quota: QuotaGuard,
+    /// The set the claims are for: its name holds the keys.
+    pub(crate) holder: &'a ReplicaSet,
+    /// GPUs it takes.
+    pub(crate) gpus: &'a [String],
+    /// Host ports of this node it takes.
+    pub(crate) ports: &'a [u16],
+    /// Whether its GPU-time starts now (not on a migration's target: it moves with the set).
+    pub(crate) account: bool,
 }
 
 /// The set of keys of `holders` not held by `me`.
@@ -70,11 +116,58 @@ pub(crate) fn taken_by_others<K: Clone + Eq + std::hash::Hash>(
 }
 
 impl Engine {
-    /// Adds to `txn` the claims of `head`'s set on `gpus` and `ports` (each must still be
-    /// free), and the GPU-time record of the claim.
-    pub(crate) fn claim(&self, txn: Txn, head: &ReplicaSet, gpus: &[String], ports: &[u16]) -> Txn {
-        let txn = claim_keys(txn, self.node_name(), &head.name, gpus, ports);
-        self.account(txn, head, gpus.len() as i64)
+    /// The claim transaction: `claim`'s GPUs and ports (each must still be free), its quota
+    /// guard and GPU-time record, and the caller's `records`, committed together or not at
+    /// all. `Ok(false)` when a compare-and-swap lost (a claim, the guard or a record changed).
+    pub(crate) async fn commit_claims(&self, claim: Claim<'_>, records: Txn) -> Result<bool> {
+        let Claim {
+            quota,
+            holder,
+            gpus,
+            ports,
+            account,
+        } = claim;
+        let txn = claim_keys(
+            quota.apply(records),
+            self.node_name(),
+            &holder.name,
+            gpus,
+            ports,
+        );
+        let txn = if account {
+            self.account(txn, holder, gpus.len() as i64)
+        } else {
+            txn
+        };
+        self.shared.store.commit(txn).await
+    }
+
+    /// The record of version `number` of set `name` with `spec` on `gpus` and `ports`, created
+    /// from `image`, its limits fitted to the share of its GPU count.
+    pub(crate) fn version_of(
+        &self,
+        name: &str,
+        number: u32,
+        spec: ReplicaSetSpec,
+        gpus: Vec<String>,
+        ports: Vec<PortMapping>,
+        image: String,
+    ) -> Version {
+        Version {
+            version: number,
+            container: crate::names::container(name, number),
+            limits: self
+                .shared
+                .config
+                .resources
+                .fit(spec.gpu_count, &spec.resources),
+            spec,
+            gpus,
+            ports,
+            image,
+            snapshot: None,
+            created_at: now(),
+        }
     }
 
     /// Adds to `txn` the release of `head`'s claims on `gpus` and `ports`, and the GPU-time
@@ -133,9 +226,9 @@ impl Engine {
         spec: ReplicaSetSpec,
         image: &str,
     ) -> Result<Version> {
-        let owner = self.caller.name.clone();
-        for attempt in 0..CLAIM_ATTEMPTS {
-            backoff(attempt).await;
+        let (owner, spec) = (&self.caller.name, &spec);
+        retry(CLAIMS_KEPT_LOST, move |_| async move {
+            let owner = owner.clone();
             let quota = self
                 .check_quota(&owner, Holdings::set_with(spec.gpu_count as usize))
                 .await?;
@@ -145,21 +238,7 @@ impl Engine {
             let ports = self
                 .pick_ports_for(name, &spec.container_ports, &[])
                 .await?;
-            let version = Version {
-                version: 1,
-                container: crate::names::container(name, 1),
-                image: image.to_string(),
-                limits: self
-                    .shared
-                    .config
-                    .resources
-                    .fit(spec.gpu_count, &spec.resources),
-                spec: spec.clone(),
-                gpus: gpus.clone(),
-                ports: ports.clone(),
-                snapshot: None,
-                created_at: now(),
-            };
+            let version = self.version_of(name, 1, spec.clone(), gpus, ports, image.to_string());
             let head = ReplicaSet {
                 name: name.to_string(),
                 id: id.to_string(),
@@ -168,21 +247,27 @@ impl Engine {
                 current: 1,
                 latest: 1,
                 status: Status::Running,
-                gpus: gpus.clone(),
-                ports: ports.clone(),
+                gpus: version.gpus.clone(),
+                ports: version.ports.clone(),
                 pending: Some(Intent::Run),
                 created_at: version.created_at.clone(),
                 timers: Default::default(),
             };
-            let host_ports: Vec<u16> = ports.iter().map(|p| p.host_port).collect();
-            let txn = self
-                .claim(quota.apply(Txn::new()), &head, &gpus, &host_ports)
+            let host_ports: Vec<u16> = version.ports.iter().map(|p| p.host_port).collect();
+            let records = Txn::new()
                 .absent(keys::replica_set(name))
                 .put(keys::replica_set(name), encode(&head))
                 .put(keys::version(name, 1), encode(&version))
                 .put(keys::current(name), encode(&version));
-            if self.shared.store.commit(txn).await? {
-                return Ok(version);
+            let claim = Claim {
+                quota,
+                holder: &head,
+                gpus: &head.gpus,
+                ports: &host_ports,
+                account: true,
+            };
+            if self.commit_claims(claim, records).await? {
+                return Ok(Try::Done(version));
             }
             if self
                 .shared
@@ -193,10 +278,9 @@ impl Engine {
             {
                 return Err(Error::AlreadyExists(name.to_string()));
             }
-        }
-        Err(Error::Conflict(
-            "the GPUs or ports picked kept being claimed by other requests".into(),
-        ))
+            Ok(Try::Again)
+        })
+        .await
     }
 
     pub(crate) async fn pick_gpus_for(

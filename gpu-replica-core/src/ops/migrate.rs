@@ -22,14 +22,14 @@
 
 use crate::cluster::{LinkRequest, Migration, NodeLink, NodeRecord};
 use crate::engine::access::Holdings;
-use crate::engine::claims::{backoff, claim_keys, release_keys, CLAIM_ATTEMPTS};
+use crate::engine::claims::{release_keys, retry, Claim, Try, CLAIMS_KEPT_LOST};
 use crate::engine::events::describe_info;
 use crate::engine::{encode, Engine};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::model::{
-    now, Intent, Moving, ReplicaSet, ReplicaSetInfo, Status, Version, Volume, VolumeVersion,
+    Intent, Moving, ReplicaSet, ReplicaSetInfo, Status, Version, Volume, VolumeVersion,
 };
 use crate::runtime::{Bind, ImageStream};
 use crate::store::Txn;
@@ -317,17 +317,18 @@ impl Engine {
     /// forgets the new version and starts the old container again if it ran. Nothing when
     /// the target already made it current (the set lives there now).
     pub(crate) async fn undo_migration(&self, name: &str) -> Result<()> {
-        for attempt in 0..CLAIM_ATTEMPTS {
-            backoff(attempt).await;
+        let exhausted =
+            format!("the migration of '{name}' kept changing while it was being undone");
+        retry(&exhausted, move |_| async move {
             let Some((head, revision)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await?
             else {
-                return Ok(());
+                return Ok(Try::Done(()));
             };
             let Some(moving) = moving_of(&head) else {
-                return Ok(());
+                return Ok(Try::Done(()));
             };
             if head.node != self.node_name() {
-                return Ok(());
+                return Ok(Try::Done(()));
             }
             let mut undone = head.clone();
             undone.pending = None;
@@ -345,7 +346,7 @@ impl Engine {
             .delete(keys::version(name, moving.version));
             if !self.shared.store.commit(txn).await? {
                 // The target changed the intent (its claims) meanwhile: read it again.
-                continue;
+                return Ok(Try::Again);
             }
             // What the target made goes too (else its reconciler or recovery removes it).
             if let (Some(link), Ok(Some((target, _)))) = (
@@ -369,11 +370,9 @@ impl Engine {
                     .await?;
                 self.shared.runtime.start_container(&container).await?;
             }
-            return Ok(());
-        }
-        Err(Error::Conflict(format!(
-            "the migration of '{name}' kept changing while it was being undone"
-        )))
+            Ok(Try::Done(()))
+        })
+        .await
     }
 
     /// The head of set `name` and its migration, when it is moving to this node.
@@ -459,8 +458,7 @@ impl Engine {
     /// owner's quota, and records them in the intent and the version record, in one
     /// transaction.
     async fn claim_incoming(&self, name: &str) -> Result<Version> {
-        for attempt in 0..CLAIM_ATTEMPTS {
-            backoff(attempt).await;
+        retry(CLAIMS_KEPT_LOST, move |_| async move {
             let (head, revision, mut moving) = self.incoming(name).await?;
             if !moving.claimed_gpus.is_empty() || !moving.claimed_ports.is_empty() {
                 return Err(Error::Conflict(format!(
@@ -521,41 +519,27 @@ impl Engine {
                     Holdings::gpus(moving.claimed_gpus.len().saturating_sub(held)),
                 )
                 .await?;
-            let new = Version {
-                version: moving.version,
-                container: crate::names::container(name, moving.version),
-                limits: self
-                    .shared
-                    .config
-                    .resources
-                    .fit(spec.gpu_count, &spec.resources),
-                spec,
-                gpus,
-                ports,
-                image,
-                snapshot: None,
-                created_at: now(),
-            };
+            let new = self.version_of(name, moving.version, spec, gpus, ports, image);
             let mut recorded = head.clone();
             recorded.pending = Some(Intent::Migrate(moving.clone()));
-            // GPU-time moves when the set does (step 4): never counted twice meanwhile.
-            let txn = claim_keys(
-                quota.apply(Txn::new()),
-                self.node_name(),
-                name,
-                &moving.claimed_gpus,
-                &moving.claimed_ports,
-            )
-            .unchanged(keys::replica_set(name), revision)
-            .put(keys::replica_set(name), encode(&recorded))
-            .put(keys::version(name, moving.version), encode(&new));
-            if self.shared.store.commit(txn).await? {
-                return Ok(new);
+            let records = Txn::new()
+                .unchanged(keys::replica_set(name), revision)
+                .put(keys::replica_set(name), encode(&recorded))
+                .put(keys::version(name, moving.version), encode(&new));
+            let claim = Claim {
+                quota,
+                holder: &head,
+                gpus: &moving.claimed_gpus,
+                ports: &moving.claimed_ports,
+                // GPU-time moves when the set does (step 4): never counted twice meanwhile.
+                account: false,
+            };
+            if self.commit_claims(claim, records).await? {
+                return Ok(Try::Done(new));
             }
-        }
-        Err(Error::Conflict(
-            "the GPUs or ports picked kept being claimed by other requests".into(),
-        ))
+            Ok(Try::Again)
+        })
+        .await
     }
 
     /// Target, step 3: extracts `archive` (a moved volume's files) into `dir` of the incoming

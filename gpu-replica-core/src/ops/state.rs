@@ -2,6 +2,7 @@
 //! [`crate::steps::finish`] that a restarted engine can finish.
 
 use crate::engine::access::Holdings;
+use crate::engine::claims::Claim;
 use crate::engine::{encode, Engine};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
@@ -173,14 +174,23 @@ impl Engine {
         let before = head.status;
         head.status = Status::Running;
         head.pending = Some(Intent::Continue { reclaimed });
-        let txn = if reclaimed {
-            self.claim(quota.apply(Txn::new()), &head, &head.gpus, &ports)
+        let records = Txn::new()
+            .unchanged(keys::replica_set(name), revision)
+            .put(keys::replica_set(name), encode(&head));
+        let none: (&[String], &[u16]) = (&[], &[]);
+        let (gpus, ports) = if reclaimed {
+            (head.gpus.as_slice(), ports.as_slice())
         } else {
-            Txn::new()
-        }
-        .unchanged(keys::replica_set(name), revision)
-        .put(keys::replica_set(name), encode(&head));
-        if !self.shared.store.commit(txn).await? {
+            none
+        };
+        let claim = Claim {
+            quota,
+            holder: &head,
+            gpus,
+            ports,
+            account: true,
+        };
+        if !self.commit_claims(claim, records).await? {
             return Err(Error::refused(
                 Operation::Continue,
                 format!("the GPUs or ports of '{name}' were just claimed by another replicaSet; restart it instead"),

@@ -6,7 +6,7 @@
 //! and starts the old containers again.
 
 use crate::engine::access::{Caller, Holdings};
-use crate::engine::claims::{backoff, CLAIM_ATTEMPTS};
+use crate::engine::claims::{retry, Try};
 use crate::engine::{check_name, encode, Engine, LABEL_VERSION, LABEL_VOLUME};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
@@ -104,21 +104,22 @@ impl Engine {
         txn: &Txn,
         taken: Option<&str>,
     ) -> Result<bool> {
-        for attempt in 0..CLAIM_ATTEMPTS {
-            backoff(attempt).await;
-            let quota = self.check_quota(owner, more).await?;
-            if self.shared.store.commit(quota.apply(txn.clone())).await? {
-                return Ok(true);
-            }
-            if let Some(key) = taken {
-                if self.shared.store.get(key).await?.is_some() {
-                    return Ok(false);
+        retry(
+            "other claims of the same owner kept committing first",
+            move |_| async move {
+                let quota = self.check_quota(owner, more).await?;
+                if self.shared.store.commit(quota.apply(txn.clone())).await? {
+                    return Ok(Try::Done(true));
                 }
-            }
-        }
-        Err(Error::Conflict(
-            "other claims of the same owner kept committing first".into(),
-        ))
+                if let Some(key) = taken {
+                    if self.shared.store.get(key).await?.is_some() {
+                        return Ok(Try::Done(false));
+                    }
+                }
+                Ok(Try::Again)
+            },
+        )
+        .await
     }
 
     pub(crate) async fn create_docker_volume(

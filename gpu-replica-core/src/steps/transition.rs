@@ -8,12 +8,12 @@
 //! idempotent, so a restarted engine can finish or undo a transition from its records alone.
 
 use crate::engine::access::Holdings;
-use crate::engine::claims::{backoff, CLAIM_ATTEMPTS};
+use crate::engine::claims::{retry, Claim, Try, CLAIMS_KEPT_LOST};
 use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
-use crate::model::{now, Intent, ReplicaSet, ReplicaSetSpec, Status, Version};
+use crate::model::{Intent, ReplicaSet, ReplicaSetSpec, Status, Version};
 use crate::store::Txn;
 
 /// Which filesystem a new version starts from.
@@ -111,8 +111,8 @@ impl Engine {
         run: bool,
         resize: Option<String>,
     ) -> Result<Prepared> {
-        for attempt in 0..CLAIM_ATTEMPTS {
-            backoff(attempt).await;
+        let (spec, resize) = (&spec, &resize);
+        retry(CLAIMS_KEPT_LOST, move |_| async move {
             let (head, revision) = self.head(name).await?;
             let old = self.version_record(name, head.current).await?;
             let run = run || head.status.wants_running();
@@ -167,21 +167,7 @@ impl Engine {
                     .snapshot
                     .ok_or_else(|| Error::Store(format!("version {k} has no snapshot")))?,
             };
-            let new = Version {
-                version: number,
-                container: crate::names::container(name, number),
-                spec: spec.clone(),
-                gpus,
-                ports,
-                image,
-                limits: self
-                    .shared
-                    .config
-                    .resources
-                    .fit(spec.gpu_count, &spec.resources),
-                snapshot: None,
-                created_at: now(),
-            };
+            let new = self.version_of(name, number, spec.clone(), gpus, ports, image);
             let mut recorded = head.clone();
             recorded.latest = number;
             recorded.pending = Some(Intent::NewVersion {
@@ -195,18 +181,19 @@ impl Engine {
             let quota = self
                 .check_quota(&head.owner, Holdings::gpus(claimed_gpus.len()))
                 .await?;
-            let txn = self
-                .claim(
-                    quota.apply(Txn::new()),
-                    &head,
-                    &claimed_gpus,
-                    &claimed_ports,
-                )
+            let records = Txn::new()
                 .unchanged(keys::replica_set(name), revision)
                 .put(keys::replica_set(name), encode(&recorded))
                 .put(keys::version(name, number), encode(&new));
-            if self.shared.store.commit(txn).await? {
-                return Ok(Prepared {
+            let claim = Claim {
+                quota,
+                holder: &head,
+                gpus: &claimed_gpus,
+                ports: &claimed_ports,
+                account: true,
+            };
+            if self.commit_claims(claim, records).await? {
+                return Ok(Try::Done(Prepared {
                     name: name.to_string(),
                     was_running: head.status == Status::Running,
                     head: recorded,
@@ -216,7 +203,7 @@ impl Engine {
                     claimed_gpus,
                     claimed_ports,
                     released_gpus,
-                });
+                }));
             }
             let (_, now_revision) = self.head(name).await?;
             if now_revision != revision {
@@ -225,10 +212,9 @@ impl Engine {
                 )));
             }
             // Only a claim was lost to another engine: pick again.
-        }
-        Err(Error::Conflict(
-            "the GPUs or ports picked kept being claimed by other requests".into(),
-        ))
+            Ok(Try::Again)
+        })
+        .await
     }
 
     /// Stops the old container, snapshots it (flattening a long chain) and creates the new one.

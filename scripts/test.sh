@@ -38,6 +38,7 @@ fi
 workdir=$(mktemp -d -t gpu-replica-test.XXXXXX)
 etcd_pid=""
 dockerd_pid=""
+server_pid=""
 
 sweep_docker() {
   # Everything the tests create carries io.gpu-replica.test; nothing else is touched.
@@ -57,6 +58,7 @@ sweep_docker() {
 cleanup() {
   local status=$?
   sweep_docker
+  [ -z "$server_pid" ] || { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; }
   [ -z "$etcd_pid" ] || { kill "$etcd_pid" 2>/dev/null; wait "$etcd_pid" 2>/dev/null || true; }
   if [ -n "$dockerd_pid" ]; then
     as_root kill "$dockerd_pid" 2>/dev/null || true
@@ -109,3 +111,14 @@ cargo test --workspace --all-features --all-targets
 cargo test --workspace --all-features --doc
 log "example: embedding the engine, on the real Docker engine"
 cargo run --quiet --all-features --example embed
+log "example: custom tooling on the typed client, against a real server"
+server_port=$(free_port)
+cargo build --quiet -p gpu-replica-cli
+target/debug/gpu-replica serve --addr "127.0.0.1:$server_port" --data-dir "$workdir/remote" \
+  --gpus fake:4 --gpu-attach env --port-range 46800-46850 --stop-timeout 0 \
+  --label io.gpu-replica.test=1 >"$workdir/remote.log" 2>&1 &
+server_pid=$!
+remote_ok() { curl -sf "http://127.0.0.1:$server_port/ping"; }
+wait_for 30 "the example's server" remote_ok || { tail -20 "$workdir/remote.log"; exit 1; }
+cargo run --quiet --all-features --example remote -- "http://127.0.0.1:$server_port"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""

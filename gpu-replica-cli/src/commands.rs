@@ -5,17 +5,16 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use gpu_replica_http::wire::{
-    BindBody, CloneBody, CommitBody, CommitReply, ContainerNameReply, EventView, ExecuteBody,
-    ExecuteReply, GpuDetails, GpuPatch, HistoryReply, InfoReply, MigrateBody, MigrateReply,
-    NodeList, PatchBody, PortsReply, ReplicaSetList, ResourcesBody, RollbackBody, RunBody,
-    RunReply, StatsReply, TimersBody, TimersView, VolumeCreateBody, VolumeHistoryReply,
-    VolumeInfoReply, VolumeList, VolumePatch, VolumeReply, VolumeSizeBody,
+    BindBody, CloneBody, CommitReply, ContainerNameReply, EventView, ExecuteBody, ExecuteReply,
+    GpuDetails, GpuPatch, HistoryReply, InfoReply, MigrateBody, MigrateReply, NodeList, PatchBody,
+    PortsReply, ReplicaSetList, ResourcesBody, RunBody, RunReply, StatsReply, TimersBody,
+    TimersView, VolumeCreateBody, VolumeHistoryReply, VolumeInfoReply, VolumeList, VolumePatch,
+    VolumeReply,
 };
-use hyper::Method;
 use serde_json::Value;
 
-use crate::client::{Client, ClientError};
 use crate::table;
+use gpu_replica_http::client::{Client, ClientError};
 
 /// Subcommands that talk to a running server.
 #[derive(Debug, Subcommand)]
@@ -399,8 +398,6 @@ pub async fn execute(
     as_json: bool,
 ) -> Result<ExitCode, ClientError> {
     use ClientCommand as C;
-    let rs = |name: &str| format!("/api/v1/replicaSet/{name}");
-    let none = None::<&()>;
     let answer = match command {
         C::Run {
             name,
@@ -424,16 +421,9 @@ pub async fn execute(
                 container_ports: ports,
                 resources: resources.body(),
             };
-            let call = client.request(Method::POST, "/api/v1/replicaSet", Some(&body));
-            Answer::Run(with_spinner(format!("running {name}"), call).await?)
+            Answer::Run(with_spinner(format!("running {name}"), client.run(&body)).await?)
         }
-        C::Ls { owner } => {
-            let path = match owner {
-                Some(owner) => format!("/api/v1/replicaSet?owner={owner}"),
-                None => "/api/v1/replicaSet".into(),
-            };
-            Answer::ReplicaSets(client.request(Method::GET, path, none).await?)
-        }
+        C::Ls { owner } => Answer::ReplicaSets(client.list(owner.as_deref(), None).await?),
         C::User(command) => return crate::users::user(client, command, as_json).await,
         C::Top { interval } => {
             crate::top::top(client, std::time::Duration::from_secs(interval.max(1))).await?;
@@ -446,14 +436,8 @@ pub async fn execute(
             owner,
             csv,
         } => return crate::users::usage(client, from, to, owner, csv, as_json).await,
-        C::Info { name } => Answer::Info(Box::new(
-            client.request(Method::GET, &rs(&name), none).await?,
-        )),
-        C::History { name } => Answer::History(
-            client
-                .request(Method::GET, &format!("{}/history", rs(&name)), none)
-                .await?,
-        ),
+        C::Info { name } => Answer::Info(Box::new(client.info(&name).await?)),
+        C::History { name } => Answer::History(client.history(&name).await?),
         C::Patch {
             name,
             gpus,
@@ -473,7 +457,7 @@ pub async fn execute(
                 volume_patch,
                 resource_patch: resources.body(),
             };
-            let call = client.request(Method::PATCH, rs(&name), Some(&body));
+            let call = client.patch(&name, &body);
             Answer::NewVersion(with_spinner(format!("patching {name}"), call).await?)
         }
         C::Migrate {
@@ -487,7 +471,7 @@ pub async fn execute(
                 gpu_count: gpus,
                 move_volumes,
             };
-            let call = client.request(Method::POST, format!("{}/migrate", rs(&name)), Some(&body));
+            let call = client.migrate(&name, &body);
             let message = format!("moving {name} to node {to}");
             Answer::Migrated(with_spinner(message, call).await?)
         }
@@ -495,64 +479,41 @@ pub async fn execute(
             name,
             target: version,
         } => {
-            let body = RollbackBody { version };
-            let call = client.request(
-                Method::PATCH,
-                format!("{}/rollback", rs(&name)),
-                Some(&body),
-            );
+            let call = client.rollback(&name, version);
             let message = format!("rolling {name} back to version {version}");
             Answer::NewVersion(with_spinner(message, call).await?)
         }
         C::Restart { name } => {
-            let call = client.request(Method::PATCH, format!("{}/restart", rs(&name)), none);
+            let call = client.restart(&name);
             Answer::NewVersion(with_spinner(format!("restarting {name}"), call).await?)
         }
-        C::Stop { name } => done(client, Method::PATCH, format!("{}/stop", rs(&name))).await?,
-        C::Pause { name } => done(client, Method::PATCH, format!("{}/pause", rs(&name))).await?,
-        C::Continue { name } => {
-            done(client, Method::PATCH, format!("{}/continue", rs(&name))).await?
-        }
-        C::Rm { name } => done(client, Method::DELETE, rs(&name)).await?,
+        C::Stop { name } => client.stop(&name).await.map(|()| Answer::Done)?,
+        C::Pause { name } => client.pause(&name).await.map(|()| Answer::Done)?,
+        C::Continue { name } => client.resume(&name).await.map(|()| Answer::Done)?,
+        C::Rm { name } => client.delete(&name).await.map(|()| Answer::Done)?,
         C::Exec { name, workdir, cmd } => {
             let body = ExecuteBody {
                 cmd,
                 work_dir: workdir,
             };
-            Answer::Exec(
-                client
-                    .request(Method::POST, &format!("{}/execute", rs(&name)), Some(&body))
-                    .await?,
-            )
+            Answer::Exec(client.execute(&name, &body).await?)
         }
-        C::Commit { name, image } => {
-            let body = CommitBody {
-                new_image_name: image,
-            };
-            Answer::Commit(
-                client
-                    .request(Method::POST, &format!("{}/commit", rs(&name)), Some(&body))
-                    .await?,
-            )
-        }
+        C::Commit { name, image } => Answer::Commit(client.commit(&name, &image).await?),
         C::Volume(command) => volume(client, command).await?,
         C::Timers {
             name,
             idle,
             at,
             clear,
-        } => {
-            let path = format!("{}/timers", rs(&name));
-            Answer::Timers(if clear || idle.is_some() || at.is_some() {
-                let body = TimersBody {
-                    idle_stop: idle,
-                    stop_at: at,
-                };
-                client.request(Method::PUT, path, Some(&body)).await?
-            } else {
-                client.request(Method::GET, path, none).await?
-            })
-        }
+        } => Answer::Timers(if clear || idle.is_some() || at.is_some() {
+            let body = TimersBody {
+                idle_stop: idle,
+                stop_at: at,
+            };
+            client.set_timers(&name, &body).await?
+        } else {
+            client.timers(&name).await?
+        }),
         C::Clone {
             source,
             name,
@@ -566,40 +527,21 @@ pub async fn execute(
                 gpu_count: gpus,
                 resources: resources.body(),
             };
-            let call = client.request(Method::POST, format!("{}/clone", rs(&source)), Some(&body));
+            let call = client.clone_set(&source, &body);
             Answer::Run(with_spinner(format!("cloning {source} into {name}"), call).await?)
         }
         C::Logs { name, tail, follow } => {
-            let mut path = format!("{}/logs?follow={follow}", rs(&name));
-            if let Some(tail) = tail {
-                path.push_str(&format!("&tail={tail}"));
-            }
-            stream_logs(client.open(path).await?).await?;
+            stream_logs(client.logs(&name, tail, follow).await?).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        C::Stats { name } => Answer::Stats(
-            client
-                .request(Method::GET, format!("{}/stats", rs(&name)), none)
-                .await?,
-        ),
+        C::Stats { name } => Answer::Stats(client.stats(&name).await?),
         C::Events { tail, follow } => {
-            let path = format!("/api/v1/events?replay={tail}&follow={follow}");
-            stream_events(client.open(path).await?, as_json).await?;
+            stream_events(client.events(tail, follow).await?, as_json).await?;
             return Ok(ExitCode::SUCCESS);
         }
-        C::Gpus => Answer::Gpus(
-            client
-                .request(Method::GET, "/api/v1/resources/gpus?detail=true", none)
-                .await?,
-        ),
-        C::Nodes => Answer::Nodes(client.request(Method::GET, "/api/v1/nodes", none).await?),
-        C::Ports { node } => {
-            let path = match node {
-                Some(node) => format!("/api/v1/resources/ports?node={node}"),
-                None => "/api/v1/resources/ports".to_string(),
-            };
-            Answer::Ports(client.request(Method::GET, path, none).await?)
-        }
+        C::Gpus => Answer::Gpus(client.gpu_details().await?),
+        C::Nodes => Answer::Nodes(client.nodes().await?),
+        C::Ports { node } => Answer::Ports(client.ports(node.as_deref()).await?),
     };
     if as_json {
         println!(
@@ -612,40 +554,21 @@ pub async fn execute(
     Ok(answer.exit_code())
 }
 
-/// A request whose answer carries no data.
-async fn done(client: &Client, method: Method, path: String) -> Result<Answer, ClientError> {
-    let _: Value = client.request(method, path, None::<&()>).await?;
-    Ok(Answer::Done)
-}
-
 async fn volume(client: &Client, command: VolumeCommand) -> Result<Answer, ClientError> {
     use VolumeCommand as V;
-    let path = |name: &str| format!("/api/v1/volumes/{name}");
-    let none = None::<&()>;
     Ok(match command {
         V::Create { name, size, node } => {
             let body = VolumeCreateBody { name, size, node };
-            Answer::Volume(
-                client
-                    .request(Method::POST, "/api/v1/volumes", Some(&body))
-                    .await?,
-            )
+            Answer::Volume(client.create_volume(&body).await?)
         }
         V::Resize { name, size } => {
-            let body = VolumeSizeBody { size };
-            let call = client.request(Method::PATCH, format!("{}/size", path(&name)), Some(&body));
+            let call = client.resize_volume(&name, &size);
             Answer::Volume(with_spinner(format!("resizing {name}"), call).await?)
         }
-        V::Ls => Answer::Volumes(client.request(Method::GET, "/api/v1/volumes", none).await?),
-        V::Info { name } => {
-            Answer::VolumeInfo(client.request(Method::GET, &path(&name), none).await?)
-        }
-        V::History { name } => Answer::VolumeHistory(
-            client
-                .request(Method::GET, &format!("{}/history", path(&name)), none)
-                .await?,
-        ),
-        V::Rm { name } => done(client, Method::DELETE, path(&name)).await?,
+        V::Ls => Answer::Volumes(client.volumes(None).await?),
+        V::Info { name } => Answer::VolumeInfo(client.volume(&name).await?),
+        V::History { name } => Answer::VolumeHistory(client.volume_history(&name).await?),
+        V::Rm { name } => client.delete_volume(&name).await.map(|()| Answer::Done)?,
     })
 }
 

@@ -3,7 +3,6 @@
 //! The binary holds no logic of its own: `serve` wires the core engine to the HTTP router,
 //! and the client subcommands turn arguments into HTTP requests and answers into tables.
 
-mod client;
 mod commands;
 mod serve;
 mod table;
@@ -13,6 +12,7 @@ mod users;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use gpu_replica_http::client;
 
 /// Versioned GPU containers over Docker: change GPUs, roll back, never lose what you installed.
 #[derive(Debug, Parser)]
@@ -82,7 +82,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Client(command) => {
-            let tls = client::TlsArgs {
+            let tls = client::ClientTls {
                 cacert: cli.cacert,
                 cert: cli.cert,
                 key: cli.key,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use gpu_replica_http::wire::{GpuDetails, ReplicaSetList};
 
-use crate::client::{Client, ClientError};
 use crate::table;
+use gpu_replica_http::client::{Client, ClientError};
 
 /// The terminal's settings while `top` reads keys one by one; restored when dropped.
 struct KeysOneByOne {
@@ -70,16 +70,8 @@ pub async fn top(client: &Client, interval: Duration) -> Result<(), ClientError>
     let mut quit = quit_keys();
     // Leave the cursor where the user can see it, whatever happens.
     let result = loop {
-        let gpus = client
-            .request::<(), GpuDetails>(
-                hyper::Method::GET,
-                "/api/v1/resources/gpus?detail=true",
-                None,
-            )
-            .await;
-        let sets = client
-            .request::<(), ReplicaSetList>(hyper::Method::GET, "/api/v1/replicaSet", None)
-            .await;
+        let gpus = client.gpu_details().await;
+        let sets = client.list(None, None).await;
         match (gpus, sets) {
             (Ok(gpus), Ok(sets)) => draw(client, &gpus, &sets),
             (Err(e), _) | (_, Err(e)) => break Err(e),

@@ -2,15 +2,11 @@
 
 use std::process::ExitCode;
 
-use gpu_replica_http::wire::{
-    PurgedReply, QuotaBody, QuotaView, ReplicaSetList, TokenReply, UsageReply, UserAddBody,
-    UserList, UserReply, UserTokenReply, UserView, VolumeList, WhoamiReply,
-};
-use hyper::Method;
+use gpu_replica_http::wire::{QuotaBody, QuotaView, UserAddBody, UserView};
 use serde::Serialize;
 
-use crate::client::{Client, ClientError};
 use crate::table;
+use gpu_replica_http::client::{Client, ClientError};
 
 /// `gpu-replica user …` (admins; `token-reset` also for oneself).
 #[derive(Debug, clap::Subcommand)]
@@ -76,21 +72,8 @@ async fn confirm_purge(client: &Client, name: &str) -> Result<bool, ClientError>
              (there is no terminal to ask on)"
         )));
     }
-    let owner = encode(name);
-    let sets: ReplicaSetList = client
-        .request(
-            Method::GET,
-            format!("/api/v1/replicaSet?owner={owner}"),
-            None::<&()>,
-        )
-        .await?;
-    let volumes: VolumeList = client
-        .request(
-            Method::GET,
-            format!("/api/v1/volumes?owner={owner}"),
-            None::<&()>,
-        )
-        .await?;
+    let sets = client.list(Some(name), None).await?;
+    let volumes = client.volumes(Some(name)).await?;
     let sets: Vec<&str> = sets.replica_sets.iter().map(|s| s.name.as_str()).collect();
     let volumes: Vec<&str> = volumes.volumes.iter().map(|v| v.name.as_str()).collect();
     eprint!(
@@ -180,8 +163,6 @@ pub async fn user(
     as_json: bool,
 ) -> Result<ExitCode, ClientError> {
     use UserCommand as U;
-    let path = |name: &str| format!("/api/v1/users/{name}");
-    let none = None::<&()>;
     match command {
         U::Add {
             name,
@@ -197,9 +178,7 @@ pub async fn user(
                 max_sets,
                 max_volume_size,
             };
-            let reply: UserTokenReply = client
-                .request(Method::POST, "/api/v1/users", Some(&body))
-                .await?;
+            let reply = client.add_user(&body).await?;
             if as_json {
                 print_json(&reply);
             } else {
@@ -211,7 +190,7 @@ pub async fn user(
             }
         }
         U::Ls => {
-            let reply: UserList = client.request(Method::GET, "/api/v1/users", none).await?;
+            let reply = client.users().await?;
             if as_json {
                 print_json(&reply);
             } else {
@@ -223,10 +202,7 @@ pub async fn user(
                 eprintln!("nothing removed");
                 return Ok(ExitCode::FAILURE);
             }
-            let query = if purge { "?purge=true" } else { "" };
-            let reply: PurgedReply = client
-                .request(Method::DELETE, format!("{}{query}", path(&name)), none)
-                .await?;
+            let reply = client.remove_user(&name, purge).await?;
             if as_json {
                 print_json(&reply);
             } else {
@@ -240,9 +216,7 @@ pub async fn user(
             }
         }
         U::TokenReset { name } => {
-            let reply: TokenReply = client
-                .request(Method::POST, format!("{}/token", path(&name)), none)
-                .await?;
+            let reply = client.reset_token(&name).await?;
             if as_json {
                 print_json(&reply);
             } else {
@@ -261,9 +235,7 @@ pub async fn user(
                 max_sets: limit("max-sets", max_sets)?,
                 max_volume_size: size_limit(max_volume_size),
             };
-            let reply: UserReply = client
-                .request(Method::PATCH, format!("{}/quota", path(&name)), Some(&body))
-                .await?;
+            let reply = client.set_quota(&name, &body).await?;
             if as_json {
                 print_json(&reply);
             } else {
@@ -276,28 +248,13 @@ pub async fn user(
 
 /// `gpu-replica whoami`.
 pub async fn whoami(client: &Client, as_json: bool) -> Result<ExitCode, ClientError> {
-    let reply: WhoamiReply = client
-        .request(Method::GET, "/api/v1/whoami", None::<&()>)
-        .await?;
+    let reply = client.whoami().await?;
     if as_json {
         print_json(&reply);
     } else {
         print_users(&[reply.user]);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Percent-encodes a query value (RFC 3339 times carry ':' and '+').
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `gpu-replica usage`.
@@ -309,12 +266,9 @@ pub async fn usage(
     csv: bool,
     as_json: bool,
 ) -> Result<ExitCode, ClientError> {
-    let query: Vec<String> = [("from", from), ("to", to), ("owner", owner)]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
-        .collect();
-    let path = format!("/api/v1/usage?{}", query.join("&"));
-    let reply: UsageReply = client.request(Method::GET, path, None::<&()>).await?;
+    let reply = client
+        .usage(from.as_deref(), to.as_deref(), owner.as_deref())
+        .await?;
     if as_json {
         print_json(&reply);
     } else if csv {

@@ -16,6 +16,8 @@
 //! ```
 
 mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 mod envelope;
 pub mod forward;
 pub mod link;
@@ -110,46 +112,43 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
     } = options;
     let http_metrics = Arc::new(metrics::HttpMetrics::new(engine.node_name()));
     use routes::{events, instance, replicaset as rs, resources, users, volume};
+    use wire::paths as p;
     let api = Router::new()
-        .route("/replicaSet", post(rs::run).get(rs::list))
+        .route(p::REPLICA_SETS, post(rs::run).get(rs::list))
         .route(
-            "/replicaSet/{name}",
+            p::REPLICA_SET,
             patch(rs::patch).get(rs::info).delete(rs::delete),
         )
-        .route("/replicaSet/{name}/commit", post(rs::commit))
-        .route("/replicaSet/{name}/execute", post(rs::execute))
-        .route("/replicaSet/{name}/rollback", patch(rs::rollback))
-        .route("/replicaSet/{name}/stop", patch(rs::stop))
-        .route("/replicaSet/{name}/pause", patch(rs::pause))
-        .route("/replicaSet/{name}/continue", patch(rs::resume))
-        .route("/replicaSet/{name}/restart", patch(rs::restart))
-        .route("/replicaSet/{name}/history", get(rs::history))
-        .route("/replicaSet/{name}/migrate", post(rs::migrate))
-        .route(
-            "/replicaSet/{name}/timers",
-            get(instance::timers).put(instance::set_timers),
-        )
-        .route("/replicaSet/{name}/clone", post(instance::clone))
-        .route("/replicaSet/{name}/logs", get(instance::logs))
-        .route("/replicaSet/{name}/stats", get(instance::stats))
-        .route("/events", get(events::events))
-        .route("/volumes", post(volume::create).get(volume::list))
-        .route("/volumes/{name}", get(volume::info).delete(volume::delete))
-        .route("/volumes/{name}/size", patch(volume::resize))
-        .route("/volumes/{name}/history", get(volume::history))
-        .route("/resources/gpus", get(resources::gpus))
-        .route("/resources/ports", get(resources::ports))
-        .route("/status", get(resources::status))
-        .route("/users", post(users::add).get(users::list))
-        .route("/users/{name}", get(users::info).delete(users::remove))
-        .route("/users/{name}/token", post(users::reset_token))
-        .route("/users/{name}/quota", patch(users::quota))
-        .route("/whoami", get(users::whoami))
-        .route("/nodes", get(resources::nodes))
-        .route("/usage", get(users::usage));
+        .route(p::COMMIT, post(rs::commit))
+        .route(p::EXECUTE, post(rs::execute))
+        .route(p::ROLLBACK, patch(rs::rollback))
+        .route(p::STOP, patch(rs::stop))
+        .route(p::PAUSE, patch(rs::pause))
+        .route(p::CONTINUE, patch(rs::resume))
+        .route(p::RESTART, patch(rs::restart))
+        .route(p::HISTORY, get(rs::history))
+        .route(p::MIGRATE, post(rs::migrate))
+        .route(p::TIMERS, get(instance::timers).put(instance::set_timers))
+        .route(p::CLONE, post(instance::clone))
+        .route(p::LOGS, get(instance::logs))
+        .route(p::STATS, get(instance::stats))
+        .route(p::EVENTS, get(events::events))
+        .route(p::VOLUMES, post(volume::create).get(volume::list))
+        .route(p::VOLUME, get(volume::info).delete(volume::delete))
+        .route(p::VOLUME_SIZE, patch(volume::resize))
+        .route(p::VOLUME_HISTORY, get(volume::history))
+        .route(p::GPUS, get(resources::gpus))
+        .route(p::PORTS, get(resources::ports))
+        .route(p::STATUS, get(resources::status))
+        .route(p::USERS, post(users::add).get(users::list))
+        .route(p::USER, get(users::info).delete(users::remove))
+        .route(p::USER_TOKEN, post(users::reset_token))
+        .route(p::USER_QUOTA, patch(users::quota))
+        .route(p::WHOAMI, get(users::whoami))
+        .route(p::NODES, get(resources::nodes))
+        .route(p::USAGE, get(users::usage));
     let scraped = http_metrics.clone();
-    let guarded = Router::new()
-        .nest("/api/v1", api)
+    let guarded = api
         .route("/openapi.json", get(openapi::document))
         .route(
             "/metrics",
@@ -174,7 +173,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         auth::authenticate,
     ));
     Router::new()
-        .route("/ping", get(routes::ping))
+        .route(p::PING, get(routes::ping))
         .merge(ui::routes(auth))
         .merge(link::routes(engine.clone()))
         .merge(guarded)

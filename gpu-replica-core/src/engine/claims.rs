@@ -15,13 +15,7 @@ use crate::sched::{host_port_is_free, pick_gpus, pick_ports};
 use crate::store::Txn;
 
 /// GPUs and ports (of `node`) a claim adds to a transaction.
-fn claim_keys(
-    txn: Txn,
-    node: &str,
-    holder: &str,
-    gpus: &[String],
-    ports: &[u16],
-) -> Txn {
+fn claim_keys(txn: Txn, node: &str, holder: &str, gpus: &[String], ports: &[u16]) -> Txn {
     let txn = gpus.iter().fold(txn, |t, uuid| {
         t.absent(keys::gpu_claim(uuid))
             .put(keys::gpu_claim(uuid), holder.as_bytes().to_vec())

@@ -598,12 +598,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             Arc::new(gpu_replica_http::HttpNodeLink::new(secret, link_client))
         });
     }
-    let running = builder.start().await.map_err(|e| match &args.node {
-        Some(node) if e.step == "joining the cluster" => {
-            format!("joining the cluster as '{node}': {}", e.error)
-        }
-        _ => e.to_string(),
-    })?;
+    let running = builder.start().await.map_err(|e| e.to_string())?;
     tracing::info!("recovery: {}", running.recovery());
     let engine = running.engine().clone();
     let users = engine.has_users().await.map_err(|e| e.to_string())?;

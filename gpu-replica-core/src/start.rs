@@ -53,6 +53,12 @@ impl fmt::Display for StartError {
     }
 }
 
+impl StartError {
+    fn at(step: &'static str) -> impl FnOnce(Error) -> StartError {
+        move |error| StartError { step, error }
+    }
+}
+
 impl std::error::Error for StartError {}
 
 /// A started engine and its background tasks (membership, timers, reconciler). Dropping it
@@ -135,29 +141,28 @@ impl EngineBuilder {
             });
         }
         let engine = Arc::new(self.build());
-        let step = |step: &'static str| move |error: Error| StartError { step, error };
         if node {
             engine
                 .load_cluster_secret()
                 .await
-                .map_err(step("reading the cluster's secret"))?;
+                .map_err(StartError::at("reading the cluster's secret"))?;
             if let (Some(make), Some(secret)) = (link, engine.cluster_secret()) {
                 engine.set_link(make(secret));
             }
         }
-        let recovery = engine.recover().await.map_err(step("recovery"))?;
+        let recovery = engine.recover().await.map_err(StartError::at("recovery"))?;
         let mut tasks = Vec::new();
         if let Some(url) = advertise.filter(|_| node) {
             let docker = engine
                 .runtime()
                 .version()
                 .await
-                .map_err(step("reading the container runtime's version"))?;
+                .map_err(StartError::at("reading the container runtime's version"))?;
             tasks.push(
                 engine
                     .join_cluster(&url, &docker)
                     .await
-                    .map_err(step("joining the cluster"))?,
+                    .map_err(StartError::at("joining the cluster"))?,
             );
         }
         tasks.push(engine.spawn_timers());

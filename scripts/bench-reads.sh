@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { apt-get install -y -qq wrk >/dev/null; }
 cargo build -q --release -p gpu-replica-cli
-cargo build -q --release --all-features --example bench_image --example hello
+cargo build -q --release --example bench_image --example hello
 [ $# -gt 0 ] || set -- target/release/gpu-replica
 examples=target/release/examples
 work=$(mktemp -d -t gpu-replica-reads.XXXXXX)

@@ -67,6 +67,7 @@ pub mod testkit;
 
 pub use crate::cluster::{LinkRequest, Migration, NodeLink};
 pub use crate::engine::events::{Event, KEEP_EVENTS};
+pub use crate::engine::Recovery;
 pub use crate::engine::{
     Caller, Clock, Engine, EngineConfig, Holdings, ManualClock, Quota, Role, SystemClock,
     LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME, OPERATOR,
@@ -96,7 +97,6 @@ pub use crate::size::parse_size;
 pub use crate::start::{EngineBuilder, Running, StartError};
 pub use crate::store::{MemoryStore, RedbStore, StateStore};
 pub use crate::supervise::reconcile::Reconciled;
-pub use crate::supervise::recovery::Recovery;
 
 #[cfg(feature = "etcd")]
 pub use crate::store::{EtcdAccess, EtcdStore};

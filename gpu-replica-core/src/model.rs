@@ -320,8 +320,13 @@ pub struct NodePorts {
     pub available: usize,
 }
 
+/// The name of the server's built-in administrator: whoever holds the server's own token, and
+/// whoever calls an engine that was not given another caller. It owns what it creates and
+/// cannot be added as a user. (Records from before users existed belong to it.)
+pub const OPERATOR: &str = "admin";
+
 fn operator() -> String {
-    crate::engine::OPERATOR.to_string()
+    OPERATOR.to_string()
 }
 
 /// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.

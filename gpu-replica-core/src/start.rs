@@ -17,12 +17,12 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::cluster::NodeLink;
+use crate::engine::Recovery;
 use crate::engine::{Clock, Engine, EngineConfig};
 use crate::error::Error;
 use crate::gpu::GpuInventory;
 use crate::runtime::ContainerRuntime;
 use crate::store::StateStore;
-use crate::supervise::recovery::Recovery;
 
 /// Makes the link to the other nodes from the cluster's secret.
 type LinkMaker = Box<dyn FnOnce(&str) -> Arc<dyn NodeLink> + Send>;

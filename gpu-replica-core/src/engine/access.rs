@@ -14,10 +14,21 @@ use crate::keys;
 use crate::model::{ReplicaSet, Volume, VolumeVersion};
 use crate::store::Txn;
 
-/// The name of the server's built-in administrator: whoever holds the server's own token, and
-/// whoever calls an engine that was not given another caller. It owns what it creates and
-/// cannot be added as a user.
-pub const OPERATOR: &str = "admin";
+pub use crate::model::OPERATOR;
+
+/// A user as stored (their account: role, quota, the salted hash of their token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UserRecord {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub quota: Quota,
+    /// Random salt, hex.
+    pub salt: String,
+    /// SHA-256 of salt and secret, hex.
+    pub hash: String,
+    pub created_at: String,
+}
 
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +159,14 @@ impl QuotaGuard {
 }
 
 impl Engine {
+    /// The stored account of user `name`, if there is one.
+    pub(crate) async fn user_record(&self, name: &str) -> Result<Option<UserRecord>> {
+        Ok(self
+            .read::<UserRecord>(&keys::user(name))
+            .await?
+            .map(|(u, _)| u))
+    }
+
     /// Whether this caller may reach replicaSet `name` (its head); another user's set is
     /// reported missing, exactly as one that does not exist.
     pub(crate) fn reachable_set(&self, name: &str, head: &ReplicaSet) -> Result<()> {

@@ -165,7 +165,12 @@ impl Engine {
         let owner = self.owner_of(kind, target).await;
         let started = std::time::Instant::now();
         let result = op.await;
-        self.count_operation(kind, result.is_ok(), started.elapsed());
+        self.shared.metrics.count_operation(
+            self.node_name(),
+            kind,
+            result.is_ok(),
+            started.elapsed(),
+        );
         // A request on an object that is not there (or not the caller's) changed nothing.
         if matches!(result, Err(Error::NotFound(_) | Error::VolumeNotFound(_))) {
             return result;

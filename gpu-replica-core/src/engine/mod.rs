@@ -11,8 +11,10 @@ pub(crate) mod access;
 pub(crate) mod accounting;
 pub(crate) mod claims;
 pub(crate) mod events;
+pub(crate) mod nudges;
 pub(crate) mod policy;
 pub(crate) mod records;
+pub(crate) mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use tokio::sync::OwnedMutexGuard;
 
 pub use self::access::{Caller, Holdings, Quota, Role, OPERATOR};
 pub use self::accounting::{Clock, ManualClock, SystemClock};
+pub use self::report::Recovery;
 use crate::engine::events::EventLog;
 use crate::gpu::GpuInventory;
 use crate::limits::ResourcePolicy;
@@ -121,7 +124,7 @@ pub(crate) struct Shared {
     /// Identity of the store, known once [`Engine::recover`] has run.
     pub(crate) store_id: std::sync::OnceLock<String>,
     /// What the last [`Engine::recover`] did.
-    pub(crate) last_recovery: Mutex<Option<crate::Recovery>>,
+    pub(crate) last_recovery: Mutex<Option<Recovery>>,
     /// The event log's live side.
     pub(crate) events: EventLog,
     /// Since when each replicaSet with an idle timer has had all its GPUs idle.
@@ -132,7 +135,7 @@ pub(crate) struct Shared {
     /// store's generation is unchanged (only for stores that have one).
     pub(crate) info_cache: Mutex<HashMap<String, (u64, crate::model::ReplicaSetInfo)>>,
     /// Sets the reconciler should look at soon.
-    pub(crate) nudges: Arc<crate::supervise::reconcile::Nudges>,
+    pub(crate) nudges: Arc<self::nudges::Nudges>,
     /// Where GPU-time is read from.
     pub(crate) clock: Arc<dyn Clock>,
     /// Eight hex digits telling this engine's records apart from another's.
@@ -229,7 +232,7 @@ impl Engine {
 
     /// What the last [`Engine::recover`] finished, undid, removed and found missing; `None`
     /// before it ran, and for callers who are not admins (it names everyone's sets).
-    pub fn last_recovery(&self) -> Option<crate::Recovery> {
+    pub fn last_recovery(&self) -> Option<Recovery> {
         if !self.caller.is_admin() {
             return None;
         }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::engine::access::{Caller, Holdings, Quota, Role, OPERATOR};
+use crate::engine::access::{Caller, Holdings, Quota, Role, UserRecord, OPERATOR};
 use crate::engine::{check_name, encode, Engine};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -21,20 +21,6 @@ use crate::store::Txn;
 
 /// What starts every user token.
 const TOKEN_PREFIX: &str = "grp-";
-
-/// A user as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct UserRecord {
-    pub name: String,
-    pub role: Role,
-    #[serde(default)]
-    pub quota: Quota,
-    /// Random salt, hex.
-    pub salt: String,
-    /// SHA-256 of salt and secret, hex.
-    pub hash: String,
-    pub created_at: String,
-}
 
 /// What [`Engine::purge_user`] deleted with the account.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,13 +126,6 @@ impl Engine {
         } else {
             Err(Error::AdminOnly(what.to_string()))
         }
-    }
-
-    pub(crate) async fn user_record(&self, name: &str) -> Result<Option<UserRecord>> {
-        Ok(self
-            .read::<UserRecord>(&keys::user(name))
-            .await?
-            .map(|(u, _)| u))
     }
 
     async fn user_info_of(&self, user: UserRecord) -> Result<UserInfo> {

@@ -15,7 +15,7 @@
 //! each Docker container event and a full pass every [`crate::EngineConfig::reconcile_interval`].
 //! [`Engine::recover`] runs one pass at start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -42,41 +42,6 @@ impl Reconciled {
     /// Whether the pass found nothing to do.
     pub fn is_empty(&self) -> bool {
         self.settled.is_empty() && self.shown.is_empty()
-    }
-}
-
-/// The sets named by events or by a failed request, waiting for the reconciler.
-#[derive(Default)]
-pub(crate) struct Nudges {
-    names: std::sync::Mutex<HashSet<String>>,
-    /// Set when everything should be looked at (Docker came back).
-    everything: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl Nudges {
-    fn push(&self, name: &str) {
-        self.names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string());
-        self.notify.notify_one();
-    }
-
-    fn push_everything(&self) {
-        self.everything
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_one();
-    }
-
-    fn take_everything(&self) -> bool {
-        self.everything
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn take(&self) -> Vec<String> {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        names.drain().collect()
     }
 }
 
@@ -191,8 +156,12 @@ impl Engine {
 
     /// `pass`, counted in the metrics.
     fn counted(&self, pass: Reconciled) -> Reconciled {
-        self.count_actions(false, "settled", pass.settled.len());
-        self.count_actions(false, "shown", pass.shown.len());
+        self.shared
+            .metrics
+            .count_actions(self.node_name(), false, "settled", pass.settled.len());
+        self.shared
+            .metrics
+            .count_actions(self.node_name(), false, "shown", pass.shown.len());
         pass
     }
 

@@ -8,9 +8,8 @@
 //! again), then removes labelled containers, images and volumes no record refers to.
 
 use std::collections::HashSet;
-use std::fmt;
 
-use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
+use crate::engine::{encode, Engine, Recovery, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
 use crate::error::Result;
 use crate::keys;
 use crate::model::{Intent, Moving, ReplicaSet, Status, Volume, VolumeVersion};
@@ -23,50 +22,6 @@ use crate::store::Txn;
 struct ImageRefs {
     image: String,
     snapshot: Option<String>,
-}
-
-/// What [`Engine::recover`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Recovery {
-    /// Operations finished ("patch of foo to version 3").
-    pub finished: Vec<String>,
-    /// Operations undone.
-    pub undone: Vec<String>,
-    /// Docker objects removed because no record refers to them.
-    pub orphans_removed: Vec<String>,
-    /// Problems that need a person: a current container that is gone or does not start (its
-    /// set is shown `exited`).
-    pub missing: Vec<String>,
-    /// Drift between the records and Docker settled at start (a container started again, a
-    /// claim without a holder released).
-    #[serde(default)]
-    pub reconciled: Vec<String>,
-}
-
-impl fmt::Display for Recovery {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} finished, {} undone, {} orphans removed, {} missing, {} reconciled",
-            self.finished.len(),
-            self.undone.len(),
-            self.orphans_removed.len(),
-            self.missing.len(),
-            self.reconciled.len()
-        )?;
-        for line in self
-            .finished
-            .iter()
-            .chain(&self.undone)
-            .chain(&self.orphans_removed)
-            .chain(&self.missing)
-            .chain(&self.reconciled)
-        {
-            write!(f, "; {line}")?;
-        }
-        Ok(())
-    }
 }
 
 impl Engine {
@@ -94,10 +49,24 @@ impl Engine {
         if report != Recovery::default() {
             tracing::warn!("recovery: {report}");
         }
-        self.count_actions(true, "finished", report.finished.len());
-        self.count_actions(true, "undone", report.undone.len());
-        self.count_actions(true, "orphan_removed", report.orphans_removed.len());
-        self.count_actions(true, "missing", report.missing.len());
+        self.shared.metrics.count_actions(
+            self.node_name(),
+            true,
+            "finished",
+            report.finished.len(),
+        );
+        self.shared
+            .metrics
+            .count_actions(self.node_name(), true, "undone", report.undone.len());
+        self.shared.metrics.count_actions(
+            self.node_name(),
+            true,
+            "orphan_removed",
+            report.orphans_removed.len(),
+        );
+        self.shared
+            .metrics
+            .count_actions(self.node_name(), true, "missing", report.missing.len());
         self.emit("recovery", "", true, report.to_string()).await;
         *self
             .shared

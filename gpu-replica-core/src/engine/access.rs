@@ -159,12 +159,6 @@ impl QuotaGuard {
 }
 
 impl Engine {
-    /// Throw-away: an upward call from the engine's floor into an operation.
-    #[allow(dead_code)]
-    async fn reaches_up(&self) -> Result<()> {
-        self.delete_volume("x").await
-    }
-
     /// The stored account of user `name`, if there is one.
     pub(crate) async fn user_record(&self, name: &str) -> Result<Option<UserRecord>> {
         Ok(self

@@ -601,7 +601,7 @@ impl Engine {
         let _guard = self.lock_set(name).await;
         self.drop_incoming(name).await;
         // Asked after the source undid it: the container is what is left.
-        let mut pass = crate::Reconciled::default();
+        let mut pass = crate::supervise::reconcile::Reconciled::default();
         self.sweep_containers(Some(name), &mut pass).await
     }
 

@@ -3,7 +3,9 @@
 //! run the steps of [`crate::steps`] over the records and claims of [`crate::engine`].
 
 pub(crate) mod clone;
+pub(crate) mod metrics;
 pub(crate) mod migrate;
+pub(crate) mod nodes;
 pub(crate) mod observe;
 pub(crate) mod read;
 pub(crate) mod resources;

@@ -218,7 +218,7 @@ mod cache_tests {
         let (store, engine) = engine_with_c().await;
         assert_eq!(
             engine.info("c").await.unwrap().replica_set.status,
-            crate::Status::Running
+            crate::model::Status::Running
         );
         assert_eq!(engine.shared.info_cache.lock().unwrap().len(), 1);
         // A write by anyone holding the same store object is seen at once.
@@ -228,7 +228,7 @@ mod cache_tests {
             .unwrap();
         assert_eq!(
             engine.info("c").await.unwrap().replica_set.status,
-            crate::Status::Stopped
+            crate::model::Status::Stopped
         );
         store.delete(&keys::replica_set("c")).await.unwrap();
         assert_eq!(engine.info("c").await.unwrap_err().code(), 1016);

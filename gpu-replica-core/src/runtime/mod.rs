@@ -69,14 +69,14 @@ pub enum GpuAttach {
 }
 
 impl std::str::FromStr for GpuAttach {
-    type Err = crate::Error;
+    type Err = crate::error::Error;
 
     fn from_str(s: &str) -> Result<GpuAttach> {
         match s {
             "device-requests" => Ok(GpuAttach::DeviceRequests),
             "cdi" => Ok(GpuAttach::Cdi),
             "env" => Ok(GpuAttach::Env),
-            other => Err(crate::Error::InvalidParams(format!(
+            other => Err(crate::error::Error::InvalidParams(format!(
                 "gpu attach mode '{other}' is not device-requests, cdi or env"
             ))),
         }

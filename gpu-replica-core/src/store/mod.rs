@@ -114,14 +114,16 @@ pub trait StateStore: Send + Sync {
         _value: Vec<u8>,
         _ttl: std::time::Duration,
     ) -> Result<u64> {
-        Err(crate::Error::Store(format!(
+        Err(crate::error::Error::Store(format!(
             "{}: leases (a cluster of nodes) need the etcd store",
             key
         )))
     }
     /// Renews a lease; `false` when it had already expired (its keys are gone).
     async fn renew(&self, _lease: u64) -> Result<bool> {
-        Err(crate::Error::Store("leases need the etcd store".into()))
+        Err(crate::error::Error::Store(
+            "leases need the etcd store".into(),
+        ))
     }
     /// A short description for logs and the startup summary.
     fn describe(&self) -> String;

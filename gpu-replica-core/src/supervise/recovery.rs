@@ -234,7 +234,7 @@ impl Engine {
             .await?
             .map(|(v, _)| v)
             .ok_or_else(|| {
-                crate::Error::Store(format!("volume {} has no current record", volume.name))
+                crate::error::Error::Store(format!("volume {} has no current record", volume.name))
             })?;
         for user in &intent.users {
             let _guard = self.lock_set(user).await;

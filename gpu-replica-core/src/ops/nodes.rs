@@ -9,7 +9,11 @@ use crate::store::Txn;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::*;
+use crate::cluster::{Location, NodeLink, NodeRecord, NodeState, NodeStatus, NODE_TTL};
+
+/// Every this many lease renewals (a third of [`NODE_TTL`] apart, so ~5 s), a node writes its
+/// GPUs' figures into its record when they changed: the others' GPU status stays live.
+const GPU_REFRESH_TICKS: u64 = 3;
 
 impl Engine {
     /// Gives the engine its link to the other nodes (once; later calls are ignored).

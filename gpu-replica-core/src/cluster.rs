@@ -22,10 +22,6 @@ use crate::sched::PortRange;
 /// How long a node stays `ready` without renewing its lease.
 pub const NODE_TTL: Duration = Duration::from_secs(5);
 
-/// Every this many lease renewals (a third of [`NODE_TTL`] apart, so ~5 s), a node writes its
-/// GPUs' figures into its record when they changed: the others' GPU status stays live.
-const GPU_REFRESH_TICKS: u64 = 3;
-
 /// What travels over the node link: a `docker save` archive of a snapshot, or a tar of a
 /// volume's files, as a stream of chunks. The same type as the runtime's
 /// [`crate::runtime::ImageStream`], named here so that a frontend carrying the link speaks the
@@ -144,5 +140,3 @@ pub trait NodeLink: Send + Sync {
     /// Sends `request` to node `to` and waits for its answer.
     async fn send(&self, to: &NodeRecord, request: LinkRequest) -> Result<()>;
 }
-
-mod nodes;

@@ -76,10 +76,10 @@ fn operation_buckets() -> Histogram {
 
 /// The engine's counters, shared by its handles.
 pub(crate) struct EngineMetrics {
-    operations: Family<OperationLabels, Counter>,
-    operation_seconds: HistogramFamily<OperationLabels>,
-    recovery: Family<ActionLabels, Counter>,
-    reconcile: Family<ActionLabels, Counter>,
+    pub(crate) operations: Family<OperationLabels, Counter>,
+    pub(crate) operation_seconds: HistogramFamily<OperationLabels>,
+    pub(crate) recovery: Family<ActionLabels, Counter>,
+    pub(crate) reconcile: Family<ActionLabels, Counter>,
 }
 
 impl Default for EngineMetrics {
@@ -133,7 +133,7 @@ impl EngineMetrics {
     }
 
     /// Makes every known series exist (at zero where nothing happened yet).
-    fn start_at_zero(&self, node: &str) {
+    pub(crate) fn start_at_zero(&self, node: &str) {
         for operation in OPERATIONS {
             for outcome in OUTCOMES {
                 let labels = OperationLabels {
@@ -158,5 +158,3 @@ impl EngineMetrics {
         }
     }
 }
-
-mod scrape;

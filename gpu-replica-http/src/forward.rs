@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::envelope::ApiError;
+use crate::wire::paths;
+use crate::wire::{RunBody, VolumeCreateBody};
 
 /// Marks a request one node sent to another: it is served where it arrives, never sent on.
 pub const FORWARDED: &str = "x-gpu-replica-forwarded";
@@ -111,13 +113,6 @@ impl Forwarder {
     }
 }
 
-/// The object a path is about: `{prefix}{name}…`.
-fn object_of<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
-    let rest = path.strip_prefix(prefix)?;
-    let name = rest.split('/').next()?;
-    (!name.is_empty()).then_some(name)
-}
-
 /// What decides where a request is served.
 enum Subject {
     /// A new set of this many GPUs, perhaps pinned, mounting these bind sources.
@@ -133,33 +128,31 @@ enum Subject {
 }
 
 impl Subject {
-    fn of(method: &Method, path: &str, body: &[u8]) -> Subject {
-        let asked = || serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
-        let pin = |asked: &serde_json::Value| asked["node"].as_str().map(str::to_string);
-        if method == Method::POST && path == "/api/v1/replicaSet" {
-            let asked = asked();
-            let gpus = asked["gpuCount"].as_f64().unwrap_or(0.0).max(0.0) as u32;
-            let sources = asked["binds"]
-                .as_array()
-                .map(|binds| {
-                    binds
-                        .iter()
-                        .filter_map(|b| b["src"].as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            return Subject::Run(gpus, pin(&asked), sources);
+    /// From the route the request matched (a pattern of [`paths`]), the `{name}` in it, and
+    /// the body read as that route's type. A body that does not read is served here, which
+    /// refuses it as any node would.
+    fn of(method: &Method, route: &str, name: Option<&str>, body: &[u8]) -> Subject {
+        let on = |route_of: &str| route.starts_with(route_of);
+        match (method, name) {
+            (&Method::POST, None) if route == paths::REPLICA_SETS => {
+                match serde_json::from_slice::<RunBody>(body) {
+                    Ok(run) => Subject::Run(
+                        u32::try_from(run.gpu_count).unwrap_or(0),
+                        run.node,
+                        run.binds.into_iter().map(|b| b.src).collect(),
+                    ),
+                    Err(_) => Subject::Here,
+                }
+            }
+            (&Method::POST, None) if route == paths::VOLUMES => Subject::NewVolume(
+                serde_json::from_slice::<VolumeCreateBody>(body)
+                    .ok()
+                    .and_then(|v| v.node),
+            ),
+            (_, Some(name)) if on(paths::REPLICA_SET) => Subject::Set(name.to_string()),
+            (_, Some(name)) if on(paths::VOLUME) => Subject::Volume(name.to_string()),
+            _ => Subject::Here,
         }
-        if method == Method::POST && path == "/api/v1/volumes" {
-            return Subject::NewVolume(pin(&asked()));
-        }
-        if let Some(name) = object_of(path, "/api/v1/replicaSet/") {
-            return Subject::Set(name.to_string());
-        }
-        if let Some(name) = object_of(path, "/api/v1/volumes/") {
-            return Subject::Volume(name.to_string());
-        }
-        Subject::Here
     }
 
     /// Where it is served now.
@@ -193,7 +186,20 @@ pub async fn forward_if_elsewhere(
         .cloned()
         .unwrap_or_else(Caller::operator);
     let engine = forwarder.engine.as_caller(caller);
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Routed already (this runs as a route layer): the pattern and its `{name}`.
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let name = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => params
+            .iter()
+            .find(|(key, _)| *key == "name")
+            .map(|(_, value)| value.to_string()),
+        Err(_) => None,
+    };
     // Bodies are small (64 KiB at most); a run's says how many GPUs and which node.
     let bytes = match Limited::new(body, crate::BODY_LIMIT).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -205,7 +211,7 @@ pub async fn forward_if_elsewhere(
             .into_response()
         }
     };
-    let subject = Subject::of(&parts.method, parts.uri.path(), &bytes);
+    let subject = Subject::of(&parts.method, &route, name.as_deref(), &bytes);
     // A run placed on a node whose GPUs another run took meanwhile is placed again.
     let attempts = match &subject {
         Subject::Run(_, None, _) => 3,

@@ -157,7 +157,8 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed);
     // Inside authentication: a request is sent on as its caller.
-    let guarded = guarded.layer(axum::middleware::from_fn_with_state(
+    // After routing (a route layer), so that it decides from the matched route.
+    let guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
         Arc::new(forward::Forwarder::new(engine.clone(), nodes)),
         forward::forward_if_elsewhere,
     ));

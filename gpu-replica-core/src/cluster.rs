@@ -8,8 +8,11 @@
 //!   A node that comes back writes it again under a new lease and reconciles its own sets.
 //! - A set records its node; its port claims are the node's (`claims/ports/@{node}/…`), its
 //!   GPU claims are by UUID (unique across nodes; fake GPUs carry the node's name).
-//! - Placement ([`crate::Engine::place`]) and where a set lives ([`crate::Engine::locate`]) are decided
-//!   here; the HTTP layer forwards a request to the node that should serve it.
+//! - Placement ([`crate::Engine::place`]) and where a set lives ([`crate::Engine::locate`]) are
+//!   decided by `ops/nodes.rs`, which also keeps the lease; the HTTP layer forwards a request
+//!   to the node that should serve it.
+//!
+//! This file holds the types only (records, states, the node link), below the engine.
 
 use std::time::Duration;
 

@@ -3,9 +3,11 @@
 //! ([`records`]), GPU and port claims ([`claims`]), the operator's policy ([`policy`]) and
 //! the event log ([`events`]).
 //!
-//! Layers, calls going down only: `ops` (one file per operation family) → `supervise`
-//! (recovery, reconciliation, timers' checks) → `steps` (the idempotent steps operations and
-//! recovery share) → `engine` → the three backends.
+//! Layers, calls going down only (held by `tests/layers.rs`, for imports and for calls
+//! through `Engine`'s methods): `start` → `ops` (one file per operation family) →
+//! `supervise` (recovery, reconciliation) → `steps` (the idempotent steps operations and
+//! recovery share) → `engine` → the ground: the three backends, the records' types, the node
+//! link's types and the metrics' counters.
 
 pub(crate) mod access;
 pub(crate) mod accounting;

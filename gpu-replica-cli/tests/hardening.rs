@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{data_dir, http_raw, http_typed, Server};
+use common::{assert_all_gpus_free, data_dir, http_raw, http_typed, Server};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
 use gpu_replica_core::ContainerRuntime;
 use serde_json::{json, Value};
@@ -287,14 +287,7 @@ async fn strings_the_kernel_cannot_take_are_refused_before_docker_is_asked() {
         .unwrap()
         .is_none());
     let (_, gpus) = server.call("GET", "/api/v1/resources/gpus", None);
-    assert!(
-        gpus["data"]["gpus"]
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|v| v == 0),
-        "{gpus}"
-    );
+    assert_all_gpus_free(&gpus);
     let (status, _) = server.call("GET", &format!("/api/v1/replicaSet/{name}"), None);
     assert_eq!(status, 404);
 

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{data_dir, http_as, Server};
+use common::{assert_all_gpus_free, data_dir, http_as, Server};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
 use gpu_replica_core::ContainerRuntime;
 use serde_json::{json, Value};
@@ -779,14 +779,7 @@ async fn removing_a_user_who_owns_things_asks_for_purge_and_purge_leaves_nothing
         "a snapshot of {set} is left"
     );
     let (_, gpus) = call(&server, ADMIN, "GET", "/api/v1/resources/gpus", json!({}));
-    assert!(
-        gpus["data"]["gpus"]
-            .as_object()
-            .unwrap()
-            .values()
-            .all(|v| v == 0),
-        "{gpus}"
-    );
+    assert_all_gpus_free(&gpus);
     // The name is free again.
     add_user(&server, json!({"name": "frank"}));
     ok(&call(

@@ -330,6 +330,14 @@ pub fn http_as(
     (status, head.to_string(), payload.to_string())
 }
 
+/// Asserts that a `GET /api/v1/resources/gpus` answer shows every GPU free.
+pub fn assert_all_gpus_free(answer: &Value) {
+    let gpus = answer["data"]["gpus"]
+        .as_object()
+        .unwrap_or_else(|| panic!("not a GPU map: {answer}"));
+    assert!(gpus.values().all(|v| v == 0), "{answer}");
+}
+
 pub fn data_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(testkit::unique_name("gpu_replica_e2e_"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -319,8 +319,9 @@ fn floor_of(module: &[String]) -> Option<(usize, &'static str)> {
         })
 }
 
-/// Calls between files through `Engine`'s methods, which no import shows: `file -> file`
-/// where the first calls `.name(` of a method that the second defines in an `impl Engine`
+/// Calls between files through the methods of `Engine` (the operations) and of its
+/// `Context` (what they stand on), which no import shows: `file -> file` where the first
+/// calls `.name(` of a method that the second defines in an `impl Engine` or `impl Context`
 /// block (only names defined once in the crate, so `Txn::delete` is never taken for
 /// `Engine::delete`).
 fn engine_calls(src: &Path) -> Vec<(Vec<String>, Vec<String>, String)> {
@@ -348,7 +349,11 @@ fn engine_calls(src: &Path) -> Vec<(Vec<String>, Vec<String>, String)> {
             }
         }
         let mut rest = text.as_str();
-        while let Some(at) = rest.find("\nimpl Engine {") {
+        while let Some(at) = ["\nimpl Engine {", "\nimpl Context {"]
+            .iter()
+            .filter_map(|block| rest.find(block))
+            .min()
+        {
             let body = &rest[at..];
             let end = body.find("\n}\n").unwrap_or(body.len());
             for (at, _) in body[..end].match_indices("fn ") {
@@ -367,9 +372,11 @@ fn engine_calls(src: &Path) -> Vec<(Vec<String>, Vec<String>, String)> {
             if owner == module || defined.get(name).is_none_or(|d| d.len() != 1) {
                 continue;
             }
-            // Through the engine itself: `self.name(` inside its methods, `engine.name(`
+            // Through the engine or its context: `self.name(`, `self.ctx.name(`, `engine.name(`
             // where a task holds it (never `self.docker.events(` and the like).
-            if text.contains(&format!("self.{name}(")) || text.contains(&format!("engine.{name}("))
+            if ["self", "engine", "ctx"]
+                .iter()
+                .any(|receiver| text.contains(&format!("{receiver}.{name}(")))
             {
                 calls.push((module.clone(), owner.clone(), name.clone()));
             }

@@ -216,8 +216,8 @@ fn run(name: &str, gpus: i64) -> RunRequest {
 
 /// The invariants every failure must keep.
 async fn assert_consistent(engine: &Engine, model: &Shared, context: &str) {
-    let heads: Vec<ReplicaSet> = engine.read_all(keys::REPLICA_SETS).await.unwrap();
-    let gpu_claims = engine.gpu_holders().await.unwrap();
+    let heads: Vec<ReplicaSet> = engine.ctx.read_all(keys::REPLICA_SETS).await.unwrap();
+    let gpu_claims = engine.ctx.gpu_holders().await.unwrap();
     let mut expected: HashMap<String, String> = HashMap::new();
     for head in &heads {
         assert!(
@@ -225,7 +225,11 @@ async fn assert_consistent(engine: &Engine, model: &Shared, context: &str) {
             "{context}: {} has an intent left",
             head.name
         );
-        let versions: Vec<Version> = engine.read_all(&keys::versions(&head.name)).await.unwrap();
+        let versions: Vec<Version> = engine
+            .ctx
+            .read_all(&keys::versions(&head.name))
+            .await
+            .unwrap();
         let numbers: Vec<u32> = versions.iter().map(|v| v.version).collect();
         assert_eq!(
             numbers,
@@ -397,9 +401,10 @@ async fn recovery_finishes_a_run_whose_container_exists_and_undoes_one_whose_doe
         let (engine, model) = engine();
         engine.run(run("a", 2)).await.unwrap();
         // As if the engine died right after recording the run (and, maybe, creating it).
-        let (mut head, _) = engine.head("a").await.unwrap();
+        let (mut head, _) = engine.ctx.head("a").await.unwrap();
         head.pending = Some(crate::model::Intent::Run);
         engine
+            .ctx
             .shared
             .store
             .put(&keys::replica_set("a"), crate::engine::encode(&head))

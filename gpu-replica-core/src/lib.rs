@@ -69,7 +69,7 @@ pub use crate::cluster::{LinkRequest, Migration, NodeLink};
 pub use crate::engine::events::{Event, KEEP_EVENTS};
 pub use crate::engine::Recovery;
 pub use crate::engine::{
-    Caller, Clock, Engine, EngineConfig, Holdings, ManualClock, Quota, Role, SystemClock,
+    Caller, Clock, EngineConfig, Holdings, ManualClock, Quota, Role, SystemClock,
     LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME, OPERATOR,
 };
 pub use crate::error::{Error, Operation, Result};
@@ -88,6 +88,7 @@ pub use crate::ops::timers::{parse_duration, parse_time};
 pub use crate::ops::usage::{SetUsage, UsageQuery, UsageReport, UserUsage};
 pub use crate::ops::users::{NewUser, Purged, QuotaChange, UserInfo};
 pub use crate::ops::version::{BindSwap, PatchRequest};
+pub use crate::ops::Engine;
 pub use crate::runtime::{
     Bind, ContainerEvent, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach,
     LogStream, PortMapping,

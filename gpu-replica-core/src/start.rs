@@ -18,9 +18,10 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::NodeLink;
 use crate::engine::Recovery;
-use crate::engine::{Clock, Engine, EngineConfig};
+use crate::engine::{Clock, EngineConfig};
 use crate::error::Error;
 use crate::gpu::GpuInventory;
+use crate::ops::Engine;
 use crate::runtime::ContainerRuntime;
 use crate::store::StateStore;
 
@@ -150,10 +151,15 @@ impl EngineBuilder {
                 engine.set_link(make(secret));
             }
         }
-        let recovery = engine.recover().await.map_err(StartError::at("recovery"))?;
+        let recovery = engine
+            .ctx
+            .recover()
+            .await
+            .map_err(StartError::at("recovery"))?;
         let mut tasks = Vec::new();
         if let Some(url) = advertise.filter(|_| node) {
             let docker = engine
+                .ctx
                 .runtime()
                 .version()
                 .await
@@ -166,7 +172,7 @@ impl EngineBuilder {
             );
         }
         tasks.push(engine.spawn_timers());
-        tasks.push(engine.spawn_reconciler());
+        tasks.push(engine.ctx.spawn_reconciler());
         Ok(Running {
             engine,
             recovery,

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
+use crate::engine::Context;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::{ReplicaSet, Volume, VolumeVersion};
@@ -158,7 +158,7 @@ impl QuotaGuard {
     }
 }
 
-impl Engine {
+impl Context {
     /// The stored account of user `name`, if there is one.
     pub(crate) async fn user_record(&self, name: &str) -> Result<Option<UserRecord>> {
         Ok(self

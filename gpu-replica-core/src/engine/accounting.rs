@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::records::encode;
-use crate::engine::Engine;
+use crate::engine::Context;
 use crate::keys;
 use crate::model::ReplicaSet;
 use crate::store::Txn;
@@ -76,7 +76,7 @@ pub(crate) struct GpuTime {
 /// Makes record keys unique within a process when the clock stands still.
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-impl Engine {
+impl Context {
     /// Adds to `txn` the record of `head`'s set taking (`delta > 0`) or giving back GPUs.
     pub(crate) fn account(&self, txn: Txn, head: &ReplicaSet, delta: i64) -> Txn {
         if delta == 0 {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::engine::access::{Holdings, QuotaGuard};
 use crate::engine::records::encode;
-use crate::engine::Engine;
+use crate::engine::Context;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::{now, Intent, ReplicaSet, ReplicaSetSpec, Status, Version};
@@ -109,7 +109,7 @@ pub(crate) fn taken_by_others<K: Clone + Eq + std::hash::Hash>(
         .collect()
 }
 
-impl Engine {
+impl Context {
     /// The claim transaction: `claim`'s GPUs and ports (each must still be free), its quota
     /// guard and GPU-time record, and the caller's `records`, committed together or not at
     /// all. `Ok(false)` when a compare-and-swap lost (a claim, the guard or a record changed).

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::engine::{encode, Engine};
+use crate::engine::{encode, Context};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::ReplicaSetInfo;
@@ -84,7 +84,7 @@ pub(crate) fn describe_info(info: &ReplicaSetInfo) -> String {
     )
 }
 
-impl Engine {
+impl Context {
     /// Records an event: stored, then broadcast. A store failure is logged, not returned.
     pub(crate) async fn emit(&self, kind: &str, target: &str, ok: bool, message: String) {
         let owner = self.owner_of(kind, target).await;
@@ -224,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_store_keeps_the_newest_events_in_order() {
-        let engine = Engine::new(
+        let engine = Context::new(
             Arc::new(MockContainerRuntime::new()),
             Arc::new(MemoryStore::new()),
             Arc::new(StaticInventory::fake(0)),

@@ -103,17 +103,34 @@ impl Default for EngineConfig {
     }
 }
 
-/// Manages versioned GPU containers and volumes, acting for one [`Caller`].
-///
-/// [`Engine::new`] gives the operator's engine (the built-in administrator, who sees and may
-/// do everything); [`Engine::as_caller`] gives a handle on the same state acting for someone
-/// else, who then sees and acts on their own replicaSets and volumes only, within their quota.
-/// Handles are cheap to make and to clone: they share everything but the caller.
+/// What the operations stand on, acting for one [`Caller`]: the shared state (backends,
+/// configuration, locks, event log, counters) and the typed records, claims, quota guard,
+/// accounting, events and policy over it. The operations ([`crate::Engine`]) hold one; the
+/// steps and the supervisor are its methods, and nothing here can name an operation.
+/// Cheap to clone: the state is shared, only the caller differs.
 #[derive(Clone)]
-pub struct Engine {
+pub(crate) struct Context {
     pub(crate) shared: Arc<Shared>,
     /// Who the operations are done for.
     pub(crate) caller: Caller,
+}
+
+/// A [`Context`] that does not keep the engine alive: a background task holds one and ends
+/// once every handle of the engine is gone.
+#[derive(Clone)]
+pub(crate) struct WeakContext {
+    shared: std::sync::Weak<Shared>,
+    caller: Caller,
+}
+
+impl WeakContext {
+    /// The context, while the engine lives.
+    pub(crate) fn upgrade(&self) -> Option<Context> {
+        Some(Context {
+            shared: self.shared.upgrade()?,
+            caller: self.caller.clone(),
+        })
+    }
 }
 
 /// What every handle of one engine shares.
@@ -150,14 +167,14 @@ pub(crate) struct Shared {
     pub(crate) metrics: crate::metrics::EngineMetrics,
 }
 
-impl Engine {
+impl Context {
     /// An engine over a container runtime, a state store and a GPU inventory.
     pub fn new(
         runtime: Arc<dyn ContainerRuntime>,
         store: Arc<dyn StateStore>,
         inventory: Arc<dyn GpuInventory>,
         config: EngineConfig,
-    ) -> Engine {
+    ) -> Context {
         let shared = Shared {
             runtime,
             store,
@@ -179,7 +196,7 @@ impl Engine {
             cluster_secret: std::sync::OnceLock::new(),
             metrics: Default::default(),
         };
-        Engine {
+        Context {
             shared: Arc::new(shared),
             caller: Caller::operator(),
         }
@@ -187,7 +204,7 @@ impl Engine {
 
     /// The same engine reading GPU-time from `clock` (a test scripts a timeline with
     /// [`crate::ManualClock`]). Call it before sharing the engine.
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Engine {
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Context {
         match Arc::get_mut(&mut self.shared) {
             Some(shared) => shared.clock = clock,
             None => panic!("Engine::with_clock must be called before the engine is shared"),
@@ -197,16 +214,19 @@ impl Engine {
 
     /// A handle on this engine acting for `caller`: an admin sees everything, a user only
     /// their own replicaSets and volumes (others' answer as missing) within their quota.
-    pub fn as_caller(&self, caller: Caller) -> Engine {
-        Engine {
+    pub fn as_caller(&self, caller: Caller) -> Context {
+        Context {
             shared: self.shared.clone(),
             caller,
         }
     }
 
-    /// Who this handle acts for.
-    pub fn caller(&self) -> &Caller {
-        &self.caller
+    /// This context without keeping the engine alive.
+    pub(crate) fn downgrade(&self) -> WeakContext {
+        WeakContext {
+            shared: Arc::downgrade(&self.shared),
+            caller: self.caller.clone(),
+        }
     }
 
     /// This engine's node name, empty on a single host.

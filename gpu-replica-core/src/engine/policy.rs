@@ -2,7 +2,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::engine::Engine;
+use crate::engine::Context;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::runtime::Bind;
@@ -22,7 +22,7 @@ pub(crate) fn check_name(name: &str, empty: Error, dash: fn(String) -> Error) ->
     crate::names::check(name, empty, dash)
 }
 
-impl Engine {
+impl Context {
     /// Checks one bind and returns it as it will be mounted: destination absolute and not
     /// `/`; a host source resolved (symlinks, `..`) and then under an allowed root and never a
     /// system path; a volume source existing and managed by this engine (or allowed by name).
@@ -184,8 +184,8 @@ mod tests {
     use crate::store::MemoryStore;
     use std::sync::Arc;
 
-    fn engine(config: EngineConfig) -> Engine {
-        Engine::new(
+    fn engine(config: EngineConfig) -> Context {
+        Context::new(
             Arc::new(MockContainerRuntime::new()),
             Arc::new(MemoryStore::new()),
             Arc::new(StaticInventory::fake(1)),

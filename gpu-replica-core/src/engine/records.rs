@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::engine::Context;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::{ReplicaSet, Version};
@@ -19,7 +19,7 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
         .map_err(|e| Error::Store(format!("record {key} is not readable: {e}")))
 }
 
-impl Engine {
+impl Context {
     /// Reads and decodes one record with its revision.
     pub(crate) async fn read<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
         match self.shared.store.get(key).await? {

@@ -8,12 +8,13 @@
 //! base image exists, so a crash at any step is finished or undone like a run.
 
 use crate::engine::events::describe_info;
-use crate::engine::{check_name, Engine, LABEL_REPLICA_SET};
+use crate::engine::{check_name, LABEL_REPLICA_SET};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::limits::Limits;
 use crate::model::{ReplicaSetInfo, Version};
+use crate::ops::Engine;
 
 /// A request to clone a replicaSet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,13 +35,14 @@ impl Engine {
     /// Creates replicaSet `request.name` from a version of `request.source` and starts it.
     pub async fn clone_set(&self, request: CloneRequest) -> Result<ReplicaSetInfo> {
         let name = request.name.clone();
-        self.recorded(
-            "clone",
-            &name,
-            |info| format!("from {}: {}", request.source, describe_info(info)),
-            self.clone_inner(&request),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "clone",
+                &name,
+                |info| format!("from {}: {}", request.source, describe_info(info)),
+                self.clone_inner(&request),
+            )
+            .await
     }
 
     async fn clone_inner(&self, request: &CloneRequest) -> Result<ReplicaSetInfo> {
@@ -73,11 +75,12 @@ impl Engine {
         } else {
             (name, source)
         };
-        let _first = self.lock_set(first).await;
-        let _second = self.lock_set(second).await;
-        self.settle(source).await?;
-        self.settle(name).await?;
+        let _first = self.ctx.lock_set(first).await;
+        let _second = self.ctx.lock_set(second).await;
+        self.ctx.settle(source).await?;
+        self.ctx.settle(name).await?;
         if self
+            .ctx
             .shared
             .store
             .get(&keys::replica_set(name))
@@ -86,9 +89,10 @@ impl Engine {
         {
             return Err(Error::AlreadyExists(name.clone()));
         }
-        let (head, _) = self.head(source).await?;
+        let (head, _) = self.ctx.head(source).await?;
         let number = version.unwrap_or(head.current);
         let origin: Version = self
+            .ctx
             .read(&keys::version(source, number))
             .await?
             .map(|(v, _)| v)
@@ -112,26 +116,28 @@ impl Engine {
         if let Some(asked) = resources {
             spec.resources = asked.or(spec.resources);
         }
-        self.shared
+        self.ctx
+            .shared
             .config
             .resources
             .grant(spec.gpu_count, &spec.resources)?;
         let mut checked = Vec::with_capacity(spec.binds.len());
         for bind in &spec.binds {
-            checked.push(self.check_recorded_bind(bind).await?);
+            checked.push(self.ctx.check_recorded_bind(bind).await?);
         }
         spec.binds = checked;
         let id = crate::names::new_id()?;
-        let base = self.clone_base(&id);
-        let version = self.claim_first_version(name, &id, spec, &base).await?;
+        let base = self.ctx.clone_base(&id);
+        let version = self.ctx.claim_first_version(name, &id, spec, &base).await?;
         failpoint("clone.recorded");
         let made = async {
-            let labels = self.labels(&[(LABEL_REPLICA_SET, name.clone())]);
+            let labels = self.ctx.labels(&[(LABEL_REPLICA_SET, name.clone())]);
             match &origin.snapshot {
                 Some(snapshot) if !from_current => {
-                    self.shared.runtime.tag_image(snapshot, &base).await
+                    self.ctx.shared.runtime.tag_image(snapshot, &base).await
                 }
                 _ => self
+                    .ctx
                     .shared
                     .runtime
                     .commit(&origin.container, &base, &labels)
@@ -139,16 +145,17 @@ impl Engine {
                     .map(|_| ()),
             }?;
             failpoint("clone.based");
-            self.shared
+            self.ctx
+                .shared
                 .runtime
-                .create_container(&self.container_spec(name, &version))
+                .create_container(&self.ctx.container_spec(name, &version))
                 .await?;
             failpoint("clone.created");
-            self.finish_run(name).await
+            self.ctx.finish_run(name).await
         }
         .await;
         if let Err(e) = made {
-            self.undo_run(name, &id, &version).await?;
+            self.ctx.undo_run(name, &id, &version).await?;
             return Err(e.during(Operation::Clone));
         }
         self.info(name).await

@@ -1,10 +1,10 @@
 //! What the engine counts as it works, and the scrape: gauges read from the records and the
 //! inventory when [`Engine::collect_metrics`] is called.
 
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::Status;
+use crate::ops::Engine;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -50,15 +50,15 @@ impl Engine {
     /// and gauges read now from the records and the GPU inventory (of this node). For admins
     /// only ([`Error::AdminOnly`]): the figures name every set and owner.
     pub async fn collect_metrics(&self, registry: &mut Registry) -> Result<()> {
-        if !self.caller.is_admin() {
+        if !self.ctx.caller.is_admin() {
             return Err(Error::AdminOnly(
                 "the metrics name every set and owner: scrape as an admin or with the metrics \
                  token"
                     .into(),
             ));
         }
-        let metrics = &self.shared.metrics;
-        let node = self.node_name().to_string();
+        let metrics = &self.ctx.shared.metrics;
+        let node = self.ctx.node_name().to_string();
         metrics.start_at_zero(&node);
         registry.register(
             "gpu_replica_operations",
@@ -81,7 +81,7 @@ impl Engine {
             metrics.reconcile.clone(),
         );
 
-        let gpus = self.shared.inventory.gpus().await?;
+        let gpus = self.ctx.shared.inventory.gpus().await?;
         let host = hostname();
         let util = Family::<DcgmLabels, Gauge>::default();
         let used = Family::<DcgmLabels, Gauge>::default();
@@ -116,8 +116,8 @@ impl Engine {
         );
 
         // Claims on this node's GPUs, by set and owner.
-        let holders = self.gpu_holders().await?;
-        let heads: Vec<crate::model::ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let holders = self.ctx.gpu_holders().await?;
+        let heads: Vec<crate::model::ReplicaSet> = self.ctx.read_all(keys::REPLICA_SETS).await?;
         let owner_of = |set: &str| {
             heads
                 .iter()

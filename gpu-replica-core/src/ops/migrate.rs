@@ -23,14 +23,15 @@
 use crate::cluster::{LinkRequest, Migration, NodeLink, NodeRecord};
 use crate::engine::access::Holdings;
 use crate::engine::claims::{release_keys, retry, Claim, Try, CLAIMS_KEPT_LOST};
+use crate::engine::encode;
 use crate::engine::events::describe_info;
-use crate::engine::{encode, Engine};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::model::{
     Intent, Moving, ReplicaSet, ReplicaSetInfo, Status, Version, Volume, VolumeVersion,
 };
+use crate::ops::Engine;
 use crate::runtime::{Bind, ImageStream};
 use crate::steps::migration::moving_of;
 use crate::store::Txn;
@@ -55,29 +56,30 @@ impl Engine {
     /// starts there with GPUs and ports of the target. The old container and claims go only
     /// once the new version is current; any failure before leaves the set as it was.
     pub async fn migrate(&self, name: &str, to: Migration) -> Result<ReplicaSetInfo> {
-        self.recorded(
-            "migrate",
-            name,
-            |info| format!("to node {}: {}", info.replica_set.node, describe_info(info)),
-            self.migrate_set(name, to),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "migrate",
+                name,
+                |info| format!("to node {}: {}", info.replica_set.node, describe_info(info)),
+                self.migrate_set(name, to),
+            )
+            .await
     }
 
     async fn migrate_set(&self, name: &str, to: Migration) -> Result<ReplicaSetInfo> {
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (head, revision) = self.head(name).await?;
-        if self.node_name().is_empty() {
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (head, revision) = self.ctx.head(name).await?;
+        if self.ctx.node_name().is_empty() {
             return Err(Error::InvalidParams(
                 "this server is not part of a cluster (--node): there is no node to migrate to"
                     .into(),
             ));
         }
-        let link = self.shared.link.get().cloned().ok_or_else(|| {
+        let link = self.ctx.shared.link.get().cloned().ok_or_else(|| {
             Error::InvalidParams("this node has no link to the others of its cluster".into())
         })?;
-        if head.node != self.node_name() {
+        if head.node != self.ctx.node_name() {
             return Err(Error::Conflict(format!(
                 "'{name}' lives on node '{}', not on this one",
                 head.node
@@ -90,11 +92,11 @@ impl Engine {
             )));
         }
         let target = self.ready_node(&to.node).await?;
-        let current = self.version_record(name, head.current).await?;
+        let current = self.ctx.version_record(name, head.current).await?;
         let gpu_count = to.gpu_count.unwrap_or(current.spec.gpu_count);
         // Refused here, before anything stops, when the target cannot have them now (a
         // stopped set needs them only once it continues); the target's claim decides races.
-        let holders = self.gpu_holders().await?;
+        let holders = self.ctx.gpu_holders().await?;
         let free = target
             .gpus
             .iter()
@@ -131,11 +133,14 @@ impl Engine {
         self.check_volumes_movable(name, &volumes).await?;
         // The set's snapshots here, removed once it moved (the target clears their records).
         let snapshots: Vec<String> = self
+            .ctx
             .read_all::<Version>(&keys::versions(name))
             .await?
             .into_iter()
             .filter_map(|v| v.snapshot)
-            .chain(std::iter::once(self.snapshot_name(&head, current.version)))
+            .chain(std::iter::once(
+                self.ctx.snapshot_name(&head, current.version),
+            ))
             .collect();
         let moving = Moving {
             from: head.node.clone(),
@@ -153,7 +158,7 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(keys::replica_set(name), revision)
             .put(keys::replica_set(name), encode(&recorded));
-        self.commit(txn).await?;
+        self.ctx.commit(txn).await?;
         failpoint("migrate.recorded");
         if let Err(e) = self
             .send_set(&*link, &target, &recorded, current.clone(), &volumes)
@@ -161,6 +166,7 @@ impl Engine {
         {
             // The target may have made it current before its answer was lost.
             let moved = self
+                .ctx
                 .read::<ReplicaSet>(&keys::replica_set(name))
                 .await?
                 .is_some_and(|(h, _)| h.node == target.name);
@@ -176,7 +182,7 @@ impl Engine {
                 {
                     tracing::warn!(replica_set = %name, "the target did not undo its part (its recovery will): {abort}");
                 }
-                self.undo_migration(name).await?;
+                self.ctx.undo_migration(name).await?;
                 return Err(e.during(Operation::Migrate));
             }
         }
@@ -192,10 +198,11 @@ impl Engine {
         if volumes.is_empty() {
             return Ok(());
         }
-        let mounted: Vec<Version> = self.read_all(keys::CURRENT).await?;
+        let mounted: Vec<Version> = self.ctx.read_all(keys::CURRENT).await?;
         for bind in volumes {
             let managed = match volume_of(&bind.src) {
                 Some((base, number)) => self
+                    .ctx
                     .read::<Volume>(&keys::volume(base))
                     .await?
                     .is_some_and(|(v, _)| v.current == number && v.pending.is_none()),
@@ -239,6 +246,7 @@ impl Engine {
     ) -> Result<()> {
         let name = head.name.clone();
         let Some(state) = self
+            .ctx
             .shared
             .runtime
             .inspect_container(&current.container)
@@ -251,6 +259,7 @@ impl Engine {
         };
         let running = state.running;
         let old = self
+            .ctx
             .snapshot_current(head, current, running, "migrate")
             .await?;
         failpoint("migrate.committed");
@@ -258,7 +267,7 @@ impl Engine {
             .snapshot
             .clone()
             .ok_or_else(|| Error::Store("the snapshot was not recorded".into()))?;
-        let archive = self.shared.runtime.save_image(&image).await?;
+        let archive = self.ctx.shared.runtime.save_image(&image).await?;
         link.send(
             target,
             LinkRequest::Receive {
@@ -270,6 +279,7 @@ impl Engine {
         failpoint("migrate.sent");
         for bind in volumes {
             let archive = self
+                .ctx
                 .shared
                 .runtime
                 .download_path(&old.container, &bind.dest)
@@ -290,7 +300,7 @@ impl Engine {
     /// Step 5: what the set left on this node once it moved. Failures are only logged: the
     /// next start's recovery removes what is left (orphans).
     async fn clean_after_migration(&self, old: &Version, snapshots: &[String], volumes: &[Bind]) {
-        let runtime = &self.shared.runtime;
+        let runtime = &self.ctx.shared.runtime;
         if let Err(e) = runtime.remove_container(&old.container).await {
             tracing::warn!(container = %old.container, "old container not removed: {e}");
         }
@@ -309,16 +319,17 @@ impl Engine {
     /// The head of set `name` and its migration, when it is moving to this node.
     async fn incoming(&self, name: &str) -> Result<(ReplicaSet, u64, Moving)> {
         let (head, revision) = self
+            .ctx
             .read::<ReplicaSet>(&keys::replica_set(name))
             .await?
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
         match moving_of(&head) {
-            Some(moving) if moving.to == self.node_name() && head.node == moving.from => {
+            Some(moving) if moving.to == self.ctx.node_name() && head.node == moving.from => {
                 Ok((head, revision, moving))
             }
             _ => Err(Error::Conflict(format!(
                 "no migration of '{name}' to node '{}' is in flight",
-                self.node_name()
+                self.ctx.node_name()
             ))),
         }
     }
@@ -327,7 +338,7 @@ impl Engine {
     /// filesystem from `archive`, creates its volumes and its container. On failure, what
     /// it made is undone.
     pub async fn accept_migration(&self, name: &str, archive: ImageStream) -> Result<()> {
-        let _guard = self.lock_set(name).await;
+        let _guard = self.ctx.lock_set(name).await;
         let result = self.accept(name, archive).await;
         if result.is_err() {
             self.drop_incoming(name).await;
@@ -338,8 +349,9 @@ impl Engine {
     async fn accept(&self, name: &str, archive: ImageStream) -> Result<()> {
         let new = self.claim_incoming(name).await?;
         failpoint("migrate.claimed");
-        self.shared.runtime.load_image(archive).await?;
+        self.ctx.shared.runtime.load_image(archive).await?;
         if self
+            .ctx
             .shared
             .runtime
             .inspect_image(&new.image)
@@ -359,6 +371,7 @@ impl Engine {
                     Error::InvalidParams(format!("'{}' is not a volume of this server", bind.src))
                 })?;
                 let version: VolumeVersion = self
+                    .ctx
                     .read(&keys::volume_version(base, number))
                     .await?
                     .map(|(v, _)| v)
@@ -370,7 +383,7 @@ impl Engine {
                         Operation::Migrate,
                         format!(
                             "node '{}' has a Docker volume '{}' that is not this server's",
-                            self.node_name(),
+                            self.ctx.node_name(),
                             bind.src
                         ),
                     ));
@@ -378,9 +391,13 @@ impl Engine {
                 self.create_docker_volume(base, &version).await?;
             }
         }
-        self.shared.runtime.remove_container(&new.container).await?;
-        let spec = self.container_spec(name, &new);
-        self.shared.runtime.create_container(&spec).await?;
+        self.ctx
+            .shared
+            .runtime
+            .remove_container(&new.container)
+            .await?;
+        let spec = self.ctx.container_spec(name, &new);
+        self.ctx.shared.runtime.create_container(&spec).await?;
         failpoint("migrate.created");
         Ok(())
     }
@@ -396,7 +413,7 @@ impl Engine {
                     "the migration of '{name}' was already received here"
                 )));
             }
-            let current = self.version_record(name, head.current).await?;
+            let current = self.ctx.version_record(name, head.current).await?;
             let image = current
                 .snapshot
                 .clone()
@@ -405,15 +422,19 @@ impl Engine {
             spec.gpu_count = moving.gpu_count;
             for bind in spec.binds.iter_mut().filter(|b| b.is_host_path()) {
                 // A host path is this host's: its policy decides.
-                *bind = self.check_bind(bind).await?;
+                *bind = self.ctx.check_bind(bind).await?;
             }
             let claims = moving.before.holds_claims();
-            let gpus = match self.pick_gpus_for(name, &[], spec.gpu_count as usize).await {
+            let gpus = match self
+                .ctx
+                .pick_gpus_for(name, &[], spec.gpu_count as usize)
+                .await
+            {
                 Ok(gpus) => gpus,
                 // A stopped set holds none: it records some of this node's (continue takes
                 // them if they are free then; restart takes any).
                 Err(Error::NotEnoughGpus { .. }) if !claims => {
-                    let all = self.shared.inventory.gpus().await?;
+                    let all = self.ctx.shared.inventory.gpus().await?;
                     if all.len() < spec.gpu_count as usize {
                         return Err(Error::NotEnoughGpus {
                             wanted: spec.gpu_count as usize,
@@ -429,7 +450,7 @@ impl Engine {
                 Err(e) => return Err(e),
             };
             // The same host ports when this node's range has them free.
-            let range = self.shared.config.port_range;
+            let range = self.ctx.shared.config.port_range;
             let previous: Vec<_> = head
                 .ports
                 .iter()
@@ -437,6 +458,7 @@ impl Engine {
                 .cloned()
                 .collect();
             let ports = self
+                .ctx
                 .pick_ports_for(name, &spec.container_ports, &previous)
                 .await?;
             if claims {
@@ -445,12 +467,15 @@ impl Engine {
             }
             let held = if claims { head.gpus.len() } else { 0 };
             let quota = self
+                .ctx
                 .check_quota(
                     &head.owner,
                     Holdings::gpus(moving.claimed_gpus.len().saturating_sub(held)),
                 )
                 .await?;
-            let new = self.version_of(name, moving.version, spec, gpus, ports, image);
+            let new = self
+                .ctx
+                .version_of(name, moving.version, spec, gpus, ports, image);
             let mut recorded = head.clone();
             recorded.pending = Some(Intent::Migrate(moving.clone()));
             let records = Txn::new()
@@ -465,7 +490,7 @@ impl Engine {
                 // GPU-time moves when the set does (step 4): never counted twice meanwhile.
                 account: false,
             };
-            if self.commit_claims(claim, records).await? {
+            if self.ctx.commit_claims(claim, records).await? {
                 return Ok(Try::Done(new));
             }
             Ok(Try::Again)
@@ -481,10 +506,10 @@ impl Engine {
         dir: &str,
         archive: ImageStream,
     ) -> Result<()> {
-        let _guard = self.lock_set(name).await;
+        let _guard = self.ctx.lock_set(name).await;
         let result = async {
             let (_, _, moving) = self.incoming(name).await?;
-            let new = self.version_record(name, moving.version).await?;
+            let new = self.ctx.version_record(name, moving.version).await?;
             let mounts = new
                 .spec
                 .binds
@@ -495,7 +520,8 @@ impl Engine {
                     "'{dir}' holds no volume of '{name}' that moves"
                 )));
             }
-            self.shared
+            self.ctx
+                .shared
                 .runtime
                 .upload_path(&new.container, dir, archive)
                 .await
@@ -511,7 +537,7 @@ impl Engine {
     /// here in one transaction: the set and its moved volumes live on this node from then on,
     /// and the source's claims are released.
     pub async fn complete_migration(&self, name: &str) -> Result<()> {
-        let _guard = self.lock_set(name).await;
+        let _guard = self.ctx.lock_set(name).await;
         let result = self.switch_incoming(name).await;
         if result.is_err() {
             self.drop_incoming(name).await;
@@ -521,18 +547,22 @@ impl Engine {
 
     async fn switch_incoming(&self, name: &str) -> Result<()> {
         let (_, _, moving) = self.incoming(name).await?;
-        let new = self.version_record(name, moving.version).await?;
+        let new = self.ctx.version_record(name, moving.version).await?;
         if moving.before.wants_running() {
-            self.shared.runtime.start_container(&new.container).await?;
+            self.ctx
+                .shared
+                .runtime
+                .start_container(&new.container)
+                .await?;
         }
         failpoint("migrate.target_started");
         // Snapshots of earlier versions stay on the source (which removes them): rollbacks
         // here reach the versions from this one on.
-        let versions: Vec<Version> = self.read_all(&keys::versions(name)).await?;
+        let versions: Vec<Version> = self.ctx.read_all(&keys::versions(name)).await?;
         // The head as it is now: the switch holds only if nobody changed it since.
         let (head, revision, moving) = self.incoming(name).await?;
         let mut moved = head.clone();
-        moved.node = self.node_name().to_string();
+        moved.node = self.ctx.node_name().to_string();
         moved.current = moving.version;
         moved.pending = None;
         moved.gpus = new.gpus.clone();
@@ -554,7 +584,7 @@ impl Engine {
             .unchanged(keys::replica_set(name), revision)
             .put(keys::replica_set(name), encode(&moved))
             .put(keys::current(name), encode(&new));
-        txn = self.account(txn, &moved, delta);
+        txn = self.ctx.account(txn, &moved, delta);
         for mut version in versions
             .into_iter()
             .filter(|v| v.version + 1 < moving.version && v.snapshot.is_some())
@@ -565,7 +595,7 @@ impl Engine {
         if moving.move_volumes {
             for bind in new.spec.binds.iter().filter(|b| !b.is_host_path()) {
                 if let Some((mut volume, _)) = match volume_of(&bind.src) {
-                    Some((base, _)) => self.read::<Volume>(&keys::volume(base)).await?,
+                    Some((base, _)) => self.ctx.read::<Volume>(&keys::volume(base)).await?,
                     None => None,
                 } {
                     volume.node = moved.node.clone();
@@ -573,7 +603,7 @@ impl Engine {
                 }
             }
         }
-        if !self.shared.store.commit(txn).await? {
+        if !self.ctx.shared.store.commit(txn).await? {
             return Err(Error::Conflict(format!(
                 "the migration of '{name}' was undone by its source meanwhile"
             )));
@@ -585,24 +615,24 @@ impl Engine {
     /// Removes Docker volume `name` if it is absent or this store's; `false` when it belongs to
     /// something else (left alone).
     async fn remove_own_volume(&self, name: &str) -> Result<bool> {
-        let Some(volume) = self.shared.runtime.inspect_volume(name).await? else {
+        let Some(volume) = self.ctx.shared.runtime.inspect_volume(name).await? else {
             return Ok(true);
         };
-        if volume.labels.get(crate::engine::LABEL_STORE) != self.shared.store_id.get() {
+        if volume.labels.get(crate::engine::LABEL_STORE) != self.ctx.shared.store_id.get() {
             return Ok(false);
         }
-        self.shared.runtime.remove_volume(name).await?;
+        self.ctx.shared.runtime.remove_volume(name).await?;
         Ok(true)
     }
 
     /// Target: undoes what it made for an incoming migration (the source asked, or a step
     /// failed).
     pub async fn abort_migration(&self, name: &str) -> Result<()> {
-        let _guard = self.lock_set(name).await;
+        let _guard = self.ctx.lock_set(name).await;
         self.drop_incoming(name).await;
         // Asked after the source undid it: the container is what is left.
         let mut pass = crate::supervise::reconcile::Reconciled::default();
-        self.sweep_containers(Some(name), &mut pass).await
+        self.ctx.sweep_containers(Some(name), &mut pass).await
     }
 
     /// Removes the incoming container, volumes and image, and releases the claims the intent
@@ -611,8 +641,8 @@ impl Engine {
         let Ok((head, revision, mut moving)) = self.incoming(name).await else {
             return;
         };
-        let runtime = &self.shared.runtime;
-        if let Ok(new) = self.version_record(name, moving.version).await {
+        let runtime = &self.ctx.shared.runtime;
+        if let Ok(new) = self.ctx.version_record(name, moving.version).await {
             if let Err(e) = runtime.remove_container(&new.container).await {
                 tracing::warn!(container = %new.container, "incoming container not removed: {e}");
             }
@@ -625,7 +655,7 @@ impl Engine {
         }
         let txn = release_keys(
             Txn::new(),
-            self.node_name(),
+            self.ctx.node_name(),
             &moving.claimed_gpus,
             &moving.claimed_ports,
         );
@@ -636,7 +666,7 @@ impl Engine {
         let txn = txn
             .unchanged(keys::replica_set(name), revision)
             .put(keys::replica_set(name), encode(&dropped));
-        if let Err(e) = self.shared.store.commit(txn).await {
+        if let Err(e) = self.ctx.shared.store.commit(txn).await {
             tracing::warn!(replica_set = %name, "incoming claims not released: {e}");
         }
     }

@@ -1,10 +1,10 @@
 //! The engine as a node of a cluster: its secret and link, joining (the record, the lease and
 //! its renewal), the nodes' states, placement of new sets and where a set lives.
 use crate::engine::records::encode;
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::ReplicaSet;
+use crate::ops::Engine;
 use crate::store::Txn;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -18,13 +18,13 @@ const GPU_REFRESH_TICKS: u64 = 3;
 impl Engine {
     /// Gives the engine its link to the other nodes (once; later calls are ignored).
     pub fn set_link(&self, link: Arc<dyn NodeLink>) {
-        let _ = self.shared.link.set(link);
+        let _ = self.ctx.shared.link.set(link);
     }
 
     /// The secret the nodes of this cluster authenticate their calls to each other with;
     /// `None` before [`Engine::join_cluster`].
     pub fn cluster_secret(&self) -> Option<&str> {
-        self.shared.cluster_secret.get().map(String::as_str)
+        self.ctx.shared.cluster_secret.get().map(String::as_str)
     }
 
     /// Reads the cluster's secret, making it when this is the first node; then
@@ -32,19 +32,19 @@ impl Engine {
     /// [`Engine::recover`] (and give the engine its link) so that recovery can ask a target to
     /// undo its part of an interrupted migration.
     pub async fn load_cluster_secret(&self) -> Result<()> {
-        if self.shared.cluster_secret.get().is_some() {
+        if self.ctx.shared.cluster_secret.get().is_some() {
             return Ok(());
         }
         let fresh = crate::names::new_id()? + &crate::names::new_id()?;
         let txn = Txn::new()
             .absent(keys::CLUSTER_SECRET)
             .put(keys::CLUSTER_SECRET, fresh.clone().into_bytes());
-        self.shared.store.commit(txn).await?;
-        let secret = match self.shared.store.get(keys::CLUSTER_SECRET).await? {
+        self.ctx.shared.store.commit(txn).await?;
+        let secret = match self.ctx.shared.store.get(keys::CLUSTER_SECRET).await? {
             Some(entry) => String::from_utf8_lossy(&entry.value).into_owned(),
             None => fresh,
         };
-        let _ = self.shared.cluster_secret.set(secret);
+        let _ = self.ctx.shared.cluster_secret.set(secret);
         Ok(())
     }
 
@@ -56,7 +56,7 @@ impl Engine {
         advertise: &str,
         docker: &str,
     ) -> Result<tokio::task::JoinHandle<()>> {
-        let name = self.node_name().to_string();
+        let name = self.ctx.node_name().to_string();
         crate::names::check(
             &name,
             Error::InvalidParams("a cluster node needs a name (EngineConfig::node, --node)".into()),
@@ -66,17 +66,19 @@ impl Engine {
         let record = NodeRecord {
             name: name.clone(),
             advertise: advertise.trim_end_matches('/').to_string(),
-            gpus: self.shared.inventory.gpus().await?,
-            port_range: self.shared.config.port_range,
+            gpus: self.ctx.shared.inventory.gpus().await?,
+            port_range: self.ctx.shared.config.port_range,
             docker: docker.to_string(),
             joined_at: crate::model::now(),
         };
-        self.shared
+        self.ctx
+            .shared
             .store
             .put(&keys::node(&name), encode(&record))
             .await?;
         let alive = keys::node_alive(&name);
         let mut lease = self
+            .ctx
             .shared
             .store
             .put_leased(&alive, record.advertise.clone().into_bytes(), NODE_TTL)
@@ -92,11 +94,11 @@ impl Engine {
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
-                let store = engine.shared.store.clone();
+                let store = engine.ctx.shared.store.clone();
                 // Every GPU_REFRESH_TICKS ticks, the GPUs' figures as they are now (when they
                 // changed), so other nodes show live utilization and memory.
                 if tick % GPU_REFRESH_TICKS == GPU_REFRESH_TICKS - 1 {
-                    match engine.shared.inventory.gpus().await {
+                    match engine.ctx.shared.inventory.gpus().await {
                         Ok(gpus) if gpus != record.gpus => {
                             record.gpus = gpus;
                             if let Err(e) =
@@ -119,7 +121,7 @@ impl Engine {
                             Ok(fresh) => {
                                 lease = fresh;
                                 tracing::warn!(node = %record.name, "the node was lost (lease expired); ready again, reconciling its sets");
-                                engine.nudge_everything();
+                                engine.ctx.nudge_everything();
                             }
                             Err(e) => tracing::warn!("cannot rejoin the cluster: {e}"),
                         }
@@ -132,8 +134,9 @@ impl Engine {
 
     /// Every node of the cluster with its state and free GPUs, by name.
     pub async fn nodes(&self) -> Result<Vec<NodeStatus>> {
-        let records: Vec<NodeRecord> = self.read_all(keys::NODES).await?;
+        let records: Vec<NodeRecord> = self.ctx.read_all(keys::NODES).await?;
         let alive: HashSet<String> = self
+            .ctx
             .shared
             .store
             .list(keys::NODES_ALIVE)
@@ -141,8 +144,8 @@ impl Engine {
             .into_iter()
             .map(|e| e.key[keys::NODES_ALIVE.len()..].to_string())
             .collect();
-        let held: HashSet<String> = self.gpu_holders().await?.into_keys().collect();
-        let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let held: HashSet<String> = self.ctx.gpu_holders().await?.into_keys().collect();
+        let heads: Vec<ReplicaSet> = self.ctx.read_all(keys::REPLICA_SETS).await?;
         let mut per_node: HashMap<&str, usize> = HashMap::new();
         for head in &heads {
             *per_node.entry(head.node.as_str()).or_default() += 1;
@@ -184,10 +187,11 @@ impl Engine {
             };
             // Another user's volume, or none: the run answers for it.
             if let Some((volume, _)) = self
+                .ctx
                 .read::<crate::model::Volume>(&keys::volume(base))
                 .await?
             {
-                if !volume.node.is_empty() && self.caller.may_reach(&volume.owner) {
+                if !volume.node.is_empty() && self.ctx.caller.may_reach(&volume.owner) {
                     homes.push((volume.node, src));
                 }
             }
@@ -212,7 +216,7 @@ impl Engine {
     }
 
     async fn place_pinned(&self, gpus: u32, pin: Option<&str>) -> Result<Location> {
-        if self.node_name().is_empty() {
+        if self.ctx.node_name().is_empty() {
             return match pin {
                 None | Some("") => Ok(Location::Here),
                 Some(other) => Err(Error::InvalidParams(format!(
@@ -255,13 +259,17 @@ impl Engine {
     /// ([`Error::NodeLost`]). A set this caller may not reach, or none, is here (the operation
     /// answers "not found" itself).
     pub async fn locate(&self, name: &str) -> Result<Location> {
-        if self.node_name().is_empty() {
+        if self.ctx.node_name().is_empty() {
             return Ok(Location::Here);
         }
-        let Some((head, _)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await? else {
+        let Some((head, _)) = self
+            .ctx
+            .read::<ReplicaSet>(&keys::replica_set(name))
+            .await?
+        else {
             return Ok(Location::Here);
         };
-        if head.node == self.node_name() || !self.caller.may_reach(&head.owner) {
+        if head.node == self.ctx.node_name() || !self.ctx.caller.may_reach(&head.owner) {
             return Ok(Location::Here);
         }
         self.node_location(&head.node).await
@@ -271,16 +279,17 @@ impl Engine {
     /// volume recorded before volumes had nodes, one this caller may not reach, or none, is
     /// here).
     pub async fn locate_volume(&self, name: &str) -> Result<Location> {
-        if self.node_name().is_empty() {
+        if self.ctx.node_name().is_empty() {
             return Ok(Location::Here);
         }
         let Some((volume, _)) = self
+            .ctx
             .read::<crate::model::Volume>(&keys::volume(name))
             .await?
         else {
             return Ok(Location::Here);
         };
-        if volume.node.is_empty() || !self.caller.may_reach(&volume.owner) {
+        if volume.node.is_empty() || !self.ctx.caller.may_reach(&volume.owner) {
             return Ok(Location::Here);
         }
         self.node_location(&volume.node).await
@@ -289,7 +298,7 @@ impl Engine {
     /// Where node `name` (which a set or volume records) is reached, if it is ready; one
     /// without a record is gone.
     async fn node_location(&self, name: &str) -> Result<Location> {
-        if name == self.node_name() {
+        if name == self.ctx.node_name() {
             return Ok(Location::Here);
         }
         match self.ready_node(name).await {
@@ -302,10 +311,11 @@ impl Engine {
     /// Node `name`'s record, if it is ready: [`Error::NodeNotFound`] when no node has that
     /// name, [`Error::NodeLost`] when it stopped renewing its lease.
     pub(crate) async fn ready_node(&self, name: &str) -> Result<NodeRecord> {
-        let Some((node, _)) = self.read::<NodeRecord>(&keys::node(name)).await? else {
+        let Some((node, _)) = self.ctx.read::<NodeRecord>(&keys::node(name)).await? else {
             return Err(Error::NodeNotFound(name.to_string()));
         };
         if self
+            .ctx
             .shared
             .store
             .get(&keys::node_alive(name))
@@ -318,7 +328,7 @@ impl Engine {
     }
 
     fn location_of(&self, node: &NodeRecord) -> Location {
-        if node.name == self.node_name() {
+        if node.name == self.ctx.node_name() {
             Location::Here
         } else {
             Location::Node {

@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
 use crate::error::{Error, Operation, Result};
 use crate::gpu::GpuInfo;
 use crate::model::Status;
+use crate::ops::Engine;
 use crate::runtime::{ContainerStats, LogStream};
 
 /// Live figures of a replicaSet's current container and of its GPUs.
@@ -25,8 +25,9 @@ impl Engine {
     /// The current container's log: the last `tail` lines (all when `None`), then, with
     /// `follow`, what it writes until it stops.
     pub async fn logs(&self, name: &str, tail: Option<u64>, follow: bool) -> Result<LogStream> {
-        let (head, _) = self.head(name).await?;
-        self.shared
+        let (head, _) = self.ctx.head(name).await?;
+        self.ctx
+            .shared
             .runtime
             .logs(&crate::names::container(name, head.current), tail, follow)
             .await
@@ -36,7 +37,7 @@ impl Engine {
     /// CPU, memory and network of the current container, and its GPUs' memory and
     /// utilization (takes about a second: Docker measures CPU over an interval).
     pub async fn stats(&self, name: &str) -> Result<Stats> {
-        let (head, _) = self.head(name).await?;
+        let (head, _) = self.ctx.head(name).await?;
         if head.status != Status::Running {
             return Err(Error::refused(
                 Operation::Logs,
@@ -45,12 +46,14 @@ impl Engine {
         }
         let container = crate::names::container(name, head.current);
         let container_stats = self
+            .ctx
             .shared
             .runtime
             .stats(&container)
             .await
             .map_err(|e| e.during(Operation::Logs))?;
         let gpus = self
+            .ctx
             .shared
             .inventory
             .gpus()

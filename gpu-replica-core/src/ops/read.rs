@@ -1,9 +1,10 @@
 //! Reads and commands on a running set: execute, commit, info, history and the list.
 
-use crate::engine::{Engine, LABEL_REPLICA_SET};
+use crate::engine::LABEL_REPLICA_SET;
 use crate::error::{Error, Operation, Result};
 use crate::keys;
 use crate::model::{ReplicaSet, ReplicaSetInfo, Status, Version};
+use crate::ops::Engine;
 use crate::runtime::ExecOutput;
 
 impl Engine {
@@ -23,7 +24,7 @@ impl Engine {
         if let Some(dir) = &workdir {
             crate::input::work_dir(dir)?;
         }
-        let (head, _) = self.head(name).await?;
+        let (head, _) = self.ctx.head(name).await?;
         if head.status != Status::Running {
             return Err(Error::refused(
                 Operation::Exec,
@@ -31,10 +32,16 @@ impl Engine {
             ));
         }
         let container = crate::names::container(name, head.current);
-        match self.shared.runtime.exec(&container, argv, workdir).await {
+        match self
+            .ctx
+            .shared
+            .runtime
+            .exec(&container, argv, workdir)
+            .await
+        {
             Err(Error::NotRunning(_)) => {
                 // The records say running, Docker says otherwise: the reconciler settles it.
-                self.nudge_reconcile(name);
+                self.ctx.nudge_reconcile(name);
                 Err(Error::refused(
                     Operation::Exec,
                     format!(
@@ -60,9 +67,10 @@ impl Engine {
                  and single '.', '_' or '-' between them, then an optional ':tag'"
             )));
         }
-        let (head, _) = self.head(name).await?;
-        let labels = self.labels(&[(LABEL_REPLICA_SET, name.to_string())]);
-        self.shared
+        let (head, _) = self.ctx.head(name).await?;
+        let labels = self.ctx.labels(&[(LABEL_REPLICA_SET, name.to_string())]);
+        self.ctx
+            .shared
             .runtime
             .commit(&crate::names::container(name, head.current), image, &labels)
             .await
@@ -75,24 +83,26 @@ impl Engine {
     pub async fn info(&self, name: &str) -> Result<ReplicaSetInfo> {
         // Read the generation before the records: a write that lands in between moves it,
         // so what is cached under it is never newer-looking than it is.
-        let Some(generation) = self.shared.store.generation() else {
+        let Some(generation) = self.ctx.shared.store.generation() else {
             return self.read_info(name).await;
         };
         {
             let cache = self
+                .ctx
                 .shared
                 .info_cache
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             if let Some((at, info)) = cache.get(name) {
                 if *at == generation {
-                    self.reachable_set(name, &info.replica_set)?;
+                    self.ctx.reachable_set(name, &info.replica_set)?;
                     return Ok(info.clone());
                 }
             }
         }
         let info = self.read_info(name).await?;
         let mut cache = self
+            .ctx
             .shared
             .info_cache
             .lock()
@@ -105,8 +115,9 @@ impl Engine {
     }
 
     async fn read_info(&self, name: &str) -> Result<ReplicaSetInfo> {
-        let (head, _) = self.head(name).await?;
+        let (head, _) = self.ctx.head(name).await?;
         let version = self
+            .ctx
             .version_record(name, head.current)
             .await
             .map_err(|e| e.during(Operation::Info))?;
@@ -118,8 +129,9 @@ impl Engine {
 
     /// Every version, newest first, in one store read.
     pub async fn history(&self, name: &str) -> Result<Vec<Version>> {
-        self.head(name).await?;
+        self.ctx.head(name).await?;
         let mut versions: Vec<Version> = self
+            .ctx
             .read_all(&keys::versions(name))
             .await
             .map_err(|e| e.during(Operation::History))?;
@@ -139,13 +151,14 @@ impl Engine {
         owner: Option<&str>,
         node: Option<&str>,
     ) -> Result<Vec<ReplicaSetInfo>> {
-        let mut heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
+        let mut heads: Vec<ReplicaSet> = self.ctx.read_all(keys::REPLICA_SETS).await?;
         heads.retain(|h| {
-            self.caller.may_reach(&h.owner)
+            self.ctx.caller.may_reach(&h.owner)
                 && owner.is_none_or(|o| h.owner == o)
                 && node.is_none_or(|n| h.node == n)
         });
         let mut current: std::collections::HashMap<String, Version> = self
+            .ctx
             .shared
             .store
             .list(keys::CURRENT)
@@ -161,7 +174,7 @@ impl Engine {
             let version = match current.remove(&head.name) {
                 Some(v) if v.version == head.current => v,
                 // Recorded before the copies existed, or caught between two writes.
-                _ => match self.version_record(&head.name, head.current).await {
+                _ => match self.ctx.version_record(&head.name, head.current).await {
                     Ok(v) => v,
                     Err(_) => continue,
                 },
@@ -220,7 +233,7 @@ mod cache_tests {
             engine.info("c").await.unwrap().replica_set.status,
             crate::model::Status::Running
         );
-        assert_eq!(engine.shared.info_cache.lock().unwrap().len(), 1);
+        assert_eq!(engine.ctx.shared.info_cache.lock().unwrap().len(), 1);
         // A write by anyone holding the same store object is seen at once.
         store
             .put(&keys::replica_set("c"), head("stopped"))

@@ -1,9 +1,9 @@
 //! GPU and port status: who holds what.
 
-use crate::engine::Engine;
 use crate::error::{Error, Operation, Result};
 use crate::keys;
 use crate::model::{GpuStatus, NodePorts, PortStatus, ReplicaSet};
+use crate::ops::Engine;
 
 /// What a user sees as the holder of a GPU another user's replicaSet holds (never a valid
 /// set name).
@@ -14,8 +14,9 @@ impl Engine {
     /// user, a GPU held by another
     /// user's set shows [`HELD_BY_ANOTHER`] instead of the set's name.
     pub async fn gpu_status(&self) -> Result<Vec<GpuStatus>> {
-        let here = self.node_name().to_string();
+        let here = self.ctx.node_name().to_string();
         let mut gpus: Vec<(String, crate::gpu::GpuInfo)> = self
+            .ctx
             .shared
             .inventory
             .gpus()
@@ -26,18 +27,19 @@ impl Engine {
             .collect();
         if !here.is_empty() {
             // The other nodes' GPUs as they last wrote them (every ~5 s when they change).
-            let nodes: Vec<crate::cluster::NodeRecord> = self.read_all(keys::NODES).await?;
+            let nodes: Vec<crate::cluster::NodeRecord> = self.ctx.read_all(keys::NODES).await?;
             for node in nodes.into_iter().filter(|n| n.name != here) {
                 gpus.extend(node.gpus.into_iter().map(|g| (node.name.clone(), g)));
             }
         }
-        let mut holders = self.gpu_holders().await?;
-        if !self.caller.is_admin() {
+        let mut holders = self.ctx.gpu_holders().await?;
+        if !self.ctx.caller.is_admin() {
             let mine: std::collections::HashSet<String> = self
+                .ctx
                 .read_all::<ReplicaSet>(keys::REPLICA_SETS)
                 .await?
                 .into_iter()
-                .filter(|h| h.owner == self.caller.name)
+                .filter(|h| h.owner == self.ctx.caller.name)
                 .map(|h| h.name)
                 .collect();
             for holder in holders.values_mut() {
@@ -63,11 +65,11 @@ impl Engine {
     /// [`Engine::port_status`] of node `node` (this one when `None`); in a cluster, with every
     /// node's figures in `nodes`.
     pub async fn port_status_of(&self, node: Option<&str>) -> Result<PortStatus> {
-        let here = self.node_name().to_string();
+        let here = self.ctx.node_name().to_string();
         let asked = node.filter(|n| !n.is_empty()).unwrap_or(&here).to_string();
         let mut nodes = Vec::new();
         if !here.is_empty() {
-            let records: Vec<crate::cluster::NodeRecord> = self.read_all(keys::NODES).await?;
+            let records: Vec<crate::cluster::NodeRecord> = self.ctx.read_all(keys::NODES).await?;
             for record in records {
                 let used = self.used_ports(&record.name, record.port_range).await?;
                 nodes.push(NodePorts {
@@ -81,7 +83,7 @@ impl Engine {
         let (range, used) = match nodes.iter().find(|n| n.node == asked) {
             Some(n) => (n.range, n.used.clone()),
             None if asked == here => {
-                let range = self.shared.config.port_range;
+                let range = self.ctx.shared.config.port_range;
                 (range, self.used_ports(&here, range).await?)
             }
             None => return Err(Error::NodeNotFound(asked)),
@@ -98,6 +100,7 @@ impl Engine {
     async fn used_ports(&self, node: &str, range: crate::sched::PortRange) -> Result<Vec<u16>> {
         let prefix = keys::port_claims(node);
         let mut used: Vec<u16> = self
+            .ctx
             .shared
             .store
             .list(&prefix)

@@ -3,13 +3,14 @@
 
 use std::collections::HashSet;
 
+use crate::engine::check_name;
 use crate::engine::events::describe_info;
-use crate::engine::{check_name, Engine};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::limits::Limits;
 use crate::model::{ReplicaSetInfo, ReplicaSetSpec};
+use crate::ops::Engine;
 use crate::runtime::Bind;
 
 /// A request to run a new replicaSet.
@@ -49,7 +50,8 @@ impl Engine {
     /// Creates replicaSet `name` at version 1 and starts it.
     pub async fn run(&self, request: RunRequest) -> Result<ReplicaSetInfo> {
         let name = request.name.clone();
-        self.recorded("run", &name, describe_info, self.run_set(request))
+        self.ctx
+            .recorded("run", &name, describe_info, self.run_set(request))
             .await
     }
 
@@ -91,13 +93,15 @@ impl Engine {
             .into_iter()
             .filter(|p| seen.insert(p.clone()))
             .collect::<Vec<_>>();
-        self.shared
+        self.ctx
+            .shared
             .config
             .resources
             .grant(gpu_count as u32, &resources)?;
-        let _guard = self.lock_set(&name).await;
-        self.settle(&name).await?;
+        let _guard = self.ctx.lock_set(&name).await;
+        self.ctx.settle(&name).await?;
         if self
+            .ctx
             .shared
             .store
             .get(&keys::replica_set(&name))
@@ -108,7 +112,7 @@ impl Engine {
         }
         let mut checked = Vec::with_capacity(binds.len());
         for bind in &binds {
-            checked.push(self.check_bind(bind).await?);
+            checked.push(self.ctx.check_bind(bind).await?);
         }
         let binds = checked;
         if !crate::names::is_image_reference(&image) {
@@ -116,7 +120,14 @@ impl Engine {
                 "imageName '{image}' is not a Docker image reference (lowercase repository, optional :tag)"
             )));
         }
-        if self.shared.runtime.inspect_image(&image).await?.is_none() {
+        if self
+            .ctx
+            .shared
+            .runtime
+            .inspect_image(&image)
+            .await?
+            .is_none()
+        {
             return Err(Error::ImageNotFound(image));
         }
         let spec = ReplicaSetSpec {
@@ -129,17 +140,20 @@ impl Engine {
             resources,
         };
         let id = crate::names::new_id()?;
-        let version = self.claim_first_version(&name, &id, spec, &image).await?;
+        let version = self
+            .ctx
+            .claim_first_version(&name, &id, spec, &image)
+            .await?;
         failpoint("run.recorded");
-        let container = self.container_spec(&name, &version);
+        let container = self.ctx.container_spec(&name, &version);
         let started = async {
-            self.shared.runtime.create_container(&container).await?;
+            self.ctx.shared.runtime.create_container(&container).await?;
             failpoint("run.created");
-            self.finish_run(&name).await
+            self.ctx.finish_run(&name).await
         }
         .await;
         if let Err(e) = started {
-            self.undo_run(&name, &id, &version).await?;
+            self.ctx.undo_run(&name, &id, &version).await?;
             return Err(e.during(Operation::Run));
         }
         self.info(&name).await

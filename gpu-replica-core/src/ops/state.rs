@@ -3,11 +3,12 @@
 
 use crate::engine::access::Holdings;
 use crate::engine::claims::Claim;
-use crate::engine::{encode, Engine};
+use crate::engine::encode;
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::model::{Intent, ReplicaSet, Status};
+use crate::ops::Engine;
 use crate::store::Txn;
 
 impl Engine {
@@ -22,7 +23,7 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(keys::replica_set(&head.name), revision)
             .put(keys::replica_set(&head.name), encode(&*head));
-        self.commit(txn).await
+        self.ctx.commit(txn).await
     }
 
     /// When Docker could not be reached, the recorded intent is dropped so that what the user
@@ -33,7 +34,7 @@ impl Engine {
             return result;
         };
         if let Ok(Some((mut head, revision))) =
-            self.read::<ReplicaSet>(&keys::replica_set(name)).await
+            self.ctx.read::<ReplicaSet>(&keys::replica_set(name)).await
         {
             if matches!(
                 head.pending,
@@ -43,7 +44,7 @@ impl Engine {
                 let txn = Txn::new()
                     .unchanged(keys::replica_set(name), revision)
                     .put(keys::replica_set(name), encode(&head));
-                if let Err(e) = self.shared.store.commit(txn).await {
+                if let Err(e) = self.ctx.shared.store.commit(txn).await {
                     tracing::warn!(replica_set = %name, "intent kept after an outage: {e}");
                 }
             }
@@ -53,25 +54,27 @@ impl Engine {
 
     /// Stops the container and releases its GPUs and ports.
     pub async fn stop(&self, name: &str) -> Result<()> {
-        self.recorded(
-            "stop",
-            name,
-            |_| "stopped; GPUs and ports released".into(),
-            self.stop_set(name),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "stop",
+                name,
+                |_| "stopped; GPUs and ports released".into(),
+                self.stop_set(name),
+            )
+            .await
     }
 
     pub(crate) async fn stop_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (mut head, revision) = self.head(name).await?;
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (mut head, revision) = self.ctx.head(name).await?;
         let container = crate::names::container(name, head.current);
         if head.status == Status::Stopped {
             return self
+                .ctx
                 .shared
                 .runtime
-                .stop_container(&container, self.shared.config.stop_timeout)
+                .stop_container(&container, self.ctx.shared.config.stop_timeout)
                 .await
                 .map_err(|e| e.during(Operation::Stop));
         }
@@ -79,7 +82,7 @@ impl Engine {
             self.record_intent(&mut head, revision, Intent::Stop)
                 .await?;
             failpoint("stop.recorded");
-            self.finish_stop(head).await
+            self.ctx.finish_stop(head).await
         }
         .await;
         self.forget_unreached(name, result)
@@ -89,19 +92,20 @@ impl Engine {
 
     /// Stops the container but keeps its GPUs and ports.
     pub async fn pause(&self, name: &str) -> Result<()> {
-        self.recorded(
-            "pause",
-            name,
-            |_| "stopped; GPUs and ports kept".into(),
-            self.pause_set(name),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "pause",
+                name,
+                |_| "stopped; GPUs and ports kept".into(),
+                self.pause_set(name),
+            )
+            .await
     }
 
     async fn pause_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (mut head, revision) = self.head(name).await?;
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (mut head, revision) = self.ctx.head(name).await?;
         if head.status == Status::Stopped {
             return Err(Error::refused(
                 Operation::Pause,
@@ -112,7 +116,7 @@ impl Engine {
             self.record_intent(&mut head, revision, Intent::Pause)
                 .await?;
             failpoint("pause.recorded");
-            self.finish_pause(head).await
+            self.ctx.finish_pause(head).await
         }
         .await;
         self.forget_unreached(name, result)
@@ -123,42 +127,44 @@ impl Engine {
     /// Starts the current container again; after a stop, first claims the same GPUs and ports
     /// again, or fails saying who holds them. (The contract calls this "continue".)
     pub async fn resume(&self, name: &str) -> Result<()> {
-        self.recorded(
-            "continue",
-            name,
-            |_| "running again".into(),
-            self.resume_set(name),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "continue",
+                name,
+                |_| "running again".into(),
+                self.resume_set(name),
+            )
+            .await
     }
 
     async fn resume_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (mut head, revision) = self.head(name).await?;
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (mut head, revision) = self.ctx.head(name).await?;
         let ports: Vec<u16> = head.ports.iter().map(|p| p.host_port).collect();
         let reclaimed = head.status == Status::Stopped;
         let quota = if reclaimed {
-            self.check_quota(&head.owner, Holdings::gpus(head.gpus.len()))
+            self.ctx
+                .check_quota(&head.owner, Holdings::gpus(head.gpus.len()))
                 .await?
         } else {
             Default::default()
         };
         if reclaimed {
-            let gpu_holders = self.gpu_holders().await?;
-            let port_holders = self.port_holders().await?;
+            let gpu_holders = self.ctx.gpu_holders().await?;
+            let port_holders = self.ctx.port_holders().await?;
             let busy: Vec<String> = head
                 .gpus
                 .iter()
                 .filter_map(|g| {
                     gpu_holders
                         .get(g)
-                        .map(|h| format!("GPU {g} (held by {})", self.holder_name(h)))
+                        .map(|h| format!("GPU {g} (held by {})", self.ctx.holder_name(h)))
                 })
                 .chain(ports.iter().filter_map(|p| {
                     port_holders
                         .get(p)
-                        .map(|h| format!("port {p} (held by {})", self.holder_name(h)))
+                        .map(|h| format!("port {p} (held by {})", self.ctx.holder_name(h)))
                 }))
                 .collect();
             if !busy.is_empty() {
@@ -190,38 +196,40 @@ impl Engine {
             ports,
             account: true,
         };
-        if !self.commit_claims(claim, records).await? {
+        if !self.ctx.commit_claims(claim, records).await? {
             return Err(Error::refused(
                 Operation::Continue,
                 format!("the GPUs or ports of '{name}' were just claimed by another replicaSet; restart it instead"),
             ));
         }
         failpoint("continue.recorded");
-        self.finish_resume(head, before)
+        self.ctx
+            .finish_resume(head, before)
             .await
             .map_err(|e| e.during(Operation::Continue))
     }
 
     /// Removes every container, record, claim and snapshot of the replicaSet.
     pub async fn delete(&self, name: &str) -> Result<()> {
-        self.recorded(
-            "delete",
-            name,
-            |_| "containers, records, claims and snapshots removed".into(),
-            self.delete_set(name),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "delete",
+                name,
+                |_| "containers, records, claims and snapshots removed".into(),
+                self.delete_set(name),
+            )
+            .await
     }
 
     async fn delete_set(&self, name: &str) -> Result<()> {
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (mut head, revision) = self.head(name).await?;
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (mut head, revision) = self.ctx.head(name).await?;
         let result = async {
             self.record_intent(&mut head, revision, Intent::Delete)
                 .await?;
             failpoint("delete.recorded");
-            self.finish_delete(head).await
+            self.ctx.finish_delete(head).await
         }
         .await;
         self.forget_unreached(name, result)

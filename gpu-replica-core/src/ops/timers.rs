@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use crate::engine::{encode, Engine};
+use crate::engine::encode;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::{rfc3339, ReplicaSet, Status, Timers};
+use crate::ops::Engine;
 use crate::store::Txn;
 
 /// Seconds since the Unix epoch, now.
@@ -67,17 +68,18 @@ impl Engine {
             if let Some(at) = timers.stop_at.filter(|at| *at <= unix_now()) {
                 return Err(Error::StopTimePast(rfc3339(at)));
             }
-            let _guard = self.lock_set(name).await;
-            self.settle(name).await?;
-            let (mut head, revision) = self.head(name).await?;
+            let _guard = self.ctx.lock_set(name).await;
+            self.ctx.settle(name).await?;
+            let (mut head, revision) = self.ctx.head(name).await?;
             head.timers = timers.clone();
             let txn = Txn::new()
                 .unchanged(keys::replica_set(name), revision)
                 .put(keys::replica_set(name), encode(&head));
-            self.commit(txn).await?;
+            self.ctx.commit(txn).await?;
             Ok(timers)
         };
-        self.recorded("timers", name, describe_timers, outcome)
+        self.ctx
+            .recorded("timers", name, describe_timers, outcome)
             .await
     }
 
@@ -85,6 +87,7 @@ impl Engine {
     /// whose GPUs have been idle long enough. Returns the names it stopped.
     pub async fn tick_timers(&self) -> Result<Vec<String>> {
         let heads: Vec<ReplicaSet> = self
+            .ctx
             .own_sets()
             .await?
             .into_iter()
@@ -94,7 +97,7 @@ impl Engine {
             h.timers.idle_stop_secs.is_some() && h.status == Status::Running && !h.gpus.is_empty()
         });
         let utilization: HashMap<String, Option<u32>> = if watch_idle {
-            match self.shared.inventory.gpus().await {
+            match self.ctx.shared.inventory.gpus().await {
                 Ok(gpus) => gpus.into_iter().map(|g| (g.uuid, g.utilization)).collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "GPU utilization not readable; idle timers wait");
@@ -115,7 +118,9 @@ impl Engine {
                         Ok(()) => format!("stopped at {}; GPUs and ports released", rfc3339(at)),
                         Err(e) => e.to_string(),
                     };
-                    self.emit("timer.at", name, outcome.is_ok(), message).await;
+                    self.ctx
+                        .emit("timer.at", name, outcome.is_ok(), message)
+                        .await;
                     if outcome.is_err() {
                         continue;
                     }
@@ -149,7 +154,8 @@ impl Engine {
                 Ok(()) => format!("GPUs idle for {limit} s; stopped, GPUs and ports released"),
                 Err(e) => e.to_string(),
             };
-            self.emit("timer.idle", name, outcome.is_ok(), message)
+            self.ctx
+                .emit("timer.idle", name, outcome.is_ok(), message)
                 .await;
             if outcome.is_ok() {
                 self.idle_clock().remove(name);
@@ -165,7 +171,7 @@ impl Engine {
     /// Runs [`Engine::tick_timers`] every `timer_interval` until the engine is dropped.
     pub fn spawn_timers(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let engine: Weak<Engine> = Arc::downgrade(self);
-        let interval = self.shared.config.timer_interval;
+        let interval = self.ctx.shared.config.timer_interval;
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -182,7 +188,8 @@ impl Engine {
     }
 
     fn idle_clock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.shared
+        self.ctx
+            .shared
             .idle_since
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -190,8 +197,11 @@ impl Engine {
 
     /// Clears a stop time that fired, unless the user set another one meanwhile.
     async fn clear_stop_at(&self, name: &str, fired: i64) -> Result<()> {
-        let _guard = self.lock_set(name).await;
-        let Some((mut head, revision)) = self.read::<ReplicaSet>(&keys::replica_set(name)).await?
+        let _guard = self.ctx.lock_set(name).await;
+        let Some((mut head, revision)) = self
+            .ctx
+            .read::<ReplicaSet>(&keys::replica_set(name))
+            .await?
         else {
             return Ok(());
         };
@@ -202,7 +212,7 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(keys::replica_set(name), revision)
             .put(keys::replica_set(name), encode(&head));
-        self.commit(txn).await
+        self.ctx.commit(txn).await
     }
 }
 

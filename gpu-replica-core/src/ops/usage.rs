@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::accounting::GpuTime;
-use crate::engine::Engine;
 use crate::error::Result;
 use crate::keys;
+use crate::ops::Engine;
 
 /// GPU-time of one replicaSet over the period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,15 +70,15 @@ impl Engine {
     /// GPU-seconds per user and per replicaSet over the period. A user sees only their own;
     /// an admin everyone's, or one user's with `owner`.
     pub async fn usage(&self, query: UsageQuery) -> Result<UsageReport> {
-        let now = self.shared.clock.now_micros();
+        let now = self.ctx.shared.clock.now_micros();
         // Before 1970 is the beginning; a period that ends before it starts is empty.
         let from = query.from.unwrap_or(0).max(0);
         let to = query.to.unwrap_or((now / 1_000_000) as i64).max(from);
-        let owner = match (self.caller.is_admin(), query.owner) {
+        let owner = match (self.ctx.caller.is_admin(), query.owner) {
             (true, owner) => owner,
             // Another user's GPU-time answers as none at all.
-            (false, Some(other)) if other != self.caller.name => return Ok(empty(from, to)),
-            (false, _) => Some(self.caller.name.clone()),
+            (false, Some(other)) if other != self.ctx.caller.name => return Ok(empty(from, to)),
+            (false, _) => Some(self.ctx.caller.name.clone()),
         };
         let prefix = match &owner {
             Some(o) => keys::gpu_times_of(o),
@@ -93,7 +93,7 @@ impl Engine {
         // Keys are `gpu-time/{owner}/{id}/{at}.{unique}`: each set's records come together,
         // in time order.
         let mut sets: BTreeMap<(String, String), (String, Vec<GpuTime>)> = BTreeMap::new();
-        for entry in self.shared.store.list(&prefix).await? {
+        for entry in self.ctx.shared.store.list(&prefix).await? {
             let mut parts = entry.key[keys::GPU_TIMES.len()..].splitn(3, '/');
             let (Some(who), Some(id)) = (parts.next(), parts.next()) else {
                 continue;

@@ -13,10 +13,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::engine::access::{Caller, Holdings, Quota, Role, UserRecord, OPERATOR};
-use crate::engine::{check_name, encode, Engine};
+use crate::engine::{check_name, encode};
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::now;
+use crate::ops::Engine;
 use crate::store::Txn;
 
 /// What starts every user token.
@@ -121,7 +122,7 @@ fn parse_token(token: &str) -> Option<(&str, &str)> {
 
 impl Engine {
     fn admin_only(&self, what: &str) -> Result<()> {
-        if self.caller.is_admin() {
+        if self.ctx.caller.is_admin() {
             Ok(())
         } else {
             Err(Error::AdminOnly(what.to_string()))
@@ -130,7 +131,7 @@ impl Engine {
 
     async fn user_info_of(&self, user: UserRecord) -> Result<UserInfo> {
         Ok(UserInfo {
-            holdings: self.holdings(&user.name).await?,
+            holdings: self.ctx.holdings(&user.name).await?,
             name: user.name,
             role: user.role,
             quota: user.quota,
@@ -140,7 +141,7 @@ impl Engine {
 
     /// Whether any user was added (then every request needs a token).
     pub async fn has_users(&self) -> Result<bool> {
-        Ok(!self.shared.store.list(keys::USERS).await?.is_empty())
+        Ok(!self.ctx.shared.store.list(keys::USERS).await?.is_empty())
     }
 
     /// Who `token` belongs to; [`Error::Unauthorized`] when it is no user's (wrong, made up,
@@ -150,7 +151,11 @@ impl Engine {
         if crate::names::check(name, Error::Unauthorized, |_| Error::Unauthorized).is_err() {
             return Err(Error::Unauthorized);
         }
-        let user = self.user_record(name).await?.ok_or(Error::Unauthorized)?;
+        let user = self
+            .ctx
+            .user_record(name)
+            .await?
+            .ok_or(Error::Unauthorized)?;
         let sent = hash(&user.salt, secret);
         if bool::from(sent.as_bytes().ct_eq(user.hash.as_bytes())) {
             Ok(Caller::new(user.name, user.role))
@@ -184,23 +189,24 @@ impl Engine {
         let txn = Txn::new()
             .absent(keys::user(&new.name))
             .put(keys::user(&new.name), encode(&record));
-        if !self.shared.store.commit(txn).await? {
+        if !self.ctx.shared.store.commit(txn).await? {
             return Err(Error::UserExists(new.name));
         }
-        self.emit(
-            "user.add",
-            &new.name,
-            true,
-            format!("{:?}", record.role).to_lowercase(),
-        )
-        .await;
+        self.ctx
+            .emit(
+                "user.add",
+                &new.name,
+                true,
+                format!("{:?}", record.role).to_lowercase(),
+            )
+            .await;
         Ok((self.user_info_of(record).await?, token))
     }
 
     /// Every user with what they hold (admins only).
     pub async fn users(&self) -> Result<Vec<UserInfo>> {
         self.admin_only("listing users")?;
-        let records: Vec<UserRecord> = self.read_all(keys::USERS).await?;
+        let records: Vec<UserRecord> = self.ctx.read_all(keys::USERS).await?;
         let mut infos = Vec::with_capacity(records.len());
         for record in records {
             infos.push(self.user_info_of(record).await?);
@@ -210,16 +216,16 @@ impl Engine {
 
     /// One user with what they hold: an admin may ask for anyone, a user for themselves.
     pub async fn user_info(&self, name: &str) -> Result<UserInfo> {
-        if !self.caller.may_reach(name) {
+        if !self.ctx.caller.may_reach(name) {
             return Err(Error::UserNotFound(name.to_string()));
         }
-        match self.user_record(name).await? {
+        match self.ctx.user_record(name).await? {
             Some(record) => self.user_info_of(record).await,
             None if name == OPERATOR => Ok(UserInfo {
                 name: OPERATOR.into(),
                 role: Role::Admin,
                 quota: Quota::default(),
-                holdings: self.holdings(OPERATOR).await?,
+                holdings: self.ctx.holdings(OPERATOR).await?,
                 created_at: String::new(),
             }),
             None => Err(Error::UserNotFound(name.to_string())),
@@ -231,11 +237,13 @@ impl Engine {
     pub async fn remove_user(&self, name: &str) -> Result<()> {
         self.admin_only("removing users")?;
         let (_, revision) = self
+            .ctx
             .read::<UserRecord>(&keys::user(name))
             .await?
             .ok_or_else(|| Error::UserNotFound(name.to_string()))?;
-        let held = self.holdings(name).await?;
+        let held = self.ctx.holdings(name).await?;
         let volumes = self
+            .ctx
             .read_all::<crate::model::Volume>(keys::VOLUMES)
             .await?
             .into_iter()
@@ -253,8 +261,10 @@ impl Engine {
             .unchanged(keys::user(name), revision)
             .delete(keys::user(name))
             .delete(keys::quota_guard(name));
-        self.commit(txn).await?;
-        self.emit("user.remove", name, true, "removed".into()).await;
+        self.ctx.commit(txn).await?;
+        self.ctx
+            .emit("user.remove", name, true, "removed".into())
+            .await;
         Ok(())
     }
 
@@ -266,9 +276,9 @@ impl Engine {
     pub async fn purge_user(&self, name: &str) -> Result<Purged> {
         self.admin_only("removing users")?;
         self.reset_token(name).await?;
-        let here = self.node_name().to_string();
-        let sets: Vec<crate::model::ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
-        let volumes: Vec<crate::model::Volume> = self.read_all(keys::VOLUMES).await?;
+        let here = self.ctx.node_name().to_string();
+        let sets: Vec<crate::model::ReplicaSet> = self.ctx.read_all(keys::REPLICA_SETS).await?;
+        let volumes: Vec<crate::model::Volume> = self.ctx.read_all(keys::VOLUMES).await?;
         let elsewhere: Vec<String> = sets
             .iter()
             .filter(|s| s.owner == name && s.node != here)
@@ -306,10 +316,11 @@ impl Engine {
     /// Makes a new token for `name`; the old one stops working at once. Admins may reset
     /// anyone's, users their own.
     pub async fn reset_token(&self, name: &str) -> Result<String> {
-        if !self.caller.may_reach(name) {
+        if !self.ctx.caller.may_reach(name) {
             return Err(Error::UserNotFound(name.to_string()));
         }
         let (mut record, revision) = self
+            .ctx
             .read::<UserRecord>(&keys::user(name))
             .await?
             .ok_or_else(|| Error::UserNotFound(name.to_string()))?;
@@ -319,8 +330,9 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(keys::user(name), revision)
             .put(keys::user(name), encode(&record));
-        self.commit(txn).await?;
-        self.emit("user.token", name, true, "token reset".into())
+        self.ctx.commit(txn).await?;
+        self.ctx
+            .emit("user.token", name, true, "token reset".into())
             .await;
         Ok(token)
     }
@@ -330,6 +342,7 @@ impl Engine {
     pub async fn set_quota(&self, name: &str, change: QuotaChange) -> Result<UserInfo> {
         self.admin_only("changing quotas")?;
         let (mut record, revision) = self
+            .ctx
             .read::<UserRecord>(&keys::user(name))
             .await?
             .ok_or_else(|| Error::UserNotFound(name.to_string()))?;
@@ -337,8 +350,9 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(keys::user(name), revision)
             .put(keys::user(name), encode(&record));
-        self.commit(txn).await?;
-        self.emit("user.quota", name, true, format!("{:?}", record.quota))
+        self.ctx.commit(txn).await?;
+        self.ctx
+            .emit("user.quota", name, true, format!("{:?}", record.quota))
             .await;
         self.user_info_of(record).await
     }

@@ -2,11 +2,11 @@
 //! [`crate::steps::transition`]).
 
 use crate::engine::events::describe_info;
-use crate::engine::Engine;
 use crate::error::{Error, Operation, Result};
 use crate::keys;
 use crate::limits::Limits;
 use crate::model::{ReplicaSetInfo, ReplicaSetSpec, Version};
+use crate::ops::Engine;
 use crate::runtime::Bind;
 use crate::steps::{Filesystem, Prepared};
 
@@ -34,7 +34,8 @@ pub struct BindSwap {
 impl Engine {
     /// Changes GPU count and/or one bind; an empty patch recreates the container as it is.
     pub async fn patch(&self, name: &str, patch: PatchRequest) -> Result<ReplicaSetInfo> {
-        self.recorded("patch", name, describe_info, self.patch_set(name, patch))
+        self.ctx
+            .recorded("patch", name, describe_info, self.patch_set(name, patch))
             .await
     }
 
@@ -42,10 +43,10 @@ impl Engine {
         if let Some(count) = patch.gpu_count.filter(|c| *c < 0) {
             return Err(Error::NegativeGpuCount(count));
         }
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (head, _) = self.head(name).await?;
-        let current = self.version_record(name, head.current).await?;
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (head, _) = self.ctx.head(name).await?;
+        let current = self.ctx.version_record(name, head.current).await?;
         let mut spec = current.spec.clone();
         if let Some(count) = patch.gpu_count {
             spec.gpu_count = count as u32;
@@ -70,11 +71,12 @@ impl Engine {
                         swap.old.src, swap.old.dest
                     ))
                 })?;
-            spec.binds[slot] = self.check_bind(&swap.new).await?;
+            spec.binds[slot] = self.ctx.check_bind(&swap.new).await?;
         }
         if let Some(asked) = patch.resources {
             spec.resources = asked.or(spec.resources);
-            self.shared
+            self.ctx
+                .shared
                 .config
                 .resources
                 .grant(spec.gpu_count, &spec.resources)?;
@@ -94,13 +96,14 @@ impl Engine {
 
     /// New version with the spec and filesystem of `version`.
     pub async fn rollback(&self, name: &str, version: i64) -> Result<ReplicaSetInfo> {
-        self.recorded(
-            "rollback",
-            name,
-            |info| format!("to version {version}: {}", describe_info(info)),
-            self.rollback_set(name, version),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "rollback",
+                name,
+                |info| format!("to version {version}: {}", describe_info(info)),
+                self.rollback_set(name, version),
+            )
+            .await
     }
 
     async fn rollback_set(&self, name: &str, version: i64) -> Result<ReplicaSetInfo> {
@@ -109,13 +112,14 @@ impl Engine {
         }
         let version = u32::try_from(version)
             .map_err(|_| Error::InvalidParams(format!("version {version} is too large")))?;
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (head, _) = self.head(name).await?;
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (head, _) = self.ctx.head(name).await?;
         if version == head.current {
             return Err(Error::NoNeedRollback(version));
         }
         let target = self
+            .ctx
             .read::<Version>(&keys::version(name, version))
             .await?
             .map(|(v, _)| v)
@@ -130,14 +134,14 @@ impl Engine {
                 Operation::Rollback,
                 format!(
                     "the filesystem of version {version} was pruned (only the newest {} snapshots are kept)",
-                    self.shared.config.keep_snapshots
+                    self.ctx.shared.config.keep_snapshots
                 ),
             ));
         }
         // The filesystem and spec of `version`, with the volumes as they are now.
         let mut spec = target.spec;
         for bind in &mut spec.binds {
-            *bind = self.check_recorded_bind(bind).await?;
+            *bind = self.ctx.check_recorded_bind(bind).await?;
         }
         self.new_version(name, spec, Filesystem::Of(version))
             .await
@@ -147,15 +151,16 @@ impl Engine {
     /// New version with the same spec and filesystem; GPUs are claimed again (the ones held are
     /// kept; a stopped set gets any free ones).
     pub async fn restart(&self, name: &str) -> Result<ReplicaSetInfo> {
-        self.recorded("restart", name, describe_info, self.restart_set(name))
+        self.ctx
+            .recorded("restart", name, describe_info, self.restart_set(name))
             .await
     }
 
     async fn restart_set(&self, name: &str) -> Result<ReplicaSetInfo> {
-        let _guard = self.lock_set(name).await;
-        self.settle(name).await?;
-        let (head, _) = self.head(name).await?;
-        let current = self.version_record(name, head.current).await?;
+        let _guard = self.ctx.lock_set(name).await;
+        self.ctx.settle(name).await?;
+        let (head, _) = self.ctx.head(name).await?;
+        let current = self.ctx.version_record(name, head.current).await?;
         self.new_version(name, current.spec, Filesystem::Current)
             .await
             .map_err(|e| e.during(Operation::Restart))
@@ -167,9 +172,9 @@ impl Engine {
         spec: ReplicaSetSpec,
         filesystem: Filesystem,
     ) -> Result<ReplicaSetInfo> {
-        let prepared = self.prepare(name, spec, filesystem, true, None).await?;
-        let prepared = self.activate(prepared).await?;
-        self.finish(prepared).await?;
+        let prepared = self.ctx.prepare(name, spec, filesystem, true, None).await?;
+        let prepared = self.ctx.activate(prepared).await?;
+        self.ctx.finish(prepared).await?;
         self.info(name).await
     }
 
@@ -181,13 +186,14 @@ impl Engine {
         spec: ReplicaSetSpec,
         volume: &str,
     ) -> Result<Prepared> {
-        self.prepare(
-            name,
-            spec,
-            Filesystem::Current,
-            false,
-            Some(volume.to_string()),
-        )
-        .await
+        self.ctx
+            .prepare(
+                name,
+                spec,
+                Filesystem::Current,
+                false,
+                Some(volume.to_string()),
+            )
+            .await
     }
 }

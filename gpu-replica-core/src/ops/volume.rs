@@ -7,11 +7,12 @@
 
 use crate::engine::access::{Caller, Holdings};
 use crate::engine::claims::{retry, Try};
-use crate::engine::{check_name, encode, Engine, LABEL_VERSION, LABEL_VOLUME};
+use crate::engine::{check_name, encode, LABEL_VERSION, LABEL_VOLUME};
 use crate::error::{Error, Operation, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
 use crate::model::{now, ReplicaSetInfo, Volume, VolumeInfo, VolumeIntent, VolumeVersion};
+use crate::ops::Engine;
 use crate::runtime::Bind;
 use crate::size::parse_size;
 use crate::steps::Prepared;
@@ -27,19 +28,20 @@ fn describe_volume(info: &VolumeInfo) -> String {
 impl Engine {
     /// Creates volume `name` as Docker volume `{name}-1` of `size` (`20GB`).
     pub async fn create_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
-        self.recorded(
-            "volume.create",
-            name,
-            describe_volume,
-            self.create_volume_inner(name, size),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "volume.create",
+                name,
+                describe_volume,
+                self.create_volume_inner(name, size),
+            )
+            .await
     }
 
     async fn create_volume_inner(&self, name: &str, size: &str) -> Result<VolumeInfo> {
         check_volume_name(name)?;
         let size_bytes = parse_size(size)?;
-        let _guard = self.lock_volume(name).await;
+        let _guard = self.ctx.lock_volume(name).await;
         let docker_name = crate::names::docker_volume(name, 1);
         let version = VolumeVersion {
             version: 1,
@@ -52,14 +54,15 @@ impl Engine {
         };
         let head = Volume {
             name: name.to_string(),
-            owner: self.caller.name.clone(),
-            node: self.node_name().to_string(),
+            owner: self.ctx.caller.name.clone(),
+            node: self.ctx.node_name().to_string(),
             current: 1,
             latest: 1,
             pending: None,
             created_at: version.created_at.clone(),
         };
         if self
+            .ctx
             .shared
             .runtime
             .inspect_volume(&docker_name)
@@ -88,7 +91,7 @@ impl Engine {
                 let txn = Txn::new()
                     .delete(keys::volume(name))
                     .delete(keys::volume_version(name, 1));
-                self.commit(txn).await?;
+                self.ctx.commit(txn).await?;
                 Err(e.during(Operation::VolumeCreate))
             }
         }
@@ -107,12 +110,18 @@ impl Engine {
         retry(
             "other claims of the same owner kept committing first",
             move |_| async move {
-                let quota = self.check_quota(owner, more).await?;
-                if self.shared.store.commit(quota.apply(txn.clone())).await? {
+                let quota = self.ctx.check_quota(owner, more).await?;
+                if self
+                    .ctx
+                    .shared
+                    .store
+                    .commit(quota.apply(txn.clone()))
+                    .await?
+                {
                     return Ok(Try::Done(true));
                 }
                 if let Some(key) = taken {
-                    if self.shared.store.get(key).await?.is_some() {
+                    if self.ctx.shared.store.get(key).await?.is_some() {
                         return Ok(Try::Done(false));
                     }
                 }
@@ -127,11 +136,12 @@ impl Engine {
         name: &str,
         version: &VolumeVersion,
     ) -> Result<VolumeVersion> {
-        let labels = self.labels(&[
+        let labels = self.ctx.labels(&[
             (LABEL_VOLUME, name.to_string()),
             (LABEL_VERSION, version.version.to_string()),
         ]);
         let enforced = self
+            .ctx
             .shared
             .runtime
             .create_volume(&version.docker_name, Some(version.size_bytes), &labels)
@@ -139,7 +149,8 @@ impl Engine {
         let mut version = version.clone();
         if enforced {
             version.size_enforced = true;
-            self.shared
+            self.ctx
+                .shared
                 .store
                 .put(
                     &keys::volume_version(name, version.version),
@@ -153,11 +164,13 @@ impl Engine {
     pub(crate) async fn volume_head(&self, name: &str) -> Result<(Volume, VolumeVersion)> {
         let name = base_volume_name(name);
         let (head, _) = self
+            .ctx
             .read::<Volume>(&keys::volume(name))
             .await?
             .ok_or_else(|| Error::VolumeNotFound(name.to_string()))?;
-        self.reachable_volume(name, &head)?;
+        self.ctx.reachable_volume(name, &head)?;
         let (version, _) = self
+            .ctx
             .read::<VolumeVersion>(&keys::volume_version(name, head.current))
             .await?
             .ok_or_else(|| {
@@ -169,13 +182,14 @@ impl Engine {
     /// Resizes volume `name` to `size`: a new version with the data copied, and every managed
     /// replicaSet mounting it moved onto the new version.
     pub async fn resize_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
-        self.recorded(
-            "volume.resize",
-            base_volume_name(name),
-            describe_volume,
-            self.resize_volume_inner(name, size),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "volume.resize",
+                base_volume_name(name),
+                describe_volume,
+                self.resize_volume_inner(name, size),
+            )
+            .await
     }
 
     async fn resize_volume_inner(&self, name: &str, size: &str) -> Result<VolumeInfo> {
@@ -189,13 +203,14 @@ impl Engine {
     async fn resize_reachable_volume(&self, name: &str, size: &str) -> Result<VolumeInfo> {
         let name = base_volume_name(name).to_string();
         let size_bytes = parse_size(size)?;
-        let _guard = self.lock_volume(&name).await;
+        let _guard = self.ctx.lock_volume(&name).await;
         let (mut head, current) = self.volume_head(&name).await?;
         if size_bytes == current.size_bytes {
             return Err(Error::VolumeSameSize(name, current.size));
         }
         if size_bytes < current.size_bytes {
             let used = self
+                .ctx
                 .shared
                 .runtime
                 .volume_used_bytes(&current.docker_name)
@@ -212,7 +227,7 @@ impl Engine {
         let users = self.mounted_by(&current.docker_name).await?;
         let mut guards = Vec::new();
         for user in &users {
-            guards.push(self.lock_set(&user.replica_set.name).await);
+            guards.push(self.ctx.lock_set(&user.replica_set.name).await);
         }
         let number = head.latest + 1;
         let next = VolumeVersion {
@@ -248,12 +263,12 @@ impl Engine {
                 let txn = Txn::new()
                     .delete(keys::volume_version(&name, number))
                     .put(keys::volume(&name), encode(&head));
-                self.commit(txn).await?;
+                self.ctx.commit(txn).await?;
                 return Err(e.during(Operation::VolumeResize));
             }
         };
         failpoint("resize.finished");
-        self.complete_resize(&mut head, &current).await?;
+        self.ctx.complete_resize(&mut head, &current).await?;
         Ok(VolumeInfo {
             volume: head,
             version: next,
@@ -291,22 +306,25 @@ impl Engine {
             }
             failpoint("resize.prepared");
             // Every user is stopped now: the copy sees data at rest.
-            self.shared
+            self.ctx
+                .shared
                 .runtime
                 .copy_volume(&current.docker_name, &next.docker_name)
                 .await?;
             if let Some(intent) = head.pending.as_mut() {
                 intent.copied = true;
             }
-            self.commit(Txn::new().put(keys::volume(&head.name), encode(&*head)))
+            self.ctx
+                .commit(Txn::new().put(keys::volume(&head.name), encode(&*head)))
                 .await
         }
         .await;
         if let Err(e) = outcome {
             for p in prepared {
-                self.abort(p).await;
+                self.ctx.abort(p).await;
             }
-            self.shared
+            self.ctx
+                .shared
                 .runtime
                 .remove_volume(&next.docker_name)
                 .await
@@ -317,13 +335,14 @@ impl Engine {
         let mut started = Vec::new();
         let mut pending = prepared.into_iter();
         for p in pending.by_ref() {
-            match self.activate(p).await {
+            match self.ctx.activate(p).await {
                 Ok(p) => started.push(p),
                 Err(e) => {
                     for p in started.into_iter().chain(pending) {
-                        self.abort(p).await;
+                        self.ctx.abort(p).await;
                     }
-                    self.shared
+                    self.ctx
+                        .shared
                         .runtime
                         .remove_volume(&next.docker_name)
                         .await
@@ -334,7 +353,7 @@ impl Engine {
         }
         failpoint("resize.started");
         for p in started {
-            self.finish(p).await?;
+            self.ctx.finish(p).await?;
         }
         Ok(next)
     }
@@ -351,18 +370,19 @@ impl Engine {
 
     /// Deletes the volume; refused while a replicaSet mounts it.
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
-        self.recorded(
-            "volume.delete",
-            base_volume_name(name),
-            |_| "every version removed".into(),
-            self.delete_volume_inner(name),
-        )
-        .await
+        self.ctx
+            .recorded(
+                "volume.delete",
+                base_volume_name(name),
+                |_| "every version removed".into(),
+                self.delete_volume_inner(name),
+            )
+            .await
     }
 
     async fn delete_volume_inner(&self, name: &str) -> Result<()> {
         let name = base_volume_name(name).to_string();
-        let _guard = self.lock_volume(&name).await;
+        let _guard = self.ctx.lock_volume(&name).await;
         let (_, current) = self.volume_head(&name).await?;
         // Every set that mounts it counts, whoever owns it.
         let operator = self.as_caller(Caller::operator());
@@ -378,12 +398,14 @@ impl Engine {
                 ),
             ));
         }
-        self.shared
+        self.ctx
+            .shared
             .runtime
             .remove_volume(&current.docker_name)
             .await
             .map_err(|e| e.during(Operation::VolumeDelete))?;
         let versions = self
+            .ctx
             .shared
             .store
             .list(&keys::volume_versions(&name))
@@ -392,7 +414,8 @@ impl Engine {
             .iter()
             .fold(Txn::new(), |t, e| t.delete(e.key.clone()))
             .delete(keys::volume(&name));
-        self.commit(txn)
+        self.ctx
+            .commit(txn)
             .await
             .map_err(|e| e.during(Operation::VolumeDelete))
     }
@@ -408,6 +431,7 @@ impl Engine {
         let name = base_volume_name(name);
         self.volume_head(name).await?;
         let mut versions: Vec<VolumeVersion> = self
+            .ctx
             .read_all(&keys::volume_versions(name))
             .await
             .map_err(|e| e.during(Operation::VolumeHistory))?;
@@ -422,14 +446,14 @@ impl Engine {
 
     /// [`Engine::list_volumes`], only `owner`'s when given.
     pub async fn list_volumes_of(&self, owner: Option<&str>) -> Result<Vec<VolumeInfo>> {
-        let heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
+        let heads: Vec<Volume> = self.ctx.read_all(keys::VOLUMES).await?;
         let mut infos = Vec::with_capacity(heads.len());
         for volume in heads
             .into_iter()
-            .filter(|v| self.caller.may_reach(&v.owner) && owner.is_none_or(|o| v.owner == o))
+            .filter(|v| self.ctx.caller.may_reach(&v.owner) && owner.is_none_or(|o| v.owner == o))
         {
             let key = keys::volume_version(&volume.name, volume.current);
-            let (version, _) = self.read::<VolumeVersion>(&key).await?.ok_or_else(|| {
+            let (version, _) = self.ctx.read::<VolumeVersion>(&key).await?.ok_or_else(|| {
                 Error::Store(format!(
                     "volume '{}' has no current version record",
                     volume.name

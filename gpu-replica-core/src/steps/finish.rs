@@ -2,7 +2,7 @@
 //! a crash at any point and ends in the same state, so an operation is finished by running the
 //! rest of its steps, or undone by the matching undo step.
 
-use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
+use crate::engine::{encode, Context, LABEL_REPLICA_SET, LABEL_VERSION};
 use crate::error::Result;
 use crate::failpoint::failpoint;
 use crate::keys;
@@ -10,7 +10,7 @@ use crate::model::{Intent, ReplicaSet, Status, Version, Volume, VolumeVersion};
 use crate::runtime::ContainerSpec;
 use crate::store::Txn;
 
-impl Engine {
+impl Context {
     /// The image the first container of the clone with id `id` is created from.
     pub(crate) fn clone_base(&self, id: &str) -> String {
         crate::names::clone_base(&self.shared.config.snapshot_repo, id)

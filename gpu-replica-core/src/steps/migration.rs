@@ -4,7 +4,7 @@
 
 use crate::cluster::{LinkRequest, NodeRecord};
 use crate::engine::claims::{release_keys, retry, Try};
-use crate::engine::{encode, Engine};
+use crate::engine::{encode, Context};
 use crate::error::Result;
 use crate::keys;
 use crate::model::{Intent, Moving, ReplicaSet};
@@ -18,7 +18,7 @@ pub(crate) fn moving_of(head: &ReplicaSet) -> Option<Moving> {
     }
 }
 
-impl Engine {
+impl Context {
     /// Undoes a migration of a set that still lives here: releases what the target claimed,
     /// forgets the new version and starts the old container again if it ran. Nothing when
     /// the target already made it current (the set lives there now).

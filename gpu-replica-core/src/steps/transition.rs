@@ -9,7 +9,7 @@
 
 use crate::engine::access::Holdings;
 use crate::engine::claims::{retry, Claim, Try, CLAIMS_KEPT_LOST};
-use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_VERSION};
+use crate::engine::{encode, Context, LABEL_REPLICA_SET, LABEL_VERSION};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::keys;
@@ -78,7 +78,7 @@ impl Prepared {
     }
 }
 
-impl Engine {
+impl Context {
     /// Claims and records a new version, stops and snapshots the old container, creates the new
     /// one. `run` false keeps a paused or stopped set paused or stopped (volume rebinds);
     /// `resize` names the volume resize this is part of.

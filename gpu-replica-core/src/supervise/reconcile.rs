@@ -16,12 +16,11 @@
 //! [`Engine::recover`] runs one pass at start.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::engine::{encode, Engine, LABEL_REPLICA_SET, LABEL_STORE};
+use crate::engine::{encode, Context, WeakContext, LABEL_REPLICA_SET, LABEL_STORE};
 use crate::error::Result;
 use crate::keys;
 use crate::model::{ReplicaSet, Status};
@@ -45,7 +44,7 @@ impl Reconciled {
     }
 }
 
-impl Engine {
+impl Context {
     /// One pass over every replicaSet and every claim; see the module documentation. Docker
     /// is asked once for all containers; only a set that looks drifted is looked at again,
     /// under its lock.
@@ -333,8 +332,8 @@ impl Engine {
     /// Runs the reconciler until the engine is closed or dropped: one set on each Docker event
     /// about its containers (or a nudge), every set each `reconcile_interval`. Docker going
     /// away is waited out: the event stream is opened again once it is back.
-    pub fn spawn_reconciler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let engine: Weak<Engine> = Arc::downgrade(self);
+    pub fn spawn_reconciler(&self) -> tokio::task::JoinHandle<()> {
+        let engine = self.downgrade();
         let interval = self.shared.config.reconcile_interval;
         let closing = self.closing_receiver();
         tokio::spawn(async move {
@@ -374,7 +373,7 @@ impl Engine {
 
 /// Follows Docker's events about this store's containers and nudges the reconciler for the
 /// set each one belongs to; reopens the stream when Docker comes back.
-async fn watch_docker(engine: Weak<Engine>) {
+async fn watch_docker(engine: WeakContext) {
     loop {
         let Some(strong) = engine.upgrade() else {
             return;

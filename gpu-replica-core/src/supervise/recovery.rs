@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use crate::engine::{encode, Engine, Recovery, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
+use crate::engine::{encode, Context, Recovery, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
 use crate::error::Result;
 use crate::keys;
 use crate::model::{Intent, Moving, ReplicaSet, Status, Volume, VolumeVersion};
@@ -24,7 +24,7 @@ struct ImageRefs {
     snapshot: Option<String>,
 }
 
-impl Engine {
+impl Context {
     /// Finishes or undoes every operation a crash left in flight, removes orphaned Docker
     /// objects, and reports current containers that are gone. Call it once at start, before
     /// serving requests.
@@ -509,8 +509,8 @@ mod tests {
             Arc::new(StaticInventory::fake(1)),
             EngineConfig::default(),
         );
-        engine.settle("set").await.unwrap();
-        let (head, _) = engine.head("set").await.unwrap();
+        engine.ctx.settle("set").await.unwrap();
+        let (head, _) = engine.ctx.head("set").await.unwrap();
         assert_eq!((head.current, head.latest, head.pending), (1, 1, None));
         assert!(store.get(&keys::version("set", 2)).await.unwrap().is_none());
     }

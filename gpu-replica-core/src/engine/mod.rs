@@ -1,7 +1,9 @@
-//! The engine's ground floor: the [`Engine`] type with its three backends and configuration,
-//! and what every operation stands on: per-object locks and labels (here), typed records
-//! ([`records`]), GPU and port claims ([`claims`]), the operator's policy ([`policy`]) and
-//! the event log ([`events`]).
+//! What every operation stands on: the [`Context`] (the three backends, the configuration and
+//! the shared state, acting for one caller) with per-object locks and labels (here), typed
+//! records ([`records`]), GPU and port claims and the one claim transaction ([`claims`]),
+//! callers, users' records and the quota guard ([`access`]), GPU-time ([`accounting`]), the
+//! operator's policy ([`policy`]) and the event log ([`events`]). The public [`crate::Engine`]
+//! (in `ops/`) holds a context and adds the operations; nothing here can name one.
 //!
 //! Layers, calls going down only (held by `tests/layers.rs`, for imports and for calls
 //! through `Engine`'s methods): `start` → `ops` (one file per operation family) →

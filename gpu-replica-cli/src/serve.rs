@@ -439,71 +439,148 @@ fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls, nodes: Option<NodeIden
 }
 
 /// Runs the server until SIGINT or SIGTERM; with a token, every route but /ping needs it.
+/// Flags become options here; the engine's start-up order is the core's
+/// ([`Engine::builder`]), serving is the HTTP crate's ([`gpu_replica_http::serve`]).
 pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
     init_logging(&args)?;
-    let token = match (&args.token_file, token) {
-        (Some(path), _) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("--token-file {}: {e}", path.display()))?
-                .trim_end()
-                .to_string(),
-        ),
-        (None, token) => token,
+    let token = match &args.token_file {
+        Some(path) => Some(read_secret(path, "--token-file")?),
+        None if token.as_deref() == Some("") => return Err("the token is empty".into()),
+        None => token,
     };
-    if token.as_deref() == Some("") {
-        return Err("the token is empty".into());
-    }
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            gpu_replica_http::ReloadableTls::new(gpu_replica_http::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: args.tls_client_ca.clone(),
-            })
-            .map_err(|e| format!("TLS: {e}"))?,
-        ),
-        _ => None,
-    };
-    // How this node reaches the others of its cluster.
-    let mut identity = None;
-    let nodes = match (&args.node, &args.tls_cert, &args.tls_key) {
-        (Some(_), Some(cert), Some(key)) => {
-            let ca = args
-                .cluster_ca
-                .as_ref()
-                .or(args.tls_client_ca.as_ref())
-                .ok_or(
-                    "a cluster over HTTPS needs --cluster-ca: the CA that signed the nodes' \
-                     certificates (or --tls-client-ca)",
-                )?;
-            let files = gpu_replica_http::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: None,
-            };
-            let client = gpu_replica_http::NodeClient::with_tls(
-                files
-                    .node_client_config(ca)
-                    .map_err(|e| format!("TLS to the other nodes: {e}"))?,
-            );
-            identity = Some(NodeIdentity {
-                client: client.clone(),
-                files,
-                ca: ca.clone(),
-            });
-            client
+    let metrics_token = args
+        .metrics_token_file
+        .as_deref()
+        .map(|path| read_secret(path, "--metrics-token-file"))
+        .transpose()?;
+    let tls = server_tls(&args)?;
+    let (nodes, identity) = node_client(&args)?;
+    refuse_plain_http_off_loopback(&args, tls.is_some())?;
+    let max_connections = max_connections(&args);
+    let builder = engine_builder(&args, tls.is_some(), &nodes).await?;
+    let running = builder.start().await.map_err(|e| e.to_string())?;
+    tracing::info!("recovery: {}", running.recovery());
+    let engine = running.engine().clone();
+    let listener = listen(&args, tls.is_some()).await?;
+    if let Some(tls) = &tls {
+        if tls.requires_client_certificates() {
+            tracing::info!("TLS: client certificates required (--tls-client-ca)");
         }
-        _ => gpu_replica_http::NodeClient::plain(),
-    };
-    if let Addr::Tcp(addr) = &args.addr {
-        if !addr.ip().is_loopback() && tls.is_none() && !args.insecure {
-            return Err(format!(
-                "refusing to serve plain HTTP on {addr}: off loopback every token would cross the \
-                 network in clear and be given away to anyone on the path; give --tls-cert and \
-                 --tls-key, listen on a loopback address or a unix: socket, or pass --insecure"
-            ));
-        }
+        reload_on_hangup(tls.clone(), identity);
     }
+    tracing::info!(
+        "connections: at most {max_connections}; head within {}s, body within {}s, idle {}s",
+        args.header_timeout,
+        args.body_timeout,
+        args.idle_timeout
+    );
+    announce_authentication(&engine, token.is_some()).await?;
+    let app = gpu_replica_http::router_with(
+        engine.clone(),
+        gpu_replica_http::RouterOptions {
+            token,
+            metrics_token,
+            nodes,
+        },
+    );
+    let options = gpu_replica_http::ServeOptions {
+        header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        max_connections,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        tls,
+    };
+    let closing = engine.clone();
+    gpu_replica_http::serve(listener, app, options, async move {
+        shutdown_signal().await;
+        // Followed logs and event streams end, so the shutdown is not held open.
+        closing.close();
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Addr::Unix(path) = &args.addr {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(running);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A token kept in a file (its trailing newline dropped); an empty one is refused.
+fn read_secret(path: &std::path::Path, flag: &str) -> Result<String, String> {
+    let secret = std::fs::read_to_string(path)
+        .map_err(|e| format!("{flag} {}: {e}", path.display()))?
+        .trim_end()
+        .to_string();
+    if secret.is_empty() {
+        return Err(format!("{flag} {}: empty", path.display()));
+    }
+    Ok(secret)
+}
+
+/// The certificate and key served with (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+fn server_tls(args: &ServeArgs) -> Result<Option<gpu_replica_http::ReloadableTls>, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    gpu_replica_http::ReloadableTls::new(gpu_replica_http::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: args.tls_client_ca.clone(),
+    })
+    .map(Some)
+    .map_err(|e| format!("TLS: {e}"))
+}
+
+/// How this node reaches the others of its cluster: over HTTPS with its own certificate when
+/// it serves one (with what reloads it), else plain.
+fn node_client(
+    args: &ServeArgs,
+) -> Result<(gpu_replica_http::NodeClient, Option<NodeIdentity>), String> {
+    let (Some(_), Some(cert), Some(key)) = (&args.node, &args.tls_cert, &args.tls_key) else {
+        return Ok((gpu_replica_http::NodeClient::plain(), None));
+    };
+    let ca = args
+        .cluster_ca
+        .as_ref()
+        .or(args.tls_client_ca.as_ref())
+        .ok_or(
+            "a cluster over HTTPS needs --cluster-ca: the CA that signed the nodes' \
+             certificates (or --tls-client-ca)",
+        )?;
+    let files = gpu_replica_http::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: None,
+    };
+    let client = gpu_replica_http::NodeClient::with_tls(
+        files
+            .node_client_config(ca)
+            .map_err(|e| format!("TLS to the other nodes: {e}"))?,
+    );
+    let identity = NodeIdentity {
+        client: client.clone(),
+        files,
+        ca: ca.clone(),
+    };
+    Ok((client, Some(identity)))
+}
+
+/// Off loopback, tokens would cross the network in clear: refused without TLS or --insecure.
+fn refuse_plain_http_off_loopback(args: &ServeArgs, tls: bool) -> Result<(), String> {
+    match &args.addr {
+        Addr::Tcp(addr) if !addr.ip().is_loopback() && !tls && !args.insecure => Err(format!(
+            "refusing to serve plain HTTP on {addr}: off loopback every token would cross the \
+             network in clear and be given away to anyone on the path; give --tls-cert and \
+             --tls-key, listen on a loopback address or a unix: socket, or pass --insecure"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `--max-connections`, or what the open-files limit (raised to its hard limit) allows.
+fn max_connections(args: &ServeArgs) -> usize {
     let open_files = match gpu_replica_http::serve::raise_open_files_limit() {
         Ok((before, now, hard)) => {
             tracing::info!("open files: soft limit {before} raised to {now} (hard limit {hard})");
@@ -514,9 +591,17 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             1024
         }
     };
-    let max_connections = args
-        .max_connections
-        .unwrap_or_else(|| gpu_replica_http::serve::default_max_connections(open_files));
+    args.max_connections
+        .unwrap_or_else(|| gpu_replica_http::serve::default_max_connections(open_files))
+}
+
+/// The engine's parts and options from the flags: Docker, the store, the GPUs, the policy,
+/// and in a cluster the URL the other nodes reach this one at and the link to them.
+async fn engine_builder(
+    args: &ServeArgs,
+    tls: bool,
+    nodes: &gpu_replica_http::NodeClient,
+) -> Result<gpu_replica_core::EngineBuilder, String> {
     let mut docker = DockerRuntime::connect().await.map_err(|e| e.to_string())?;
     if let Some(image) = &args.copy_image {
         docker = docker.with_copy_image(image);
@@ -533,7 +618,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
                 .into(),
         );
     }
-    let store = open_store(&args).await?;
+    let store = open_store(args).await?;
     let inventory = match (&args.node, args.gpus.strip_prefix("fake:")) {
         // Fake GPUs of a node carry its name: two nodes' never share a UUID.
         (Some(node), Some(count)) => Arc::new(gpu_replica_core::StaticInventory::fake_on(
@@ -545,7 +630,40 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         _ => open_inventory(&args.gpus)?,
     };
     let gpus = inventory.gpus().await.map_err(|e| e.to_string())?;
-    let config = EngineConfig {
+    let config = engine_config(args);
+    tracing::info!("{docker_version}");
+    tracing::info!("store: {}", store.describe());
+    tracing::info!("GPUs: {} from {}", gpus.len(), inventory.describe());
+    tracing::info!(
+        "ports: {}; GPU attach: {:?}",
+        config.port_range,
+        config.gpu_attach
+    );
+    // A node's URL for the others: given, or this address.
+    let advertise = match (&args.node, &args.advertise, &args.addr) {
+        (None, _, _) => None,
+        (Some(_), Some(url), _) => Some(url.clone()),
+        (Some(_), None, Addr::Tcp(addr)) if tls => Some(format!("https://{addr}")),
+        (Some(_), None, Addr::Tcp(addr)) => Some(format!("http://{addr}")),
+        (Some(_), None, Addr::Unix(_)) => {
+            return Err(
+                "--node on a unix: socket needs --advertise (a URL other nodes reach)".into(),
+            )
+        }
+    };
+    let mut builder = Engine::builder(Arc::new(docker), store, inventory).config(config);
+    if let Some(url) = advertise {
+        let link_client = nodes.clone();
+        builder = builder.advertise(url).node_link(move |secret| {
+            Arc::new(gpu_replica_http::HttpNodeLink::new(secret, link_client))
+        });
+    }
+    Ok(builder)
+}
+
+/// The engine's configuration from the flags.
+fn engine_config(args: &ServeArgs) -> EngineConfig {
+    EngineConfig {
         port_range: args.port_range,
         gpu_attach: args.gpu_attach,
         stop_timeout: Duration::from_secs(args.stop_timeout),
@@ -570,124 +688,45 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         reconcile_interval: Duration::from_secs(args.reconcile_interval),
         node: args.node.clone(),
         ..EngineConfig::default()
-    };
-    tracing::info!("{docker_version}");
-    tracing::info!("store: {}", store.describe());
-    tracing::info!("GPUs: {} from {}", gpus.len(), inventory.describe());
-    tracing::info!(
-        "ports: {}; GPU attach: {:?}",
-        config.port_range,
-        config.gpu_attach
-    );
-    // A node's URL for the others: given, or this address.
-    let advertise = match (&args.node, &args.advertise, &args.addr) {
-        (None, _, _) => None,
-        (Some(_), Some(url), _) => Some(url.clone()),
-        (Some(_), None, Addr::Tcp(addr)) if tls.is_some() => Some(format!("https://{addr}")),
-        (Some(_), None, Addr::Tcp(addr)) => Some(format!("http://{addr}")),
-        (Some(_), None, Addr::Unix(_)) => {
-            return Err(
-                "--node on a unix: socket needs --advertise (a URL other nodes reach)".into(),
-            )
-        }
-    };
-    let mut builder = Engine::builder(Arc::new(docker), store, inventory).config(config);
-    if let Some(url) = advertise {
-        let link_client = nodes.clone();
-        builder = builder.advertise(url).node_link(move |secret| {
-            Arc::new(gpu_replica_http::HttpNodeLink::new(secret, link_client))
-        });
     }
-    let running = builder.start().await.map_err(|e| e.to_string())?;
-    tracing::info!("recovery: {}", running.recovery());
-    let engine = running.engine().clone();
-    let users = engine.has_users().await.map_err(|e| e.to_string())?;
-    let listener = match &args.addr {
+}
+
+/// The listening socket: TCP, or a Unix socket (mode 0660, `--socket-group`).
+async fn listen(args: &ServeArgs, tls: bool) -> Result<gpu_replica_http::Listener, String> {
+    match &args.addr {
         Addr::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            let scheme = if tls.is_some() { "https" } else { "http" };
+            let scheme = if tls { "https" } else { "http" };
             tracing::info!("listening on {scheme}://{addr}");
-            gpu_replica_http::Listener::Tcp(listener)
+            Ok(gpu_replica_http::Listener::Tcp(listener))
         }
         Addr::Unix(path) => {
             let listener = bind_unix(path, args.socket_group.as_deref())?;
             tracing::info!("listening on unix:{} (mode 0660)", path.display());
-            gpu_replica_http::Listener::Unix(listener)
+            Ok(gpu_replica_http::Listener::Unix(listener))
         }
-    };
-    if let Some(tls) = &tls {
-        if tls.requires_client_certificates() {
-            tracing::info!("TLS: client certificates required (--tls-client-ca)");
-        }
-        reload_on_hangup(tls.clone(), identity.take());
     }
-    tracing::info!(
-        "connections: at most {max_connections}; head within {}s, body within {}s, idle {}s",
-        args.header_timeout,
-        args.body_timeout,
-        args.idle_timeout
-    );
-    let metrics_token = match &args.metrics_token_file {
-        Some(path) => {
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| format!("--metrics-token-file {}: {e}", path.display()))?
-                .trim_end()
-                .to_string();
-            if token.is_empty() {
-                return Err(format!("--metrics-token-file {}: empty", path.display()));
-            }
-            Some(token)
+}
+
+/// Says in the log who may call: the token's holder, users, or anyone (and warns when nobody
+/// can manage users).
+async fn announce_authentication(engine: &Engine, token: bool) -> Result<(), String> {
+    if token {
+        tracing::info!("a token is required on every route but /ping and /ui's assets: the server's own (admin) or a user's");
+    } else if engine.has_users().await.map_err(|e| e.to_string())? {
+        tracing::info!("users exist: a user's token is required on every route but /ping");
+        let users = engine.users().await.map_err(|e| e.to_string())?;
+        if !users
+            .iter()
+            .any(|u| u.role == gpu_replica_core::Role::Admin)
+        {
+            tracing::warn!("no user is an admin and there is no --token: nobody can manage users; start with --token to add an admin");
         }
-        None => None,
-    };
-    let options = |token: Option<String>| gpu_replica_http::RouterOptions {
-        token,
-        metrics_token: metrics_token.clone(),
-        nodes: nodes.clone(),
-    };
-    let app = match token {
-        Some(token) => {
-            tracing::info!("a token is required on every route but /ping and /ui's assets: the server's own (admin) or a user's");
-            gpu_replica_http::router_with(engine.clone(), options(Some(token)))
-        }
-        None if users => {
-            tracing::info!("users exist: a user's token is required on every route but /ping");
-            let admins = engine.users().await.map_err(|e| e.to_string())?;
-            if !admins
-                .iter()
-                .any(|u| u.role == gpu_replica_core::Role::Admin)
-            {
-                tracing::warn!("no user is an admin and there is no --token: nobody can manage users; start with --token to add an admin");
-            }
-            gpu_replica_http::router_with(engine.clone(), options(None))
-        }
-        None => {
-            tracing::info!("no token and no users: every request acts as the admin");
-            gpu_replica_http::router_with(engine.clone(), options(None))
-        }
-    };
-    let options = gpu_replica_http::ServeOptions {
-        header_timeout: Duration::from_secs(args.header_timeout),
-        body_timeout: Duration::from_secs(args.body_timeout),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        max_connections,
-        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
-        tls,
-    };
-    let closing = engine.clone();
-    gpu_replica_http::serve(listener, app, options, async move {
-        shutdown_signal().await;
-        // Followed logs and event streams end, so the shutdown is not held open.
-        closing.close();
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    if let Addr::Unix(path) = &args.addr {
-        let _ = std::fs::remove_file(path);
+    } else {
+        tracing::info!("no token and no users: every request acts as the admin");
     }
-    tracing::info!("stopped");
     Ok(())
 }
 

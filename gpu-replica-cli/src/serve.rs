@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gpu_replica_core::runtime::DROPPED_CAPABILITIES;
 use gpu_replica_core::{
     parse_cpus, parse_duration, parse_size, ContainerRuntime, DockerRuntime, Engine, EngineConfig,
-    GpuAttach, GpuInventory, Limits, NvmlInventory, PortRange, RedbStore, ResourcePolicy,
-    StateStore, StaticInventory,
+    GpuAttach, GpuInventory, Hardening, Limits, NvmlInventory, PortRange, RedbStore,
+    ResourcePolicy, StateStore, StaticInventory,
 };
 
 /// Settings of the server; every flag has a `GPU_REPLICA_*` environment twin.
@@ -160,6 +161,21 @@ pub struct ServeArgs {
     /// orphans, so they cannot hold GPU memory).
     #[arg(long, env = "GPU_REPLICA_NO_INIT")]
     no_init: bool,
+    /// Let setuid programs gain privileges in containers (`sudo`); by default
+    /// `no-new-privileges` is set.
+    #[arg(long, env = "GPU_REPLICA_ALLOW_SETUID")]
+    allow_setuid: bool,
+    /// Keep CAP_NET_RAW in containers (raw sockets: packet and ARP spoofing on a shared
+    /// bridge); dropped by default, with CAP_MKNOD.
+    #[arg(long, env = "GPU_REPLICA_ALLOW_NET_RAW")]
+    allow_net_raw: bool,
+    /// Processes per container, or none.
+    #[arg(long, env = "GPU_REPLICA_PIDS_LIMIT", default_value = "4096", value_parser = limit)]
+    pids_limit: Limit,
+    /// Open files per process in a container, or none (Docker's default); at most the Docker
+    /// daemon's own limit.
+    #[arg(long, env = "GPU_REPLICA_OPEN_FILES_LIMIT", default_value = "16384", value_parser = limit)]
+    open_files_limit: Limit,
     /// How often idle and stop-at timers are checked (30s, 1m).
     #[arg(long, env = "GPU_REPLICA_TIMER_INTERVAL", default_value = "15s", value_parser = duration)]
     timer_interval: u64,
@@ -179,6 +195,20 @@ fn cpus(text: &str) -> Result<u64, String> {
 
 fn size(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| e.to_string())
+}
+
+/// A limit given on the command line: a positive number, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(Option<u64>);
+
+fn limit(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(Limit(None));
+    }
+    match text.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Limit(Some(n))),
+        _ => Err(format!("'{text}' is not a positive number or 'none'")),
+    }
 }
 
 fn duration(text: &str) -> Result<u64, String> {
@@ -686,6 +716,16 @@ fn engine_config(args: &ServeArgs) -> EngineConfig {
         },
         timer_interval: Duration::from_secs(args.timer_interval),
         reconcile_interval: Duration::from_secs(args.reconcile_interval),
+        hardening: Hardening {
+            no_new_privileges: !args.allow_setuid,
+            drop_capabilities: DROPPED_CAPABILITIES
+                .iter()
+                .filter(|c| !(args.allow_net_raw && **c == "NET_RAW"))
+                .map(|c| c.to_string())
+                .collect(),
+            pids_limit: args.pids_limit.0,
+            open_files: args.open_files_limit.0,
+        },
         node: args.node.clone(),
         ..EngineConfig::default()
     }

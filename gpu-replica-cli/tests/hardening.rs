@@ -358,3 +358,118 @@ async fn strings_the_kernel_cannot_take_are_refused_before_docker_is_asked() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `field` of `/proc/self/status` inside set `name`.
+fn proc_status(server: &Server, name: &str, field: &str) -> String {
+    let script = format!("grep '^{field}:' /proc/self/status | cut -f2");
+    let (_, out) = server.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{name}/execute"),
+        Some(json!({"cmd": ["sh", "-c", script]})),
+    );
+    out["data"]["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_with_least_privilege_and_a_fork_loop_stays_in_its_set() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_PIDS_LIMIT", "40")]);
+    let (a, b) = (testkit::unique_name("lpa"), testkit::unique_name("lpb"));
+    for name in [&a, &b] {
+        let run = json!({"imageName": TEST_IMAGE, "replicaSetName": name, "gpuCount": 0});
+        let (status, answer) = server.call("POST", "/api/v1/replicaSet", Some(run));
+        assert_eq!(status, 200, "{answer}");
+    }
+    // No new privileges; NET_RAW (bit 13) and MKNOD (bit 27) gone from the effective set.
+    assert_eq!(proc_status(&server, &a, "NoNewPrivs"), "1");
+    let caps = u64::from_str_radix(&proc_status(&server, &a, "CapEff"), 16).unwrap();
+    assert_eq!(caps & (1 << 13), 0, "CAP_NET_RAW in {caps:x}");
+    assert_eq!(caps & (1 << 27), 0, "CAP_MKNOD in {caps:x}");
+    assert_ne!(caps, 0, "the rest of Docker's default set stays");
+    let (_, out) = server.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{a}/execute"),
+        Some(json!({"cmd": ["sh", "-c", "ulimit -n"]})),
+    );
+    assert_eq!(out["data"]["stdout"], "16384\n", "{out}");
+    // A bounded fork loop: 100 sleepers asked for, the set's 40 processes at most.
+    let (_, out) = server.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{a}/execute"),
+        Some(json!({"cmd": ["sh", "-c",
+            // The loop in a subshell (a shell that cannot fork gives up); then counted
+            // with builtins only, which need no process.
+            "(for i in $(seq 100); do sleep 3 & done) 2>/dev/null; set -- /proc/[0-9]*; echo $#"]})),
+    );
+    let stdout = out["data"]["stdout"].as_str().unwrap_or_default();
+    let processes: usize = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count: {out}"));
+    assert!(processes <= 40, "{processes} processes: {out}");
+    // Meanwhile another set answers at once.
+    let (_, out) = server.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{b}/execute"),
+        Some(json!({"cmd": ["echo", "still here"]})),
+    );
+    assert_eq!(out["data"]["stdout"], "still here\n", "{out}");
+    // What is in force is shown.
+    let (_, status) = server.call("GET", "/api/v1/status", None);
+    let isolation = &status["data"]["isolation"];
+    assert_eq!(isolation["noNewPrivileges"], true, "{status}");
+    assert_eq!(
+        isolation["droppedCapabilities"],
+        json!(["NET_RAW", "MKNOD"])
+    );
+    assert_eq!(isolation["pidsLimit"], 40);
+    assert_eq!(isolation["privileged"], false);
+    for name in [&a, &b] {
+        let path = format!("/api/v1/replicaSet/{name}");
+        assert_eq!(server.call("DELETE", &path, None).0, 200);
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_relaxes_each_wall_on_its_own() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let server = Server::start_with_env(
+        &dir,
+        None,
+        &[
+            ("GPU_REPLICA_ALLOW_SETUID", "true"),
+            ("GPU_REPLICA_ALLOW_NET_RAW", "true"),
+            ("GPU_REPLICA_PIDS_LIMIT", "none"),
+        ],
+    );
+    let name = testkit::unique_name("relaxed");
+    let run = json!({"imageName": TEST_IMAGE, "replicaSetName": name, "gpuCount": 0});
+    assert_eq!(server.call("POST", "/api/v1/replicaSet", Some(run)).0, 200);
+    assert_eq!(proc_status(&server, &name, "NoNewPrivs"), "0");
+    let caps = u64::from_str_radix(&proc_status(&server, &name, "CapEff"), 16).unwrap();
+    assert_ne!(caps & (1 << 13), 0, "CAP_NET_RAW kept: {caps:x}");
+    assert_eq!(caps & (1 << 27), 0, "CAP_MKNOD still dropped: {caps:x}");
+    let (_, status) = server.call("GET", "/api/v1/status", None);
+    assert_eq!(
+        status["data"]["isolation"]["pidsLimit"],
+        Value::Null,
+        "{status}"
+    );
+    assert_eq!(
+        status["data"]["isolation"]["droppedCapabilities"],
+        json!(["MKNOD"])
+    );
+    let path = format!("/api/v1/replicaSet/{name}");
+    assert_eq!(server.call("DELETE", &path, None).0, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

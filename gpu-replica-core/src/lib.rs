@@ -91,7 +91,7 @@ pub use crate::ops::version::{BindSwap, PatchRequest};
 pub use crate::ops::Engine;
 pub use crate::runtime::{
     Bind, ContainerEvent, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach,
-    LogStream, PortMapping,
+    Hardening, LogStream, PortMapping,
 };
 pub use crate::sched::PortRange;
 pub use crate::size::parse_size;

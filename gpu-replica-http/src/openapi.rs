@@ -105,6 +105,7 @@ use crate::wire;
         wire::SseItem,
         wire::StatusReply,
         wire::RecoveryView,
+        wire::IsolationView,
         wire::UserAddBody,
         wire::QuotaBody,
         wire::QuotaView,

@@ -33,7 +33,7 @@ pub use self::report::Recovery;
 use crate::engine::events::EventLog;
 use crate::gpu::GpuInventory;
 use crate::limits::ResourcePolicy;
-use crate::runtime::{ContainerRuntime, GpuAttach};
+use crate::runtime::{ContainerRuntime, GpuAttach, Hardening};
 use crate::sched::PortRange;
 use crate::store::StateStore;
 
@@ -80,6 +80,8 @@ pub struct EngineConfig {
     /// Docker volumes not managed by this engine that binds may mount anyway (default none:
     /// only volumes this engine created).
     pub allowed_volumes: Vec<String>,
+    /// What containers may not do (default: least privilege, see [`Hardening`]).
+    pub hardening: Hardening,
     /// This engine's node in a cluster of hosts sharing one etcd (default none: a single host).
     /// Its sets, port claims and reconciliation are its own; see [`Engine::join_cluster`].
     pub node: Option<String>,
@@ -100,6 +102,7 @@ impl Default for EngineConfig {
             timer_interval: Duration::from_secs(15),
             reconcile_interval: Duration::from_secs(30),
             allowed_volumes: Vec::new(),
+            hardening: Hardening::default(),
             node: None,
         }
     }

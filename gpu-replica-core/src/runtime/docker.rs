@@ -353,6 +353,20 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             memory: spec.limits.memory.map(to_i64),
             shm_size: spec.limits.shm.map(to_i64),
             init: spec.init.then_some(true),
+            security_opt: spec
+                .hardening
+                .no_new_privileges
+                .then(|| vec!["no-new-privileges:true".to_string()]),
+            cap_drop: (!spec.hardening.drop_capabilities.is_empty())
+                .then(|| spec.hardening.drop_capabilities.clone()),
+            pids_limit: spec.hardening.pids_limit.map(to_i64),
+            ulimits: spec.hardening.open_files.map(|n| {
+                vec![bollard::models::ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(to_i64(n)),
+                    hard: Some(to_i64(n)),
+                }]
+            }),
             // A daemon or host restart brings running sets back by themselves; a stop through
             // the API stays a stop.
             restart_policy: Some(RestartPolicy {

@@ -108,6 +108,38 @@ impl Bind {
     }
 }
 
+/// What a container may not do, whatever its request says (it is never privileged and never
+/// shares a host namespace either). The default is least privilege; an operator relaxes one
+/// wall at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hardening {
+    /// `no-new-privileges`: a setuid binary (`sudo`, `ping` on old images) gains nothing.
+    pub no_new_privileges: bool,
+    /// Capabilities dropped from Docker's default set.
+    pub drop_capabilities: Vec<String>,
+    /// Processes (and threads) one container may have; `None`: no limit.
+    pub pids_limit: Option<u64>,
+    /// Open files per process (soft and hard); `None`: Docker's default. It may lower the
+    /// daemon's own limit, never raise it (runc refuses: "error setting rlimit").
+    pub open_files: Option<u64>,
+}
+
+/// Capabilities dropped by default: raw sockets (packet and ARP spoofing on a shared bridge)
+/// and device nodes.
+pub const DROPPED_CAPABILITIES: &[&str] = &["NET_RAW", "MKNOD"];
+
+impl Default for Hardening {
+    fn default() -> Hardening {
+        Hardening {
+            no_new_privileges: true,
+            drop_capabilities: DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            pids_limit: Some(4096),
+            open_files: Some(16384),
+        }
+    }
+}
+
 /// Everything needed to create one container.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ContainerSpec {
@@ -133,6 +165,8 @@ pub struct ContainerSpec {
     pub limits: Limits,
     /// Whether an init process (tini) runs as PID 1.
     pub init: bool,
+    /// What the container may not do.
+    pub hardening: Hardening,
 }
 
 /// What Docker says about a container.

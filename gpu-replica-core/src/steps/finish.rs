@@ -66,6 +66,7 @@ impl Context {
             gpu_attach: self.shared.config.gpu_attach,
             limits: version.limits,
             init: self.shared.config.resources.init,
+            hardening: self.shared.config.hardening.clone(),
             labels: self.labels(&[
                 (LABEL_REPLICA_SET, name.to_string()),
                 (LABEL_VERSION, version.version.to_string()),

@@ -9,8 +9,8 @@ use crate::envelope::{ok, ApiError};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
-    DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, NodeList, NodeQuery, NodeView,
-    PortsReply, RecoveryView, StatusReply,
+    DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, IsolationView, NodeList, NodeQuery,
+    NodeView, PortsReply, RecoveryView, StatusReply,
 };
 
 /// GPU usage: `{uuid: 0|1}`, or every GPU in detail with `?detail=true`.
@@ -48,11 +48,13 @@ pub async fn ports(
     Ok(ok(PortsReply::of(&status)).into_response())
 }
 
-/// What the start-up recovery finished, undid, removed, and which current containers are gone.
+/// What the start-up recovery finished, undid, removed, and which current containers are gone;
+/// the isolation in force for new containers.
 #[utoipa::path(get, path = "/api/v1/status", tag = "resource", responses((status = 200, body = Envelope<StatusReply>)))]
 pub async fn status(Acting(engine): Acting) -> Response {
     ok(StatusReply {
         recovery: engine.last_recovery().map(RecoveryView::from),
+        isolation: IsolationView::from(&engine.config().hardening),
     })
     .into_response()
 }

@@ -993,6 +993,37 @@ pub struct RecoveryView {
 pub struct StatusReply {
     /// The last recovery; null when the engine has not run one.
     pub recovery: Option<RecoveryView>,
+    /// What containers may not do, in force for every new container.
+    pub isolation: IsolationView,
+}
+
+/// The walls every new container gets (`--allow-setuid`, `--allow-net-raw`, `--pids-limit`,
+/// `--open-files-limit` relax them).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IsolationView {
+    /// `no-new-privileges`: setuid programs gain nothing.
+    pub no_new_privileges: bool,
+    /// Capabilities dropped from Docker's default set.
+    pub dropped_capabilities: Vec<String>,
+    /// Processes per container; null: no limit.
+    pub pids_limit: Option<u64>,
+    /// Open files per process; null: Docker's default.
+    pub open_files: Option<u64>,
+    /// Always false: no container is privileged or shares a host namespace.
+    pub privileged: bool,
+}
+
+impl From<&gpu_replica_core::Hardening> for IsolationView {
+    fn from(h: &gpu_replica_core::Hardening) -> IsolationView {
+        IsolationView {
+            no_new_privileges: h.no_new_privileges,
+            dropped_capabilities: h.drop_capabilities.clone(),
+            pids_limit: h.pids_limit,
+            open_files: h.open_files,
+            privileged: false,
+        }
+    }
 }
 
 impl From<gpu_replica_core::Recovery> for RecoveryView {

@@ -430,6 +430,16 @@ async fn containers_run_with_least_privilege_and_a_fork_loop_stays_in_its_set() 
     );
     assert_eq!(isolation["pidsLimit"], 40);
     assert_eq!(isolation["privileged"], false);
+    // Fake GPUs never go through the NVIDIA container toolkit: nothing is refused for it.
+    assert_eq!(
+        status["data"]["toolkit"],
+        json!({"used": false, "version": null, "vulnerableTo": [], "refusedEnv": []})
+    );
+    let run = json!({"imageName": TEST_IMAGE, "replicaSetName": format!("{a}p"), "gpuCount": 0,
+                     "env": ["LD_PRELOAD="]});
+    assert_eq!(server.call("POST", "/api/v1/replicaSet", Some(run)).0, 200);
+    let path = format!("/api/v1/replicaSet/{a}p");
+    assert_eq!(server.call("DELETE", &path, None).0, 200);
     for name in [&a, &b] {
         let path = format!("/api/v1/replicaSet/{name}");
         assert_eq!(server.call("DELETE", &path, None).0, 200);

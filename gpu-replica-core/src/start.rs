@@ -142,6 +142,7 @@ impl EngineBuilder {
             });
         }
         let engine = Arc::new(self.build());
+        engine.ctx.check_toolkit();
         if node {
             engine
                 .load_cluster_secret()
@@ -254,5 +255,54 @@ mod tests {
         };
         assert_eq!(error.step, "recovery");
         assert!(error.to_string().starts_with("recovery: "), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_toolkit_before_its_fixes_refuses_ld_preload_and_fake_gpus_skip_it() {
+        let real = crate::gpu::GpuInfo {
+            index: 0,
+            uuid: "GPU-real".into(),
+            name: "H200".into(),
+            memory_total: None,
+            memory_used: None,
+            utilization: None,
+            distances: Vec::new(),
+        };
+        let engine = Engine::builder(
+            Arc::new(MockContainerRuntime::new()),
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticInventory::from_list(vec![real])),
+        )
+        .build();
+        let report = engine.ctx.check_toolkit().clone();
+        assert!(report.used);
+        // No toolkit binary answers here: the version is unknown, so every advisory holds.
+        assert_eq!(report.version, None);
+        assert_eq!(report.vulnerable_to.len(), 3);
+        let error = engine
+            .run(crate::RunRequest {
+                name: "x".into(),
+                image: "img".into(),
+                env: vec!["A=1".into(), "LD_PRELOAD=/tmp/evil.so".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), 1000);
+        assert!(
+            error.to_string().contains("LD_PRELOAD")
+                && error.to_string().contains("CVE-2025-23266"),
+            "{error}"
+        );
+        assert_eq!(engine.toolkit(), Some(&report));
+
+        let fake = Engine::builder(
+            Arc::new(MockContainerRuntime::new()),
+            Arc::new(MemoryStore::new()),
+            Arc::new(StaticInventory::fake(2)),
+        )
+        .build();
+        let report = fake.ctx.check_toolkit();
+        assert!(!report.used && report.vulnerable_to.is_empty() && report.refused_env.is_empty());
     }
 }

@@ -106,6 +106,7 @@ use crate::wire;
         wire::StatusReply,
         wire::RecoveryView,
         wire::IsolationView,
+        wire::ToolkitView,
         wire::UserAddBody,
         wire::QuotaBody,
         wire::QuotaView,

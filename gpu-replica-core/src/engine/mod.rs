@@ -31,6 +31,7 @@ pub use self::access::{Caller, Holdings, Quota, Role, OPERATOR};
 pub use self::accounting::{Clock, ManualClock, SystemClock};
 pub use self::report::Recovery;
 use crate::engine::events::EventLog;
+use crate::gpu::toolkit::ToolkitReport;
 use crate::gpu::GpuInventory;
 use crate::limits::ResourcePolicy;
 use crate::runtime::{ContainerRuntime, GpuAttach, Hardening};
@@ -170,6 +171,8 @@ pub(crate) struct Shared {
     pub(crate) cluster_secret: std::sync::OnceLock<String>,
     /// Counters and histograms for `/metrics`.
     pub(crate) metrics: crate::metrics::EngineMetrics,
+    /// What the start-up check found of the NVIDIA container toolkit.
+    pub(crate) toolkit: std::sync::OnceLock<ToolkitReport>,
 }
 
 impl Context {
@@ -200,6 +203,7 @@ impl Context {
             link: std::sync::OnceLock::new(),
             cluster_secret: std::sync::OnceLock::new(),
             metrics: Default::default(),
+            toolkit: std::sync::OnceLock::new(),
         };
         Context {
             shared: Arc::new(shared),
@@ -224,6 +228,45 @@ impl Context {
             shared: self.shared.clone(),
             caller,
         }
+    }
+
+    /// Checks the NVIDIA container toolkit the GPUs go through (none for synthetic GPUs) and
+    /// keeps what it found; an exposed version is logged as a warning naming the advisories.
+    pub(crate) fn check_toolkit(&self) -> &ToolkitReport {
+        self.shared.toolkit.get_or_init(|| {
+            let used = !self.shared.inventory.synthetic();
+            let version = used.then(crate::gpu::toolkit::installed_version).flatten();
+            let report = crate::gpu::toolkit::report(used, version);
+            if !report.vulnerable_to.is_empty() {
+                tracing::warn!(
+                    "the NVIDIA container toolkit {} is open to {}: upgrade it; until then \
+                     requests may not set {}; CDI mode (--gpu-attach cdi) is recommended",
+                    report.version.as_deref().unwrap_or("(version unknown)"),
+                    report.vulnerable_to.join(", "),
+                    report.refused_env.join(", ")
+                );
+            }
+            report
+        })
+    }
+
+    /// Refuses environment entries the toolkit here is known to honour in an escape.
+    pub(crate) fn check_env_for_toolkit(&self, env: &[String]) -> crate::error::Result<()> {
+        let Some(report) = self.shared.toolkit.get() else {
+            return Ok(());
+        };
+        for entry in env {
+            let key = entry.split('=').next().unwrap_or_default();
+            if report.refused_env.iter().any(|r| r == key) {
+                return Err(crate::error::Error::InvalidParams(format!(
+                    "env {key} is refused on this host: its NVIDIA container toolkit ({}) is \
+                     open to {} through it; the operator must upgrade the toolkit first",
+                    report.version.as_deref().unwrap_or("version unknown"),
+                    report.vulnerable_to.join(", ")
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// This context without keeping the engine alive.

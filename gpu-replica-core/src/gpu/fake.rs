@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 pub struct StaticInventory {
     gpus: Arc<Mutex<Vec<GpuInfo>>>,
     label: String,
+    /// Fake GPUs (not a configured list of real ones).
+    synthetic: bool,
 }
 
 impl StaticInventory {
@@ -53,6 +55,7 @@ impl StaticInventory {
         StaticInventory {
             gpus: Arc::new(Mutex::new(gpus)),
             label,
+            synthetic: true,
         }
     }
 
@@ -75,6 +78,7 @@ impl StaticInventory {
         StaticInventory {
             gpus: Arc::new(Mutex::new(gpus)),
             label,
+            synthetic: false,
         }
     }
 
@@ -99,6 +103,10 @@ impl GpuInventory for StaticInventory {
 
     fn describe(&self) -> String {
         self.label.clone()
+    }
+
+    fn synthetic(&self) -> bool {
+        self.synthetic
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod fake;
 mod nvml;
+pub mod toolkit;
 
 pub use self::fake::StaticInventory;
 pub use self::nvml::NvmlInventory;
@@ -43,4 +44,9 @@ pub trait GpuInventory: Send + Sync {
     async fn gpus(&self) -> Result<Vec<GpuInfo>>;
     /// A short description for logs and the startup summary.
     fn describe(&self) -> String;
+    /// Whether these GPUs are synthetic (`fake:N`): containers then never go through the
+    /// NVIDIA container toolkit.
+    fn synthetic(&self) -> bool {
+        false
+    }
 }

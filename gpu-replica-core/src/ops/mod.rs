@@ -124,6 +124,12 @@ impl Engine {
         self.ctx.subscribe()
     }
 
+    /// What the start-up check found of the NVIDIA container toolkit (`None` before
+    /// [`Engine::builder`]'s start ran it).
+    pub fn toolkit(&self) -> Option<&crate::gpu::toolkit::ToolkitReport> {
+        self.ctx.shared.toolkit.get()
+    }
+
     /// Whether this caller may see `event`: an admin sees all, a user those of their objects.
     pub fn sees(&self, event: &Event) -> bool {
         self.ctx.sees(event)

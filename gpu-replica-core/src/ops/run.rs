@@ -76,6 +76,7 @@ impl Engine {
         for (i, entry) in env.iter().enumerate() {
             crate::input::env_entry(i, entry)?;
         }
+        self.ctx.check_env_for_toolkit(&env)?;
         if let Some(cmd) = &cmd {
             if cmd.first().is_none_or(String::is_empty) {
                 return Err(Error::InvalidParams(

@@ -10,7 +10,7 @@ use crate::envelope::{ok, ApiError};
 use crate::envelope::{Envelope, ErrorReply};
 use crate::wire::{
     DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, IsolationView, NodeList, NodeQuery,
-    NodeView, PortsReply, RecoveryView, StatusReply,
+    NodeView, PortsReply, RecoveryView, StatusReply, ToolkitView,
 };
 
 /// GPU usage: `{uuid: 0|1}`, or every GPU in detail with `?detail=true`.
@@ -55,6 +55,7 @@ pub async fn status(Acting(engine): Acting) -> Response {
     ok(StatusReply {
         recovery: engine.last_recovery().map(RecoveryView::from),
         isolation: IsolationView::from(&engine.config().hardening),
+        toolkit: engine.toolkit().map(ToolkitView::from).unwrap_or_default(),
     })
     .into_response()
 }

@@ -995,6 +995,33 @@ pub struct StatusReply {
     pub recovery: Option<RecoveryView>,
     /// What containers may not do, in force for every new container.
     pub isolation: IsolationView,
+    /// The NVIDIA container toolkit the GPUs go through, as the start-up check found it.
+    pub toolkit: ToolkitView,
+}
+
+/// The NVIDIA container toolkit, checked at start against its published container escapes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolkitView {
+    /// Whether containers get their GPUs through it (false for `fake:` GPUs).
+    pub used: bool,
+    /// Its version; null when unknown (no toolkit binary answered).
+    pub version: Option<String>,
+    /// The advisories (CVEs) that version is not fixed for.
+    pub vulnerable_to: Vec<String>,
+    /// Environment variables refused in requests (1000) until it is upgraded.
+    pub refused_env: Vec<String>,
+}
+
+impl From<&gpu_replica_core::gpu::toolkit::ToolkitReport> for ToolkitView {
+    fn from(r: &gpu_replica_core::gpu::toolkit::ToolkitReport) -> ToolkitView {
+        ToolkitView {
+            used: r.used,
+            version: r.version.clone(),
+            vulnerable_to: r.vulnerable_to.clone(),
+            refused_env: r.refused_env.clone(),
+        }
+    }
 }
 
 /// The walls every new container gets (`--allow-setuid`, `--allow-net-raw`, `--pids-limit`,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gpu_replica_core::network::{NetworkPolicy, NetworkPool};
 use gpu_replica_core::runtime::DROPPED_CAPABILITIES;
 use gpu_replica_core::{
     parse_cpus, parse_duration, parse_size, ContainerRuntime, DockerRuntime, Engine, EngineConfig,
@@ -176,6 +177,28 @@ pub struct ServeArgs {
     /// daemon's own limit.
     #[arg(long, env = "GPU_REPLICA_OPEN_FILES_LIMIT", default_value = "16384", value_parser = limit)]
     open_files_limit: Limit,
+    /// Which network sets join: `per-owner` (a bridge network per owner; other owners' sets
+    /// cannot be reached by address or name), `shared` (Docker's default bridge, no walls), or
+    /// the name of a network you made that every set joins.
+    #[arg(long, env = "GPU_REPLICA_NETWORK", default_value = "per-owner")]
+    network: String,
+    /// Where per-owner networks take their subnets (IPv4 CIDR); away from Docker's own
+    /// default pools and your LAN.
+    #[arg(
+        long,
+        env = "GPU_REPLICA_NETWORK_POOL",
+        default_value = "10.213.0.0/16"
+    )]
+    network_pool: String,
+    /// Prefix length of each owner's subnet: the pool holds 2^(this - the pool's) owners, each
+    /// with 2^(32 - this) - 3 containers.
+    #[arg(long, env = "GPU_REPLICA_NETWORK_SUBNET_PREFIX", default_value = "24")]
+    network_subnet_prefix: u8,
+    /// Do not add the host firewall rule (iptables, mangle table) that keeps owners' networks
+    /// apart while Docker rewrites its own rules; for a Docker on another host, or a firewall
+    /// you manage yourself.
+    #[arg(long, env = "GPU_REPLICA_NO_NETWORK_GUARD")]
+    no_network_guard: bool,
     /// How often idle and stop-at timers are checked (30s, 1m).
     #[arg(long, env = "GPU_REPLICA_TIMER_INTERVAL", default_value = "15s", value_parser = duration)]
     timer_interval: u64,
@@ -660,14 +683,15 @@ async fn engine_builder(
         _ => open_inventory(&args.gpus)?,
     };
     let gpus = inventory.gpus().await.map_err(|e| e.to_string())?;
-    let config = engine_config(args);
+    let config = engine_config(args)?;
     tracing::info!("{docker_version}");
     tracing::info!("store: {}", store.describe());
     tracing::info!("GPUs: {} from {}", gpus.len(), inventory.describe());
     tracing::info!(
-        "ports: {}; GPU attach: {:?}",
+        "ports: {}; GPU attach: {:?}; network: {}",
         config.port_range,
-        config.gpu_attach
+        config.gpu_attach,
+        config.network.mode
     );
     // A node's URL for the others: given, or this address.
     let advertise = match (&args.node, &args.advertise, &args.addr) {
@@ -692,8 +716,17 @@ async fn engine_builder(
 }
 
 /// The engine's configuration from the flags.
-fn engine_config(args: &ServeArgs) -> EngineConfig {
-    EngineConfig {
+fn engine_config(args: &ServeArgs) -> Result<EngineConfig, String> {
+    let network = NetworkPolicy {
+        mode: args
+            .network
+            .parse()
+            .map_err(|e: gpu_replica_core::Error| e.to_string())?,
+        pool: NetworkPool::new(&args.network_pool, args.network_subnet_prefix)
+            .map_err(|e| e.to_string())?,
+        guard: !args.no_network_guard,
+    };
+    Ok(EngineConfig {
         port_range: args.port_range,
         gpu_attach: args.gpu_attach,
         stop_timeout: Duration::from_secs(args.stop_timeout),
@@ -726,9 +759,10 @@ fn engine_config(args: &ServeArgs) -> EngineConfig {
             pids_limit: args.pids_limit.0,
             open_files: args.open_files_limit.0,
         },
+        network,
         node: args.node.clone(),
         ..EngineConfig::default()
-    }
+    })
 }
 
 /// The listening socket: TCP, or a Unix socket (mode 0660, `--socket-group`).

@@ -176,6 +176,13 @@ pub enum Error {
         /// GPUs on the host.
         total: usize,
     },
+    /// The set's writable layer is over its limit, where the storage driver cannot enforce it:
+    /// a patch or commit would carry it into a snapshot. The container runs on.
+    #[error("over the disk limit: {0}")]
+    OverDisk(String),
+    /// The operator's network pool has no subnet left for another owner's network.
+    #[error("no network: {0}")]
+    NetworkPoolFull(String),
     /// Fewer host ports are free than asked for.
     #[error("not enough free host ports in {range}: asked for {wanted}")]
     NotEnoughPorts {
@@ -347,6 +354,8 @@ impl Error {
             Error::NodeLost(_) => 1054,
             Error::VolumesNotMoved(_) => 1055,
             Error::NodeNotFound(_) => 1057,
+            Error::NetworkPoolFull(_) => 1058,
+            Error::OverDisk(_) => 1059,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -397,6 +406,8 @@ impl Error {
             Error::NodeLost(_) => "the set's cluster node is lost; nothing changed",
             Error::VolumesNotMoved(_) => "the set mounts volumes: migrate with moveVolumes",
             Error::NodeNotFound(_) => "no such node in the cluster",
+            Error::NetworkPoolFull(_) => "no subnet left in the network pool for the owner",
+            Error::OverDisk(_) => "the set's root filesystem is over its limit; nothing changed",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -456,6 +467,8 @@ impl Error {
             Error::NodeLost(s()),
             Error::VolumesNotMoved(s()),
             Error::NodeNotFound(s()),
+            Error::NetworkPoolFull(s()),
+            Error::OverDisk(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -509,7 +522,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1057).collect();
+        let expected: Vec<u16> = (1000..=1059).collect();
         assert_eq!(codes, expected);
     }
 }

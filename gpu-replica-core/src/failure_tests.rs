@@ -8,11 +8,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::engine::LABEL_NETWORK;
 use crate::error::{Error, Result};
 use crate::gpu::StaticInventory;
 use crate::keys;
 use crate::model::{ReplicaSet, Status, Version};
-use crate::runtime::{Bind, ContainerState, ImageState, MockContainerRuntime, VolumeState};
+use crate::runtime::{
+    Bind, ContainerState, ImageState, MockContainerRuntime, NetworkCreated, NetworkState,
+    VolumeState,
+};
 use crate::store::MemoryStore;
 use crate::{CloneRequest, Engine, EngineConfig, PatchRequest, RunRequest};
 
@@ -23,6 +27,10 @@ struct Model {
     containers: HashMap<String, bool>,
     images: HashSet<String>,
     volumes: HashSet<String>,
+    /// Network name → its subnet.
+    networks: HashMap<String, String>,
+    /// Container name → the network it was created on.
+    on_network: HashMap<String, String>,
     /// The call that fails, once.
     fail: Option<&'static str>,
 }
@@ -53,6 +61,15 @@ fn state(name: &str, running: bool) -> ContainerState {
     }
 }
 
+fn network_state(name: &str, subnet: &str) -> NetworkState {
+    NetworkState {
+        id: name.into(),
+        name: name.into(),
+        subnets: vec![subnet.into()],
+        labels: BTreeMap::new(),
+    }
+}
+
 /// A mock runtime over `model`.
 fn runtime(model: &Shared) -> MockContainerRuntime {
     let mut mock = MockContainerRuntime::new();
@@ -63,7 +80,17 @@ fn runtime(model: &Shared) -> MockContainerRuntime {
         if !m.images.contains(&spec.image) {
             return Err(Error::Docker(format!("no such image {}", spec.image)));
         }
+        if let Some(network) = spec
+            .network
+            .as_ref()
+            .filter(|n| !m.networks.contains_key(&n.name))
+        {
+            return Err(Error::Docker(format!("network {} not found", network.name)));
+        }
         m.containers.insert(spec.name.clone(), false);
+        if let Some(network) = &spec.network {
+            m.on_network.insert(spec.name.clone(), network.name.clone());
+        }
         Ok(spec.name.clone())
     });
     let m = model.clone();
@@ -98,7 +125,9 @@ fn runtime(model: &Shared) -> MockContainerRuntime {
     });
     let m = model.clone();
     mock.expect_remove_container().returning(move |name| {
-        m.lock().unwrap().containers.remove(name);
+        let mut m = m.lock().unwrap();
+        m.containers.remove(name);
+        m.on_network.remove(name);
         Ok(())
     });
     let m = model.clone();
@@ -110,11 +139,14 @@ fn runtime(model: &Shared) -> MockContainerRuntime {
             .map(|running| state(name, *running)))
     });
     let m = model.clone();
-    mock.expect_list_containers().returning(move |_| {
-        Ok(m.lock()
-            .unwrap()
-            .containers
+    mock.expect_list_containers().returning(move |label| {
+        let m = m.lock().unwrap();
+        let on = label.strip_prefix(&format!("{LABEL_NETWORK}="));
+        Ok(m.containers
             .iter()
+            .filter(|(name, _)| {
+                on.is_none_or(|n| m.on_network.get(*name).map(String::as_str) == Some(n))
+            })
             .map(|(name, running)| state(name, *running))
             .collect())
     });
@@ -177,6 +209,42 @@ fn runtime(model: &Shared) -> MockContainerRuntime {
             }))
     });
     mock.expect_list_volumes().returning(|_| Ok(vec![]));
+    let m = model.clone();
+    mock.expect_create_network()
+        .returning(move |name, subnet, labels| {
+            check(&m, "create_network")?;
+            let mut m = m.lock().unwrap();
+            if m.networks.values().any(|s| s == subnet) {
+                return Ok(NetworkCreated::SubnetTaken);
+            }
+            m.networks.insert(name.to_string(), subnet.to_string());
+            let _ = labels;
+            Ok(NetworkCreated::Created(name.to_string()))
+        });
+    let m = model.clone();
+    mock.expect_find_networks().returning(move |name| {
+        Ok(m.lock()
+            .unwrap()
+            .networks
+            .get(name)
+            .map(|subnet| network_state(name, subnet))
+            .into_iter()
+            .collect())
+    });
+    let m = model.clone();
+    mock.expect_list_networks().returning(move |_| {
+        Ok(m.lock()
+            .unwrap()
+            .networks
+            .iter()
+            .map(|(name, subnet)| network_state(name, subnet))
+            .collect())
+    });
+    let m = model.clone();
+    mock.expect_remove_network().returning(move |id| {
+        m.lock().unwrap().networks.remove(id);
+        Ok(true)
+    });
     mock.expect_volume_used_bytes().returning(|_| Ok(0));
     let m = model.clone();
     mock.expect_copy_volume()
@@ -258,11 +326,20 @@ async fn assert_consistent(engine: &Engine, model: &Shared, context: &str) {
         .collect();
     let containers: HashSet<String> = model.lock().unwrap().containers.keys().cloned().collect();
     assert_eq!(containers, current, "{context}: containers left behind");
+    // A network per owner with sets, none left by an owner without.
+    let mut owners = HashSet::new();
+    for head in &heads {
+        let version = engine.info(&head.name).await.unwrap().version;
+        let spec = engine.container_spec(&head.owner, &head.name, &version);
+        owners.extend(spec.network.map(|n| n.name));
+    }
+    let networks: HashSet<String> = model.lock().unwrap().networks.keys().cloned().collect();
+    assert_eq!(networks, owners, "{context}: networks");
 }
 
 #[tokio::test]
 async fn a_run_failing_at_any_docker_step_leaves_nothing() {
-    for step in ["create_container", "start_container"] {
+    for step in ["create_network", "create_container", "start_container"] {
         let (engine, model) = engine();
         model.lock().unwrap().fail = Some(step);
         let err = engine.run(run("a", 2)).await.unwrap_err();
@@ -399,6 +476,7 @@ async fn a_resize_failing_at_any_docker_step_leaves_the_volume_and_its_users_as_
 async fn recovery_finishes_a_run_whose_container_exists_and_undoes_one_whose_does_not() {
     for created in [true, false] {
         let (engine, model) = engine();
+        engine.recover().await.unwrap();
         engine.run(run("a", 2)).await.unwrap();
         // As if the engine died right after recording the run (and, maybe, creating it).
         let (mut head, _) = engine.ctx.head("a").await.unwrap();

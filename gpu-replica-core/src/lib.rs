@@ -53,6 +53,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod network;
 mod ops;
 pub mod runtime;
 pub mod sched;

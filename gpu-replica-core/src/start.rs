@@ -143,6 +143,12 @@ impl EngineBuilder {
         }
         let engine = Arc::new(self.build());
         engine.ctx.check_toolkit();
+        engine
+            .ctx
+            .check_network()
+            .await
+            .map_err(StartError::at("finding the network sets join"))?;
+        engine.ctx.install_network_guard();
         if node {
             engine
                 .load_cluster_secret()
@@ -243,11 +249,15 @@ mod tests {
         runtime
             .expect_list_volumes()
             .returning(|_| Err(Error::Docker("the engine is down".into())));
+        // No host firewall change from a unit test.
+        let mut config = EngineConfig::default();
+        config.network.guard = false;
         let result = Engine::builder(
             Arc::new(runtime),
             Arc::new(MemoryStore::new()),
             Arc::new(StaticInventory::fake(1)),
         )
+        .config(config)
         .start()
         .await;
         let Err(error) = result else {

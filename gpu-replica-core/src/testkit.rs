@@ -220,6 +220,10 @@ pub fn config() -> crate::EngineConfig {
         gpu_attach: crate::GpuAttach::Env,
         stop_timeout: std::time::Duration::ZERO,
         labels: test_labels(),
+        network: crate::network::NetworkPolicy {
+            guard: false,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

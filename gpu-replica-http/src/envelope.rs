@@ -159,6 +159,8 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::UserExists(_)
         | Error::UserOwnsObjects(_)
         | Error::VolumesNotMoved(_)
+        | Error::NetworkPoolFull(_)
+        | Error::OverDisk(_)
         // Well formed, but the clock has moved past it.
         | Error::StopTimePast(_) => StatusCode::CONFLICT,
         Error::InvalidParams(_)

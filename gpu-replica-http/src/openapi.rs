@@ -106,6 +106,7 @@ use crate::wire;
         wire::StatusReply,
         wire::RecoveryView,
         wire::IsolationView,
+        wire::NetworkView,
         wire::ToolkitView,
         wire::UserAddBody,
         wire::QuotaBody,

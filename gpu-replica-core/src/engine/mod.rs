@@ -15,6 +15,7 @@ pub(crate) mod access;
 pub(crate) mod accounting;
 pub(crate) mod claims;
 pub(crate) mod events;
+pub(crate) mod network;
 pub(crate) mod nudges;
 pub(crate) mod policy;
 pub(crate) mod records;
@@ -34,6 +35,7 @@ use crate::engine::events::EventLog;
 use crate::gpu::toolkit::ToolkitReport;
 use crate::gpu::GpuInventory;
 use crate::limits::ResourcePolicy;
+use crate::network::NetworkPolicy;
 use crate::runtime::{ContainerRuntime, GpuAttach, Hardening};
 use crate::sched::PortRange;
 use crate::store::StateStore;
@@ -50,6 +52,10 @@ pub const LABEL_VOLUME: &str = "io.gpu-replica.volume";
 /// Label carrying the identity of the store that records an object: recovery removes only
 /// orphans of its own store, never those of another deployment on the same Docker host.
 pub const LABEL_STORE: &str = "io.gpu-replica.store";
+/// Label carrying the owner on containers and on per-owner networks.
+pub const LABEL_OWNER: &str = "io.gpu-replica.owner";
+/// Label carrying, on a container, the name of the network it joins.
+pub const LABEL_NETWORK: &str = "io.gpu-replica.network";
 
 /// How the engine behaves; every field has a sensible default.
 #[derive(Debug, Clone)]
@@ -83,6 +89,8 @@ pub struct EngineConfig {
     pub allowed_volumes: Vec<String>,
     /// What containers may not do (default: least privilege, see [`Hardening`]).
     pub hardening: Hardening,
+    /// Which network sets' containers join (default: one per owner from `10.213.0.0/16`).
+    pub network: NetworkPolicy,
     /// This engine's node in a cluster of hosts sharing one etcd (default none: a single host).
     /// Its sets, port claims and reconciliation are its own; see [`Engine::join_cluster`].
     pub node: Option<String>,
@@ -104,6 +112,7 @@ impl Default for EngineConfig {
             reconcile_interval: Duration::from_secs(30),
             allowed_volumes: Vec::new(),
             hardening: Hardening::default(),
+            network: NetworkPolicy::default(),
             node: None,
         }
     }
@@ -173,6 +182,11 @@ pub(crate) struct Shared {
     pub(crate) metrics: crate::metrics::EngineMetrics,
     /// What the start-up check found of the NVIDIA container toolkit.
     pub(crate) toolkit: std::sync::OnceLock<ToolkitReport>,
+    /// Held while a per-owner network is looked for and made: older Docker makes a second
+    /// network of a taken name.
+    pub(crate) network_lock: tokio::sync::Mutex<()>,
+    /// What the start-up step made of the host firewall guard (per-owner mode only).
+    pub(crate) network_guard: std::sync::OnceLock<crate::network::Guard>,
 }
 
 impl Context {
@@ -204,6 +218,8 @@ impl Context {
             cluster_secret: std::sync::OnceLock::new(),
             metrics: Default::default(),
             toolkit: std::sync::OnceLock::new(),
+            network_lock: tokio::sync::Mutex::new(()),
+            network_guard: std::sync::OnceLock::new(),
         };
         Context {
             shared: Arc::new(shared),

@@ -145,11 +145,10 @@ impl Engine {
                     .map(|_| ()),
             }?;
             failpoint("clone.based");
-            self.ctx
-                .shared
-                .runtime
-                .create_container(&self.ctx.container_spec(name, &version))
-                .await?;
+            let spec = self
+                .ctx
+                .container_spec(&self.ctx.caller.name, name, &version);
+            self.ctx.create_container(&spec).await?;
             failpoint("clone.created");
             self.ctx.finish_run(name).await
         }

@@ -189,6 +189,9 @@ impl Engine {
         failpoint("migrate.moved");
         self.clean_after_migration(&current, &snapshots, &volumes)
             .await;
+        if let Err(e) = self.ctx.release_network(&head.owner).await {
+            tracing::warn!(replica_set = %name, "network of {} not removed: {e}", head.owner);
+        }
         self.info(name).await
     }
 
@@ -396,8 +399,9 @@ impl Engine {
             .runtime
             .remove_container(&new.container)
             .await?;
-        let spec = self.ctx.container_spec(name, &new);
-        self.ctx.shared.runtime.create_container(&spec).await?;
+        let (head, _) = self.ctx.head(name).await?;
+        let spec = self.ctx.container_spec(&head.owner, name, &new);
+        self.ctx.create_container(&spec).await?;
         failpoint("migrate.created");
         Ok(())
     }
@@ -549,11 +553,7 @@ impl Engine {
         let (_, _, moving) = self.incoming(name).await?;
         let new = self.ctx.version_record(name, moving.version).await?;
         if moving.before.wants_running() {
-            self.ctx
-                .shared
-                .runtime
-                .start_container(&new.container)
-                .await?;
+            self.ctx.start_container(&new.container).await?;
         }
         failpoint("migrate.target_started");
         // Snapshots of earlier versions stay on the source (which removes them): rollbacks

@@ -130,6 +130,12 @@ impl Engine {
         self.ctx.shared.toolkit.get()
     }
 
+    /// What the start-up step made of the host firewall guard between owners' networks
+    /// (`None`: not tried: another network mode, turned off, or before start).
+    pub fn network_guard(&self) -> Option<&crate::network::Guard> {
+        self.ctx.shared.network_guard.get()
+    }
+
     /// Whether this caller may see `event`: an admin sees all, a user those of their objects.
     pub fn sees(&self, event: &Event) -> bool {
         self.ctx.sees(event)
@@ -141,9 +147,9 @@ impl Engine {
         self.ctx.events(last, after).await
     }
 
-    /// What Docker is asked to create for `version` of set `name`.
-    pub fn container_spec(&self, name: &str, version: &Version) -> ContainerSpec {
-        self.ctx.container_spec(name, version)
+    /// What Docker is asked to create for `version` of `owner`'s set `name`.
+    pub fn container_spec(&self, owner: &str, name: &str, version: &Version) -> ContainerSpec {
+        self.ctx.container_spec(owner, name, version)
     }
 
     /// Finishes or undoes what a crash left in flight, removes orphans, reconciles; see

@@ -146,9 +146,11 @@ impl Engine {
             .claim_first_version(&name, &id, spec, &image)
             .await?;
         failpoint("run.recorded");
-        let container = self.ctx.container_spec(&name, &version);
+        let container = self
+            .ctx
+            .container_spec(&self.ctx.caller.name, &name, &version);
         let started = async {
-            self.ctx.shared.runtime.create_container(&container).await?;
+            self.ctx.create_container(&container).await?;
             failpoint("run.created");
             self.ctx.finish_run(&name).await
         }

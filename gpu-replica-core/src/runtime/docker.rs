@@ -12,15 +12,16 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerConfig, ContainerCreateBody, DeviceRequest, HostConfig, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerConfig, ContainerCreateBody, DeviceRequest, EndpointSettings, HostConfig, Ipam,
+    IpamConfig, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, CreateImageOptions,
     DownloadFromContainerOptions, EventsOptions, ListContainersOptions, ListImagesOptions,
-    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveImageOptions,
-    RemoveVolumeOptions, RestartContainerOptions, StatsOptions, StopContainerOptions,
-    TagImageOptions, UploadToContainerOptions,
+    ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
+    RemoveImageOptions, RemoveVolumeOptions, RestartContainerOptions, StatsOptions,
+    StopContainerOptions, TagImageOptions, UploadToContainerOptions,
 };
 use bollard::{body_try_stream, Docker};
 use bytes::Bytes;
@@ -28,8 +29,9 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 
 use super::tar_size::TarSizeCounter;
 use super::{
-    ContainerEvent, ContainerEventStream, ContainerRuntime, ContainerSpec, ContainerState,
-    ContainerStats, ExecOutput, GpuAttach, ImageState, LogStream, VolumeState, HELPER_LABEL,
+    ContainerEvent, ContainerEventStream, ContainerNetwork, ContainerRuntime, ContainerSpec,
+    ContainerState, ContainerStats, ExecOutput, GpuAttach, ImageState, LogStream, NetworkCreated,
+    NetworkState, VolumeState, HELPER_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -84,6 +86,21 @@ fn is_not_found(e: &BollardError) -> bool {
 
 fn to_map(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
     labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn network_state(n: Network) -> NetworkState {
+    NetworkState {
+        id: n.id.unwrap_or_default(),
+        name: n.name.unwrap_or_default(),
+        subnets: n
+            .ipam
+            .and_then(|i| i.config)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.subnet)
+            .collect(),
+        labels: n.labels.unwrap_or_default().into_iter().collect(),
+    }
 }
 
 fn label_filter(label: &str) -> Option<HashMap<String, Vec<String>>> {
@@ -323,8 +340,18 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             )
         })
         .collect::<HashMap<_, _>>();
+    let networking_config = spec.network.as_ref().map(|n| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            n.name.clone(),
+            EndpointSettings {
+                aliases: Some(n.aliases.clone()),
+                ..Default::default()
+            },
+        )])),
+    });
     ContainerCreateBody {
         image: Some(spec.image.clone()),
+        networking_config,
         env: Some(env),
         cmd: spec.cmd.clone(),
         tty: Some(true),
@@ -344,6 +371,7 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
                     .collect(),
             ),
             port_bindings: Some(port_bindings),
+            network_mode: spec.network.as_ref().map(|n| n.name.clone()),
             device_requests,
             privileged: Some(false),
             nano_cpus: spec
@@ -1001,6 +1029,116 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if !is_not_found(&e) => Err(docker_err(e)),
             _ => Ok(()),
         }
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<NetworkCreated> {
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(subnet.to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            labels: Some(to_map(labels)),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(made) => Ok(NetworkCreated::Created(made.id)),
+            // "Pool overlaps with other one on this address space", or the subnet is in use.
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("overlaps") || message.contains("in use") =>
+            {
+                Ok(NetworkCreated::SubnetTaken)
+            }
+            Err(e) => Err(docker_err(e)),
+        }
+    }
+
+    async fn find_networks(&self, name: &str) -> Result<Vec<NetworkState>> {
+        // Docker's name filter matches parts of names: keep the exact ones.
+        let options = ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "name".to_string(),
+                vec![name.to_string()],
+            )])),
+        };
+        Ok(self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(docker_err)?
+            .into_iter()
+            .map(network_state)
+            .filter(|n| n.name == name)
+            .collect())
+    }
+
+    async fn list_networks(&self, label: &str) -> Result<Vec<NetworkState>> {
+        let options = ListNetworksOptions {
+            filters: label_filter(label),
+        };
+        Ok(self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(docker_err)?
+            .into_iter()
+            .map(network_state)
+            .collect())
+    }
+
+    async fn remove_network(&self, id: &str) -> Result<bool> {
+        match self.docker.remove_network(id).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(true),
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("active endpoints") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(docker_err(e)),
+        }
+    }
+
+    async fn reattach_network(&self, container: &str, network: &ContainerNetwork) -> Result<()> {
+        // A container keeps the ID of the network it was created on; once that network is
+        // removed, it starts only after a forced disconnect and a fresh connect by name.
+        let disconnect = NetworkDisconnectRequest {
+            container: container.to_string(),
+            force: Some(true),
+        };
+        match self
+            .docker
+            .disconnect_network(&network.name, disconnect)
+            .await
+        {
+            Ok(()) => {}
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("is not connected") =>
+            {
+                tracing::debug!(%container, "was not on {}", network.name);
+            }
+            Err(e) => return Err(docker_err(e)),
+        }
+        let connect = NetworkConnectRequest {
+            container: container.to_string(),
+            endpoint_config: Some(EndpointSettings {
+                aliases: Some(network.aliases.clone()),
+                ..Default::default()
+            }),
+        };
+        self.docker
+            .connect_network(&network.name, connect)
+            .await
+            .map_err(docker_err)
     }
 
     async fn container_events(&self, label: &str) -> Result<ContainerEventStream> {

@@ -167,6 +167,39 @@ pub struct ContainerSpec {
     pub init: bool,
     /// What the container may not do.
     pub hardening: Hardening,
+    /// The network it joins (`None`: Docker's default bridge).
+    pub network: Option<ContainerNetwork>,
+}
+
+/// A user-defined network a container joins, with the names it answers to there.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ContainerNetwork {
+    /// The network's name.
+    pub name: String,
+    /// DNS names the container has on it besides its own (its set's name).
+    pub aliases: Vec<String>,
+}
+
+/// What Docker says about a network.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NetworkState {
+    /// Network ID.
+    pub id: String,
+    /// Its name (older Docker allows two networks of one name).
+    pub name: String,
+    /// Its IPv4 subnets, `a.b.c.d/p`.
+    pub subnets: Vec<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How a network create went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkCreated {
+    /// Made, with this ID.
+    Created(String),
+    /// Another network already has the subnet (or overlaps it): nothing was made.
+    SubnetTaken,
 }
 
 /// What Docker says about a container.
@@ -348,6 +381,26 @@ pub trait ContainerRuntime: Send + Sync {
     async fn copy_volume(&self, from: &str, to: &str) -> Result<()>;
     /// Removes a volume; absent is fine, in use is an error.
     async fn remove_volume(&self, name: &str) -> Result<()>;
+
+    /// Creates a bridge network `name` on IPv4 subnet `subnet` with `labels`. Older Docker
+    /// makes a second network of a name already taken: callers look first.
+    async fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<NetworkCreated>;
+    /// The networks named exactly `name` (none, one, or more on older Docker).
+    async fn find_networks(&self, name: &str) -> Result<Vec<NetworkState>>;
+    /// Networks carrying label `key` (any value), or `key=value`.
+    async fn list_networks(&self, label: &str) -> Result<Vec<NetworkState>>;
+    /// Removes network `id`; absent is fine. Returns false when a running container still
+    /// uses it (and leaves it).
+    async fn remove_network(&self, id: &str) -> Result<bool>;
+    /// Attaches container `container` (not running) to network `network` afresh, with
+    /// `aliases`: what it was attached to under that name (a network since removed) is
+    /// dropped first.
+    async fn reattach_network(&self, container: &str, network: &ContainerNetwork) -> Result<()>;
 
     /// Start, die, stop and destroy events of containers carrying `label` (`key=value`), from
     /// now on.

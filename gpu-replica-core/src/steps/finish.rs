@@ -2,7 +2,9 @@
 //! a crash at any point and ends in the same state, so an operation is finished by running the
 //! rest of its steps, or undone by the matching undo step.
 
-use crate::engine::{encode, Context, LABEL_REPLICA_SET, LABEL_VERSION};
+use crate::engine::{
+    encode, Context, LABEL_NETWORK, LABEL_OWNER, LABEL_REPLICA_SET, LABEL_VERSION,
+};
 use crate::error::Result;
 use crate::failpoint::failpoint;
 use crate::keys;
@@ -20,7 +22,7 @@ impl Context {
     pub(crate) async fn finish_run(&self, name: &str) -> Result<()> {
         let container = crate::names::container(name, 1);
         if !self.is_running(&container).await? {
-            self.shared.runtime.start_container(&container).await?;
+            self.start_container(&container).await?;
         }
         failpoint("run.started");
         let (mut head, revision) = self.head(name).await?;
@@ -47,11 +49,25 @@ impl Context {
             .delete(keys::replica_set(name))
             .delete(keys::current(name))
             .delete(keys::version(name, 1));
-        self.commit(txn).await
+        self.commit(txn).await?;
+        if let Err(e) = self.release_network(&head.owner).await {
+            tracing::warn!(replica_set = %name, "network of {} not removed: {e}", head.owner);
+        }
+        Ok(())
     }
 
-    /// The container a version of `name` is (or was) made of.
-    pub fn container_spec(&self, name: &str, version: &Version) -> ContainerSpec {
+    /// The container a version of `owner`'s set `name` is (or was) made of: on the owner's
+    /// network here, labelled with the owner and the network.
+    pub fn container_spec(&self, owner: &str, name: &str, version: &Version) -> ContainerSpec {
+        let network = self.network_for(owner, name);
+        let mut labels = vec![
+            (LABEL_REPLICA_SET, name.to_string()),
+            (LABEL_VERSION, version.version.to_string()),
+            (LABEL_OWNER, owner.to_string()),
+        ];
+        if let Some(network) = &network {
+            labels.push((LABEL_NETWORK, network.name.clone()));
+        }
         let mut env = version.spec.env.clone();
         env.retain(|e| !e.starts_with("CONTAINER_VERSION="));
         env.push(format!("CONTAINER_VERSION={}", version.version));
@@ -67,10 +83,8 @@ impl Context {
             limits: version.limits,
             init: self.shared.config.resources.init,
             hardening: self.shared.config.hardening.clone(),
-            labels: self.labels(&[
-                (LABEL_REPLICA_SET, name.to_string()),
-                (LABEL_VERSION, version.version.to_string()),
-            ]),
+            labels: self.labels(&labels),
+            network,
         }
     }
 
@@ -120,14 +134,10 @@ impl Context {
                 // the image it was created from; what it wrote since is gone with it).
                 let version = self.version_record(&head.name, head.current).await?;
                 tracing::warn!(%container, "container is gone; creating it again from its record");
-                self.shared
-                    .runtime
-                    .create_container(&self.container_spec(&head.name, &version))
+                self.create_container(&self.container_spec(&head.owner, &head.name, &version))
                     .await?;
             }
-            self.shared
-                .runtime
-                .restart_container(&container, self.shared.config.stop_timeout)
+            self.restart_container(&container, self.shared.config.stop_timeout)
                 .await
         }
         .await;
@@ -193,6 +203,10 @@ impl Context {
             .runtime
             .remove_image(&self.clone_base(&head.image_id()))
             .await?;
+        // The owner's network goes with their last container here (or at the next reconcile).
+        if let Err(e) = self.release_network(&head.owner).await {
+            tracing::warn!(replica_set = %name, "network of {} not removed: {e}", head.owner);
+        }
         Ok(())
     }
 

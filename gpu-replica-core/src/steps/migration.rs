@@ -74,7 +74,7 @@ impl Context {
                     .runtime
                     .stop_container(&container, self.shared.config.stop_timeout)
                     .await?;
-                self.shared.runtime.start_container(&container).await?;
+                self.start_container(&container).await?;
             }
             Ok(Try::Done(()))
         })

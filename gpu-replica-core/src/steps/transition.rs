@@ -234,8 +234,8 @@ impl Context {
             None => self.start_from_image_of_vanished(prepared).await?,
         }
         failpoint("version.committed");
-        let spec = self.container_spec(&prepared.name, &prepared.new);
-        self.shared.runtime.create_container(&spec).await?;
+        let spec = self.container_spec(&prepared.head.owner, &prepared.name, &prepared.new);
+        self.create_container(&spec).await?;
         failpoint("version.created");
         Ok(())
     }
@@ -321,12 +321,7 @@ impl Context {
         if !prepared.run || self.is_running(&prepared.new.container).await? {
             return Ok(prepared);
         }
-        match self
-            .shared
-            .runtime
-            .start_container(&prepared.new.container)
-            .await
-        {
+        match self.start_container(&prepared.new.container).await {
             Ok(()) => {
                 failpoint("version.started");
                 Ok(prepared)
@@ -389,7 +384,7 @@ impl Context {
             tracing::error!(container = %new.container, "cannot remove failed version: {e}");
         }
         if was_running && !self.is_running(&old.container).await.unwrap_or(true) {
-            if let Err(e) = self.shared.runtime.start_container(&old.container).await {
+            if let Err(e) = self.start_container(&old.container).await {
                 tracing::error!(container = %old.container, "cannot restart old version: {e}");
             }
         }

@@ -70,6 +70,9 @@ impl Context {
             self.reconcile_one(&head.name, &mut pass).await?;
         }
         self.release_stray_claims(&mut pass).await?;
+        for line in self.settle_networks(&listed).await? {
+            self.settled("", line, &mut pass).await?;
+        }
         if !self.node_name().is_empty() {
             self.sweep_listed(listed, &heads, &mut pass).await?;
         }
@@ -193,7 +196,7 @@ impl Context {
         match head.status {
             Status::Running => {
                 let why = match state {
-                    Some(_) => match self.shared.runtime.start_container(&container).await {
+                    Some(_) => match self.start_container(&container).await {
                         Ok(()) => {
                             let line = format!(
                                 "{container} of {name} had stopped outside gpu-replica: started again"

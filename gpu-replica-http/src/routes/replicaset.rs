@@ -225,7 +225,7 @@ pub async fn commit(
 pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<InfoReply> {
     let info = engine.info(&name).await?;
     Ok(ok(InfoReply {
-        info: VersionView::new(&engine, &name, &info.version),
+        info: VersionView::new(&engine, &info.replica_set.owner, &name, &info.version),
         status: status_word(info.replica_set.status),
         timers: (&info.replica_set.timers).into(),
         owner: info.replica_set.owner.clone(),
@@ -238,12 +238,13 @@ pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<Inf
     responses((status = 200, body = Envelope<HistoryReply>), (status = "4XX", body = ErrorReply, description = "1016"), (status = "5XX", body = ErrorReply, description = "1017")))]
 pub async fn history(Acting(engine): Acting, Path(name): Path<String>) -> Reply<HistoryReply> {
     let versions = engine.history(&name).await?;
+    let owner = engine.info(&name).await?.replica_set.owner;
     let history = versions
         .iter()
         .map(|v| HistoryItem {
             version: v.version,
             create_time: v.created_at.clone(),
-            status: VersionView::new(&engine, &name, v),
+            status: VersionView::new(&engine, &owner, &name, v),
         })
         .collect();
     Ok(ok(HistoryReply { history }))

@@ -54,7 +54,7 @@ pub async fn ports(
 pub async fn status(Acting(engine): Acting) -> Response {
     ok(StatusReply {
         recovery: engine.last_recovery().map(RecoveryView::from),
-        isolation: IsolationView::from(&engine.config().hardening),
+        isolation: IsolationView::new(&engine),
         toolkit: engine.toolkit().map(ToolkitView::from).unwrap_or_default(),
     })
     .into_response()

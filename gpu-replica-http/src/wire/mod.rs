@@ -566,9 +566,9 @@ pub struct VersionView {
 }
 
 impl VersionView {
-    /// The contract's view of `version` of replicaSet `name`.
-    pub fn new(engine: &Engine, name: &str, version: &Version) -> VersionView {
-        let docker = engine.container_spec(name, version).docker_view();
+    /// The contract's view of `version` of `owner`'s replicaSet `name`.
+    pub fn new(engine: &Engine, owner: &str, name: &str, version: &Version) -> VersionView {
+        let docker = engine.container_spec(owner, name, version).docker_view();
         VersionView {
             version: version.version,
             create_time: version.created_at.clone(),
@@ -1039,16 +1039,56 @@ pub struct IsolationView {
     pub open_files: Option<u64>,
     /// Always false: no container is privileged or shares a host namespace.
     pub privileged: bool,
+    /// Which network sets join.
+    pub network: NetworkView,
 }
 
-impl From<&gpu_replica_core::Hardening> for IsolationView {
-    fn from(h: &gpu_replica_core::Hardening) -> IsolationView {
+/// Where sets' containers are attached (`--network`, `--network-pool`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkView {
+    /// `per-owner` (a bridge per owner: other owners' sets are unreachable), `shared` (Docker's
+    /// default bridge: no walls), or the name of the operator's network every set joins.
+    pub mode: String,
+    /// The IPv4 range per-owner networks take their subnets from (per-owner mode only).
+    pub pool: Option<String>,
+    /// The prefix length of each owner's subnet (per-owner mode only).
+    pub subnet_prefix: Option<u8>,
+    /// How many owners can have sets on one host at once (per-owner mode only).
+    pub owners: Option<u64>,
+    /// Whether the host firewall rule that keeps owners' networks apart while Docker rewrites
+    /// its own rules is in place (per-owner mode only).
+    pub guard: Option<bool>,
+    /// Why the guard is not in place, when it is not.
+    pub guard_reason: Option<String>,
+}
+
+impl IsolationView {
+    /// The walls `engine`'s configuration gives new containers.
+    pub fn new(engine: &Engine) -> IsolationView {
+        let config = engine.config();
+        let guard = engine.network_guard();
+        let h = &config.hardening;
+        let per_owner = config.network.mode == gpu_replica_core::network::NetworkMode::PerOwner;
+        let pool = config.network.pool;
         IsolationView {
             no_new_privileges: h.no_new_privileges,
             dropped_capabilities: h.drop_capabilities.clone(),
             pids_limit: h.pids_limit,
             open_files: h.open_files,
             privileged: false,
+            network: NetworkView {
+                mode: config.network.mode.to_string(),
+                pool: per_owner.then(|| pool.to_string()),
+                subnet_prefix: per_owner.then(|| pool.subnet_prefix()),
+                owners: per_owner.then(|| pool.capacity()),
+                guard: per_owner.then(|| guard.is_some_and(|g| g.installed)),
+                guard_reason: match guard {
+                    Some(g) => g.reason.clone(),
+                    None if per_owner => Some("turned off (--no-network-guard)".into()),
+                    None => None,
+                },
+            },
         }
     }
 }

@@ -10,7 +10,7 @@ use gpu_replica_core::runtime::DROPPED_CAPABILITIES;
 use gpu_replica_core::{
     parse_cpus, parse_duration, parse_size, ContainerRuntime, DockerRuntime, Engine, EngineConfig,
     GpuAttach, GpuInventory, Hardening, Limits, NvmlInventory, PortRange, RedbStore,
-    ResourcePolicy, StateStore, StaticInventory,
+    ResourcePolicy, RootfsPolicy, StateStore, StaticInventory,
 };
 
 /// Settings of the server; every flag has a `GPU_REPLICA_*` environment twin.
@@ -177,6 +177,15 @@ pub struct ServeArgs {
     /// daemon's own limit.
     #[arg(long, env = "GPU_REPLICA_OPEN_FILES_LIMIT", default_value = "16384", value_parser = limit)]
     open_files_limit: Limit,
+    /// How far each set's root filesystem (what its container writes outside its volumes)
+    /// may grow, or none. Enforced where Docker's storage driver can (overlay2 on xfs with
+    /// pquota, btrfs, zfs, devicemapper: a write past it fails in the container); elsewhere
+    /// measured, and a set over it has its patches and commits refused.
+    #[arg(long, env = "GPU_REPLICA_ROOTFS_SIZE", default_value = "100GB", value_parser = size_or_none)]
+    rootfs_size: Limit,
+    /// How often every set's root filesystem is measured (Docker walks its files).
+    #[arg(long, env = "GPU_REPLICA_ROOTFS_MEASURE_INTERVAL", default_value = "5m", value_parser = duration)]
+    rootfs_measure_interval: u64,
     /// Which network sets join: `per-owner` (a bridge network per owner; other owners' sets
     /// cannot be reached by address or name), `shared` (Docker's default bridge, no walls), or
     /// the name of a network you made that every set joins.
@@ -232,6 +241,15 @@ fn limit(text: &str) -> Result<Limit, String> {
         Ok(n) if n > 0 => Ok(Limit(Some(n))),
         _ => Err(format!("'{text}' is not a positive number or 'none'")),
     }
+}
+
+fn size_or_none(text: &str) -> Result<Limit, String> {
+    if text == "none" {
+        return Ok(Limit(None));
+    }
+    parse_size(text)
+        .map(|b| Limit(Some(b)))
+        .map_err(|e| e.to_string())
 }
 
 fn duration(text: &str) -> Result<u64, String> {
@@ -760,6 +778,10 @@ fn engine_config(args: &ServeArgs) -> Result<EngineConfig, String> {
             open_files: args.open_files_limit.0,
         },
         network,
+        rootfs: RootfsPolicy {
+            size: args.rootfs_size.0,
+            measure_interval: Duration::from_secs(args.rootfs_measure_interval),
+        },
         node: args.node.clone(),
         ..EngineConfig::default()
     })

@@ -27,6 +27,9 @@ pub enum UserCommand {
         /// Total size of their volumes (500GB).
         #[arg(long)]
         max_volume_size: Option<String>,
+        /// Total disk: volumes and their sets' root filesystems (1TB).
+        #[arg(long)]
+        max_disk: Option<String>,
     },
     /// List users with their quota and what they hold.
     Ls,
@@ -59,6 +62,9 @@ pub enum UserCommand {
         /// Total volume size (500GB), or none.
         #[arg(long)]
         max_volume_size: Option<String>,
+        /// Total disk: volumes and root filesystems (1TB), or none.
+        #[arg(long)]
+        max_disk: Option<String>,
     },
 }
 
@@ -130,11 +136,12 @@ fn gib(bytes: u64) -> String {
     }
 }
 
-fn quota_words(quota: &QuotaView) -> [String; 3] {
+fn quota_words(quota: &QuotaView) -> [String; 4] {
     [
         or_none(quota.max_gpus),
         or_none(quota.max_sets),
         quota.max_volume_bytes.map_or("-".into(), gib),
+        quota.max_disk_bytes.map_or("-".into(), gib),
     ]
 }
 
@@ -142,18 +149,23 @@ fn print_users(users: &[UserView]) {
     let rows: Vec<Vec<String>> = users
         .iter()
         .map(|u| {
-            let [gpus, sets, volumes] = quota_words(&u.quota);
+            let [gpus, sets, volumes, disk] = quota_words(&u.quota);
+            let used_disk = u.holdings.volume_bytes + u.holdings.rootfs_bytes;
             vec![
                 u.name.clone(),
                 u.role.clone(),
                 format!("{}/{gpus}", u.holdings.gpus),
                 format!("{}/{sets}", u.holdings.sets),
                 format!("{}/{volumes}", gib(u.holdings.volume_bytes)),
+                format!("{}/{disk}", gib(used_disk)),
                 u.create_time.clone(),
             ]
         })
         .collect();
-    table::print(&["NAME", "ROLE", "GPUS", "SETS", "VOLUMES", "ADDED"], &rows);
+    table::print(
+        &["NAME", "ROLE", "GPUS", "SETS", "VOLUMES", "DISK", "ADDED"],
+        &rows,
+    );
 }
 
 /// Runs one `user` command.
@@ -170,6 +182,7 @@ pub async fn user(
             max_gpus,
             max_sets,
             max_volume_size,
+            max_disk,
         } => {
             let body = UserAddBody {
                 name,
@@ -177,6 +190,7 @@ pub async fn user(
                 max_gpus,
                 max_sets,
                 max_volume_size,
+                max_disk_size: max_disk,
             };
             let reply = client.add_user(&body).await?;
             if as_json {
@@ -229,11 +243,13 @@ pub async fn user(
             max_gpus,
             max_sets,
             max_volume_size,
+            max_disk,
         } => {
             let body = QuotaBody {
                 max_gpus: limit("max-gpus", max_gpus)?,
                 max_sets: limit("max-sets", max_sets)?,
                 max_volume_size: size_limit(max_volume_size),
+                max_disk_size: size_limit(max_disk),
             };
             let reply = client.set_quota(&name, &body).await?;
             if as_json {

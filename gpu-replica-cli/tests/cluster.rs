@@ -638,6 +638,32 @@ async fn migration_moves_files_and_volumes_and_leaves_the_old_node_clean() {
     // The old node is clean: no container, snapshot or volume of the set left.
     assert!(containers(&d1, &p).is_empty(), "{:?}", containers(&d1, &p));
     assert_eq!(containers(&d2, &p), vec![format!("{set}-2")]);
+    // On its owner's network there as here, and that network gone from the old node.
+    let on_target = Command::new("docker")
+        .args(["-H", &format!("unix://{}", d2.socket()), "inspect", "-f"])
+        .args(["{{range $n, $e := .NetworkSettings.Networks}}{{$n}}{{end}}"])
+        .arg(format!("{set}-2"))
+        .output()
+        .unwrap();
+    let network = String::from_utf8_lossy(&on_target.stdout)
+        .trim()
+        .to_string();
+    assert!(
+        network.starts_with("gpu-replica-") && network.ends_with("-admin"),
+        "{network}"
+    );
+    let left = Command::new("docker")
+        .args([
+            "-H",
+            &format!("unix://{}", d1.socket()),
+            "network",
+            "ls",
+            "-q",
+        ])
+        .args(["--filter", &format!("name=^{network}$")])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "{network} left on n1");
     assert!(
         set_images(&d1, &set).is_empty(),
         "{:?}",

@@ -376,3 +376,155 @@ async fn the_reconciler_remakes_a_missing_network_and_removes_an_unused_one() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_over_its_root_filesystem_size_keeps_running_and_waits_to_be_patched() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let server = Server::start_with_env(
+        &dir,
+        None,
+        &[
+            ("GPU_REPLICA_TOKEN", ADMIN),
+            ("GPU_REPLICA_ROOTFS_SIZE", "4MB"),
+            ("GPU_REPLICA_ROOTFS_MEASURE_INTERVAL", "1s"),
+        ],
+    );
+    // Docker here (fuse-overlayfs) cannot enforce a size: status says so, with Docker's words.
+    let status = ok(call(&server, ADMIN, "GET", "/api/v1/status", json!({})));
+    let rootfs = &status["data"]["isolation"]["rootfs"];
+    assert_eq!(rootfs["size"], 4 << 20, "{status}");
+    assert_eq!(rootfs["enforced"], false, "{status}");
+    assert!(
+        rootfs["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{status}"
+    );
+    assert_eq!(rootfs["measureIntervalSeconds"], 1);
+
+    let carol_name = testkit::unique_name("carol").replace('-', "_");
+    let reply = ok(call(
+        &server,
+        ADMIN,
+        "POST",
+        "/api/v1/users",
+        json!({"name": carol_name, "maxDiskSize": "1GB"}),
+    ));
+    let carol = reply["data"]["token"].as_str().unwrap().to_string();
+    let name = testkit::unique_name("fat");
+    let body = json!({"imageName": TEST_IMAGE, "replicaSetName": name, "gpuCount": 0});
+    ok(call(&server, &carol, "POST", "/api/v1/replicaSet", body));
+    let path = format!("/api/v1/replicaSet/{name}");
+    ok(call(
+        &server,
+        &carol,
+        "POST",
+        &format!("{path}/execute"),
+        json!({"cmd": ["sh", "-c", "dd if=/dev/urandom of=/root/big bs=1M count=8; sync"]}),
+    ));
+    // The next measurement shows it over: in info, list, metrics and an event.
+    let within = Instant::now() + Duration::from_secs(30);
+    let usage = loop {
+        let info = ok(call(&server, &carol, "GET", &path, json!({})));
+        if info["data"]["rootfs"]["over"] == true {
+            break info["data"]["rootfs"].clone();
+        }
+        assert!(Instant::now() < within, "never measured over: {info}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(usage["bytes"].as_u64().unwrap() >= 8 << 20, "{usage}");
+    assert_eq!(usage["limit"], 4 << 20);
+    assert_eq!(usage["enforced"], false);
+    let list = ok(call(
+        &server,
+        &carol,
+        "GET",
+        "/api/v1/replicaSet",
+        json!({}),
+    ));
+    assert_eq!(
+        list["data"]["replicaSets"][0]["rootfsBytes"], usage["bytes"],
+        "{list}"
+    );
+    let (_, _, scrape) = http_as(&server.addr, Some(ADMIN), "GET", "/metrics", None);
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("gpu_replica_rootfs_bytes{")
+                && l.contains(&format!("set=\"{name}\""))),
+        "{scrape}"
+    );
+    let (_, _, events) = http_as(
+        &server.addr,
+        Some(&carol),
+        "GET",
+        "/api/v1/events?replay=50&follow=false",
+        None,
+    );
+    assert!(events.contains("over its"), "{events}");
+    // Patch and commit wait with 1059; the set runs on, nothing is lost.
+    for (method, route, body) in [
+        ("PATCH", path.clone(), json!({"gpuPatch": {"gpuCount": 1}})),
+        (
+            "POST",
+            format!("{path}/commit"),
+            json!({"newImageName": "gpu-replica-test/fat:x"}),
+        ),
+    ] {
+        let (status, reply) = call(&server, &carol, method, &route, body);
+        assert_eq!(
+            (status, reply["code"].as_u64()),
+            (409, Some(1059)),
+            "{reply}"
+        );
+    }
+    let reply = ok(call(
+        &server,
+        &carol,
+        "POST",
+        &format!("{path}/execute"),
+        json!({"cmd": ["sh", "-c", "ls -l /root/big | wc -l"]}),
+    ));
+    assert_eq!(reply["data"]["stdout"], "1\n");
+    // Her disk quota counts the layer with her volumes: 1 GB more does not fit.
+    let (status, reply) = call(
+        &server,
+        &carol,
+        "POST",
+        "/api/v1/volumes",
+        json!({"name": testkit::unique_name("vol").replace('-', "_"), "size": "1GB"}),
+    );
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (403, Some(1048)),
+        "{reply}"
+    );
+    let me = ok(call(&server, &carol, "GET", "/api/v1/whoami", json!({})));
+    assert!(me.to_string().contains("rootfsBytes"), "{me}");
+    // Files removed: the next measurement lets the patch through.
+    ok(call(
+        &server,
+        &carol,
+        "POST",
+        &format!("{path}/execute"),
+        json!({"cmd": ["rm", "/root/big"]}),
+    ));
+    let within = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = ok(call(&server, &carol, "GET", &path, json!({})));
+        if info["data"]["rootfs"]["over"] == false {
+            break;
+        }
+        assert!(Instant::now() < within, "never measured under: {info}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ok(call(
+        &server,
+        &carol,
+        "PATCH",
+        &path,
+        json!({"gpuPatch": {"gpuCount": 1}}),
+    ));
+    ok(call(&server, &carol, "DELETE", &path, json!({})));
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -30,6 +30,14 @@ pub fn current(name: &str) -> String {
 /// Prefix of every current-version copy.
 pub const CURRENT: &str = "current/";
 
+/// The measured size of replicaSet `name`'s writable layer ([`crate::model::RootfsUsage`]).
+pub fn rootfs(name: &str) -> String {
+    format!("rootfs/{name}")
+}
+
+/// Prefix of every writable-layer measurement.
+pub const ROOTFS: &str = "rootfs/";
+
 /// Claim on the GPU `uuid`; its value is the holder's name.
 pub fn gpu_claim(uuid: &str) -> String {
     format!("claims/gpus/{uuid}")

@@ -76,10 +76,10 @@ pub use crate::engine::{
 pub use crate::error::{Error, Operation, Result};
 pub use crate::failpoint::{FAILPOINTS, FAILPOINT_EXIT_CODE};
 pub use crate::gpu::{GpuInfo, GpuInventory, NvmlInventory, StaticInventory};
-pub use crate::limits::{parse_cpus, Limits, ResourcePolicy};
+pub use crate::limits::{parse_cpus, Limits, ResourcePolicy, RootfsPolicy};
 pub use crate::model::{
     GpuStatus, Intent, Moving, NodePorts, PortStatus, ReplicaSet, ReplicaSetInfo, ReplicaSetSpec,
-    Status, Timers, Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
+    RootfsUsage, Status, Timers, Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
 pub use crate::ops::clone::CloneRequest;
 pub use crate::ops::observe::Stats;

@@ -56,6 +56,28 @@ impl Limits {
     }
 }
 
+/// How far a set's writable layer (its root filesystem's changes) may grow, and how often it is
+/// measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsPolicy {
+    /// Bytes per set (default 100 GB). Enforced where the storage driver can (overlay2 on xfs
+    /// with `pquota`, btrfs, zfs, devicemapper); elsewhere a set over it gets an event and
+    /// its patches and commits are refused until it is under again. `None`: no limit.
+    pub size: Option<u64>,
+    /// How often every container's writable layer is measured (default 5 minutes; Docker
+    /// walks each layer's files to answer).
+    pub measure_interval: std::time::Duration,
+}
+
+impl Default for RootfsPolicy {
+    fn default() -> RootfsPolicy {
+        RootfsPolicy {
+            size: Some(100 << 30),
+            measure_interval: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
 /// How much of the host a container gets for its GPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResourcePolicy {

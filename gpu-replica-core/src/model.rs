@@ -218,6 +218,34 @@ pub struct ReplicaSetInfo {
     pub replica_set: ReplicaSet,
     /// The current version.
     pub version: Version,
+    /// Its writable layer as last measured (`None` before the first measurement).
+    #[serde(default)]
+    pub rootfs: Option<RootfsUsage>,
+}
+
+/// The size of a set's writable layer (what its container wrote on top of its image), as the
+/// periodic measurement found it, against its limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootfsUsage {
+    /// Bytes written.
+    pub bytes: u64,
+    /// The limit of this set's writable layer (`None`: none).
+    pub limit: Option<u64>,
+    /// Whether the storage driver enforces the limit (a write past it fails in the
+    /// container); when not, a set over it has its patches and commits refused.
+    pub enforced: bool,
+    /// When it was measured (RFC 3339).
+    pub measured_at: String,
+    /// The container measured.
+    pub container: String,
+}
+
+impl RootfsUsage {
+    /// Over a limit the driver does not enforce.
+    pub fn over(&self) -> bool {
+        !self.enforced && self.limit.is_some_and(|limit| self.bytes > limit)
+    }
 }
 
 /// The head record of a versioned volume.

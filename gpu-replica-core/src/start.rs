@@ -149,6 +149,11 @@ impl EngineBuilder {
             .await
             .map_err(StartError::at("finding the network sets join"))?;
         engine.ctx.install_network_guard();
+        engine
+            .ctx
+            .check_rootfs()
+            .await
+            .map_err(StartError::at("asking the storage driver for size limits"))?;
         if node {
             engine
                 .load_cluster_secret()
@@ -180,6 +185,7 @@ impl EngineBuilder {
         }
         tasks.push(engine.spawn_timers());
         tasks.push(engine.ctx.spawn_reconciler());
+        tasks.push(engine.ctx.spawn_rootfs_meter());
         Ok(Running {
             engine,
             recovery,

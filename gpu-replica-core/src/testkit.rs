@@ -392,6 +392,8 @@ pub struct PrivateDockerd {
     child: Option<std::process::Child>,
     dir: std::path::PathBuf,
     netns: String,
+    /// Its data root (under `dir`, or on a file system of the test's).
+    root: std::path::PathBuf,
 }
 
 impl PrivateDockerd {
@@ -402,19 +404,36 @@ impl PrivateDockerd {
 
     /// The `nth` daemon of this test process (several nodes of a cluster, each with its own).
     pub fn start_nth(nth: u32) -> PrivateDockerd {
+        PrivateDockerd::start_with(nth, None)
+    }
+
+    /// A daemon whose data root is on `fs` (a size-enforcing file system), with the storage
+    /// driver that enforces sizes there.
+    pub fn start_on(fs: &QuotaFs) -> PrivateDockerd {
+        PrivateDockerd::start_with(90, Some(fs))
+    }
+
+    fn start_with(nth: u32, fs: Option<&QuotaFs>) -> PrivateDockerd {
         // Short paths: containerd's sockets live under the exec root (108-byte limit).
         let tag = (std::process::id() % 100_000) * 100 + nth % 100;
         let dir = std::path::PathBuf::from(format!("/tmp/grd{tag}"));
         let netns = format!("grtest{tag}");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let driver = std::process::Command::new("docker")
-            .args(["info", "--format", "{{.Driver}}"])
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| "vfs".into());
+        let driver = match fs {
+            Some(fs) => fs.driver().to_string(),
+            None => std::process::Command::new("docker")
+                .args(["info", "--format", "{{.Driver}}"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "vfs".into()),
+        };
+        let root = match fs {
+            Some(fs) => fs.mountpoint.join("docker"),
+            None => dir.join("root"),
+        };
         std::fs::write(
             dir.join("daemon.json"),
             format!("{{\"storage-driver\": \"{driver}\"}}"),
@@ -432,6 +451,7 @@ impl PrivateDockerd {
             child: None,
             dir,
             netns,
+            root,
         };
         daemon.resume();
         daemon
@@ -471,7 +491,7 @@ impl PrivateDockerd {
         let child = std::process::Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
             .arg("dockerd")
-            .arg(format!("--data-root={}", d.join("root").display()))
+            .arg(format!("--data-root={}", self.root.display()))
             .arg(format!("--exec-root={}", d.join("x").display()))
             .arg(format!("--pidfile={}", d.join("pid").display()))
             .arg(format!("--host=unix://{}", self.socket()))
@@ -504,6 +524,114 @@ impl Drop for PrivateDockerd {
             .args(["netns", "delete", &self.netns])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A small file system on a loop device on which Docker's storage driver enforces a size per
+/// container: XFS mounted with `pquota` (overlay2) where the kernel has XFS quotas, else btrfs
+/// with quotas on (the btrfs driver). Made by the test (Debian's `xfsprogs`, `btrfs-progs`);
+/// unmounted and freed on drop. Needs root; panics when neither can be made, with why.
+pub struct QuotaFs {
+    image: std::path::PathBuf,
+    /// Where it is mounted.
+    pub mountpoint: std::path::PathBuf,
+    loop_device: String,
+    /// `xfs` or `btrfs`.
+    pub kind: &'static str,
+    /// Why XFS with project quotas could not be used, when btrfs was.
+    pub xfs_refused: Option<String>,
+}
+
+impl QuotaFs {
+    /// Makes and mounts one of `megabytes` MB.
+    pub fn make(megabytes: u64) -> QuotaFs {
+        let tag = std::process::id() % 100_000;
+        let base = std::path::PathBuf::from(format!("/tmp/grq{tag}"));
+        let _ = std::fs::create_dir_all(&base);
+        let run = |program: &str, args: &[&str]| -> Result<String, String> {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            } else {
+                Err(format!(
+                    "{program} {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let attempt = |kind: &'static str| -> Result<QuotaFs, String> {
+            let image = base.join(format!("{kind}.img"));
+            let mountpoint = base.join(kind);
+            let _ = std::fs::create_dir_all(&mountpoint);
+            let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+            file.set_len(megabytes << 20).map_err(|e| e.to_string())?;
+            let image_path = image.display().to_string();
+            match kind {
+                "xfs" => run("mkfs.xfs", &["-q", "-f", &image_path])?,
+                _ => run("mkfs.btrfs", &["-q", "-f", &image_path])?,
+            };
+            let loop_device = run("losetup", &["-f", "--show", &image_path])?;
+            let fs = QuotaFs {
+                image,
+                mountpoint: mountpoint.clone(),
+                loop_device: loop_device.clone(),
+                kind,
+                xfs_refused: None,
+            };
+            let point = mountpoint.display().to_string();
+            match kind {
+                "xfs" => run("mount", &["-o", "pquota", &loop_device, &point])?,
+                _ => {
+                    run("mount", &[&loop_device, &point])?;
+                    run("btrfs", &["quota", "enable", &point])?
+                }
+            };
+            Ok(fs)
+        };
+        let xfs_refused = match attempt("xfs") {
+            Ok(fs) => return fs,
+            // The kernel says why in its log ("quota support not available in this kernel").
+            Err(e) => {
+                let said = run("dmesg", &[]).unwrap_or_default();
+                match said.lines().rev().find(|l| l.contains("XFS")) {
+                    Some(line) => format!("{e}; the kernel: {}", line.trim()),
+                    None => e,
+                }
+            }
+        };
+        match attempt("btrfs") {
+            Ok(mut fs) => {
+                fs.xfs_refused = Some(xfs_refused);
+                fs
+            }
+            Err(e) => panic!(
+                "no size-enforcing file system could be made: xfs with pquota ({xfs_refused}); \
+                 btrfs with quotas ({e}); install xfsprogs and btrfs-progs, run as root"
+            ),
+        }
+    }
+
+    /// The storage driver that enforces sizes on it.
+    pub fn driver(&self) -> &'static str {
+        match self.kind {
+            "xfs" => "overlay2",
+            _ => "btrfs",
+        }
+    }
+}
+
+impl Drop for QuotaFs {
+    fn drop(&mut self) {
+        let point = self.mountpoint.display().to_string();
+        let _ = std::process::Command::new("umount").arg(&point).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.loop_device])
+            .status();
+        let _ = std::fs::remove_file(&self.image);
     }
 }
 

@@ -107,6 +107,8 @@ use crate::wire;
         wire::RecoveryView,
         wire::IsolationView,
         wire::NetworkView,
+        wire::RootfsLimitView,
+        wire::RootfsUsageView,
         wire::ToolkitView,
         wire::UserAddBody,
         wire::QuotaBody,

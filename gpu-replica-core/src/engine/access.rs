@@ -90,6 +90,9 @@ pub struct Quota {
     /// Total size of their volumes, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_volume_bytes: Option<u64>,
+    /// Total disk: their volumes and their sets' writable layers (as last measured), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_disk_bytes: Option<u64>,
 }
 
 /// What one user holds now, or asks for on top.
@@ -102,6 +105,9 @@ pub struct Holdings {
     pub sets: u32,
     /// Total size of their volumes' current versions, in bytes.
     pub volume_bytes: u64,
+    /// Their sets' writable layers, as last measured, in bytes.
+    #[serde(default)]
+    pub rootfs_bytes: u64,
 }
 
 impl Holdings {
@@ -118,7 +124,7 @@ impl Holdings {
         Holdings {
             gpus: gpus as u32,
             sets: 1,
-            volume_bytes: 0,
+            ..Holdings::default()
         }
     }
 
@@ -226,10 +232,21 @@ impl Context {
             }
             volume_bytes = volume_bytes.saturating_add(largest);
         }
+        let rootfs_bytes = self
+            .shared
+            .store
+            .list(keys::ROOTFS)
+            .await?
+            .into_iter()
+            .filter(|e| mine.contains(&e.key[keys::ROOTFS.len()..]))
+            .filter_map(|e| serde_json::from_slice::<crate::model::RootfsUsage>(&e.value).ok())
+            .map(|usage| usage.bytes)
+            .fold(0u64, u64::saturating_add);
         Ok(Holdings {
             gpus: gpus as u32,
             sets: mine.len() as u32,
             volume_bytes,
+            rootfs_bytes,
         })
     }
 
@@ -246,7 +263,8 @@ impl Context {
         let quota = user.quota;
         let limited = (more.gpus > 0 && quota.max_gpus.is_some())
             || (more.sets > 0 && quota.max_sets.is_some())
-            || (more.volume_bytes > 0 && quota.max_volume_bytes.is_some());
+            || (more.volume_bytes > 0
+                && (quota.max_volume_bytes.is_some() || quota.max_disk_bytes.is_some()));
         if !limited {
             return Ok(QuotaGuard::default());
         }
@@ -287,6 +305,12 @@ impl Context {
             "bytes of volumes",
             quota.max_volume_bytes,
             held.volume_bytes,
+            more.volume_bytes,
+        )?;
+        over(
+            "bytes of disk (volumes and root filesystems)",
+            quota.max_disk_bytes,
+            held.volume_bytes.saturating_add(held.rootfs_bytes),
             more.volume_bytes,
         )?;
         Ok(QuotaGuard {

@@ -14,6 +14,7 @@
 pub(crate) mod access;
 pub(crate) mod accounting;
 pub(crate) mod claims;
+pub(crate) mod disk;
 pub(crate) mod events;
 pub(crate) mod network;
 pub(crate) mod nudges;
@@ -34,7 +35,7 @@ pub use self::report::Recovery;
 use crate::engine::events::EventLog;
 use crate::gpu::toolkit::ToolkitReport;
 use crate::gpu::GpuInventory;
-use crate::limits::ResourcePolicy;
+use crate::limits::{ResourcePolicy, RootfsPolicy};
 use crate::network::NetworkPolicy;
 use crate::runtime::{ContainerRuntime, GpuAttach, Hardening};
 use crate::sched::PortRange;
@@ -89,6 +90,8 @@ pub struct EngineConfig {
     pub allowed_volumes: Vec<String>,
     /// What containers may not do (default: least privilege, see [`Hardening`]).
     pub hardening: Hardening,
+    /// How far sets' writable layers may grow, and how often they are measured.
+    pub rootfs: RootfsPolicy,
     /// Which network sets' containers join (default: one per owner from `10.213.0.0/16`).
     pub network: NetworkPolicy,
     /// This engine's node in a cluster of hosts sharing one etcd (default none: a single host).
@@ -113,6 +116,7 @@ impl Default for EngineConfig {
             allowed_volumes: Vec::new(),
             hardening: Hardening::default(),
             network: NetworkPolicy::default(),
+            rootfs: RootfsPolicy::default(),
             node: None,
         }
     }
@@ -187,6 +191,8 @@ pub(crate) struct Shared {
     pub(crate) network_lock: tokio::sync::Mutex<()>,
     /// What the start-up step made of the host firewall guard (per-owner mode only).
     pub(crate) network_guard: std::sync::OnceLock<crate::network::Guard>,
+    /// What the start-up probe found of the storage driver's size limits.
+    pub(crate) rootfs_support: std::sync::OnceLock<crate::runtime::RootfsSupport>,
 }
 
 impl Context {
@@ -220,6 +226,7 @@ impl Context {
             toolkit: std::sync::OnceLock::new(),
             network_lock: tokio::sync::Mutex::new(()),
             network_guard: std::sync::OnceLock::new(),
+            rootfs_support: std::sync::OnceLock::new(),
         };
         Context {
             shared: Arc::new(shared),

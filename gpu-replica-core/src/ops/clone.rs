@@ -103,6 +103,10 @@ impl Engine {
                 )
             })?;
         let from_current = number == head.current;
+        if from_current {
+            // The clone commits the current container: its writable layer is copied.
+            self.ctx.check_rootfs_room(&head).await?;
+        }
         if !from_current && origin.snapshot.is_none() {
             return Err(Error::refused(
                 Operation::Clone,

@@ -35,6 +35,13 @@ struct ClaimLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SetLabels {
+    set: String,
+    owner: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
     node: String,
@@ -170,6 +177,33 @@ impl Engine {
             "gpu_replica_sets",
             "Replica sets living on this node, by status",
             sets,
+        );
+
+        // Writable layers as last measured (the measurement is periodic, never per scrape).
+        let rootfs = Family::<SetLabels, Gauge>::default();
+        for entry in self.ctx.shared.store.list(keys::ROOTFS).await? {
+            let set = &entry.key[keys::ROOTFS.len()..];
+            let Some(head) = heads
+                .iter()
+                .find(|h| h.name == set && h.node == node && self.ctx.caller.may_reach(&h.owner))
+            else {
+                continue;
+            };
+            if let Ok(usage) = serde_json::from_slice::<crate::model::RootfsUsage>(&entry.value) {
+                let labels = SetLabels {
+                    set: set.to_string(),
+                    owner: head.owner.clone(),
+                    node: node.clone(),
+                };
+                rootfs
+                    .get_or_create(&labels)
+                    .set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
+            }
+        }
+        registry.register(
+            "gpu_replica_rootfs_bytes",
+            "Bytes a set's container wrote on top of its image, as last measured",
+            rootfs,
         );
 
         let ports = self.port_status().await?;

@@ -130,6 +130,19 @@ impl Engine {
         self.ctx.shared.toolkit.get()
     }
 
+    /// What the start-up probe found of the storage driver's size limits (`None`: no
+    /// `rootfs.size` configured, or before start).
+    pub fn rootfs_support(&self) -> Option<&crate::runtime::RootfsSupport> {
+        self.ctx.shared.rootfs_support.get()
+    }
+
+    /// One measurement of every set's writable layer on this node (the engine runs one each
+    /// `rootfs.measure_interval` after [`Engine::builder`]'s start); what it told of, a line
+    /// each.
+    pub async fn measure_rootfs(&self) -> Result<Vec<String>> {
+        self.ctx.measure_rootfs().await
+    }
+
     /// What the start-up step made of the host firewall guard between owners' networks
     /// (`None`: not tried: another network mode, turned off, or before start).
     pub fn network_guard(&self) -> Option<&crate::network::Guard> {

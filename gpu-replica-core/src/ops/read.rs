@@ -68,6 +68,7 @@ impl Engine {
             )));
         }
         let (head, _) = self.ctx.head(name).await?;
+        self.ctx.check_rootfs_room(&head).await?;
         let labels = self.ctx.labels(&[(LABEL_REPLICA_SET, name.to_string())]);
         self.ctx
             .shared
@@ -121,7 +122,13 @@ impl Engine {
             .version_record(name, head.current)
             .await
             .map_err(|e| e.during(Operation::Info))?;
+        let rootfs = self
+            .ctx
+            .read(&keys::rootfs(name))
+            .await?
+            .map(|(usage, _)| usage);
         Ok(ReplicaSetInfo {
+            rootfs,
             replica_set: head,
             version,
         })
@@ -169,6 +176,18 @@ impl Engine {
                 Some((name, serde_json::from_slice(&e.value).ok()?))
             })
             .collect();
+        let mut rootfs: std::collections::HashMap<String, crate::model::RootfsUsage> = self
+            .ctx
+            .shared
+            .store
+            .list(keys::ROOTFS)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.key[keys::ROOTFS.len()..].to_string();
+                Some((name, serde_json::from_slice(&e.value).ok()?))
+            })
+            .collect();
         let mut infos = Vec::with_capacity(heads.len());
         for head in heads {
             let version = match current.remove(&head.name) {
@@ -180,6 +199,7 @@ impl Engine {
                 },
             };
             infos.push(ReplicaSetInfo {
+                rootfs: rootfs.remove(&head.name),
                 replica_set: head,
                 version,
             });

@@ -69,6 +69,8 @@ pub struct QuotaChange {
     pub max_sets: Option<Option<u32>>,
     /// Total volume bytes.
     pub max_volume_bytes: Option<Option<u64>>,
+    /// Total disk bytes: volumes and writable layers.
+    pub max_disk_bytes: Option<Option<u64>>,
 }
 
 impl QuotaChange {
@@ -81,6 +83,9 @@ impl QuotaChange {
         }
         if let Some(v) = self.max_volume_bytes {
             quota.max_volume_bytes = v;
+        }
+        if let Some(v) = self.max_disk_bytes {
+            quota.max_disk_bytes = v;
         }
     }
 }

@@ -46,6 +46,7 @@ impl Engine {
         let _guard = self.ctx.lock_set(name).await;
         self.ctx.settle(name).await?;
         let (head, _) = self.ctx.head(name).await?;
+        self.ctx.check_rootfs_room(&head).await?;
         let current = self.ctx.version_record(name, head.current).await?;
         let mut spec = current.spec.clone();
         if let Some(count) = patch.gpu_count {
@@ -118,6 +119,7 @@ impl Engine {
         if version == head.current {
             return Err(Error::NoNeedRollback(version));
         }
+        self.ctx.check_rootfs_room(&head).await?;
         let target = self
             .ctx
             .read::<Version>(&keys::version(name, version))

@@ -31,7 +31,7 @@ use super::tar_size::TarSizeCounter;
 use super::{
     ContainerEvent, ContainerEventStream, ContainerNetwork, ContainerRuntime, ContainerSpec,
     ContainerState, ContainerStats, ExecOutput, GpuAttach, ImageState, LogStream, NetworkCreated,
-    NetworkState, VolumeState, HELPER_LABEL,
+    NetworkState, RootfsSupport, VolumeState, HELPER_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -52,6 +52,8 @@ pub struct DockerRuntime {
     copy_image: Option<String>,
     /// Whether the local volume driver accepts `size`; detected on the first sized create.
     size_support: AtomicU8,
+    /// The storage driver, once asked (a container's size means another thing on some).
+    driver: std::sync::OnceLock<String>,
 }
 
 fn docker_err(e: BollardError) -> Error {
@@ -135,6 +137,7 @@ impl DockerRuntime {
             helper_image: None,
             copy_image: None,
             size_support: AtomicU8::new(SIZE_UNKNOWN),
+            driver: std::sync::OnceLock::new(),
         })
     }
 
@@ -228,6 +231,16 @@ impl DockerRuntime {
             item.map_err(docker_err)?;
         }
         Ok(())
+    }
+
+    /// Docker's storage driver, asked once.
+    async fn driver(&self) -> Result<String> {
+        if let Some(driver) = self.driver.get() {
+            return Ok(driver.clone());
+        }
+        let info = self.docker.info().await.map_err(docker_err)?;
+        let driver = info.driver.unwrap_or_default();
+        Ok(self.driver.get_or_init(|| driver).clone())
     }
 
     /// The image of helper containers: the configured one, or a tiny image of our own (an empty
@@ -372,6 +385,9 @@ pub(crate) fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             ),
             port_bindings: Some(port_bindings),
             network_mode: spec.network.as_ref().map(|n| n.name.clone()),
+            storage_opt: spec
+                .rootfs_size
+                .map(|size| HashMap::from([("size".to_string(), size.to_string())])),
             device_requests,
             privileged: Some(false),
             nano_cpus: spec
@@ -498,9 +514,29 @@ impl ContainerRuntime for DockerRuntime {
             name: Some(spec.name.clone()),
             ..Default::default()
         };
+        let mut body = create_body(spec);
+        if let Some(size) = spec.rootfs_size {
+            // btrfs, zfs and devicemapper bound the whole root filesystem, image included
+            // (overlay2 bounds only what the container writes): the image's size on top.
+            if matches!(
+                self.driver().await?.as_str(),
+                "btrfs" | "zfs" | "devicemapper"
+            ) {
+                let image = self
+                    .docker
+                    .inspect_image(&spec.image)
+                    .await
+                    .map_err(docker_err)?;
+                let total = size.saturating_add(image.size.unwrap_or(0).max(0) as u64);
+                if let Some(host) = body.host_config.as_mut() {
+                    host.storage_opt =
+                        Some(HashMap::from([("size".to_string(), total.to_string())]));
+                }
+            }
+        }
         let created = self
             .docker
-            .create_container(Some(options), create_body(spec))
+            .create_container(Some(options), body)
             .await
             .map_err(docker_err)?;
         Ok(created.id)
@@ -1029,6 +1065,64 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if !is_not_found(&e) => Err(docker_err(e)),
             _ => Ok(()),
         }
+    }
+
+    async fn rootfs_support(&self, size: u64) -> Result<RootfsSupport> {
+        let driver = self.driver().await?;
+        // Docker says only at create whether the driver takes a size: ask it for a container
+        // that is never started.
+        let image = self.helper_image().await?;
+        let name = format!("gpu-replica-rootfs-probe-{}", std::process::id());
+        self.remove_container(&name).await?;
+        let body = ContainerCreateBody {
+            image: Some(image),
+            cmd: Some(vec!["true".into()]),
+            labels: Some(HashMap::from([(HELPER_LABEL.to_string(), name.clone())])),
+            host_config: Some(HostConfig {
+                storage_opt: Some(HashMap::from([("size".to_string(), size.to_string())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let made = self.docker.create_container(Some(options), body).await;
+        self.remove_container(&name).await?;
+        Ok(match made {
+            Ok(_) => RootfsSupport {
+                driver,
+                enforced: true,
+                reason: None,
+            },
+            Err(BollardError::DockerResponseServerError { message, .. }) => RootfsSupport {
+                driver,
+                enforced: false,
+                reason: Some(message),
+            },
+            Err(e) => return Err(docker_err(e)),
+        })
+    }
+
+    async fn rootfs_sizes(&self, label: &str) -> Result<BTreeMap<String, u64>> {
+        let options = ListContainersOptions {
+            all: true,
+            size: true,
+            filters: label_filter(label),
+            ..Default::default()
+        };
+        Ok(self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(docker_err)?
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.first()?.trim_start_matches('/').to_string();
+                Some((name, c.size_rw.unwrap_or(0).max(0) as u64))
+            })
+            .collect())
     }
 
     async fn create_network(

@@ -169,6 +169,23 @@ pub struct ContainerSpec {
     pub hardening: Hardening,
     /// The network it joins (`None`: Docker's default bridge).
     pub network: Option<ContainerNetwork>,
+    /// Bytes it may write on top of its image, enforced by the storage driver (`None`: no
+    /// enforced size; give one only where [`ContainerRuntime::rootfs_support`] says so). On
+    /// drivers that bound the whole root filesystem (btrfs, zfs, devicemapper) the runtime
+    /// adds the image's size.
+    pub rootfs_size: Option<u64>,
+}
+
+/// Whether the storage driver enforces a size on containers' writable layers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootfsSupport {
+    /// Docker's storage driver (`overlay2`, `btrfs`, `fuse-overlayfs`, …).
+    pub driver: String,
+    /// Whether a container created with a size gets it enforced.
+    pub enforced: bool,
+    /// Why not, in Docker's words, when it is not.
+    pub reason: Option<String>,
 }
 
 /// A user-defined network a container joins, with the names it answers to there.
@@ -381,6 +398,14 @@ pub trait ContainerRuntime: Send + Sync {
     async fn copy_volume(&self, from: &str, to: &str) -> Result<()>;
     /// Removes a volume; absent is fine, in use is an error.
     async fn remove_volume(&self, name: &str) -> Result<()>;
+
+    /// Whether containers created with a writable-layer size of `size` bytes get it enforced
+    /// (overlay2 on xfs with `pquota`, btrfs, zfs, devicemapper); found by trying.
+    async fn rootfs_support(&self, size: u64) -> Result<RootfsSupport>;
+    /// The size of the writable layer of each container carrying `label`, by name: what
+    /// `docker ps --size` shows, which Docker finds by walking each layer (costly: call it
+    /// from a periodic pass, not per request).
+    async fn rootfs_sizes(&self, label: &str) -> Result<BTreeMap<String, u64>>;
 
     /// Creates a bridge network `name` on IPv4 subnet `subnet` with `labels`. Older Docker
     /// makes a second network of a name already taken: callers look first.

@@ -85,6 +85,7 @@ impl Context {
             hardening: self.shared.config.hardening.clone(),
             labels: self.labels(&labels),
             network,
+            rootfs_size: self.enforced_rootfs_size(),
         }
     }
 
@@ -192,7 +193,8 @@ impl Context {
                 t.delete(keys::version(&name, v.version))
             })
             .delete(keys::replica_set(&name))
-            .delete(keys::current(&name));
+            .delete(keys::current(&name))
+            .delete(keys::rootfs(&name));
         self.commit(txn).await?;
         failpoint("delete.records_removed");
         // Newest first: a snapshot goes only once the snapshots built on it are gone.

@@ -12,7 +12,7 @@ use crate::envelope::{Envelope, ErrorReply, NoData};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
     HistoryReply, InfoReply, MigrateBody, MigrateReply, OwnerQuery, PatchBody, ReplicaSetItem,
-    ReplicaSetList, ResourcesBody, RollbackBody, RunBody, RunReply, VersionView,
+    ReplicaSetList, ResourcesBody, RollbackBody, RootfsUsageView, RunBody, RunReply, VersionView,
 };
 
 /// `running`, `paused` or `stopped`.
@@ -229,6 +229,7 @@ pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<Inf
         status: status_word(info.replica_set.status),
         timers: (&info.replica_set.timers).into(),
         owner: info.replica_set.owner.clone(),
+        rootfs: info.rootfs.as_ref().map(RootfsUsageView::from),
     }))
 }
 

@@ -595,6 +595,38 @@ pub struct InfoReply {
     /// The user it belongs to (beyond the contract).
     #[serde(default)]
     pub owner: String,
+    /// Its writable layer as last measured; null before the first measurement (beyond the
+    /// contract).
+    #[serde(default)]
+    pub rootfs: Option<RootfsUsageView>,
+}
+
+/// What a set's container wrote on top of its image, as last measured.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootfsUsageView {
+    /// Bytes written.
+    pub bytes: u64,
+    /// The limit; null: none.
+    pub limit: Option<u64>,
+    /// Whether the storage driver enforces the limit (a write past it fails).
+    pub enforced: bool,
+    /// Over a limit the driver does not enforce: patches and commits are refused (1059).
+    pub over: bool,
+    /// When it was measured.
+    pub measured_at: String,
+}
+
+impl From<&gpu_replica_core::RootfsUsage> for RootfsUsageView {
+    fn from(u: &gpu_replica_core::RootfsUsage) -> RootfsUsageView {
+        RootfsUsageView {
+            bytes: u.bytes,
+            limit: u.limit,
+            enforced: u.enforced,
+            over: u.over(),
+            measured_at: u.measured_at.clone(),
+        }
+    }
 }
 
 /// One history entry.
@@ -664,6 +696,10 @@ pub struct ReplicaSetItem {
     /// Its timers, when any is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timers: Option<TimersView>,
+    /// Bytes its container wrote on top of its image, as last measured (absent before the
+    /// first measurement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_bytes: Option<u64>,
 }
 
 impl From<&ReplicaSetInfo> for ReplicaSetItem {
@@ -690,6 +726,7 @@ impl From<&ReplicaSetInfo> for ReplicaSetItem {
             node: info.replica_set.node.clone(),
             timers: (!info.replica_set.timers.is_empty())
                 .then(|| TimersView::from(&info.replica_set.timers)),
+            rootfs_bytes: info.rootfs.as_ref().map(|u| u.bytes),
         }
     }
 }
@@ -1041,6 +1078,26 @@ pub struct IsolationView {
     pub privileged: bool,
     /// Which network sets join.
     pub network: NetworkView,
+    /// How far sets' writable layers may grow.
+    pub rootfs: RootfsLimitView,
+}
+
+/// The limit on sets' writable layers (`--rootfs-size`) and whether the storage driver
+/// enforces it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootfsLimitView {
+    /// Bytes per set; null: no limit.
+    pub size: Option<u64>,
+    /// Docker's storage driver (empty until probed).
+    pub driver: String,
+    /// Whether a write past the limit fails in the container; when not, a set over it gets an
+    /// event and its patches and commits are refused until it is under again.
+    pub enforced: bool,
+    /// Why the driver cannot enforce it, in Docker's words.
+    pub reason: Option<String>,
+    /// Seconds between two measurements of every set's writable layer.
+    pub measure_interval_seconds: u64,
 }
 
 /// Where sets' containers are attached (`--network`, `--network-pool`).
@@ -1088,6 +1145,16 @@ impl IsolationView {
                     None if per_owner => Some("turned off (--no-network-guard)".into()),
                     None => None,
                 },
+            },
+            rootfs: {
+                let support = engine.rootfs_support();
+                RootfsLimitView {
+                    size: config.rootfs.size,
+                    driver: support.map(|s| s.driver.clone()).unwrap_or_default(),
+                    enforced: support.is_some_and(|s| s.enforced),
+                    reason: support.and_then(|s| s.reason.clone()),
+                    measure_interval_seconds: config.rootfs.measure_interval.as_secs(),
+                }
             },
         }
     }

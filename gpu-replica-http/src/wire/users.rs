@@ -36,6 +36,10 @@ pub struct UserAddBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
     pub max_volume_size: Option<String>,
+    /// Total disk: volumes and root filesystems' writable layers, `1TB` (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
+    pub max_disk_size: Option<String>,
 }
 
 /// A count limit as the document declares it (a 32-bit integer, not negative).
@@ -63,6 +67,7 @@ impl UserAddBody {
                     .as_deref()
                     .map(parse_size)
                     .transpose()?,
+                max_disk_bytes: self.max_disk_size.as_deref().map(parse_size).transpose()?,
             },
         })
     }
@@ -97,20 +102,33 @@ pub struct QuotaBody {
     )]
     #[schema(value_type = Option<String>, pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
     pub max_volume_size: Option<Option<String>>,
+    /// Total disk: volumes and root filesystems' writable layers, `1TB`.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, pattern = r"^\s*0*[1-9][0-9]{0,5}\s*([KkMmGgTt][Bb])\s*$")]
+    pub max_disk_size: Option<Option<String>>,
+}
+
+/// A size limit change: absent, `null` (no limit) or a size.
+fn size_change(value: &Option<Option<String>>) -> Result<Option<Option<u64>>, Error> {
+    Ok(match value {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(size)) => Some(Some(parse_size(size)?)),
+    })
 }
 
 impl QuotaBody {
     /// The core's change.
     pub fn to_change(&self) -> Result<QuotaChange, Error> {
-        let bytes = match &self.max_volume_size {
-            None => None,
-            Some(None) => Some(None),
-            Some(Some(size)) => Some(Some(parse_size(size)?)),
-        };
         Ok(QuotaChange {
             max_gpus: self.max_gpus.map(|v| count("maxGpus", v)).transpose()?,
             max_sets: self.max_sets.map(|v| count("maxSets", v)).transpose()?,
-            max_volume_bytes: bytes,
+            max_volume_bytes: size_change(&self.max_volume_size)?,
+            max_disk_bytes: size_change(&self.max_disk_size)?,
         })
     }
 }
@@ -128,6 +146,9 @@ pub struct QuotaView {
     /// Total bytes of volumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_volume_bytes: Option<u64>,
+    /// Total bytes of disk: volumes and root filesystems' writable layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_disk_bytes: Option<u64>,
 }
 
 /// What a user holds now.
@@ -140,6 +161,9 @@ pub struct HoldingsView {
     pub sets: u32,
     /// Bytes of their volumes.
     pub volume_bytes: u64,
+    /// Bytes their sets' containers wrote on top of their images, as last measured.
+    #[serde(default)]
+    pub rootfs_bytes: u64,
 }
 
 /// One user.
@@ -164,11 +188,13 @@ impl From<&UserInfo> for UserView {
             max_gpus,
             max_sets,
             max_volume_bytes,
+            max_disk_bytes,
         } = user.quota;
         let Holdings {
             gpus,
             sets,
             volume_bytes,
+            rootfs_bytes,
         } = user.holdings;
         UserView {
             name: user.name.clone(),
@@ -180,11 +206,13 @@ impl From<&UserInfo> for UserView {
                 max_gpus,
                 max_sets,
                 max_volume_bytes,
+                max_disk_bytes,
             },
             holdings: HoldingsView {
                 gpus,
                 sets,
                 volume_bytes,
+                rootfs_bytes,
             },
             create_time: user.created_at.clone(),
         }

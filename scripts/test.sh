@@ -18,6 +18,10 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v curl >/dev/null || missing+=(curl) # the README's curl examples are run as written
 { command -v ip >/dev/null && command -v nsenter >/dev/null; } || missing+=(iproute2 util-linux) # a private dockerd
 { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || missing+=(chromium chromium-driver) # the console's test
+# A size-enforcing file system on a loop device for a private dockerd (tests/rootfs.rs): XFS
+# with pquota where the kernel has XFS quotas, else btrfs with quotas.
+{ command -v mkfs.xfs >/dev/null && command -v mkfs.btrfs >/dev/null; } || missing+=(xfsprogs btrfs-progs)
+command -v iptables >/dev/null || missing+=(iptables) # the guard between owners' networks
 started_dockerd=""
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || missing+=(docker.io)
@@ -53,6 +57,9 @@ sweep_docker() {
   ids=$(docker images -q --filter label=io.gpu-replica.test 2>/dev/null | awk '!seen[$0]++' || true)
   [ -z "$ids" ] || docker rmi -f $ids >/dev/null 2>&1 || true
   docker rmi gpu-replica/helper:empty >/dev/null 2>&1 || true
+  # Per-owner networks of the tests' servers (labelled with the tests' label too).
+  ids=$(docker network ls -q --filter label=io.gpu-replica.test 2>/dev/null || true)
+  [ -z "$ids" ] || docker network rm $ids >/dev/null 2>&1 || true
 }
 
 cleanup() {

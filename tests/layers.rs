@@ -302,6 +302,7 @@ const CORE_FLOORS: &[(&str, &[&str])] = &[
             "sched",
             "cluster",
             "metrics",
+            "network",
         ],
     ),
 ];

@@ -258,6 +258,7 @@ mod tests {
         // No host firewall change from a unit test.
         let mut config = EngineConfig::default();
         config.network.guard = false;
+        config.rootfs.size = None;
         let result = Engine::builder(
             Arc::new(runtime),
             Arc::new(MemoryStore::new()),

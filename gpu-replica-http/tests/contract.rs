@@ -154,6 +154,19 @@ async fn a_docker_failure_on_run_is_1004_and_releases_the_gpus() {
         ))
     });
     runtime.expect_remove_container().returning(|_| Ok(()));
+    // The owner's network is there; it goes again with the failed run.
+    runtime.expect_find_networks().returning(|name| {
+        Ok(vec![gpu_replica_core::runtime::NetworkState {
+            id: "n1".into(),
+            name: name.to_string(),
+            ..Default::default()
+        }])
+    });
+    runtime.expect_list_containers().returning(|_| Ok(vec![]));
+    runtime
+        .expect_remove_network()
+        .times(1)
+        .returning(|_| Ok(true));
     let app = router(runtime);
     let run = r#"{"imageName": "img", "replicaSetName": "foo", "gpuCount": 2}"#;
     let (status, reply) = call(&app, "POST", "/api/v1/replicaSet", run).await;

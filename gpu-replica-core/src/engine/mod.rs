@@ -186,9 +186,6 @@ pub(crate) struct Shared {
     pub(crate) metrics: crate::metrics::EngineMetrics,
     /// What the start-up check found of the NVIDIA container toolkit.
     pub(crate) toolkit: std::sync::OnceLock<ToolkitReport>,
-    /// Held while a per-owner network is looked for and made: older Docker makes a second
-    /// network of a taken name.
-    pub(crate) network_lock: tokio::sync::Mutex<()>,
     /// What the start-up step made of the host firewall guard (per-owner mode only).
     pub(crate) network_guard: std::sync::OnceLock<crate::network::Guard>,
     /// What the start-up probe found of the storage driver's size limits.
@@ -224,7 +221,6 @@ impl Context {
             cluster_secret: std::sync::OnceLock::new(),
             metrics: Default::default(),
             toolkit: std::sync::OnceLock::new(),
-            network_lock: tokio::sync::Mutex::new(()),
             network_guard: std::sync::OnceLock::new(),
             rootfs_support: std::sync::OnceLock::new(),
         };

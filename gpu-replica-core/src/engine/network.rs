@@ -14,9 +14,19 @@ use crate::error::{Error, Result};
 use crate::network::{owner_network, NetworkMode};
 use crate::runtime::{ContainerNetwork, ContainerSpec, ContainerState, NetworkCreated};
 
+/// Held while a per-owner network is looked for, made or removed: older Docker makes a second
+/// network of a taken name. One for the process, so that engines sharing a Docker in one process
+/// (tests, embedders with several stores) never race each other.
+static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Whether Docker refused because a container's network is gone.
 fn network_missing(e: &Error) -> bool {
     matches!(e, Error::Docker(m) if m.contains("network") && m.contains("not found"))
+}
+
+/// Whether Docker refused because two networks carry the name (made by two processes at once).
+fn network_ambiguous(e: &Error) -> bool {
+    matches!(e, Error::Docker(m) if m.contains("network") && m.contains("ambiguous"))
 }
 
 impl Context {
@@ -83,8 +93,12 @@ impl Context {
             return Ok(());
         }
         let runtime = &self.shared.runtime;
-        let _held = self.shared.network_lock.lock().await;
-        if !runtime.find_networks(name).await?.is_empty() {
+        let _held = NETWORK_LOCK.lock().await;
+        let found = runtime.find_networks(name).await?;
+        if found.len() > 1 {
+            return self.keep_one_network(name).await;
+        }
+        if !found.is_empty() {
             return Ok(());
         }
         let taken: BTreeSet<String> = runtime
@@ -133,7 +147,8 @@ impl Context {
                 self.ensure_network(&network.name, &owner).await?;
             }
             match self.shared.runtime.create_container(spec).await {
-                Err(e) if again && network_missing(&e) => again = false,
+                // `ensure_network` makes it again, or keeps one of two of its name.
+                Err(e) if again && (network_missing(&e) || network_ambiguous(&e)) => again = false,
                 done => return done.map(|_| ()),
             }
         }
@@ -206,7 +221,7 @@ impl Context {
     /// whether it went.
     async fn remove_network_if_unused(&self, name: &str) -> Result<bool> {
         let runtime = &self.shared.runtime;
-        let _held = self.shared.network_lock.lock().await;
+        let _held = NETWORK_LOCK.lock().await;
         let users = runtime
             .list_containers(&format!("{LABEL_NETWORK}={name}"))
             .await?;

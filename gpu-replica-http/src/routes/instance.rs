@@ -42,7 +42,7 @@ pub async fn set_timers(
 /// GPUs and host ports.
 #[utoipa::path(post, path = "/api/v1/replicaSet/{name}/clone", tag = "instance", request_body = CloneBody,
     params(("name" = String, Path, description = "ReplicaSet to clone")),
-    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000, 1002, 1003, 1008, 1012, 1013, 1014, 1016, 1020, 1043, 1044"), (status = "5XX", body = ErrorReply, description = "1044")))]
+    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000, 1002, 1003, 1008, 1012, 1013, 1014, 1016, 1020, 1043, 1044, 1058, 1059"), (status = "5XX", body = ErrorReply, description = "1044")))]
 pub async fn clone(
     Acting(engine): Acting,
     Path(name): Path<String>,

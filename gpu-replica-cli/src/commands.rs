@@ -175,15 +175,31 @@ pub enum ClientCommand {
         /// ReplicaSet name.
         name: String,
     },
-    /// Run a command (no shell) in the current container; exits with its exit code.
+    /// Run a command (no shell) in the current container; exits with its exit code. With -i
+    /// its input is ours; with -t it gets a terminal (raw mode, window size, Ctrl-C to it).
     Exec {
         /// ReplicaSet name.
         name: String,
         /// Working directory.
         #[arg(long, short)]
         workdir: Option<String>,
+        /// Keep standard input attached.
+        #[arg(long, short)]
+        interactive: bool,
+        /// Give the command a terminal (needs one here).
+        #[arg(long, short)]
+        tty: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// A shell in the current container (`bash` if the image has it, else `sh`), or CMD, with
+    /// this terminal attached; exits with its exit code.
+    Shell {
+        /// ReplicaSet name.
+        name: String,
+        /// A command to run instead of the shell.
+        #[arg(last = true)]
         cmd: Vec<String>,
     },
     /// Commit the current container to an image.
@@ -491,7 +507,23 @@ pub async fn execute(
         C::Pause { name } => client.pause(&name).await.map(|()| Answer::Done)?,
         C::Continue { name } => client.resume(&name).await.map(|()| Answer::Done)?,
         C::Rm { name } => client.delete(&name).await.map(|()| Answer::Done)?,
-        C::Exec { name, workdir, cmd } => {
+        C::Exec {
+            name,
+            workdir,
+            cmd,
+            interactive,
+            tty,
+        } if interactive || tty => {
+            return crate::terminal::attach(client, &name, cmd, workdir, tty).await;
+        }
+        C::Shell { name, cmd } => {
+            use std::io::IsTerminal;
+            let tty = std::io::stdin().is_terminal();
+            return crate::terminal::attach(client, &name, cmd, None, tty).await;
+        }
+        C::Exec {
+            name, workdir, cmd, ..
+        } => {
             let body = ExecuteBody {
                 cmd,
                 work_dir: workdir,

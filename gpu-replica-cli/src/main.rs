@@ -6,6 +6,7 @@
 mod commands;
 mod serve;
 mod table;
+mod terminal;
 mod top;
 mod users;
 

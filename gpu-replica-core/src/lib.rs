@@ -85,6 +85,7 @@ pub use crate::ops::clone::CloneRequest;
 pub use crate::ops::observe::Stats;
 pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;
+pub use crate::ops::shell::{Shell, ShellControl, ShellRequest};
 pub use crate::ops::timers::{parse_duration, parse_time};
 pub use crate::ops::usage::{SetUsage, UsageQuery, UsageReport, UserUsage};
 pub use crate::ops::users::{NewUser, Purged, QuotaChange, UserInfo};

@@ -173,6 +173,10 @@ fn tls_config(tls: &ClientTls) -> Result<rustls::ClientConfig, ClientError> {
     }
 }
 
+/// An open terminal: a WebSocket to the server ([`Client::terminal`]).
+pub type Terminal =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
 /// A client for one server.
 pub struct Client {
     base: String,
@@ -252,6 +256,68 @@ impl Client {
             };
             ClientError::Transport(format!("cannot reach {}: {}{hint}", self.base, chain(&e)))
         })
+    }
+
+    /// Opens a WebSocket at `path` over the client's transport (HTTP, HTTPS or the Unix
+    /// socket), with the token; an error answer is returned as the envelope's error.
+    pub async fn websocket(&self, path: impl Into<String>) -> Result<Terminal, ClientError> {
+        let path = path.into();
+        let url = format!("{}{}", self.base, path);
+        let uri: hyper::Uri = match &self.transport {
+            Transport::Unix(_, socket) => hyperlocal::Uri::new(socket, &path).into(),
+            Transport::Net(_) => url
+                .parse()
+                .map_err(|e| ClientError::Transport(format!("bad server address {url}: {e}")))?,
+        };
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header(
+                "sec-websocket-key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            );
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
+        let response = match &self.transport {
+            Transport::Net(http) => http.request(request).await,
+            Transport::Unix(http, _) => http.request(request).await,
+        }
+        .map_err(|e| {
+            ClientError::Transport(format!("cannot reach {}: {}", self.base, chain(&e)))
+        })?;
+        if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?
+                .to_bytes();
+            let envelope: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(ClientError::Api {
+                code: envelope.get("code").and_then(Value::as_u64).unwrap_or(0),
+                msg: envelope
+                    .get("msg")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the server did not open a WebSocket")
+                    .to_string(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|e| ClientError::Transport(format!("opening the WebSocket: {e}")))?;
+        Ok(tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await)
     }
 
     /// Opens a GET whose answer is a stream (logs, events); an error answer is returned as
@@ -488,6 +554,26 @@ impl Client {
     /// A new replicaSet from a version of another.
     pub async fn clone_set(&self, name: &str, body: &CloneBody) -> Result<RunReply, ClientError> {
         self.request(Method::POST, fill(paths::CLONE, name), Some(body))
+            .await
+    }
+
+    /// `GET /api/v1/replicaSet/{name}/terminal`: a program in the set over a WebSocket
+    /// (binary messages are its input and output; see the route's documentation).
+    pub async fn terminal(
+        &self,
+        name: &str,
+        q: &crate::wire::TerminalQuery,
+    ) -> Result<Terminal, ClientError> {
+        let q = query(&[
+            ("cmd", q.cmd.clone()),
+            ("env", q.env.clone()),
+            ("tty", q.tty.map(|t| t.to_string())),
+            ("rows", q.rows.map(|r| r.to_string())),
+            ("cols", q.cols.map(|c| c.to_string())),
+            ("workDir", q.work_dir.clone()),
+            ("user", q.user.clone()),
+        ]);
+        self.websocket(format!("{}{q}", fill(paths::TERMINAL, name)))
             .await
     }
 

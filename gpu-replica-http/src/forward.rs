@@ -180,6 +180,15 @@ pub async fn forward_if_elsewhere(
     if forwarder.engine.node_name().is_empty() || request.headers().contains_key(FORWARDED) {
         return next.run(request).await;
     }
+    // A terminal is a WebSocket held open: it is not sent on (the engine refuses a set that
+    // lives on another node, naming it).
+    if request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|m| m.as_str() == crate::wire::paths::TERMINAL)
+    {
+        return next.run(request).await;
+    }
     let caller = request
         .extensions()
         .get::<Caller>()

@@ -132,6 +132,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .route(p::CLONE, post(instance::clone))
         .route(p::LOGS, get(instance::logs))
         .route(p::STATS, get(instance::stats))
+        .route(p::TERMINAL, get(routes::terminal::terminal))
         .route(p::EVENTS, get(events::events))
         .route(p::VOLUMES, post(volume::create).get(volume::list))
         .route(p::VOLUME, get(volume::info).delete(volume::delete))

@@ -441,7 +441,9 @@ async fn run_http<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        // A terminal's WebSocket takes the connection over once upgraded.
+        .with_upgrades();
     tokio::pin!(connection);
     let mut draining = *stopping.borrow();
     loop {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerConfig, ContainerCreateBody, DeviceRequest, EndpointSettings, HostConfig, Ipam,
     IpamConfig, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
@@ -20,8 +20,8 @@ use bollard::query_parameters::{
     CommitContainerOptions, CreateContainerOptions, CreateImageOptions,
     DownloadFromContainerOptions, EventsOptions, ListContainersOptions, ListImagesOptions,
     ListNetworksOptions, ListVolumesOptions, LogsOptions, RemoveContainerOptions,
-    RemoveImageOptions, RemoveVolumeOptions, RestartContainerOptions, StatsOptions,
-    StopContainerOptions, TagImageOptions, UploadToContainerOptions,
+    RemoveImageOptions, RemoveVolumeOptions, ResizeExecOptions, RestartContainerOptions,
+    StatsOptions, StopContainerOptions, TagImageOptions, UploadToContainerOptions,
 };
 use bollard::{body_try_stream, Docker};
 use bytes::Bytes;
@@ -30,8 +30,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use super::tar_size::TarSizeCounter;
 use super::{
     ContainerEvent, ContainerEventStream, ContainerNetwork, ContainerRuntime, ContainerSpec,
-    ContainerState, ContainerStats, ExecOutput, GpuAttach, ImageState, LogStream, NetworkCreated,
-    NetworkState, RootfsSupport, VolumeState, HELPER_LABEL,
+    ContainerState, ContainerStats, ExecOutput, ExecRequest, ExecSession, GpuAttach, ImageState,
+    LogStream, NetworkCreated, NetworkState, RootfsSupport, VolumeState, HELPER_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::limits::Limits;
@@ -754,6 +754,73 @@ impl ContainerRuntime for DockerRuntime {
         Ok(ExecOutput {
             output,
             exit_code: inspected.exit_code.unwrap_or(-1),
+        })
+    }
+
+    async fn exec_start(&self, name: &str, request: &ExecRequest) -> Result<ExecSession> {
+        let config = CreateExecOptions {
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(request.tty.is_some()),
+            env: (!request.env.is_empty()).then(|| request.env.clone()),
+            cmd: Some(request.argv.clone()),
+            user: request.user.clone(),
+            working_dir: request.workdir.clone(),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(name, config)
+            .await
+            .map_err(docker_err)?;
+        let options = StartExecOptions {
+            detach: false,
+            tty: request.tty.is_some(),
+            output_capacity: None,
+        };
+        match self
+            .docker
+            .start_exec(&created.id, Some(options))
+            .await
+            .map_err(docker_err)?
+        {
+            StartExecResults::Attached { output, input } => {
+                if let Some((rows, cols)) = request.tty {
+                    // Before the first byte is drawn; Docker takes it once the exec runs.
+                    let _ = self.exec_resize(&created.id, rows, cols).await;
+                }
+                Ok(ExecSession {
+                    id: created.id,
+                    input,
+                    output: output
+                        .map_ok(|chunk| chunk.into_bytes())
+                        .map_err(docker_err)
+                        .boxed(),
+                })
+            }
+            StartExecResults::Detached => Err(Error::Docker(
+                "Docker started the exec detached; its streams are not attached".into(),
+            )),
+        }
+    }
+
+    async fn exec_resize(&self, id: &str, rows: u16, cols: u16) -> Result<()> {
+        let options = ResizeExecOptions {
+            h: i32::from(rows.max(1)),
+            w: i32::from(cols.max(1)),
+        };
+        self.docker
+            .resize_exec(id, options)
+            .await
+            .map_err(docker_err)
+    }
+
+    async fn exec_exit_code(&self, id: &str) -> Result<Option<i64>> {
+        let inspected = self.docker.inspect_exec(id).await.map_err(docker_err)?;
+        Ok(match inspected.running {
+            Some(true) => None,
+            _ => Some(inspected.exit_code.unwrap_or(-1)),
         })
     }
 

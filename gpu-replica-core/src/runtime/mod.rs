@@ -269,6 +269,37 @@ pub struct ExecOutput {
     pub exit_code: i64,
 }
 
+/// A program to run in a container with its input and output attached: a shell, an editor.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecRequest {
+    /// The program and its arguments (no shell around them).
+    pub argv: Vec<String>,
+    /// `KEY=value` on top of the container's environment.
+    pub env: Vec<String>,
+    /// Working directory (`None`: the container's).
+    pub workdir: Option<String>,
+    /// User to run as, `name` or `uid[:gid]` (`None`: the container's).
+    pub user: Option<String>,
+    /// A terminal of (rows, columns); `None`: plain pipes.
+    pub tty: Option<(u16, u16)>,
+}
+
+/// A program running in a container with its streams attached ([`ContainerRuntime::exec_start`]).
+pub struct ExecSession {
+    /// Docker's ID of the exec: resize it, read its exit code.
+    pub id: String,
+    /// Its standard input; shutting it down sends end-of-file.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// What it writes, stdout and stderr interleaved, until it exits.
+    pub output: futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession").field("id", &self.id).finish()
+    }
+}
+
 /// What Docker says about an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageState {
@@ -342,6 +373,13 @@ pub trait ContainerRuntime: Send + Sync {
         argv: &[String],
         workdir: Option<String>,
     ) -> Result<ExecOutput>;
+
+    /// Starts `request` in running container `name` with its input and output attached.
+    async fn exec_start(&self, name: &str, request: &ExecRequest) -> Result<ExecSession>;
+    /// Gives exec `id`'s terminal `rows` × `cols`.
+    async fn exec_resize(&self, id: &str, rows: u16, cols: u16) -> Result<()>;
+    /// Exec `id`'s exit code once it has ended; `None` while it runs.
+    async fn exec_exit_code(&self, id: &str) -> Result<Option<i64>>;
 
     /// Commits a container's filesystem to image `image` (`repo:tag`) with extra labels;
     /// returns the image ID. The container's config becomes the image's config.

@@ -31,7 +31,7 @@ fn new_version(info: ReplicaSetInfo) -> ContainerNameReply {
 
 /// Run a new replicaSet: claim GPUs and ports, create and start `{name}-1`.
 #[utoipa::path(post, path = "/api/v1/replicaSet", tag = "replicaSet", request_body = RunBody,
-    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043, 1048, 1054 (pinned node lost), 1057 (pinned node unknown)"), (status = "5XX", body = ErrorReply, description = "1004, 1039, 1040")))]
+    responses((status = 200, body = Envelope<RunReply>), (status = "4XX", body = ErrorReply, description = "1000-1003, 1008, 1012-1014, 1029, 1036, 1037, 1043, 1048, 1054 (pinned node lost), 1057 (pinned node unknown), 1058"), (status = "5XX", body = ErrorReply, description = "1004, 1039, 1040")))]
 pub async fn run(Acting(engine): Acting, Body(body): Body<RunBody>) -> Reply<RunReply> {
     let resources = body
         .resources
@@ -77,7 +77,7 @@ pub async fn list(
 /// New version with another GPU count and/or one bind swapped; `{}` recreates as is.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}", tag = "replicaSet", request_body = PatchBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1012, 1013, 1016, 1029, 1037, 1043"), (status = "5XX", body = ErrorReply, description = "1007")))]
+    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1012, 1013, 1016, 1029, 1037, 1043, 1058, 1059"), (status = "5XX", body = ErrorReply, description = "1007")))]
 pub async fn patch(
     Acting(engine): Acting,
     Path(name): Path<String>,
@@ -133,7 +133,7 @@ pub async fn migrate(
 /// New version with the spec and filesystem of an earlier one.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}/rollback", tag = "replicaSet", request_body = RollbackBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016, 1020, 1021, 1022")))]
+    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016, 1020, 1021, 1022, 1058, 1059")))]
 pub async fn rollback(
     Acting(engine): Acting,
     Path(name): Path<String>,
@@ -208,7 +208,7 @@ pub async fn execute(
 /// Commit the current container to an image.
 #[utoipa::path(post, path = "/api/v1/replicaSet/{name}/commit", tag = "replicaSet", request_body = CommitBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = Envelope<CommitReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016"), (status = "5XX", body = ErrorReply, description = "1015")))]
+    responses((status = 200, body = Envelope<CommitReply>), (status = "4XX", body = ErrorReply, description = "1000, 1016, 1059"), (status = "5XX", body = ErrorReply, description = "1015")))]
 pub async fn commit(
     Acting(engine): Acting,
     Path(name): Path<String>,

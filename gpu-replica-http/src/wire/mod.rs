@@ -1171,3 +1171,45 @@ impl From<gpu_replica_core::Recovery> for RecoveryView {
         }
     }
 }
+
+/// What to open, in the query string.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct TerminalQuery {
+    /// The program and its arguments as a JSON array, `["top","-d","1"]`; left out: `bash` if
+    /// the image has it, else `sh`.
+    pub cmd: Option<String>,
+    /// `KEY=value` entries as a JSON array, on top of the container's environment.
+    pub env: Option<String>,
+    /// Whether the program gets a terminal (default true); without one, plain pipes.
+    pub tty: Option<bool>,
+    /// Terminal rows (default 24).
+    pub rows: Option<u16>,
+    /// Terminal columns (default 80).
+    pub cols: Option<u16>,
+    /// Working directory, absolute (default: the container's).
+    pub work_dir: Option<String>,
+    /// User to run as, `name` or `uid[:gid]` (default: the container's).
+    pub user: Option<String>,
+}
+
+/// A control message on the terminal's WebSocket, as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum TerminalMessage {
+    /// From the client: the terminal's new size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// From the client: no more input.
+    Eof,
+    /// From the server, last: the program's exit code (-1 when Docker did not say).
+    Exit {
+        /// The exit code.
+        code: i64,
+    },
+}

@@ -57,6 +57,8 @@ pub const USER: &str = "/api/v1/users/{name}";
 pub const USER_TOKEN: &str = "/api/v1/users/{name}/token";
 /// `PATCH` a quota.
 pub const USER_QUOTA: &str = "/api/v1/users/{name}/quota";
+/// `GET` (a WebSocket) an interactive program in the set.
+pub const TERMINAL: &str = "/api/v1/replicaSet/{name}/terminal";
 /// `GET` who the token is.
 pub const WHOAMI: &str = "/api/v1/whoami";
 /// `GET` the cluster's nodes.
@@ -82,6 +84,7 @@ pub const ALL: &[&str] = &[
     CLONE,
     LOGS,
     STATS,
+    TERMINAL,
     EVENTS,
     VOLUMES,
     VOLUME,

@@ -1,0 +1,186 @@
+//! An interactive program in a set's container: a shell, an editor, `top`. The server reaches
+//! the container through Docker's exec API; nothing is installed in the image.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Operation, Result};
+use crate::model::Status;
+use crate::ops::Engine;
+use crate::runtime::{ContainerRuntime, ExecRequest};
+
+/// What to open in a set's container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShellRequest {
+    /// The program and its arguments; empty: the image's `bash`, else `sh`.
+    pub argv: Vec<String>,
+    /// `KEY=value` on top of the container's environment (`TERM` is set for a terminal unless
+    /// given).
+    pub env: Vec<String>,
+    /// Working directory, absolute (`None`: the container's).
+    pub workdir: Option<String>,
+    /// User to run as, `name` or `uid[:gid]` (`None`: the container's).
+    pub user: Option<String>,
+    /// A terminal of (rows, columns); `None`: plain pipes.
+    pub tty: Option<(u16, u16)>,
+}
+
+/// A program running in a set's container with its streams attached. Its output ends when it
+/// exits, or when the set stops or is deleted (Docker ends every process of a stopped
+/// container).
+pub struct Shell {
+    runtime: Arc<dyn ContainerRuntime>,
+    /// Docker's ID of the exec.
+    pub id: String,
+    /// What it was started as (the default shell resolved).
+    pub argv: Vec<String>,
+    /// Its standard input; shutting it down sends end-of-file.
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// What it writes, stdout and stderr interleaved.
+    pub output: futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>,
+}
+
+impl std::fmt::Debug for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shell")
+            .field("id", &self.id)
+            .field("argv", &self.argv)
+            .finish()
+    }
+}
+
+/// What outlives a [`Shell`] split into its streams: resizing and the exit code.
+#[derive(Clone)]
+pub struct ShellControl {
+    runtime: Arc<dyn ContainerRuntime>,
+    id: String,
+}
+
+impl Shell {
+    /// The handle that resizes the terminal and reads the exit code, kept apart from the
+    /// streams (which a caller moves into its own tasks).
+    pub fn control(&self) -> ShellControl {
+        ShellControl {
+            runtime: self.runtime.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
+impl ShellControl {
+    /// Gives the terminal `rows` × `cols`.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.runtime.exec_resize(&self.id, rows, cols).await
+    }
+
+    /// The exit code, once the program has ended (call it when its output ended: Docker may
+    /// take a moment to say). -1 when Docker never said.
+    pub async fn exit_code(&self) -> Result<i64> {
+        for _ in 0..50 {
+            if let Some(code) = self.runtime.exec_exit_code(&self.id).await? {
+                return Ok(code);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(-1)
+    }
+}
+
+impl Engine {
+    /// Opens `request` in the current container of set `name` (which must run): the caller's
+    /// own set, or any set for an admin; another user's set answers as a missing one.
+    pub async fn open_shell(&self, name: &str, request: ShellRequest) -> Result<Shell> {
+        crate::input::os_strings("cmd", &request.argv)?;
+        crate::input::os_strings("env", &request.env)?;
+        if let Some(bad) = request.env.iter().find(|e| !e.contains('=')) {
+            return Err(Error::InvalidParams(format!(
+                "env entry '{bad}' is not KEY=value"
+            )));
+        }
+        let workdir = request.workdir.clone().filter(|d| !d.is_empty());
+        if let Some(dir) = &workdir {
+            crate::input::work_dir(dir)?;
+        }
+        if let Some(user) = &request.user {
+            crate::input::os_strings("user", std::slice::from_ref(user))?;
+        }
+        self.ctx.check_env_for_toolkit(&request.env)?;
+        let (head, _) = self.ctx.head(name).await?;
+        if head.node != self.ctx.node_name() {
+            return Err(Error::refused(
+                Operation::Exec,
+                format!(
+                    "'{name}' lives on node '{}': open its terminal through that node",
+                    head.node
+                ),
+            ));
+        }
+        if head.status != Status::Running {
+            return Err(Error::refused(
+                Operation::Exec,
+                format!("'{name}' is not running; continue or restart it first"),
+            ));
+        }
+        let container = crate::names::container(name, head.current);
+        let runtime = self.ctx.shared.runtime.clone();
+        let argv = match request.argv.first() {
+            Some(program) if !program.is_empty() => request.argv.clone(),
+            Some(_) => return Err(Error::InvalidParams("cmd must name a program".into())),
+            None => vec![self.default_shell(&container).await?],
+        };
+        let mut env = request.env.clone();
+        if request.tty.is_some() && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm-256color".into());
+        }
+        let exec = ExecRequest {
+            argv: argv.clone(),
+            env,
+            workdir,
+            user: request.user.clone(),
+            tty: request.tty,
+        };
+        let session = match runtime.exec_start(&container, &exec).await {
+            Err(Error::NotRunning(_)) => {
+                self.ctx.nudge_reconcile(name);
+                return Err(Error::refused(
+                    Operation::Exec,
+                    format!("the container {container} of '{name}' is not running"),
+                ));
+            }
+            other => other.map_err(|e| e.during(Operation::Exec))?,
+        };
+        let actor = self.ctx.caller.name.clone();
+        self.ctx
+            .emit(
+                "shell",
+                name,
+                true,
+                format!("{actor} opened {} in {container}", argv.join(" ")),
+            )
+            .await;
+        Ok(Shell {
+            runtime,
+            id: session.id,
+            argv,
+            input: session.input,
+            output: session.output,
+        })
+    }
+
+    /// `bash` when the image has it, else `sh`.
+    async fn default_shell(&self, container: &str) -> Result<String> {
+        let probe = ["sh", "-c", "command -v bash"].map(str::to_string);
+        let found = self
+            .ctx
+            .shared
+            .runtime
+            .exec(container, &probe, None)
+            .await
+            .map_err(|e| e.during(Operation::Exec))?;
+        Ok(if found.exit_code == 0 && !found.output.trim().is_empty() {
+            "bash".into()
+        } else {
+            "sh".into()
+        })
+    }
+}

@@ -234,6 +234,9 @@ call("instance", "stats", 200, "success", name=s)
 call("instance", "stats", 4, "error", name=missing)
 call("instance", "clone", 200, "success", name=s, body=body("CloneBody", {"name": s2, "gpuCount": 0}))
 call("instance", "clone", 4, "error", name=missing, body=body("CloneBody", {"name": f"{s2}b"}))
+# A terminal is a WebSocket: a plain GET is refused (1000), a missing set is 1016.
+call("instance", "terminal", 400, "error", name=s)
+call("instance", "terminal", 4, "error", name=missing)
 call("instance", "events", 200, "success", replay=20, follow=False)
 call("instance", "events", 400, "error", replay=-1, follow=False)
 

@@ -23,6 +23,14 @@ fn router(runtime: &tokio::runtime::Runtime) -> axum::Router {
     });
     mock.expect_create_container()
         .returning(|_| Ok("id".into()));
+    // The owner's network is there already.
+    mock.expect_find_networks().returning(|name| {
+        Ok(vec![gpu_replica_core::runtime::NetworkState {
+            id: "n".into(),
+            name: name.to_string(),
+            ..Default::default()
+        }])
+    });
     mock.expect_start_container().returning(|_| Ok(()));
     mock.expect_inspect_container().returning(|_| Ok(None));
     let engine = Engine::new(

@@ -108,6 +108,23 @@ enum Transport {
     Unix(UnixClient, PathBuf),
 }
 
+/// The error an answer that is not a success carries in its envelope.
+async fn api_error(response: hyper::Response<hyper::body::Incoming>) -> ClientError {
+    let bytes = match response.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return ClientError::Transport(format!("reading the answer: {e}")),
+    };
+    let envelope: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    ClientError::Api {
+        code: envelope.get("code").and_then(Value::as_u64).unwrap_or(0),
+        msg: envelope
+            .get("msg")
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+            .to_string(),
+    }
+}
+
 /// Every error of a chain, outermost first: a TLS failure says which certificate problem.
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -226,6 +243,17 @@ impl Client {
         path: String,
         body: Option<Value>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        self.send_with(method, path, body, &[]).await
+    }
+
+    /// [`Client::send`] with extra headers.
+    async fn send_with(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Value>,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: hyper::Uri = match &self.transport {
             Transport::Unix(_, socket) => hyperlocal::Uri::new(socket, &path).into(),
@@ -240,6 +268,9 @@ impl Client {
             .header("content-type", "application/json");
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         let request = request
             .body(Full::new(Bytes::from(payload)))
@@ -261,53 +292,18 @@ impl Client {
     /// Opens a WebSocket at `path` over the client's transport (HTTP, HTTPS or the Unix
     /// socket), with the token; an error answer is returned as the envelope's error.
     pub async fn websocket(&self, path: impl Into<String>) -> Result<Terminal, ClientError> {
-        let path = path.into();
-        let url = format!("{}{}", self.base, path);
-        let uri: hyper::Uri = match &self.transport {
-            Transport::Unix(_, socket) => hyperlocal::Uri::new(socket, &path).into(),
-            Transport::Net(_) => url
-                .parse()
-                .map_err(|e| ClientError::Transport(format!("bad server address {url}: {e}")))?,
-        };
-        let mut request = Request::builder()
-            .method(Method::GET)
-            .uri(uri)
-            .header("connection", "Upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header(
-                "sec-websocket-key",
-                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-            );
-        if let Some(token) = &self.token {
-            request = request.header("authorization", format!("Bearer {token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Transport(format!("bad request to {url}: {e}")))?;
-        let response = match &self.transport {
-            Transport::Net(http) => http.request(request).await,
-            Transport::Unix(http, _) => http.request(request).await,
-        }
-        .map_err(|e| {
-            ClientError::Transport(format!("cannot reach {}: {}", self.base, chain(&e)))
-        })?;
+        let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        let upgrade = [
+            ("connection", "Upgrade".to_string()),
+            ("upgrade", "websocket".to_string()),
+            ("sec-websocket-version", "13".to_string()),
+            ("sec-websocket-key", key),
+        ];
+        let response = self
+            .send_with(Method::GET, path.into(), None, &upgrade)
+            .await?;
         if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?
-                .to_bytes();
-            let envelope: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
-                code: envelope.get("code").and_then(Value::as_u64).unwrap_or(0),
-                msg: envelope
-                    .get("msg")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the server did not open a WebSocket")
-                    .to_string(),
-            });
+            return Err(api_error(response).await);
         }
         let upgraded = hyper::upgrade::on(response)
             .await
@@ -330,21 +326,7 @@ impl Client {
         if response.status().is_success() {
             return Ok(response);
         }
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(format!("reading the answer: {e}")))?
-            .to_bytes();
-        let envelope: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Err(ClientError::Api {
-            code: envelope.get("code").and_then(Value::as_u64).unwrap_or(0),
-            msg: envelope
-                .get("msg")
-                .and_then(Value::as_str)
-                .unwrap_or("no message")
-                .to_string(),
-        })
+        Err(api_error(response).await)
     }
 
     /// Sends a request; returns `data` of a successful envelope.

@@ -146,10 +146,29 @@ impl Engine {
         Ok(versions)
     }
 
-    /// Every replicaSet this caller may reach with its current version, by name: two prefix
+    /// Every replicaSet this caller may reach with its current version, by name: three prefix
     /// reads, whatever the length of the histories.
     pub async fn list(&self) -> Result<Vec<ReplicaSetInfo>> {
         self.list_where(None, None).await
+    }
+
+    /// The records under `prefix`, by the name that follows it (unreadable ones left out).
+    async fn by_name<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::HashMap<String, T>> {
+        Ok(self
+            .ctx
+            .shared
+            .store
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.key[prefix.len()..].to_string();
+                Some((name, serde_json::from_slice(&e.value).ok()?))
+            })
+            .collect())
     }
 
     /// [`Engine::list`], only the sets of `owner` and of cluster node `node` when given.
@@ -164,30 +183,10 @@ impl Engine {
                 && owner.is_none_or(|o| h.owner == o)
                 && node.is_none_or(|n| h.node == n)
         });
-        let mut current: std::collections::HashMap<String, Version> = self
-            .ctx
-            .shared
-            .store
-            .list(keys::CURRENT)
-            .await?
-            .into_iter()
-            .filter_map(|e| {
-                let name = e.key[keys::CURRENT.len()..].to_string();
-                Some((name, serde_json::from_slice(&e.value).ok()?))
-            })
-            .collect();
-        let mut rootfs: std::collections::HashMap<String, crate::model::RootfsUsage> = self
-            .ctx
-            .shared
-            .store
-            .list(keys::ROOTFS)
-            .await?
-            .into_iter()
-            .filter_map(|e| {
-                let name = e.key[keys::ROOTFS.len()..].to_string();
-                Some((name, serde_json::from_slice(&e.value).ok()?))
-            })
-            .collect();
+        let mut current: std::collections::HashMap<String, Version> =
+            self.by_name(keys::CURRENT).await?;
+        let mut rootfs: std::collections::HashMap<String, crate::model::RootfsUsage> =
+            self.by_name(keys::ROOTFS).await?;
         let mut infos = Vec::with_capacity(heads.len());
         for head in heads {
             let version = match current.remove(&head.name) {

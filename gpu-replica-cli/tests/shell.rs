@@ -168,6 +168,25 @@ async fn a_terminal_carries_input_output_sizes_and_the_exit_code() {
         "{answer}"
     );
 
+    // A page of another origin gets no terminal (browsers do not ask before a WebSocket);
+    // one of this server's own origin does.
+    for (origin, want) in [
+        ("http://evil.example", 400),
+        (&*format!("http://{}", server.addr), 101),
+    ] {
+        let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+        let request = format!(
+            "GET /api/v1/replicaSet/{name}/terminal HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {dora}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n",
+            server.addr
+        );
+        use std::io::{Read, Write};
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        let status: u16 = String::from_utf8_lossy(&head[9..12]).parse().unwrap();
+        assert_eq!(status, want, "{origin}");
+    }
+
     // A session ends when its set stops, with an exit message.
     let mut socket = dora_client
         .terminal(&name, &TerminalQuery::default())

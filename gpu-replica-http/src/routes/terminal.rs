@@ -31,6 +31,32 @@ use crate::wire::{TerminalMessage, TerminalQuery};
 /// How often the server pings an open terminal.
 const PING_EVERY: Duration = Duration::from_secs(20);
 
+/// Browsers open WebSockets to any site without asking (there is no CORS for them): a page of
+/// another origin, or a page served from inside a container on a published port, must not get
+/// a shell on a server that trusts its caller (no tokens, or a cookie someday). A request with
+/// an `Origin` is taken only when it names the host the request was sent to; tools (the CLI,
+/// websocat) send none.
+fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Error> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+        .unwrap_or_default();
+    if !host.is_empty() && origin_host.eq_ignore_ascii_case(host) {
+        return Ok(());
+    }
+    Err(Error::InvalidParams(format!(
+        "a terminal is not opened for a page of another origin ({origin}, this server is {host})"
+    )))
+}
+
 fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
     match text {
         None => Ok(Vec::new()),
@@ -50,9 +76,11 @@ fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
 pub async fn terminal(
     Acting(engine): Acting,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     query: Result<Query<TerminalQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    same_origin(&headers)?;
     let Query(query) = query?;
     let upgrade = upgrade.map_err(|e| {
         ApiError::new(Error::InvalidParams(format!(

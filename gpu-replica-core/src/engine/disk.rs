@@ -74,13 +74,25 @@ impl Context {
         let enforced = self.enforced_rootfs_size().is_some();
         let mut told = Vec::new();
         let mut owners = BTreeMap::new();
+        // Every earlier measurement in one read, not one per set.
+        let mut earlier: BTreeMap<String, RootfsUsage> = self
+            .shared
+            .store
+            .list(keys::ROOTFS)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let name = e.key[keys::ROOTFS.len()..].to_string();
+                Some((name, serde_json::from_slice(&e.value).ok()?))
+            })
+            .collect();
         for head in heads.iter().filter(|h| h.node == self.node_name()) {
             let container = names::container(&head.name, head.current);
             let Some(&bytes) = sizes.get(&container) else {
                 continue;
             };
             let key = keys::rootfs(&head.name);
-            let before = self.read::<RootfsUsage>(&key).await?.map(|(u, _)| u);
+            let before = earlier.remove(&head.name);
             let usage = RootfsUsage {
                 bytes,
                 limit,

@@ -62,13 +62,20 @@ impl Context {
     /// [`crate::network::Guard`]); where it cannot, says why in the log and in status.
     pub(crate) fn install_network_guard(&self) {
         let policy = &self.shared.config.network;
-        if policy.mode != NetworkMode::PerOwner || !policy.guard {
+        if policy.mode != NetworkMode::PerOwner {
             return;
         }
-        let guard = self
-            .shared
-            .network_guard
-            .get_or_init(|| crate::network::install_guard(&policy.pool));
+        let guard = self.shared.network_guard.get_or_init(|| {
+            if policy.guard {
+                crate::network::install_guard(&policy.pool)
+            } else {
+                crate::network::Guard {
+                    installed: false,
+                    rule: policy.pool.guard_rule().join(" "),
+                    reason: Some("turned off (--no-network-guard)".into()),
+                }
+            }
+        });
         match &guard.reason {
             None => tracing::info!("network guard in place: iptables -t mangle {}", guard.rule),
             Some(why) => tracing::warn!(

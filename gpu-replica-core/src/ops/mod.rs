@@ -144,8 +144,8 @@ impl Engine {
         self.ctx.measure_rootfs().await
     }
 
-    /// What the start-up step made of the host firewall guard between owners' networks
-    /// (`None`: not tried: another network mode, turned off, or before start).
+    /// What the start-up step made of the host firewall guard between owners' networks, or
+    /// why it is not in place (`None`: another network mode, or before start).
     pub fn network_guard(&self) -> Option<&crate::network::Guard> {
         self.ctx.shared.network_guard.get()
     }

@@ -1140,11 +1140,7 @@ impl IsolationView {
                 subnet_prefix: per_owner.then(|| pool.subnet_prefix()),
                 owners: per_owner.then(|| pool.capacity()),
                 guard: per_owner.then(|| guard.is_some_and(|g| g.installed)),
-                guard_reason: match guard {
-                    Some(g) => g.reason.clone(),
-                    None if per_owner => Some("turned off (--no-network-guard)".into()),
-                    None => None,
-                },
+                guard_reason: guard.and_then(|g| g.reason.clone()),
             },
             rootfs: {
                 let support = engine.rootfs_support();

@@ -186,6 +186,18 @@ pub struct ServeArgs {
     /// How often every set's root filesystem is measured (Docker walks its files).
     #[arg(long, env = "GPU_REPLICA_ROOTFS_MEASURE_INTERVAL", default_value = "5m", value_parser = duration)]
     rootfs_measure_interval: u64,
+    /// Serve the SSH gateway on HOST:PORT (off by default): `ssh -p PORT SET@HOST` logs in
+    /// to set SET with one of its owner's keys (`gpu-replica user key add`), for a shell, a
+    /// command, scp/sftp and -L/-W to the set's own ports. Its host key is made once and kept
+    /// in the store (every node of a cluster shows the same).
+    #[arg(long, env = "GPU_REPLICA_SSH_ADDR")]
+    ssh_addr: Option<std::net::SocketAddr>,
+    /// An SSH connection with nothing from its client for this long is closed.
+    #[arg(long, env = "GPU_REPLICA_SSH_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
+    ssh_idle_timeout: u64,
+    /// SSH connections one user may hold at once.
+    #[arg(long, env = "GPU_REPLICA_SSH_SESSIONS_PER_USER", default_value = "16")]
+    ssh_sessions_per_user: usize,
     /// Which network sets join: `per-owner` (a bridge network per owner; other owners' sets
     /// cannot be reached by address or name), `shared` (Docker's default bridge, no walls), or
     /// the name of a network you made that every set joins.
@@ -546,6 +558,9 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         args.idle_timeout
     );
     announce_authentication(&engine, token.is_some()).await?;
+    if let Some(addr) = args.ssh_addr {
+        start_ssh(&args, addr, engine.clone()).await?;
+    }
     let app = gpu_replica_http::router_with(
         engine.clone(),
         gpu_replica_http::RouterOptions {
@@ -575,6 +590,33 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     }
     drop(running);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Starts the SSH gateway on `addr`: its listener bound now (a taken port stops the server),
+/// its connections served in the background.
+async fn start_ssh(
+    args: &ServeArgs,
+    addr: std::net::SocketAddr,
+    engine: std::sync::Arc<gpu_replica_core::Engine>,
+) -> Result<(), String> {
+    let policy = gpu_replica_ssh::SshPolicy {
+        idle: Duration::from_secs(args.ssh_idle_timeout.max(1)),
+        sessions_per_user: args.ssh_sessions_per_user.max(1),
+    };
+    let gateway = gpu_replica_ssh::Gateway::new(engine, policy)
+        .await
+        .map_err(|e| format!("SSH gateway: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("SSH gateway: cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        "SSH gateway on {addr}, host key {}; idle {}s, {} sessions per user",
+        gateway.fingerprint(),
+        policy.idle.as_secs(),
+        policy.sessions_per_user
+    );
+    tokio::spawn(gateway.serve(listener));
     Ok(())
 }
 

@@ -66,6 +66,99 @@ pub enum UserCommand {
         #[arg(long)]
         max_disk: Option<String>,
     },
+    /// A user's SSH public keys: `ssh -p PORT SET@host` logs in to their sets with one.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `gpu-replica user key …` (admins for anyone; a user for themselves).
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Add the keys of a `.pub` or `authorized_keys` file (`-`: standard input).
+    Add {
+        /// User name.
+        name: String,
+        /// File of public keys, one per line.
+        file: std::path::PathBuf,
+    },
+    /// List a user's keys.
+    Ls {
+        /// User name.
+        name: String,
+    },
+    /// Remove a key by its fingerprint (`SHA256:…`, as `ls` shows it).
+    Rm {
+        /// User name.
+        name: String,
+        /// The key's fingerprint.
+        fingerprint: String,
+    },
+}
+
+/// The key lines of an `authorized_keys`-style text: blank lines and `#` comments skipped.
+fn key_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+async fn key(client: &Client, command: KeyCommand, as_json: bool) -> Result<(), ClientError> {
+    match command {
+        KeyCommand::Add { name, file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| ClientError::Transport(format!("reading standard input: {e}")))?;
+                text
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| ClientError::Transport(format!("{}: {e}", file.display())))?
+            };
+            let lines = key_lines(&text);
+            if lines.is_empty() {
+                return Err(ClientError::Transport(format!(
+                    "{}: no public key in it",
+                    file.display()
+                )));
+            }
+            for line in lines {
+                let reply = client.add_ssh_key(&name, line).await?;
+                if as_json {
+                    print_json(&reply);
+                } else {
+                    println!("added {} {} {}", reply.key.fingerprint, reply.key.kind, reply.key.comment);
+                }
+            }
+        }
+        KeyCommand::Ls { name } => {
+            let reply = client.ssh_keys(&name).await?;
+            if as_json {
+                print_json(&reply);
+            } else {
+                let rows: Vec<Vec<String>> = reply
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.fingerprint.clone(),
+                            k.kind.clone(),
+                            k.comment.clone(),
+                            k.added_at.clone(),
+                        ]
+                    })
+                    .collect();
+                table::print(&["FINGERPRINT", "TYPE", "COMMENT", "ADDED"], &rows);
+            }
+        }
+        KeyCommand::Rm { name, fingerprint } => {
+            client.remove_ssh_key(&name, &fingerprint).await?;
+            if !as_json {
+                println!("removed {fingerprint} from {name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Asks on the terminal whether to delete `name` with everything they own (what that is,
@@ -258,6 +351,7 @@ pub async fn user(
                 print_users(&[reply.user]);
             }
         }
+        U::Key(command) => key(client, command, as_json).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -183,6 +183,12 @@ pub enum Error {
     /// The operator's network pool has no subnet left for another owner's network.
     #[error("no network: {0}")]
     NetworkPoolFull(String),
+    /// No SSH public key of that fingerprint for that user.
+    #[error("SSH key not found: {0}")]
+    KeyNotFound(String),
+    /// The SSH public key is another user's (a key lets one person in).
+    #[error("SSH key taken: {0}")]
+    KeyTaken(String),
     /// Fewer host ports are free than asked for.
     #[error("not enough free host ports in {range}: asked for {wanted}")]
     NotEnoughPorts {
@@ -356,6 +362,8 @@ impl Error {
             Error::NodeNotFound(_) => 1057,
             Error::NetworkPoolFull(_) => 1058,
             Error::OverDisk(_) => 1059,
+            Error::KeyNotFound(_) => 1060,
+            Error::KeyTaken(_) => 1061,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -408,6 +416,8 @@ impl Error {
             Error::NodeNotFound(_) => "no such node in the cluster",
             Error::NetworkPoolFull(_) => "no subnet left in the network pool for the owner",
             Error::OverDisk(_) => "the set's root filesystem is over its limit; nothing changed",
+            Error::KeyNotFound(_) => "no such SSH key",
+            Error::KeyTaken(_) => "the SSH key is another user's",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -469,6 +479,8 @@ impl Error {
             Error::NodeNotFound(s()),
             Error::NetworkPoolFull(s()),
             Error::OverDisk(s()),
+            Error::KeyNotFound(s()),
+            Error::KeyTaken(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()

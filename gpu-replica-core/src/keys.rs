@@ -138,3 +138,23 @@ pub fn gpu_times_of(owner: &str) -> String {
 
 /// Prefix of every GPU-time record.
 pub const GPU_TIMES: &str = "gpu-time/";
+
+/// SSH public key `fingerprint` (hex of its SHA-256) of user `name`
+/// ([`crate::SshKey`]).
+pub fn ssh_key(name: &str, fingerprint: &str) -> String {
+    format!("{}{fingerprint}", ssh_keys(name))
+}
+
+/// Prefix of every SSH public key of user `name`.
+pub fn ssh_keys(name: &str) -> String {
+    format!("sshkeys/{name}/")
+}
+
+/// Who holds SSH public key `fingerprint` (hex of its SHA-256): the user's name. A key is
+/// one user's, so a login by key names one person.
+pub fn ssh_key_holder(fingerprint: &str) -> String {
+    format!("sshkey-holders/{fingerprint}")
+}
+
+/// The SSH gateway's host key (OpenSSH private key text): made once, the same on every node.
+pub const SSH_HOST_KEY: &str = "ssh/host-key";

@@ -82,10 +82,12 @@ pub use crate::model::{
     RootfsUsage, Status, Timers, Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
 pub use crate::ops::clone::CloneRequest;
+pub use crate::ops::files::{FileStat, Files};
 pub use crate::ops::observe::Stats;
 pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;
 pub use crate::ops::shell::{Shell, ShellControl, ShellRequest};
+pub use crate::ops::sshkeys::SshKey;
 pub use crate::ops::timers::{parse_duration, parse_time};
 pub use crate::ops::usage::{SetUsage, UsageQuery, UsageReport, UserUsage};
 pub use crate::ops::users::{NewUser, Purged, QuotaChange, UserInfo};
@@ -93,7 +95,7 @@ pub use crate::ops::version::{BindSwap, PatchRequest};
 pub use crate::ops::Engine;
 pub use crate::runtime::{
     Bind, ContainerEvent, ContainerRuntime, ContainerStats, DockerRuntime, ExecOutput, GpuAttach,
-    Hardening, LogStream, PortMapping,
+    Hardening, LogStream, PathStat, PortMapping,
 };
 pub use crate::sched::PortRange;
 pub use crate::size::parse_size;

@@ -1,6 +1,11 @@
 //! Resources in proportion to GPUs: CPUs, memory and shared memory per GPU, and a base share
 //! for cardless containers. A run or patch may ask for less than its share, never more.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -249,3 +254,50 @@ mod tests {
         }
     }
 }
+
+/// Failed authentications allowed from one address in a burst.
+pub const FAILURE_BURST: f64 = 10.0;
+/// Failed authentications per second one address earns back.
+pub const FAILURES_PER_SECOND: f64 = 3.0;
+
+/// A token bucket of failed authentications per client address: the API's tokens and the
+/// SSH gateway's keys are limited alike.
+#[derive(Debug, Default)]
+pub struct FailureLimiter {
+    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+}
+
+impl FailureLimiter {
+    fn allowance(&self, address: Option<IpAddr>, now: Instant) -> f64 {
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        match buckets.get(&address) {
+            None => FAILURE_BURST,
+            Some((left, at)) => refill(*left, *at, now),
+        }
+    }
+
+    /// Whether `address` may try to authenticate now.
+    pub fn allows(&self, address: Option<IpAddr>) -> bool {
+        self.allowance(address, Instant::now()) >= 1.0
+    }
+
+    /// Counts one failure of `address`.
+    pub fn failed(&self, address: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 10_000 {
+            // Forget addresses whose allowance is full again.
+            buckets.retain(|_, (left, at)| refill(*left, *at, now) < FAILURE_BURST);
+        }
+        let left = match buckets.get(&address) {
+            None => FAILURE_BURST,
+            Some((left, at)) => refill(*left, *at, now),
+        };
+        buckets.insert(address, ((left - 1.0).max(0.0), now));
+    }
+}
+
+fn refill(left: f64, at: Instant, now: Instant) -> f64 {
+    (left + now.duration_since(at).as_secs_f64() * FAILURES_PER_SECOND).min(FAILURE_BURST)
+}
+

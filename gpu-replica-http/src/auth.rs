@@ -6,10 +6,8 @@
 //! admin, as a single-user server always did. Failed authentications are limited per client
 //! address: past a short burst, that address gets 429 until its allowance refills.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -42,50 +40,7 @@ impl std::fmt::Debug for Token {
     }
 }
 
-/// Failed authentications allowed from one address in a burst.
-pub const FAILURE_BURST: f64 = 10.0;
-/// Failed authentications per second one address earns back.
-pub const FAILURES_PER_SECOND: f64 = 3.0;
-
-/// A token bucket of failed authentications per client address.
-#[derive(Debug, Default)]
-pub struct FailureLimiter {
-    buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
-}
-
-impl FailureLimiter {
-    fn allowance(&self, address: Option<IpAddr>, now: Instant) -> f64 {
-        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        match buckets.get(&address) {
-            None => FAILURE_BURST,
-            Some((left, at)) => refill(*left, *at, now),
-        }
-    }
-
-    /// Whether `address` may try to authenticate now.
-    pub fn allows(&self, address: Option<IpAddr>) -> bool {
-        self.allowance(address, Instant::now()) >= 1.0
-    }
-
-    /// Counts one failure of `address`.
-    pub fn failed(&self, address: Option<IpAddr>) {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 10_000 {
-            // Forget addresses whose allowance is full again.
-            buckets.retain(|_, (left, at)| refill(*left, *at, now) < FAILURE_BURST);
-        }
-        let left = match buckets.get(&address) {
-            None => FAILURE_BURST,
-            Some((left, at)) => refill(*left, *at, now),
-        };
-        buckets.insert(address, ((left - 1.0).max(0.0), now));
-    }
-}
-
-fn refill(left: f64, at: Instant, now: Instant) -> f64 {
-    (left + now.duration_since(at).as_secs_f64() * FAILURES_PER_SECOND).min(FAILURE_BURST)
-}
+pub use gpu_replica_core::limits::FailureLimiter;
 
 /// What [`authenticate`] needs.
 pub struct Auth {

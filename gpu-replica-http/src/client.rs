@@ -42,7 +42,7 @@ use serde_json::Value;
 use crate::wire::paths::{self, fill};
 use crate::wire::{
     CloneBody, CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, GpuDetails,
-    GpuMap, HistoryReply, InfoReply, MigrateBody, MigrateReply, NodeList, PatchBody, Pong,
+    GpuMap, HistoryReply, InfoReply, KeyAddBody, KeyList, KeyReply, MigrateBody, MigrateReply, NodeList, PatchBody, Pong,
     PortsReply, PurgedReply, QuotaBody, ReplicaSetList, RollbackBody, RunBody, RunReply,
     StatsReply, StatusReply, TimersBody, TimersView, TokenReply, UsageReply, UserAddBody, UserList,
     UserReply, UserTokenReply, VolumeCreateBody, VolumeHistoryReply, VolumeInfoReply, VolumeList,
@@ -697,6 +697,27 @@ impl Client {
     pub async fn set_quota(&self, name: &str, body: &QuotaBody) -> Result<UserReply, ClientError> {
         self.request(Method::PATCH, fill(paths::USER_QUOTA, name), Some(body))
             .await
+    }
+
+    /// A user's SSH public keys.
+    pub async fn ssh_keys(&self, name: &str) -> Result<KeyList, ClientError> {
+        self.request(Method::GET, fill(paths::USER_KEYS, name), NONE)
+            .await
+    }
+
+    /// Adds an SSH public key (one line of a `.pub` file) to a user.
+    pub async fn add_ssh_key(&self, name: &str, key: &str) -> Result<KeyReply, ClientError> {
+        let body = KeyAddBody {
+            key: key.to_string(),
+        };
+        self.request(Method::POST, fill(paths::USER_KEYS, name), Some(&body))
+            .await
+    }
+
+    /// Removes a user's SSH public key by its fingerprint (`SHA256:…`).
+    pub async fn remove_ssh_key(&self, name: &str, fingerprint: &str) -> Result<(), ClientError> {
+        let path = fill(paths::USER_KEY, name).replace("{fingerprint}", &paths::encode(fingerprint));
+        self.request(Method::DELETE, path, NONE).await
     }
 
     /// Who the token belongs to, with quota and holdings.

@@ -138,6 +138,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::VolumeNotFound(_)
         | Error::ImageNotFound(_)
         | Error::UserNotFound(_)
+        | Error::KeyNotFound(_)
         | Error::NodeNotFound(_) => StatusCode::NOT_FOUND,
         // The operator's policy forbids it, however well formed.
         Error::BindRefused(_) | Error::QuotaExceeded(_) | Error::AdminOnly(_) => {
@@ -161,6 +162,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::VolumesNotMoved(_)
         | Error::NetworkPoolFull(_)
         | Error::OverDisk(_)
+        | Error::KeyTaken(_)
         // Well formed, but the clock has moved past it.
         | Error::StopTimePast(_) => StatusCode::CONFLICT,
         Error::InvalidParams(_)

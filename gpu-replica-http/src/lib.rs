@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
+use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use gpu_replica_core::Engine;
 use tower_http::timeout::TimeoutLayer;
@@ -145,6 +145,8 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .route(p::USER, get(users::info).delete(users::remove))
         .route(p::USER_TOKEN, post(users::reset_token))
         .route(p::USER_QUOTA, patch(users::quota))
+        .route(p::USER_KEYS, get(users::keys).post(users::add_key))
+        .route(p::USER_KEY, delete(users::remove_key))
         .route(p::WHOAMI, get(users::whoami))
         .route(p::NODES, get(resources::nodes))
         .route(p::USAGE, get(users::usage));

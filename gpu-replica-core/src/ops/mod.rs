@@ -3,6 +3,7 @@
 //! run the steps of [`crate::steps`] over the records and claims of [`crate::engine`].
 
 pub(crate) mod clone;
+pub(crate) mod files;
 pub(crate) mod metrics;
 pub(crate) mod migrate;
 pub(crate) mod nodes;
@@ -11,6 +12,7 @@ pub(crate) mod read;
 pub(crate) mod resources;
 pub(crate) mod run;
 pub(crate) mod shell;
+pub(crate) mod sshkeys;
 pub(crate) mod state;
 pub(crate) mod timers;
 pub(crate) mod usage;

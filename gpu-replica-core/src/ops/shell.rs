@@ -105,23 +105,7 @@ impl Engine {
             crate::input::os_strings("user", std::slice::from_ref(user))?;
         }
         self.ctx.check_env_for_toolkit(&request.env)?;
-        let (head, _) = self.ctx.head(name).await?;
-        if head.node != self.ctx.node_name() {
-            return Err(Error::refused(
-                Operation::Exec,
-                format!(
-                    "'{name}' lives on node '{}': open its terminal through that node",
-                    head.node
-                ),
-            ));
-        }
-        if head.status != Status::Running {
-            return Err(Error::refused(
-                Operation::Exec,
-                format!("'{name}' is not running; continue or restart it first"),
-            ));
-        }
-        let container = crate::names::container(name, head.current);
+        let container = self.running_here(name, "its terminal").await?;
         let runtime = self.ctx.shared.runtime.clone();
         let argv = match request.argv.first() {
             Some(program) if !program.is_empty() => request.argv.clone(),
@@ -165,6 +149,31 @@ impl Engine {
             input: session.input,
             output: session.output,
         })
+    }
+
+    /// The running container of set `name` where its shells and files are reached: the
+    /// caller's set (or any for an admin), living on this node and running; refused
+    /// otherwise (another user's set answers as a missing one).
+    pub async fn running_container(&self, name: &str) -> Result<String> {
+        self.running_here(name, "it").await
+    }
+
+    /// As [`Engine::running_container`]; `what` names what is refused ("its terminal").
+    pub(crate) async fn running_here(&self, name: &str, what: &str) -> Result<String> {
+        let (head, _) = self.ctx.head(name).await?;
+        if head.node != self.ctx.node_name() {
+            return Err(Error::refused(
+                Operation::Exec,
+                format!("'{name}' lives on node '{}': open {what} through that node", head.node),
+            ));
+        }
+        if head.status != Status::Running {
+            return Err(Error::refused(
+                Operation::Exec,
+                format!("'{name}' is not running; continue or restart it first"),
+            ));
+        }
+        Ok(crate::names::container(name, head.current))
     }
 
     /// `bash` when the image has it, else `sh`.

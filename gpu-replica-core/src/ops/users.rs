@@ -266,6 +266,7 @@ impl Engine {
             .unchanged(keys::user(name), revision)
             .delete(keys::user(name))
             .delete(keys::quota_guard(name));
+        let txn = self.drop_ssh_keys(name, txn).await?;
         self.ctx.commit(txn).await?;
         self.ctx
             .emit("user.remove", name, true, "removed".into())

@@ -76,6 +76,68 @@ fn docker_err(e: BollardError) -> Error {
     }
 }
 
+/// Go's `os.FileMode` (what Docker's archive stat carries) as a Unix `st_mode`.
+fn unix_mode(go: u32) -> u32 {
+    const DIR: u32 = 1 << 31;
+    const SYMLINK: u32 = 1 << 27;
+    const DEVICE: u32 = 1 << 26;
+    const PIPE: u32 = 1 << 25;
+    const SOCKET: u32 = 1 << 24;
+    const SETUID: u32 = 1 << 23;
+    const SETGID: u32 = 1 << 22;
+    const CHAR: u32 = 1 << 21;
+    const STICKY: u32 = 1 << 20;
+    let kind = if go & DIR != 0 {
+        0o040000
+    } else if go & SYMLINK != 0 {
+        0o120000
+    } else if go & PIPE != 0 {
+        0o010000
+    } else if go & SOCKET != 0 {
+        0o140000
+    } else if go & DEVICE != 0 && go & CHAR != 0 {
+        0o020000
+    } else if go & DEVICE != 0 {
+        0o060000
+    } else {
+        0o100000
+    };
+    let special = if go & SETUID != 0 { 0o4000 } else { 0 }
+        | if go & SETGID != 0 { 0o2000 } else { 0 }
+        | if go & STICKY != 0 { 0o1000 } else { 0 };
+    kind | special | (go & 0o777)
+}
+
+/// Connects to `port` on the loopback of the network namespace of process `pid`. A socket
+/// belongs to the namespace it was made in, so a thread of its own enters the namespace,
+/// connects and ends (a thread of a pool must never change namespace).
+async fn connect_in_namespace(pid: i64, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    use std::os::fd::AsRawFd;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let connect = || -> std::io::Result<std::net::TcpStream> {
+            let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            // SAFETY: setns on a namespace file we hold open; it changes only this thread,
+            // which ends right after.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let stream = std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_secs(10),
+            )?;
+            stream.set_nonblocking(true)?;
+            Ok(stream)
+        };
+        let _ = tx.send(connect());
+    });
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("the connecting thread ended"))??;
+    stream.set_nodelay(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
 fn is_not_found(e: &BollardError) -> bool {
     matches!(
         e,
@@ -113,6 +175,24 @@ fn label_filter(label: &str) -> Option<HashMap<String, Vec<String>>> {
 }
 
 impl DockerRuntime {
+    async fn upload(
+        &self,
+        name: &str,
+        dir: &str,
+        archive: super::ImageStream,
+        as_user: bool,
+    ) -> Result<()> {
+        let archive = archive.map_err(|e| std::io::Error::other(e.to_string()));
+        let mut options = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path(dir);
+        if as_user {
+            options = options.copy_uidgid("1");
+        }
+        self.docker
+            .upload_to_container(name, Some(options.build()), bollard::body_try_stream(archive))
+            .await
+            .map_err(docker_err)
+    }
+
     /// Connects with `DOCKER_HOST` (or the local socket) and agrees on an API version the
     /// engine speaks, so older engines (20.10 speaks 1.41) work too.
     pub async fn connect() -> Result<DockerRuntime> {
@@ -918,14 +998,88 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn upload_path(&self, name: &str, dir: &str, archive: super::ImageStream) -> Result<()> {
-        let archive = archive.map_err(|e| std::io::Error::other(e.to_string()));
-        let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
-            .path(dir)
+        self.upload(name, dir, archive, false).await
+    }
+
+    async fn upload_as_user(&self, name: &str, dir: &str, archive: super::ImageStream) -> Result<()> {
+        self.upload(name, dir, archive, true).await
+    }
+
+    async fn path_stat(&self, name: &str, path: &str) -> Result<Option<super::PathStat>> {
+        let options = bollard::query_parameters::ContainerArchiveInfoOptionsBuilder::new()
+            .path(path)
             .build();
-        self.docker
-            .upload_to_container(name, Some(options), bollard::body_try_stream(archive))
+        match self
+            .docker
+            .get_container_archive_info(name, Some(options))
             .await
-            .map_err(docker_err)
+        {
+            Ok(stat) => Ok(Some(super::PathStat {
+                name: stat.name,
+                size: stat.size.max(0) as u64,
+                mode: unix_mode(stat.file_mode),
+                mtime: stat
+                    .modification_time
+                    .as_deref()
+                    .and_then(|t| {
+                        time::OffsetDateTime::parse(
+                            t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()
+                    })
+                    .map(|t| t.unix_timestamp())
+                    .unwrap_or(0),
+                link_target: stat.link_target,
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            // HEAD answers carry no message; a path Docker refuses (not a directory on the
+            // way) is as missing.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 400, ..
+            }) => Ok(None),
+            Err(e) => Err(docker_err(e)),
+        }
+    }
+
+    async fn connect_port(&self, name: &str, port: u16) -> Result<tokio::net::TcpStream> {
+        let found = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(docker_err)?;
+        let state = found.state.unwrap_or_default();
+        if !state.running.unwrap_or(false) {
+            return Err(Error::NotRunning(name.to_string()));
+        }
+        let refused = |e: std::io::Error| {
+            Error::Unavailable(format!("nothing answers on port {port} of {name}: {e}"))
+        };
+        let pid = state.pid.unwrap_or(0);
+        if pid > 0 {
+            match connect_in_namespace(pid, port).await {
+                Ok(stream) => return Ok(stream),
+                // Not root: the container's address is the way left.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(refused(e)),
+            }
+        }
+        let address = found
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_values()
+            .filter_map(|n| n.ip_address)
+            .find(|ip| !ip.is_empty())
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .ok_or_else(|| Error::Unavailable(format!("{name} has no address to reach")))?;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect((address, port)),
+        )
+        .await
+        .map_err(|_| refused(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(refused)
     }
 
     async fn tag_image(&self, source: &str, target: &str) -> Result<()> {

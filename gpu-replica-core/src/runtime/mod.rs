@@ -300,6 +300,21 @@ impl std::fmt::Debug for ExecSession {
     }
 }
 
+/// What Docker's archive API says of one path in a container (`lstat` of its last component).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStat {
+    /// The last component of the path.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Unix `st_mode`: the file type bits and the permission bits.
+    pub mode: u32,
+    /// Last modification, seconds since the epoch.
+    pub mtime: i64,
+    /// Where a symbolic link points; empty for anything else.
+    pub link_target: String,
+}
+
 /// What Docker says about an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageState {
@@ -410,6 +425,15 @@ pub trait ContainerRuntime: Send + Sync {
     /// Extracts tar `archive` into directory `dir` of container `name` (running or not, into
     /// its volumes where they are mounted): `docker cp - NAME:DIR`.
     async fn upload_path(&self, name: &str, dir: &str, archive: ImageStream) -> Result<()>;
+    /// As [`ContainerRuntime::upload_path`], the files owned by the container's own user
+    /// (Docker's `copyUIDGID`): what a user copies in is theirs to change.
+    async fn upload_as_user(&self, name: &str, dir: &str, archive: ImageStream) -> Result<()>;
+    /// What is at `path` in container `name`; `None` when nothing is.
+    async fn path_stat(&self, name: &str, path: &str) -> Result<Option<PathStat>>;
+    /// A TCP connection to `port` of running container `name` as its own programs reach it:
+    /// on its loopback (entering its network namespace, which needs root), else on its
+    /// address in its network.
+    async fn connect_port(&self, name: &str, port: u16) -> Result<tokio::net::TcpStream>;
     /// Inspects an image; `None` when it is not present.
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>>;
     /// Images carrying label `key` (any value).

@@ -8,9 +8,9 @@ use super::Reply;
 use crate::auth::Acting;
 use crate::envelope::{ok, Body};
 #[allow(unused_imports)]
-use crate::envelope::{Envelope, ErrorReply};
+use crate::envelope::{Envelope, ErrorReply, NoData};
 use crate::wire::{
-    parse_instant, PurgedReply, QuotaBody, RemoveQuery, TokenReply, UsageQueryParams, UsageReply,
+    parse_instant, KeyAddBody, KeyList, KeyReply, PurgedReply, QuotaBody, RemoveQuery, TokenReply, UsageQueryParams, UsageReply,
     UserAddBody, UserList, UserReply, UserTokenReply, UserView, WhoamiReply,
 };
 
@@ -75,6 +75,44 @@ pub async fn remove(
 pub async fn reset_token(Acting(engine): Acting, Path(name): Path<String>) -> Reply<TokenReply> {
     let token = engine.reset_token(&name).await?;
     Ok(ok(TokenReply { token }))
+}
+
+/// A user's SSH public keys (admins; a user may ask for their own), oldest first.
+#[utoipa::path(get, path = "/api/v1/users/{name}/keys", tag = "users",
+    params(("name" = String, Path, description = "User name")),
+    responses((status = 200, body = Envelope<KeyList>), (status = "4XX", body = ErrorReply, description = "1051")))]
+pub async fn keys(Acting(engine): Acting, Path(name): Path<String>) -> Reply<KeyList> {
+    let keys = engine.ssh_keys(&name).await?;
+    Ok(ok(KeyList {
+        keys: keys.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Add an SSH public key (admins; a user to themselves): `ssh -p PORT SET@host` then logs in
+/// to the user's sets with it. A key another user holds is refused (1008).
+#[utoipa::path(post, path = "/api/v1/users/{name}/keys", tag = "users", request_body = KeyAddBody,
+    params(("name" = String, Path, description = "User name")),
+    responses((status = 200, body = Envelope<KeyReply>), (status = "4XX", body = ErrorReply, description = "1000 (not a key), 1048 (too many keys), 1051, 1061 (another user's key)")))]
+pub async fn add_key(
+    Acting(engine): Acting,
+    Path(name): Path<String>,
+    Body(body): Body<KeyAddBody>,
+) -> Reply<KeyReply> {
+    let key = engine.add_ssh_key(&name, &body.key).await?;
+    Ok(ok(KeyReply { key: key.into() }))
+}
+
+/// Remove an SSH public key by its fingerprint (`SHA256:…`, percent-encoded).
+#[utoipa::path(delete, path = "/api/v1/users/{name}/keys/{fingerprint}", tag = "users",
+    params(("name" = String, Path, description = "User name"),
+        ("fingerprint" = String, Path, description = "The key's fingerprint, `SHA256:…`")),
+    responses((status = 200, body = NoData), (status = "4XX", body = ErrorReply, description = "1051, 1060 (no such key)")))]
+pub async fn remove_key(
+    Acting(engine): Acting,
+    Path((name, fingerprint)): Path<(String, String)>,
+) -> Reply<()> {
+    engine.remove_ssh_key(&name, &fingerprint).await?;
+    Ok(ok(()))
 }
 
 /// Change a user's limits (admins): fields left out stay, `null` removes a limit.

@@ -57,6 +57,10 @@ pub const USER: &str = "/api/v1/users/{name}";
 pub const USER_TOKEN: &str = "/api/v1/users/{name}/token";
 /// `PATCH` a quota.
 pub const USER_QUOTA: &str = "/api/v1/users/{name}/quota";
+/// `GET` a user's SSH public keys, `POST` one more.
+pub const USER_KEYS: &str = "/api/v1/users/{name}/keys";
+/// `DELETE` one SSH public key, by its fingerprint (`SHA256:…`, percent-encoded).
+pub const USER_KEY: &str = "/api/v1/users/{name}/keys/{fingerprint}";
 /// `GET` (a WebSocket) an interactive program in the set.
 pub const TERMINAL: &str = "/api/v1/replicaSet/{name}/terminal";
 /// `GET` who the token is.
@@ -97,6 +101,8 @@ pub const ALL: &[&str] = &[
     USER,
     USER_TOKEN,
     USER_QUOTA,
+    USER_KEYS,
+    USER_KEY,
     WHOAMI,
     NODES,
     USAGE,

@@ -2,7 +2,7 @@
 //! quotas and the GPU-time report.
 
 use gpu_replica_core::{
-    parse_size, Error, Holdings, NewUser, Quota, QuotaChange, Role, UsageReport, UserInfo,
+    parse_size, Error, Holdings, NewUser, Quota, QuotaChange, Role, SshKey, UsageReport, UserInfo,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
@@ -240,6 +240,57 @@ pub struct UserTokenReply {
 pub struct TokenReply {
     /// The new token; the old one no longer works.
     pub token: String,
+}
+
+/// `POST /api/v1/users/{name}/keys`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct KeyAddBody {
+    /// One line of a `.pub` file: type, base64 key, optional comment.
+    #[schema(example = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... alice@laptop")]
+    pub key: String,
+}
+
+/// An SSH public key of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshKeyView {
+    /// `SHA256:` and the unpadded base64 of its SHA-256, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// Key type, e.g. `ssh-ed25519`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its comment; may be empty.
+    pub comment: String,
+    /// The whole key as one `authorized_keys` line.
+    pub key: String,
+    /// When it was added, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub added_at: String,
+}
+
+impl From<SshKey> for SshKeyView {
+    fn from(key: SshKey) -> SshKeyView {
+        SshKeyView {
+            fingerprint: key.fingerprint,
+            kind: key.kind,
+            comment: key.comment,
+            key: key.key,
+            added_at: key.added_at,
+        }
+    }
+}
+
+/// `{keys: [...]}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    /// Oldest first.
+    pub keys: Vec<SshKeyView>,
+}
+
+/// `{key}`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyReply {
+    /// The key as kept.
+    pub key: SshKeyView,
 }
 
 /// `?purge=true` on a user's removal.

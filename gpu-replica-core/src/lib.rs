@@ -57,6 +57,7 @@ pub mod network;
 mod ops;
 pub mod runtime;
 pub mod sched;
+pub mod screen;
 mod size;
 mod start;
 mod steps;
@@ -85,6 +86,7 @@ pub use crate::ops::clone::CloneRequest;
 pub use crate::ops::observe::Stats;
 pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;
+pub use crate::ops::screen::{ScreenAttachment, ScreenEvent, ScreenRequest};
 pub use crate::ops::shell::{Shell, ShellControl, ShellRequest};
 pub use crate::ops::timers::{parse_duration, parse_time};
 pub use crate::ops::usage::{SetUsage, UsageQuery, UsageReport, UserUsage};
@@ -96,6 +98,7 @@ pub use crate::runtime::{
     Hardening, LogStream, PortMapping,
 };
 pub use crate::sched::PortRange;
+pub use crate::screen::{ScreenPolicy, ScreenUpdate};
 pub use crate::size::parse_size;
 pub use crate::start::{EngineBuilder, Running, StartError};
 pub use crate::store::{MemoryStore, RedbStore, StateStore};

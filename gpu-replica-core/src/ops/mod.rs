@@ -10,6 +10,7 @@ pub(crate) mod observe;
 pub(crate) mod read;
 pub(crate) mod resources;
 pub(crate) mod run;
+pub(crate) mod screen;
 pub(crate) mod shell;
 pub(crate) mod state;
 pub(crate) mod timers;

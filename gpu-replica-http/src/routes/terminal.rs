@@ -29,14 +29,14 @@ use crate::envelope::ErrorReply;
 use crate::wire::{TerminalMessage, TerminalQuery};
 
 /// How often the server pings an open terminal.
-const PING_EVERY: Duration = Duration::from_secs(20);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// Browsers open WebSockets to any site without asking (there is no CORS for them): a page of
 /// another origin, or a page served from inside a container on a published port, must not get
 /// a shell on a server that trusts its caller (no tokens, or a cookie someday). A request with
 /// an `Origin` is taken only when it names the host the request was sent to; tools (the CLI,
 /// websocat) send none.
-fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Error> {
+pub(crate) fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Error> {
     let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
         return Ok(());
     };
@@ -57,7 +57,8 @@ fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Error> {
     )))
 }
 
-fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
+/// A query value holding a JSON array of strings (none: empty).
+pub(crate) fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
     match text {
         None => Ok(Vec::new()),
         Some(text) => serde_json::from_str(&text).map_err(|_| {
@@ -66,6 +67,18 @@ fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
             ))
         }),
     }
+}
+
+/// The upgrade, or a plain request told that this is a WebSocket.
+pub(crate) fn websocket(
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, ApiError> {
+    upgrade.map_err(|e| {
+        ApiError::new(Error::InvalidParams(format!(
+            "the terminal is a WebSocket: {}",
+            e.body_text()
+        )))
+    })
 }
 
 /// Opens a program in the set's container and carries it over a WebSocket: binary messages
@@ -82,12 +95,7 @@ pub async fn terminal(
 ) -> Result<Response, ApiError> {
     same_origin(&headers)?;
     let Query(query) = query?;
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::new(Error::InvalidParams(format!(
-            "the terminal is a WebSocket: {}",
-            e.body_text()
-        )))
-    })?;
+    let upgrade = websocket(upgrade)?;
     let tty = query.tty.unwrap_or(true);
     let request = ShellRequest {
         argv: json_list("cmd", query.cmd)?,

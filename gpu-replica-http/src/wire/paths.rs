@@ -59,6 +59,8 @@ pub const USER_TOKEN: &str = "/api/v1/users/{name}/token";
 pub const USER_QUOTA: &str = "/api/v1/users/{name}/quota";
 /// `GET` (a WebSocket) an interactive program in the set.
 pub const TERMINAL: &str = "/api/v1/replicaSet/{name}/terminal";
+/// `GET` (a WebSocket) the console's web terminal, emulated on the server.
+pub const SCREEN: &str = "/api/v1/replicaSet/{name}/screen";
 /// `GET` who the token is.
 pub const WHOAMI: &str = "/api/v1/whoami";
 /// `GET` the cluster's nodes.
@@ -85,6 +87,7 @@ pub const ALL: &[&str] = &[
     LOGS,
     STATS,
     TERMINAL,
+    SCREEN,
     EVENTS,
     VOLUMES,
     VOLUME,

@@ -31,6 +31,10 @@ impl Default for ScreenPolicy {
 /// Rows and columns are kept within this, whatever a page asks for.
 pub const MAX_SIDE: u16 = 1000;
 
+/// The private OSC a session's program announces its process id with (`ESC ] 7770 ; PID BEL`),
+/// before anything else it writes; the emulator keeps the first and draws nothing of it.
+pub const PID_OSC: &str = "7770";
+
 /// A cell's color.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Color {
@@ -206,6 +210,7 @@ impl Frame {
 struct Listener {
     title: String,
     replies: Vec<u8>,
+    pid: Option<u32>,
 }
 
 impl vt100::Callbacks for Listener {
@@ -217,6 +222,14 @@ impl vt100::Callbacks for Listener {
         // OSC 0 sets both; a program that sets only the icon name names the window too.
         if self.title.is_empty() {
             self.title = String::from_utf8_lossy(name).into_owned();
+        }
+    }
+
+    fn unhandled_osc(&mut self, _: &mut vt100::Screen, params: &[&[u8]]) {
+        if let [code, pid] = params {
+            if *code == PID_OSC.as_bytes() && self.pid.is_none() {
+                self.pid = std::str::from_utf8(pid).ok().and_then(|p| p.parse().ok());
+            }
         }
     }
 
@@ -293,6 +306,11 @@ impl Emulator {
     pub fn size(&self) -> (u16, u16) {
         let (rows, cols) = self.parser.screen().size();
         (rows.get(), cols.get())
+    }
+
+    /// The process id the program announced first ([`PID_OSC`]), if it did.
+    pub fn program_pid(&self) -> Option<u32> {
+        self.parser.callbacks().pid
     }
 
     /// The screen as it is now.
@@ -456,6 +474,15 @@ mod tests {
         assert_eq!(terminal.feed(b"\x1b[5n"), b"\x1b[0n");
         assert!(!terminal.feed(b"\x1b[c").is_empty());
         assert!(terminal.feed(b"plain").is_empty());
+    }
+
+    #[test]
+    fn the_programs_pid_is_taken_from_its_first_announcement_and_not_drawn() {
+        let mut terminal = Emulator::new(2, 10);
+        terminal.feed(b"\x1b]7770;42\x07$ ");
+        terminal.feed(b"\x1b]7770;1\x07");
+        assert_eq!(terminal.program_pid(), Some(42));
+        assert_eq!(terminal.frame().text(), "$\n");
     }
 
     #[test]

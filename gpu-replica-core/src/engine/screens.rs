@@ -151,6 +151,11 @@ impl ScreenSession {
         self.changed();
     }
 
+    /// The process id the program announced, once it did.
+    pub(crate) fn program_pid(&self) -> Option<u32> {
+        self.state().emulator.program_pid()
+    }
+
     /// Rows and columns of the terminal.
     pub(crate) fn size(&self) -> (u16, u16) {
         self.state().emulator.size()

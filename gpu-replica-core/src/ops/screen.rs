@@ -27,6 +27,16 @@ use crate::screen::{Emulator, Frame, ScreenUpdate, MAX_SIDE};
 /// often, and a keystroke's echo after a quiet moment goes at once.
 pub const FRAME_GAP: Duration = Duration::from_millis(12);
 
+/// What a session runs: the program (the image's `bash`, else `sh`, when none is named),
+/// after announcing its process id ([`crate::screen::PID_OSC`]) so that the session can end
+/// it. Docker keeps an exec's terminal open after its streams are dropped, so nothing hangs
+/// up by itself.
+const LAUNCH: &str = r#"printf '\033]7770;%s\007' "$$"; [ $# -gt 0 ] || set -- "$(command -v bash || echo sh)"; exec "$@""#;
+
+/// Ends a session's program as a hangup would: SIGHUP to every process of its session (the
+/// program is its session's leader, so its id is the session's), SIGKILL a second later.
+const HANG_UP: &str = r#"s=$1; for sig in HUP KILL; do for d in /proc/[0-9]*; do read -r l < "$d/stat" 2>/dev/null || continue; set -- ${l##*) }; [ "$4" = "$s" ] && kill -$sig "${d#/proc/}" 2>/dev/null; done; [ $sig = KILL ] || sleep 1; done; true"#;
+
 /// A web terminal to open, or to attach to again.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScreenRequest {
@@ -216,16 +226,27 @@ impl Engine {
             return Err(too_many());
         }
         let (rows, cols) = (rows.clamp(1, MAX_SIDE), cols.clamp(1, MAX_SIDE));
+        crate::input::os_strings("cmd", &request.argv)?;
+        if request.argv.first().is_some_and(|p| p.is_empty()) {
+            return Err(Error::InvalidParams("cmd must name a program".into()));
+        }
+        let argv = ["sh", "-c", LAUNCH, "sh"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(request.argv)
+            .collect();
         let shell = self
             .open_shell(
                 name,
                 ShellRequest {
-                    argv: request.argv,
+                    argv,
                     tty: Some((rows, cols)),
                     ..ShellRequest::default()
                 },
             )
             .await?;
+        let (head, _) = self.ctx.head(name).await?;
+        let container = crate::names::container(name, head.current);
         let (input, inputs) = tokio::sync::mpsc::channel(64);
         let (session, ended) = ScreenSession::new(
             crate::names::new_id()?,
@@ -242,7 +263,11 @@ impl Engine {
         // Attached before the task starts: a program that ends at once is still seen.
         let attachment =
             ScreenAttachment::new(session.clone(), self.ctx.shared.runtime.clone(), false);
-        tokio::spawn(carry(session, screens, shell, inputs, ended));
+        let hang_up = HangUp {
+            runtime: self.ctx.shared.runtime.clone(),
+            container,
+        };
+        tokio::spawn(carry(session, screens, shell, inputs, ended, hang_up));
         Ok(attachment)
     }
 
@@ -275,6 +300,24 @@ impl Engine {
     }
 }
 
+/// How a session's task ends its program: in the container it runs in.
+struct HangUp {
+    runtime: Arc<dyn ContainerRuntime>,
+    container: String,
+}
+
+impl HangUp {
+    async fn program(&self, pid: Option<u32>) {
+        let Some(pid) = pid else {
+            return;
+        };
+        let argv = ["sh", "-c", HANG_UP, "sh", &pid.to_string()].map(str::to_string);
+        if let Err(e) = self.runtime.exec(&self.container, &argv, None).await {
+            tracing::warn!(error = %e, container = %self.container, pid, "web terminal's program not ended");
+        }
+    }
+}
+
 /// The session's task: feeds the program's output to the emulator and its input to the
 /// program, until the program exits or the session is ended; then forgets the session and
 /// records the exit code.
@@ -284,6 +327,7 @@ async fn carry(
     shell: Shell,
     mut inputs: tokio::sync::mpsc::Receiver<Bytes>,
     mut ended: tokio::sync::watch::Receiver<bool>,
+    hang_up: HangUp,
 ) {
     let control = shell.control();
     let Shell {
@@ -324,6 +368,7 @@ async fn carry(
     drop(input);
     drop(output);
     let code = if ended_here {
+        hang_up.program(session.program_pid()).await;
         -1
     } else {
         control.exit_code().await.unwrap_or(-1)

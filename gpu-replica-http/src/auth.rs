@@ -142,7 +142,7 @@ fn websocket_token(headers: &axum::http::HeaderMap) -> Option<String> {
 
 /// Lowercase or uppercase hex to text; `None` when it is not hex of UTF-8.
 fn unhex(hex: &str) -> Option<String> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..hex.len())

@@ -101,7 +101,11 @@ async fn a_client_generated_from_the_document_parses_every_reply_of_every_operat
     // `web_terminal.rs` drive them) and an error of /ping (it has none).
     assert_eq!(
         summary["without_success"],
-        serde_json::json!(["instance.screen", "instance.terminal", "replica_set.migrate"])
+        serde_json::json!([
+            "instance.screen",
+            "instance.terminal",
+            "replica_set.migrate"
+        ])
     );
     assert_eq!(
         summary["without_error"],

@@ -303,6 +303,7 @@ const CORE_FLOORS: &[(&str, &[&str])] = &[
             "cluster",
             "metrics",
             "network",
+            "screen",
         ],
     ),
 ];

@@ -10,7 +10,7 @@ use gpu_replica_core::runtime::DROPPED_CAPABILITIES;
 use gpu_replica_core::{
     parse_cpus, parse_duration, parse_size, ContainerRuntime, DockerRuntime, Engine, EngineConfig,
     GpuAttach, GpuInventory, Hardening, Limits, NvmlInventory, PortRange, RedbStore,
-    ResourcePolicy, RootfsPolicy, StateStore, StaticInventory,
+    ResourcePolicy, RootfsPolicy, ScreenPolicy, StateStore, StaticInventory,
 };
 
 /// Settings of the server; every flag has a `GPU_REPLICA_*` environment twin.
@@ -198,6 +198,13 @@ pub struct ServeArgs {
     /// SSH connections one user may hold at once.
     #[arg(long, env = "GPU_REPLICA_SSH_SESSIONS_PER_USER", default_value = "16")]
     ssh_sessions_per_user: usize,
+    /// How long a console web terminal that no page is attached to keeps its program running
+    /// (a reload or a dropped connection attaches again within it); then the program is ended.
+    #[arg(long, env = "GPU_REPLICA_TERMINAL_KEEP", default_value = "10m", value_parser = duration)]
+    terminal_keep: u64,
+    /// Console web terminals one user may hold open at once.
+    #[arg(long, env = "GPU_REPLICA_TERMINALS_PER_USER", default_value = "8")]
+    terminals_per_user: usize,
     /// Which network sets join: `per-owner` (a bridge network per owner; other owners' sets
     /// cannot be reached by address or name), `shared` (Docker's default bridge, no walls), or
     /// the name of a network you made that every set joins.
@@ -825,6 +832,10 @@ fn engine_config(args: &ServeArgs) -> Result<EngineConfig, String> {
             measure_interval: Duration::from_secs(args.rootfs_measure_interval),
         },
         node: args.node.clone(),
+        screens: ScreenPolicy {
+            keep: Duration::from_secs(args.terminal_keep),
+            per_user: args.terminals_per_user,
+        },
         ..EngineConfig::default()
     })
 }

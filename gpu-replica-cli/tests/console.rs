@@ -261,6 +261,40 @@ impl Browser {
         );
     }
 
+    /// Types `text` into whatever has the focus, a key at a time (WebDriver actions: `\n` is
+    /// Enter, `\x1b` Escape).
+    fn keys(&self, text: &str) {
+        let actions: Vec<Value> = text
+            .chars()
+            .map(|c| match c {
+                '\n' => '\u{E007}',
+                '\x1b' => '\u{E00C}',
+                c => c,
+            })
+            .flat_map(|c| {
+                let key = c.to_string();
+                [
+                    json!({"type": "keyDown", "value": key}),
+                    json!({"type": "keyUp", "value": key}),
+                ]
+            })
+            .collect();
+        self.call(
+            "POST",
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        );
+    }
+
+    /// The attribute `name` of the element `css` selects now.
+    fn attribute(&self, css: &str, name: &str) -> String {
+        let id = self.wait(css);
+        self.call("GET", &format!("/element/{id}/attribute/{name}"), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Saves the page as `{name}.png`.
     fn screenshot(&self, name: &str) {
         let (_, answer) = http(
@@ -500,6 +534,119 @@ async fn a_server_without_tokens_opens_the_console_at_once_and_quietly() {
     browser.wait("#gpus tbody tr");
     browser.quiet("a server without tokens");
     drop(browser);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The web terminal as a person uses it: a command and its output, a full-screen program, the
+/// terminal fitted to the window and resized with it (as `stty size` in the container says),
+/// and a reload that finds the same screen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_terminal_runs_commands_and_vi_fits_the_window_and_survives_a_reload() {
+    let docker = testkit::docker().await;
+    testkit::ensure_image(&docker, TEST_IMAGE, 0).await.unwrap();
+    let dir = data_dir();
+    let token = "console-terminal-token";
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_TOKEN", token)]);
+    let name = testkit::unique_name("web.Term");
+    let body = json!({"imageName": TEST_IMAGE, "replicaSetName": name}).to_string();
+    let (status, _, answer) = http_as(
+        &server.addr,
+        Some(token),
+        "POST",
+        "/api/v1/replicaSet",
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let browser = Browser::start();
+    browser.open(&format!("http://{}/ui", server.addr));
+    browser.fill("#token", token);
+    browser.click("#signin");
+    browser.click(&format!("tr[data-set=\"{name}\"] button.terminal"));
+    browser.until("the terminal connects", || {
+        browser.text("#terminal-state") == "connected"
+    });
+    let screen = || browser.text("#terminal .screen");
+    let lines = || {
+        screen()
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect::<Vec<_>>()
+    };
+    let size = || {
+        let rows: usize = browser.attribute("#terminal", "data-rows").parse().unwrap();
+        let cols: usize = browser.attribute("#terminal", "data-cols").parse().unwrap();
+        (rows, cols)
+    };
+
+    // A command and its output.
+    browser.click("#terminal");
+    browser.keys("echo hello-$((6*7))\n");
+    browser.until("the output is drawn", || {
+        lines().iter().any(|l| l == "hello-42")
+    });
+    // The terminal fills its element, and the program's terminal is as large.
+    let (rows, cols) = size();
+    assert!(
+        rows >= 20 && cols >= 100,
+        "{rows} × {cols} in a 1400 × 900 window"
+    );
+    browser.keys("echo size-$(stty size | tr ' ' x)\n");
+    let want = format!("size-{rows}x{cols}");
+    browser.until("stty size is the drawn size", || lines().contains(&want));
+    browser.screenshot("8-terminal");
+
+    // A full-screen program: vi draws its empty-line marks down the whole screen.
+    browser.keys("vi /tmp/note.txt\n");
+    browser.until("vi fills the screen", || {
+        lines().iter().filter(|l| l.starts_with('~')).count() >= rows - 3
+    });
+    // Escape alone: a key right after it would read as one escape sequence (as in any
+    // terminal).
+    browser.keys("ihello from vi\x1b");
+    browser.until("vi leaves insert mode", || {
+        lines().last().is_some_and(|l| !l.starts_with("I "))
+    });
+    browser.keys(":wq\n");
+    browser.until("vi is gone", || !lines().iter().any(|l| l.starts_with('~')));
+    browser.keys("cat /tmp/note.txt\n");
+    browser.until("what vi wrote", || {
+        lines().iter().any(|l| l == "hello from vi")
+    });
+    browser.screenshot("9-terminal-after-vi");
+
+    // A smaller window: fewer rows and columns, for the screen and the program alike.
+    browser.call(
+        "POST",
+        "/window/rect",
+        Some(json!({"width": 900, "height": 600})),
+    );
+    browser.until("the terminal is refitted", || {
+        size().0 < rows && size().1 < cols
+    });
+    let (rows, cols) = size();
+    browser.keys("echo size-$(stty size | tr ' ' x)\n");
+    let want = format!("size-{rows}x{cols}");
+    browser.until("stty size follows the window", || lines().contains(&want));
+    browser.quiet("typing, vi and resizing in the terminal");
+
+    // A reload attaches to the same session, its screen intact.
+    browser.call("POST", "/refresh", Some(json!({})));
+    browser.until("attached again after the reload", || {
+        browser.text("#terminal-state") == "attached again"
+    });
+    browser.until("the screen is as it was", || lines().contains(&want));
+    browser.click("#terminal");
+    browser.keys("exit 3\n");
+    browser.until("the end is shown", || {
+        browser.text("#terminal-state") == "exited with 3"
+    });
+    browser.screenshot("10-terminal-exited");
+    browser.quiet("reloading and leaving the terminal");
+    drop(browser);
+    let path = format!("/api/v1/replicaSet/{name}");
+    let (status, _, _) = http_as(&server.addr, Some(token), "DELETE", &path, None);
+    assert_eq!(status, 200);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -237,6 +237,8 @@ call("instance", "clone", 4, "error", name=missing, body=body("CloneBody", {"nam
 # A terminal is a WebSocket: a plain GET is refused (1000), a missing set is 1016.
 call("instance", "terminal", 400, "error", name=s)
 call("instance", "terminal", 4, "error", name=missing)
+call("instance", "screen", 400, "error", name=s)
+call("instance", "screen", 4, "error", name=missing)
 call("instance", "events", 200, "success", replay=20, follow=False)
 call("instance", "events", 400, "error", replay=-1, follow=False)
 

@@ -97,11 +97,15 @@ async fn a_client_generated_from_the_document_parses_every_reply_of_every_operat
     let operations = summary["operations"].as_u64().unwrap();
     assert!(operations >= 39, "{summary}");
     // Every operation both ways, but a migration's success (it needs a second node: the
-    // cluster tests cover it), a terminal's (a WebSocket: `shell.rs` drives it) and an error
-    // of /ping (it has none).
+    // cluster tests cover it), a terminal's and a web terminal's (WebSockets: `shell.rs` and
+    // `web_terminal.rs` drive them) and an error of /ping (it has none).
     assert_eq!(
         summary["without_success"],
-        serde_json::json!(["instance.terminal", "replica_set.migrate"])
+        serde_json::json!([
+            "instance.screen",
+            "instance.terminal",
+            "replica_set.migrate"
+        ])
     );
     assert_eq!(
         summary["without_error"],

@@ -57,6 +57,7 @@ pub mod network;
 mod ops;
 pub mod runtime;
 pub mod sched;
+pub mod screen;
 mod size;
 mod start;
 mod steps;
@@ -86,6 +87,7 @@ pub use crate::ops::files::{FileStat, Files};
 pub use crate::ops::observe::Stats;
 pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;
+pub use crate::ops::screen::{ScreenAttachment, ScreenEvent, ScreenRequest};
 pub use crate::ops::shell::{Shell, ShellControl, ShellRequest};
 pub use crate::ops::sshkeys::SshKey;
 pub use crate::ops::timers::{parse_duration, parse_time};
@@ -98,6 +100,7 @@ pub use crate::runtime::{
     Hardening, LogStream, PathStat, PortMapping,
 };
 pub use crate::sched::PortRange;
+pub use crate::screen::{ScreenPolicy, ScreenUpdate};
 pub use crate::size::parse_size;
 pub use crate::start::{EngineBuilder, Running, StartError};
 pub use crate::store::{MemoryStore, RedbStore, StateStore};

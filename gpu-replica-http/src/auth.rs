@@ -74,6 +74,39 @@ fn unauthorized(error: Error) -> Response {
     response
 }
 
+/// The token a browser sent as a WebSocket subprotocol (it cannot set headers on one):
+/// `gpu-replica.bearer.<the token's bytes in hex>`, on an upgrade request only. A page of
+/// another origin cannot read the console's token, and the routes that upgrade refuse other
+/// origins anyway.
+fn websocket_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return None;
+    }
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(crate::wire::TOKEN_PROTOCOL_PREFIX))
+        .map(|hex| unhex(hex).unwrap_or_default())
+}
+
+/// Lowercase or uppercase hex to text; `None` when it is not hex of UTF-8.
+fn unhex(hex: &str) -> Option<String> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
 /// Finds who is asking and lets the request through acting for them, or answers 401 (429
 /// when the address failed too often).
 pub async fn authenticate(
@@ -89,7 +122,8 @@ pub async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string())
+        .or_else(|| websocket_token(request.headers()));
     let caller = match given {
         Some(_) | None if !auth.limiter.allows(address) => Err(Error::TooManyAttempts),
         Some(token) if auth.token.as_ref().is_some_and(|t| t.matches(&token)) => {
@@ -144,5 +178,35 @@ impl FromRequestParts<Arc<Engine>> for Acting {
             .cloned()
             .unwrap_or_else(Caller::operator);
         Ok(Acting(engine.as_caller(caller)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_with(protocols: &str) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_str(protocols).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_browser_sends_its_token_as_a_websocket_subprotocol() {
+        let hex: String = "grp-ann-1f".bytes().map(|b| format!("{b:02x}")).collect();
+        let headers = upgrade_with(&format!("gpu-replica, gpu-replica.bearer.{hex}"));
+        assert_eq!(websocket_token(&headers).as_deref(), Some("grp-ann-1f"));
+        // Not hex: a wrong token (empty), never the raw text.
+        let headers = upgrade_with("gpu-replica, gpu-replica.bearer.zz");
+        assert_eq!(websocket_token(&headers).as_deref(), Some(""));
+        // Only on an upgrade.
+        let mut plain = upgrade_with(&format!("gpu-replica.bearer.{hex}"));
+        plain.remove(header::UPGRADE);
+        assert_eq!(websocket_token(&plain), None);
+        assert_eq!(websocket_token(&upgrade_with("gpu-replica")), None);
     }
 }

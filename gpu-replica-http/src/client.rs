@@ -559,6 +559,24 @@ impl Client {
             .await
     }
 
+    /// `GET /api/v1/replicaSet/{name}/screen`: a web terminal emulated on the server, opened
+    /// or attached to again (JSON screen updates from the server; see the route's
+    /// documentation).
+    pub async fn screen(
+        &self,
+        name: &str,
+        q: &crate::wire::ScreenQuery,
+    ) -> Result<Terminal, ClientError> {
+        let q = query(&[
+            ("session", q.session.clone()),
+            ("rows", q.rows.map(|r| r.to_string())),
+            ("cols", q.cols.map(|c| c.to_string())),
+            ("cmd", q.cmd.clone()),
+        ]);
+        self.websocket(format!("{}{q}", fill(paths::SCREEN, name)))
+            .await
+    }
+
     /// A replicaSet's log as it streams: the last `tail` lines, then new ones if `follow`.
     pub async fn logs(
         &self,

@@ -182,11 +182,9 @@ pub async fn forward_if_elsewhere(
     }
     // A terminal is a WebSocket held open: it is not sent on (the engine refuses a set that
     // lives on another node, naming it).
-    if request
-        .extensions()
-        .get::<MatchedPath>()
-        .is_some_and(|m| m.as_str() == crate::wire::paths::TERMINAL)
-    {
+    if request.extensions().get::<MatchedPath>().is_some_and(|m| {
+        [crate::wire::paths::TERMINAL, crate::wire::paths::SCREEN].contains(&m.as_str())
+    }) {
         return next.run(request).await;
     }
     let caller = request

@@ -133,6 +133,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .route(p::LOGS, get(instance::logs))
         .route(p::STATS, get(instance::stats))
         .route(p::TERMINAL, get(routes::terminal::terminal))
+        .route(p::SCREEN, get(routes::screen::screen))
         .route(p::EVENTS, get(events::events))
         .route(p::VOLUMES, post(volume::create).get(volume::list))
         .route(p::VOLUME, get(volume::info).delete(volume::delete))

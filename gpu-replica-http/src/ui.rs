@@ -15,6 +15,7 @@ use crate::auth::Auth;
 
 const INDEX: &str = include_str!("../ui/index.html");
 const SCRIPT: &str = include_str!("../ui/app.js");
+const TERMINAL: &str = include_str!("../ui/terminal.js");
 const STYLE: &str = include_str!("../ui/style.css");
 const ICON: &str = include_str!("../ui/favicon.svg");
 
@@ -50,6 +51,10 @@ async fn script() -> Response {
     asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
+async fn terminal() -> Response {
+    asset(TERMINAL, "text/javascript; charset=utf-8")
+}
+
 async fn style() -> Response {
     asset(STYLE, "text/css; charset=utf-8")
 }
@@ -71,6 +76,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<Auth>) -> Route
         .route("/ui", get(index))
         .route("/ui/", get(index))
         .route("/ui/app.js", get(script))
+        .route("/ui/terminal.js", get(terminal))
         .route("/ui/style.css", get(style))
         .route("/ui/favicon.svg", get(icon))
         .route("/favicon.ico", get(icon))

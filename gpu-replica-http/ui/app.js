@@ -2,7 +2,7 @@
 // request carries the token the user signed in with; every error shows the API's own message.
 "use strict";
 
-const state = { token: sessionStorage.getItem("gpu-replica-token"), me: null, tab: "sets", feed: null };
+const state = { token: sessionStorage.getItem("gpu-replica-token"), me: null, tab: "sets", feed: null, terminal: null };
 const $ = (selector, root = document) => root.querySelector(selector);
 
 function el(tag, attrs = {}, ...children) {
@@ -11,6 +11,7 @@ function el(tag, attrs = {}, ...children) {
     if (key === "class") node.className = value;
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (value === null) continue;
     else node.setAttribute(key, value);
   }
   for (const child of children.flat()) {
@@ -91,7 +92,7 @@ async function signIn(token, quiet) {
   $("#tabs").hidden = false;
   $("#signout").hidden = false;
   startFeed();
-  show("sets");
+  route();
 }
 
 function signOut() {
@@ -100,6 +101,7 @@ function signOut() {
 }
 
 function show(tab) {
+  if (tab !== "terminal") leaveTerminal();
   state.tab = tab;
   for (const button of document.querySelectorAll("nav .tab")) {
     button.classList.toggle("active", button.dataset.tab === tab);
@@ -158,6 +160,8 @@ async function renderSets() {
           running
             ? el("button", { type: "button", class: "stop", onclick: action(() => api("PATCH", `/replicaSet/${name}/stop`)) }, "Stop")
             : el("button", { type: "button", class: "continue", onclick: action(() => api("PATCH", `/replicaSet/${name}/continue`)) }, "Continue"),
+          el("button", { type: "button", class: "terminal", disabled: set.status === "running" ? null : "",
+            title: "A terminal in the set's container", onclick: () => { location.hash = "#/terminal/" + encodeURIComponent(name); } }, "Terminal"),
           el("button", { type: "button", class: "history", onclick: () => openHistory(name) }, "History"),
           el("button", { type: "button", class: "clone", onclick: action(async () => {
             const copy = prompt(`Clone ${name} as:`, name + "copy");
@@ -252,6 +256,54 @@ function addEvent(event) {
   while ($("#events").children.length > 200) $("#events").lastChild.remove();
 }
 
+// The web terminal of set `name`, at `#/terminal/NAME`: attached again to the session this tab
+// had open there (kept in sessionStorage), so a reload finds the same screen.
+function openTerminal(name) {
+  closeTerminal();
+  show("terminal");
+  clearError();
+  $("#terminal-name").textContent = name;
+  $("#terminal-state").textContent = "connecting…";
+  const key = "gpu-replica-screen:" + name;
+  state.terminal = new WebTerminal($("#terminal"), {
+    name,
+    token: state.token,
+    session: sessionStorage.getItem(key),
+    on: {
+      session: (id) => sessionStorage.setItem(key, id),
+      state: (text) => { $("#terminal-state").textContent = text; },
+      exit: (code) => {
+        sessionStorage.removeItem(key);
+        $("#terminal-state").textContent = `exited with ${code}`;
+      },
+      // The API's own words for why (a set stopped, or another user's), when it has some.
+      failed: () => api("GET", `/replicaSet/${encodeURIComponent(name)}`).then((info) => {
+        if (info.status !== "running") showError(`${name} is not running: continue or restart it first`);
+      }, () => {}),
+    },
+  });
+}
+
+// Detaches from the web terminal; its session keeps running on the server.
+function closeTerminal() {
+  if (state.terminal) state.terminal.dispose();
+  state.terminal = null;
+}
+
+// Leaves the web terminal's page (and its address).
+function leaveTerminal() {
+  closeTerminal();
+  if (location.hash.startsWith("#/terminal/")) history.replaceState(null, "", location.pathname + location.search);
+}
+
+// The page the address names: a terminal, or the sets.
+function route() {
+  if (!state.me) return;
+  const match = location.hash.match(/^#\/terminal\/(.+)$/);
+  if (match) openTerminal(decodeURIComponent(match[1]));
+  else if (state.tab === "terminal" || !document.querySelector(".page:not([hidden])")) show("sets");
+}
+
 // The live feed: the API's Server-Sent Events, read with fetch so the token goes in a header.
 async function startFeed() {
   if (state.feed) state.feed.abort();
@@ -306,6 +358,9 @@ for (const button of document.querySelectorAll("nav .tab")) {
   button.addEventListener("click", () => show(button.dataset.tab));
 }
 $("#history-close").addEventListener("click", () => { $("#history").hidden = true; });
+$("#terminal-back").addEventListener("click", () => show("sets"));
+$("#terminal-close").addEventListener("click", () => state.terminal?.close());
+window.addEventListener("hashchange", route);
 $("#run-form").addEventListener("submit", action(async () => {
   const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
   const binds = list($("#run-binds").value).map((b) => {

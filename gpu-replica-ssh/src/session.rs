@@ -214,10 +214,14 @@ async fn carry(channel: Channel<Msg>, shell: Shell) {
         }
         true
     };
-    tokio::select! {
-        // The client went: the program's terminal hangs up as the streams drop.
-        _ = from_client => return,
-        finished = to_client => if !finished { return },
+    let finished = tokio::select! {
+        _ = from_client => false,
+        finished = to_client => finished,
+    };
+    if !finished {
+        // The client went: its program is hung up, as sshd's would be.
+        control.hang_up().await;
+        return;
     }
     let code = control.exit_code().await.unwrap_or(-1);
     let _ = writer.exit_status(code.clamp(0, 255) as u32).await;

@@ -21,6 +21,7 @@ pub(crate) mod nudges;
 pub(crate) mod policy;
 pub(crate) mod records;
 pub(crate) mod report;
+pub(crate) mod screens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ use crate::limits::{ResourcePolicy, RootfsPolicy};
 use crate::network::NetworkPolicy;
 use crate::runtime::{ContainerRuntime, GpuAttach, Hardening};
 use crate::sched::PortRange;
+use crate::screen::ScreenPolicy;
 use crate::store::StateStore;
 
 pub(crate) use self::policy::check_name;
@@ -97,6 +99,8 @@ pub struct EngineConfig {
     /// This engine's node in a cluster of hosts sharing one etcd (default none: a single host).
     /// Its sets, port claims and reconciliation are its own; see [`Engine::join_cluster`].
     pub node: Option<String>,
+    /// How long an unattached web terminal is kept, and how many one user may hold.
+    pub screens: ScreenPolicy,
 }
 
 impl Default for EngineConfig {
@@ -118,6 +122,7 @@ impl Default for EngineConfig {
             network: NetworkPolicy::default(),
             rootfs: RootfsPolicy::default(),
             node: None,
+            screens: ScreenPolicy::default(),
         }
     }
 }
@@ -190,6 +195,8 @@ pub(crate) struct Shared {
     pub(crate) network_guard: std::sync::OnceLock<crate::network::Guard>,
     /// What the start-up probe found of the storage driver's size limits.
     pub(crate) rootfs_support: std::sync::OnceLock<crate::runtime::RootfsSupport>,
+    /// The web terminals' live sessions.
+    pub(crate) screens: Arc<self::screens::Screens>,
 }
 
 impl Context {
@@ -223,6 +230,7 @@ impl Context {
             toolkit: std::sync::OnceLock::new(),
             network_guard: std::sync::OnceLock::new(),
             rootfs_support: std::sync::OnceLock::new(),
+            screens: Arc::default(),
         };
         Context {
             shared: Arc::new(shared),

@@ -11,6 +11,7 @@ pub(crate) mod observe;
 pub(crate) mod read;
 pub(crate) mod resources;
 pub(crate) mod run;
+pub(crate) mod screen;
 pub(crate) mod shell;
 pub(crate) mod sshkeys;
 pub(crate) mod state;

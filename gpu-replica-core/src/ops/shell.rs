@@ -9,6 +9,25 @@ use crate::model::Status;
 use crate::ops::Engine;
 use crate::runtime::{ContainerRuntime, ExecRequest};
 
+/// Ends a program as a hangup would: SIGHUP to every process of its session (a program with
+/// a terminal leads its session, so its id is the session's) and to the program itself,
+/// SIGKILL a second later. Docker keeps an exec's terminal open after its streams are
+/// dropped, so nothing hangs up by itself.
+pub(crate) const HANG_UP: &str = r#"s=$1; for sig in HUP KILL; do kill -$sig "$s" 2>/dev/null; for d in /proc/[0-9]*; do read -r l < "$d/stat" 2>/dev/null || continue; set -- ${l##*) }; [ "$4" = "$s" ] && kill -$sig "${d#/proc/}" 2>/dev/null; done; [ $sig = KILL ] || sleep 1; done; true"#;
+
+/// The id a host process `pid` has in its own PID namespace (the last of `NSpid` in its
+/// status); `None` when it cannot be read (not on this host, or not root).
+fn namespaced_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// What to open in a set's container.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ShellRequest {
@@ -30,6 +49,7 @@ pub struct ShellRequest {
 /// container).
 pub struct Shell {
     runtime: Arc<dyn ContainerRuntime>,
+    container: String,
     /// Docker's ID of the exec.
     pub id: String,
     /// What it was started as (the default shell resolved).
@@ -54,6 +74,7 @@ impl std::fmt::Debug for Shell {
 pub struct ShellControl {
     runtime: Arc<dyn ContainerRuntime>,
     id: String,
+    container: String,
 }
 
 impl Shell {
@@ -63,6 +84,7 @@ impl Shell {
         ShellControl {
             runtime: self.runtime.clone(),
             id: self.id.clone(),
+            container: self.container.clone(),
         }
     }
 }
@@ -71,6 +93,22 @@ impl ShellControl {
     /// Gives the terminal `rows` × `cols`.
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
         self.runtime.exec_resize(&self.id, rows, cols).await
+    }
+
+    /// Ends the program if it still runs, as a terminal's hangup would (what a client that
+    /// went away means): SIGHUP to its session, SIGKILL a second later.
+    pub async fn hang_up(&self) {
+        let Ok(Some(pid)) = self.runtime.exec_pid(&self.id).await else {
+            return;
+        };
+        let Some(inner) = namespaced_pid(pid) else {
+            tracing::warn!(exec = %self.id, pid, "cannot end a program whose client went: its process is not readable here");
+            return;
+        };
+        let argv = ["sh", "-c", HANG_UP, "sh", &inner.to_string()].map(str::to_string);
+        if let Err(e) = self.runtime.exec(&self.container, &argv, None).await {
+            tracing::warn!(error = %e, container = %self.container, "a program whose client went was not ended");
+        }
     }
 
     /// The exit code, once the program has ended (call it when its output ended: Docker may
@@ -144,6 +182,7 @@ impl Engine {
             .await;
         Ok(Shell {
             runtime,
+            container,
             id: session.id,
             argv,
             input: session.input,

@@ -904,6 +904,14 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    async fn exec_pid(&self, id: &str) -> Result<Option<u32>> {
+        let inspected = self.docker.inspect_exec(id).await.map_err(docker_err)?;
+        Ok(match (inspected.running, inspected.pid) {
+            (Some(true), Some(pid)) if pid > 0 => Some(pid as u32),
+            _ => None,
+        })
+    }
+
     async fn commit(
         &self,
         container: &str,

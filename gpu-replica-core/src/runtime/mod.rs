@@ -395,6 +395,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn exec_resize(&self, id: &str, rows: u16, cols: u16) -> Result<()>;
     /// Exec `id`'s exit code once it has ended; `None` while it runs.
     async fn exec_exit_code(&self, id: &str) -> Result<Option<i64>>;
+    /// The host's process id of exec `id` while it runs; `None` once it has ended.
+    async fn exec_pid(&self, id: &str) -> Result<Option<u32>>;
 
     /// Commits a container's filesystem to image `image` (`repo:tag`) with extra labels;
     /// returns the image ID. The container's config becomes the image's config.

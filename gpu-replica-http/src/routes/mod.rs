@@ -4,6 +4,7 @@ pub mod events;
 pub mod instance;
 pub mod replicaset;
 pub mod resources;
+pub mod screen;
 pub mod terminal;
 pub mod users;
 pub mod volume;

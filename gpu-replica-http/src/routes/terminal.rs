@@ -10,7 +10,8 @@
 //!   close frame;
 //! - the server pings every 20 seconds, so proxies do not cut an idle terminal.
 //!
-//! A client that goes away ends the program (its terminal hangs up).
+//! A client that goes away ends the program: the server hangs it up (SIGHUP to its session,
+//! SIGKILL a second later), since Docker keeps an exec running after its streams go.
 
 use std::time::Duration;
 
@@ -29,14 +30,14 @@ use crate::envelope::ErrorReply;
 use crate::wire::{TerminalMessage, TerminalQuery};
 
 /// How often the server pings an open terminal.
-const PING_EVERY: Duration = Duration::from_secs(20);
+pub(crate) const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// Browsers open WebSockets to any site without asking (there is no CORS for them): a page of
 /// another origin, or a page served from inside a container on a published port, must not get
 /// a shell on a server that trusts its caller (no tokens, or a cookie someday). A request with
 /// an `Origin` is taken only when it names the host the request was sent to; tools (the CLI,
 /// websocat) send none.
-fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Error> {
+pub(crate) fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Error> {
     let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
         return Ok(());
     };
@@ -57,7 +58,8 @@ fn same_origin(headers: &axum::http::HeaderMap) -> Result<(), Error> {
     )))
 }
 
-fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
+/// A query value holding a JSON array of strings (none: empty).
+pub(crate) fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
     match text {
         None => Ok(Vec::new()),
         Some(text) => serde_json::from_str(&text).map_err(|_| {
@@ -66,6 +68,18 @@ fn json_list(field: &str, text: Option<String>) -> Result<Vec<String>, Error> {
             ))
         }),
     }
+}
+
+/// The upgrade, or a plain request told that this is a WebSocket.
+pub(crate) fn websocket(
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, ApiError> {
+    upgrade.map_err(|e| {
+        ApiError::new(Error::InvalidParams(format!(
+            "the terminal is a WebSocket: {}",
+            e.body_text()
+        )))
+    })
 }
 
 /// Opens a program in the set's container and carries it over a WebSocket: binary messages
@@ -82,12 +96,7 @@ pub async fn terminal(
 ) -> Result<Response, ApiError> {
     same_origin(&headers)?;
     let Query(query) = query?;
-    let upgrade = upgrade.map_err(|e| {
-        ApiError::new(Error::InvalidParams(format!(
-            "the terminal is a WebSocket: {}",
-            e.body_text()
-        )))
-    })?;
+    let upgrade = websocket(upgrade)?;
     let tty = query.tty.unwrap_or(true);
     let request = ShellRequest {
         argv: json_list("cmd", query.cmd)?,
@@ -114,12 +123,14 @@ async fn carry(socket: WebSocket, shell: Shell) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut input_open = true;
+    let mut gone = false;
     loop {
         tokio::select! {
             chunk = output.next() => match chunk {
                 Some(Ok(bytes)) => {
                     if to_client.send(Message::Binary(bytes)).await.is_err() {
-                        return;
+                        gone = true;
+                        break;
                     }
                 }
                 Some(Err(e)) => {
@@ -148,16 +159,24 @@ async fn carry(socket: WebSocket, shell: Shell) {
                         _ => tracing::debug!("terminal: control message not understood"),
                     }
                 }
-                // The client went: the program's terminal hangs up as the streams drop.
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    gone = true;
+                    break;
+                }
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
                 if to_client.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                    gone = true;
+                    break;
                 }
             }
         }
+    }
+    if gone {
+        // The client went: its program is hung up (Docker would keep it running).
+        control.hang_up().await;
+        return;
     }
     let code = control.exit_code().await.unwrap_or(-1);
     let exit = serde_json::to_string(&TerminalMessage::Exit { code }).unwrap_or_default();

@@ -15,8 +15,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 pub mod paths;
+mod screen;
 mod users;
 
+pub use self::screen::*;
 pub use self::users::*;
 
 /// A mount: a volume name, or an absolute host path.

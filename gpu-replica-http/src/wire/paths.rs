@@ -63,6 +63,8 @@ pub const USER_KEYS: &str = "/api/v1/users/{name}/keys";
 pub const USER_KEY: &str = "/api/v1/users/{name}/keys/{fingerprint}";
 /// `GET` (a WebSocket) an interactive program in the set.
 pub const TERMINAL: &str = "/api/v1/replicaSet/{name}/terminal";
+/// `GET` (a WebSocket) the console's web terminal, emulated on the server.
+pub const SCREEN: &str = "/api/v1/replicaSet/{name}/screen";
 /// `GET` who the token is.
 pub const WHOAMI: &str = "/api/v1/whoami";
 /// `GET` the cluster's nodes.
@@ -89,6 +91,7 @@ pub const ALL: &[&str] = &[
     LOGS,
     STATS,
     TERMINAL,
+    SCREEN,
     EVENTS,
     VOLUMES,
     VOLUME,

@@ -362,9 +362,14 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     }
     let out = command.arg("-b").arg(&batch).arg(at(&train)).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    // What the listings printed (sftp echoes each command after "sftp> ").
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.contains("small.txt"), "{listing}");
-    assert!(listing.contains("renamed.txt"), "{listing}");
+    let printed: Vec<&str> = listing.lines().filter(|l| !l.starts_with("sftp>")).collect();
+    assert!(
+        printed.iter().any(|l| l.starts_with("-rw") && l.ends_with("small.txt") && l.contains(" 11 ")),
+        "{listing}"
+    );
+    assert!(printed.iter().any(|l| l.trim() == "renamed.txt"), "{listing}");
     assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "sftp-bytes\n");
     let out = ssh(port, &alice_key, &at(&train), "ls /tmp/work 2>&1; echo done");
     assert!(
@@ -457,6 +462,33 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     assert!(said_in("alice logged in from 127.0.0.1"), "{stream}");
     assert!(said_in("left after"), "{ssh_events:?}");
 
+    // A client that goes away (killed, its network gone) takes its program with it, with or
+    // without a terminal: Docker alone would keep both running.
+    let container = format!("{train}-1");
+    for (tty, marker) in [("-tt", "777"), ("-T", "778")] {
+        let mut client = Command::new("ssh")
+            .args(options(port, &alice_key))
+            .arg(tty)
+            .arg(at(&train))
+            .arg(format!("sleep {marker}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let running = |m: &str| {
+            let out = Command::new("docker")
+                .args(["top", &container])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!("sleep {m}"))
+        };
+        until("the program to start", Duration::from_secs(20), || running(marker));
+        client.kill().unwrap();
+        let _ = client.wait();
+        until("the program to be hung up", Duration::from_secs(20), || !running(marker));
+    }
+
     // A session ends when its set stops.
     let mut long = Command::new("ssh")
         .args(options(port, &alice_key))
@@ -522,7 +554,7 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
 
     // Failed logins are limited per address, as failed tokens are: past the burst even a good
     // key is refused for a moment.
-    let tries: Vec<std::process::Child> = (0..16)
+    let tries: Vec<std::process::Child> = (0..40)
         .map(|_| {
             Command::new("ssh")
                 .args(options(port, &stranger_key))
@@ -530,17 +562,17 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
                 .arg("true")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    for mut tried in tries {
-        let _ = tried.wait();
+    for tried in tries {
+        let _ = tried.wait_with_output();
     }
     let out = ssh(port, &bob_key, &at(&other), "echo in");
     assert_eq!(out.status.code(), Some(255), "{}", text(&out));
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(4));
     let out = ssh(port, &bob_key, &at(&other), "echo in");
     assert!(String::from_utf8_lossy(&out.stdout).contains("in"), "{}", text(&out));
 

@@ -178,6 +178,13 @@ impl Gateway {
                     continue;
                 }
             };
+            // An address past its failed logins is turned away before the handshake, as the
+            // API answers 429 before reading a token.
+            if !self.shared.limiter.allows(Some(peer.ip())) {
+                tracing::info!(%peer, "ssh: refused, too many failed logins from this address");
+                drop(socket);
+                continue;
+            }
             let _ = socket.set_nodelay(true);
             tokio::spawn(self.connection(socket, peer));
         }

@@ -251,7 +251,8 @@ impl russh::server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         if !self.shared.limiter.allows(Some(self.peer.ip())) {
-            return Ok(Auth::reject());
+            // Trying on while refused keeps the address refused.
+            return Ok(self.refuse());
         }
         Ok(match self.who(user, offer.public_key).await {
             Some(_) => Auth::Accept,

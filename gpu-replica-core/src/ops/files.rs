@@ -68,10 +68,19 @@ impl std::fmt::Debug for Files {
     }
 }
 
-/// Lists a directory, one `size mode(hex) mtime uid gid name` line per entry.
+/// Runs a tool the image has, else busybox's (minimal images carry busybox and no coreutils).
+const TOOL: &str = r#"t() { if command -v "$1" >/dev/null 2>&1; then "$@"; else busybox "$@"; fi; }
+"#;
+
+/// Lists a directory: a `size mode(hex) mtime uid gid name` line per entry where `stat` is
+/// there, else `? name` (the archive API then tells the rest). Globbing and `printf` are the
+/// shell's own.
 const LIST: &str = r#"cd -- "$1" 2>/dev/null || exit 3
+if command -v stat >/dev/null 2>&1 || busybox stat -c %s / >/dev/null 2>&1; then full=1; else full=; fi
 for f in * .[!.]* ..?*; do
-  if [ -e "$f" ] || [ -L "$f" ]; then stat -c '%s %f %Y %u %g %n' -- "$f" 2>/dev/null; fi
+  if [ -e "$f" ] || [ -L "$f" ]; then
+    if [ -n "$full" ]; then t stat -c '%s %f %Y %u %g %n' -- "$f" 2>/dev/null; else printf '? %s\n' "$f"; fi
+  fi
 done
 exit 0"#;
 
@@ -157,7 +166,8 @@ impl Files {
     }
 
     async fn sh(&self, script: &str, args: &[&str]) -> Result<(i64, String)> {
-        let mut argv = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
+        let script = format!("{TOOL}{script}");
+        let mut argv = vec!["sh".to_string(), "-c".into(), script, "sh".into()];
         argv.extend(args.iter().map(|a| a.to_string()));
         let out = self
             .runtime
@@ -180,7 +190,21 @@ impl Files {
         if code != 0 {
             return Ok(None);
         }
-        Ok(Some(output.lines().filter_map(parse_list_line).collect()))
+        let mut entries = Vec::new();
+        for line in output.lines() {
+            if let Some(name) = line.strip_prefix("? ") {
+                let path = format!("{}/{name}", dir.trim_end_matches('/'));
+                if let Some(stat) = self.runtime.path_stat(&self.container, &path).await? {
+                    entries.push(FileStat {
+                        name: name.to_string(),
+                        ..FileStat::from(stat)
+                    });
+                }
+            } else if let Some(entry) = parse_list_line(line) {
+                entries.push(entry);
+            }
+        }
+        Ok(Some(entries))
     }
 
     /// Writes the bytes of regular file `path` to `out`; its size.
@@ -242,7 +266,7 @@ impl Files {
         let (from, to) = (self.checked(from)?, self.checked(to)?);
         self.run(
             "rename",
-            r#"if [ -e "$2" ] || [ -L "$2" ]; then echo "$2 exists" >&2; exit 1; fi; exec mv -- "$1" "$2""#,
+            r#"if [ -e "$2" ] || [ -L "$2" ]; then echo "$2 exists" >&2; exit 1; fi; t mv -- "$1" "$2""#,
             &[&from, &to],
         )
         .await
@@ -251,28 +275,28 @@ impl Files {
     /// Removes file `path` (not a directory).
     pub async fn remove(&self, path: &str) -> Result<()> {
         let path = self.checked(path)?;
-        self.run("remove", r#"exec rm -- "$1""#, &[&path]).await
+        self.run("remove", r#"t rm -- "$1""#, &[&path]).await
     }
 
     /// Makes directory `path` with mode `mode`.
     pub async fn make_dir(&self, path: &str, mode: u32) -> Result<()> {
         let path = self.checked(path)?;
         let mode = format!("{:o}", mode & 0o7777);
-        self.run("mkdir", r#"exec mkdir -m "$2" -- "$1""#, &[&path, &mode])
+        self.run("mkdir", r#"t mkdir -m "$2" -- "$1""#, &[&path, &mode])
             .await
     }
 
     /// Removes empty directory `path`.
     pub async fn remove_dir(&self, path: &str) -> Result<()> {
         let path = self.checked(path)?;
-        self.run("rmdir", r#"exec rmdir -- "$1""#, &[&path]).await
+        self.run("rmdir", r#"t rmdir -- "$1""#, &[&path]).await
     }
 
     /// Gives `path` permission bits `mode`.
     pub async fn set_mode(&self, path: &str, mode: u32) -> Result<()> {
         let path = self.checked(path)?;
         let mode = format!("{:o}", mode & 0o7777);
-        self.run("chmod", r#"exec chmod "$2" -- "$1""#, &[&path, &mode])
+        self.run("chmod", r#"t chmod "$2" -- "$1""#, &[&path, &mode])
             .await
     }
 }

@@ -623,6 +623,30 @@ async fn start_ssh(
         policy.idle.as_secs(),
         policy.sessions_per_user
     );
+    if args.node.is_some() {
+        // The other nodes bring sessions to this node's sets here: the address as given, or
+        // (listening on every address) the host this node advertises with the SSH port.
+        let advertised = if addr.ip().is_unspecified() {
+            let host = match (&args.advertise, &args.addr) {
+                (Some(url), _) => url
+                    .split("://")
+                    .nth(1)
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|hostport| hostport.rsplit_once(':').map(|(h, _)| h).or(Some(hostport)))
+                    .unwrap_or("127.0.0.1")
+                    .to_string(),
+                (None, Addr::Tcp(http)) => http.ip().to_string(),
+                (None, Addr::Unix(_)) => "127.0.0.1".to_string(),
+            };
+            format!("{host}:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        gateway
+            .advertise(&advertised)
+            .await
+            .map_err(|e| format!("SSH gateway: {e}"))?;
+    }
     tokio::spawn(gateway.serve(listener));
     Ok(())
 }

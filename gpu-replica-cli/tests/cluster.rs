@@ -1109,3 +1109,141 @@ async fn migration_figures() {
     }
     drop((n1, n2, d1, d2, etcd));
 }
+
+/// ssh, scp and -W to a set on n2 through n1's gateway: n1 checks the user's key and carries
+/// the session to n2's gateway, logging in there with the cluster's shared host key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssh_gateway_of_one_node_reaches_a_set_on_the_other() {
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(1).await, daemon(2).await);
+    let (p1, p2) = (free_port(), free_port());
+    let ssh_flag = |port: u16| vec!["--ssh-addr".to_string(), format!("127.0.0.1:{port}")];
+    let n1 = Node::start_with("n1", &etcd.host_port(), &d1.socket(), &ssh_flag(p1));
+    let n2 = Node::start_with("n2", &etcd.host_port(), &d2.socket(), &ssh_flag(p2));
+    let dir = data_dir();
+    let key = dir.join("key");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (status, added) = n1.call(
+        "POST",
+        "/api/v1/users/admin/keys",
+        Some(json!({"key": public.trim()})),
+    );
+    assert_eq!(status, 200, "{added}");
+    let name = testkit::unique_name("far");
+    let mut body = run_body(&name, 1);
+    body["node"] = json!("n2");
+    let (status, answer) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(node_of(&n1, &name), "n2");
+    let options = |port: u16| -> Vec<String> {
+        [
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([key.display().to_string(), "-p".into(), port.to_string()])
+        .collect()
+    };
+    let target = format!("{name}@127.0.0.1");
+    // A command through n1: it runs on n2 (its GPU is one of n2's), with its exit status.
+    let out = Command::new("ssh")
+        .args(options(p1))
+        .arg(&target)
+        .arg("echo on-$NVIDIA_VISIBLE_DEVICES; exit 5")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on-GPU-"), "{out:?}");
+    // The same host key on both nodes.
+    let scan = |port: u16| {
+        let out = Command::new("ssh-keyscan")
+            .args(["-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!scan(p1).is_empty());
+    assert_eq!(scan(p1), scan(p2));
+    // scp in and out through n1.
+    let file = dir.join("payload");
+    std::fs::write(&file, vec![7u8; 3 << 20]).unwrap();
+    let scp = |from: &str, to: &str| {
+        let mut command = Command::new("scp");
+        command.arg("-q");
+        for o in options(p1) {
+            command.arg(if o == "-p" { "-P".to_string() } else { o });
+        }
+        command.arg(from).arg(to).output().unwrap()
+    };
+    let up = scp(file.to_str().unwrap(), &format!("{target}:/tmp/payload"));
+    assert!(up.status.success(), "{up:?}");
+    let back = dir.join("back");
+    let down = scp(&format!("{target}:/tmp/payload"), back.to_str().unwrap());
+    assert!(down.status.success(), "{down:?}");
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
+    // The file is in the container on n2's Docker.
+    let inside = Command::new("docker")
+        .args(["-H", &format!("unix://{}", d2.socket()), "exec"])
+        .arg(format!("{name}-1"))
+        .args(["wc", "-c", "/tmp/payload"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&inside.stdout).contains(&(3u64 << 20).to_string()),
+        "{inside:?}"
+    );
+    // -W to a port of the set's own loopback, through n1.
+    let started = Command::new("ssh")
+        .args(options(p1))
+        .arg(&target)
+        .arg("mkdir -p /w && echo far-page > /w/index.html && httpd -p 127.0.0.1:8081 -h /w && echo up")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&started.stdout).contains("up"), "{started:?}");
+    let mut through = Command::new("ssh")
+        .args(options(p1))
+        .args(["-W", "localhost:8081"])
+        .arg(&target)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        through
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+            .unwrap();
+    }
+    let page = through.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).contains("far-page"), "{page:?}");
+    let path = format!("/api/v1/replicaSet/{name}");
+    assert_eq!(n1.call("DELETE", &path, None).0, 200);
+    drop((n1, n2));
+    let _ = std::fs::remove_dir_all(dir);
+}

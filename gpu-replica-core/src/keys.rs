@@ -158,3 +158,8 @@ pub fn ssh_key_holder(fingerprint: &str) -> String {
 
 /// The SSH gateway's host key (OpenSSH private key text): made once, the same on every node.
 pub const SSH_HOST_KEY: &str = "ssh/host-key";
+
+/// Where node `name`'s SSH gateway is reached, `host:port` (absent: it serves none).
+pub fn node_ssh(name: &str) -> String {
+    format!("nodes-ssh/{name}")
+}

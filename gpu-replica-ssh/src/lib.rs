@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+mod relay;
 mod session;
 mod sftp;
 
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub limiter: Arc<FailureLimiter>,
     /// Open connections per user.
     pub sessions: Mutex<HashMap<String, usize>>,
+    /// The cluster's host key: what this gateway logs in to another node's with.
+    pub host_key: Arc<PrivateKey>,
 }
 
 impl Shared {
@@ -128,6 +131,7 @@ impl Gateway {
             .public_key()
             .fingerprint(russh::keys::HashAlg::Sha256)
             .to_string();
+        let host_key = Arc::new(key.clone());
         let config = russh::server::Config {
             server_id: russh::SshId::Standard("SSH-2.0-gpu-replica".into()),
             methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
@@ -147,6 +151,7 @@ impl Gateway {
                 policy,
                 limiter: Arc::new(FailureLimiter::default()),
                 sessions: Mutex::new(HashMap::new()),
+                host_key,
             }),
             config: Arc::new(config),
             fingerprint,
@@ -160,6 +165,12 @@ impl Gateway {
             shared.limiter = limiter;
         }
         self
+    }
+
+    /// Tells the other nodes of a cluster that this gateway is reached at `addr`
+    /// (`host:port`): they bring their users' sessions to this node's sets here.
+    pub async fn advertise(&self, addr: &str) -> gpu_replica_core::Result<()> {
+        self.shared.engine.advertise_ssh(addr).await
     }
 
     /// The host key's fingerprint, `SHA256:…`, as `ssh` shows it on first connection.

@@ -12,6 +12,7 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, Verif
 use russh::{Channel, ChannelId, ChannelMsg, ChannelOpenFailure, Disconnect};
 use tokio::io::AsyncWriteExt;
 
+use crate::relay::{self, Relay, RELAY_SEP};
 use crate::Shared;
 
 /// Environment variables a client may pass (as OpenSSH's `AcceptEnv LANG LC_*`).
@@ -27,10 +28,19 @@ fn names_the_container(host: &str, set: &str) -> bool {
     ) || host == set
 }
 
+/// What a session channel asks of the set's node.
+enum Remote<'a> {
+    Shell,
+    Exec(&'a str),
+    Subsystem(&'a str),
+}
+
 /// A session channel before its program starts.
 #[derive(Default)]
 struct Opening {
     channel: Option<Channel<Msg>>,
+    /// Its other end on the set's node, for a relayed session.
+    remote: Option<Channel<russh::client::Msg>>,
     /// (rows, cols, TERM) from a `pty-req`.
     pty: Option<(u16, u16, String)>,
     env: Vec<String>,
@@ -51,6 +61,12 @@ pub(crate) struct Connection {
     login: Option<LoggedIn>,
     opening: HashMap<ChannelId, Opening>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Where the set lives when it is on another node: that node's gateway, and the login
+    /// there once made.
+    elsewhere: Option<(String, String)>,
+    relay: Option<Relay>,
+    /// Why a relayed session could not be made.
+    relay_failed: Option<String>,
 }
 
 impl Connection {
@@ -62,12 +78,26 @@ impl Connection {
             login: None,
             opening: HashMap::new(),
             watcher: None,
+            elsewhere: None,
+            relay: None,
+            relay_failed: None,
         }
     }
 
     /// Who may log in to `set` with `key`: `None` alike for an unknown key, a missing set and
     /// another user's set.
     async fn who(&self, set: &str, key: &russh::keys::PublicKey) -> Option<Caller> {
+        if key.key_data() == self.shared.host_key.public_key().key_data() {
+            // Another node of the cluster, bringing a user's session here.
+            let (set, user) = set.split_once(RELAY_SEP)?;
+            return self
+                .shared
+                .engine
+                .ssh_login_relayed(set, user)
+                .await
+                .ok()
+                .flatten();
+        }
         let fingerprint = key.fingerprint(russh::keys::HashAlg::Sha256).to_string();
         match self.shared.engine.ssh_login(set, &fingerprint).await {
             Ok(found) => found,
@@ -87,6 +117,38 @@ impl Connection {
         self.login.as_ref().map(|l| l.engine.clone())
     }
 
+    /// A channel of a set on another node: the request made there, the channel carried
+    /// across; `None` when the set is here.
+    async fn elsewhere(
+        &mut self,
+        id: ChannelId,
+        channel: Channel<Msg>,
+        remote: Option<Channel<russh::client::Msg>>,
+        request: Remote<'_>,
+        session: &mut Session,
+    ) -> Result<Option<()>, russh::Error> {
+        if let Some(mut remote) = remote {
+            let sent = match request {
+                Remote::Shell => remote.request_shell(true).await,
+                Remote::Exec(command) => remote.exec(true, command.as_bytes()).await,
+                Remote::Subsystem(name) => remote.request_subsystem(true, name).await,
+            };
+            if sent.is_ok() && relay::answered(&mut remote).await {
+                session.channel_success(id)?;
+                tokio::spawn(relay::carry(channel, remote));
+            } else {
+                session.channel_failure(id)?;
+            }
+            return Ok(Some(()));
+        }
+        if let Some(why) = self.relay_failed.clone() {
+            session.channel_success(id)?;
+            tokio::spawn(fail(channel, why));
+            return Ok(Some(()));
+        }
+        Ok(None)
+    }
+
     /// Starts the program of session channel `id`: the login shell, or `command` through
     /// `sh -c` (as sshd runs it through the user's shell).
     async fn start(
@@ -101,6 +163,17 @@ impl Connection {
         let Some(channel) = opening.channel.take() else {
             return session.channel_failure(id);
         };
+        let request = match &command {
+            Some(command) => Remote::Exec(command),
+            None => Remote::Shell,
+        };
+        let remote = opening.remote.take();
+        if remote.is_some() || self.relay_failed.is_some() {
+            let channel_again = channel;
+            self.elsewhere(id, channel_again, remote, request, session)
+                .await?;
+            return Ok(());
+        }
         let mut env = opening.env;
         if let Some((_, _, term)) = &opening.pty {
             if !term.is_empty() {
@@ -276,7 +349,9 @@ impl russh::server::Handler for Connection {
             return Ok(Auth::reject());
         }
         let engine = self.shared.engine.as_caller(caller.clone());
-        self.set = user.to_string();
+        let set = user.split_once(RELAY_SEP).map_or(user, |(set, _)| set);
+        self.set = set.to_string();
+        self.elsewhere = engine.ssh_elsewhere(set).await.ok().flatten();
         self.login = Some(LoggedIn {
             caller,
             engine,
@@ -292,6 +367,18 @@ impl russh::server::Handler for Connection {
         engine
             .note_ssh_session(&self.set, &self.peer.to_string(), None)
             .await;
+        if let Some((node, addr)) = self.elsewhere.clone() {
+            // The set's own node watches it; this gateway carries the channels there.
+            let user = engine.caller().name.clone();
+            match Relay::connect(&addr, self.shared.host_key.clone(), &self.set, &user).await {
+                Ok(relay) => self.relay = Some(relay),
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "ssh: no relay to the set's node");
+                    self.relay_failed = Some(format!("'{}' lives on node '{node}': {e}", self.set));
+                }
+            }
+            return Ok(());
+        }
         // The session ends when its set stops, is deleted or moves to another container.
         let container = engine.running_container(&self.set).await.ok();
         let handle = session.handle();
@@ -332,10 +419,22 @@ impl russh::server::Handler for Connection {
                 .await;
             return Ok(());
         }
+        let remote = match &self.relay {
+            Some(relay) => match relay.session().await {
+                Ok(remote) => Some(remote),
+                Err(e) => {
+                    tracing::debug!(error = %e, "ssh: relayed session refused");
+                    reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                    return Ok(());
+                }
+            },
+            None => None,
+        };
         self.opening.insert(
             channel.id(),
             Opening {
                 channel: Some(channel),
+                remote,
                 ..Default::default()
             },
         );
@@ -356,11 +455,16 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         match self.opening.get_mut(&channel) {
             Some(opening) => {
-                let term = term
+                let term: String = term
                     .chars()
                     .filter(|c| c.is_ascii_graphic())
                     .take(64)
                     .collect();
+                if let Some(remote) = &opening.remote {
+                    let _ = remote
+                        .request_pty(false, &term, col_width, row_height, 0, 0, &[])
+                        .await;
+                }
                 opening.pty = Some((clamp(row_height), clamp(col_width), term));
                 session.channel_success(channel)
             }
@@ -377,6 +481,9 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         if let Some(opening) = self.opening.get_mut(&channel) {
             if accepted_env(name) && !value.contains('\0') && opening.env.len() < 64 {
+                if let Some(remote) = &opening.remote {
+                    let _ = remote.set_env(false, name, value).await;
+                }
                 opening.env.push(format!("{name}={value}"));
             }
         }
@@ -417,6 +524,12 @@ impl russh::server::Handler for Connection {
         if name != "sftp" {
             return session.channel_failure(channel);
         }
+        let remote = opening.remote.take();
+        if remote.is_some() || self.relay_failed.is_some() {
+            self.elsewhere(channel, chan, remote, Remote::Subsystem(name), session)
+                .await?;
+            return Ok(());
+        }
         match engine.open_files(&self.set).await {
             Ok(files) => {
                 session.channel_success(channel)?;
@@ -435,11 +548,28 @@ impl russh::server::Handler for Connection {
         channel: Channel<Msg>,
         host: &str,
         port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
+        originator_address: &str,
+        originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if let Some(relay) = &self.relay {
+            match relay
+                .direct(host, port, originator_address, originator_port)
+                .await
+            {
+                Ok(remote) => {
+                    reply.accept().await;
+                    tokio::spawn(async move {
+                        let mut here = channel.into_stream();
+                        let mut there = remote.into_stream();
+                        let _ = tokio::io::copy_bidirectional(&mut here, &mut there).await;
+                    });
+                }
+                Err(_) => reply.reject(ChannelOpenFailure::ConnectFailed).await,
+            }
+            return Ok(());
+        }
         let Some(engine) = self.engine() else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)

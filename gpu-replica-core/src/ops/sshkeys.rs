@@ -245,6 +245,53 @@ impl Engine {
         Ok(caller.may_reach(&head.owner).then_some(caller))
     }
 
+    /// Who a gateway of another node of the cluster logs in as, when it brings a user's
+    /// session to set `set` here: user `user` (checked by that node), if they may reach the
+    /// set. `None` otherwise, as for [`Engine::ssh_login`].
+    pub async fn ssh_login_relayed(&self, set: &str, user: &str) -> Result<Option<Caller>> {
+        let caller = if user == OPERATOR {
+            Caller::operator()
+        } else {
+            match self.ctx.user_record(user).await? {
+                Some(record) => Caller::new(record.name, record.role),
+                None => return Ok(None),
+            }
+        };
+        let Some((head, _)) = self.ctx.read::<ReplicaSet>(&keys::replica_set(set)).await? else {
+            return Ok(None);
+        };
+        Ok(caller.may_reach(&head.owner).then_some(caller))
+    }
+
+    /// Tells the cluster that this node's SSH gateway is reached at `addr` (`host:port`), so
+    /// that the others bring sessions to its sets there. Nothing on a single host.
+    pub async fn advertise_ssh(&self, addr: &str) -> Result<()> {
+        let node = self.ctx.node_name();
+        if node.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .shared
+            .store
+            .put(&keys::node_ssh(node), encode(&addr.to_string()))
+            .await?;
+        Ok(())
+    }
+
+    /// Where set `set` is served by another node's SSH gateway: that node's name and its
+    /// gateway's address; `None` when the set is here (or not this caller's, or the node
+    /// serves no gateway).
+    pub async fn ssh_elsewhere(&self, set: &str) -> Result<Option<(String, String)>> {
+        let crate::cluster::Location::Node { name, .. } = self.locate(set).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .ctx
+            .read::<String>(&keys::node_ssh(&name))
+            .await?
+            .map(|(addr, _)| (name, addr)))
+    }
+
     /// Records an SSH session to set `set` from `from` as an event (`ssh`): opened
     /// (`ended` is `None`) or ended after `ended`.
     pub async fn note_ssh_session(&self, set: &str, from: &str, ended: Option<std::time::Duration>) {

@@ -22,6 +22,7 @@ command -v curl >/dev/null || missing+=(curl) # the README's curl examples are r
 # with pquota where the kernel has XFS quotas, else btrfs with quotas.
 { command -v mkfs.xfs >/dev/null && command -v mkfs.btrfs >/dev/null; } || missing+=(xfsprogs btrfs-progs)
 command -v iptables >/dev/null || missing+=(iptables) # the guard between owners' networks
+{ command -v ssh >/dev/null && command -v sftp >/dev/null && command -v ssh-keyscan >/dev/null; } || missing+=(openssh-client) # the SSH gateway's tests
 started_dockerd=""
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || missing+=(docker.io)

@@ -632,7 +632,9 @@ async fn start_ssh(
                     .split("://")
                     .nth(1)
                     .and_then(|rest| rest.split('/').next())
-                    .and_then(|hostport| hostport.rsplit_once(':').map(|(h, _)| h).or(Some(hostport)))
+                    .and_then(|hostport| {
+                        hostport.rsplit_once(':').map(|(h, _)| h).or(Some(hostport))
+                    })
                     .unwrap_or("127.0.0.1")
                     .to_string(),
                 (None, Addr::Tcp(http)) => http.ip().to_string(),

@@ -127,7 +127,10 @@ async fn key(client: &Client, command: KeyCommand, as_json: bool) -> Result<(), 
                 if as_json {
                     print_json(&reply);
                 } else {
-                    println!("added {} {} {}", reply.key.fingerprint, reply.key.kind, reply.key.comment);
+                    println!(
+                        "added {} {} {}",
+                        reply.key.fingerprint, reply.key.kind, reply.key.comment
+                    );
                 }
             }
         }

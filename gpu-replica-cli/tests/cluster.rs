@@ -1171,7 +1171,10 @@ async fn the_ssh_gateway_of_one_node_reaches_a_set_on_the_other() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("on-GPU-"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("on-GPU-"),
+        "{out:?}"
+    );
     // The same host key on both nodes.
     let scan = |port: u16| {
         let out = Command::new("ssh-keyscan")
@@ -1222,7 +1225,10 @@ async fn the_ssh_gateway_of_one_node_reaches_a_set_on_the_other() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&started.stdout).contains("up"), "{started:?}");
+    assert!(
+        String::from_utf8_lossy(&started.stdout).contains("up"),
+        "{started:?}"
+    );
     let mut through = Command::new("ssh")
         .args(options(p1))
         .args(["-W", "localhost:8081"])
@@ -1241,7 +1247,10 @@ async fn the_ssh_gateway_of_one_node_reaches_a_set_on_the_other() {
             .unwrap();
     }
     let page = through.wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&page.stdout).contains("far-page"), "{page:?}");
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("far-page"),
+        "{page:?}"
+    );
     let path = format!("/api/v1/replicaSet/{name}");
     assert_eq!(n1.call("DELETE", &path, None).0, 200);
     drop((n1, n2));

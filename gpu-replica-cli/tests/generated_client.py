@@ -161,6 +161,14 @@ call("users", "quota", 200, "success", name=user, body=body("QuotaBody", {"maxSe
 call("users", "quota", 4, "error", name=missing, body=body("QuotaBody", {"maxSets": 5}))
 call("users", "reset_token", 200, "success", name=user)
 call("users", "reset_token", 404, "error", name=missing)
+ssh_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl gen@client"
+added_key = call("users", "add_key", 200, "success", name=user, body=body("KeyAddBody", {"key": ssh_key}))
+call("users", "add_key", 400, "error", name=user, body=body("KeyAddBody", {"key": "ssh-ed25519 nope"}))
+call("users", "keys", 200, "success", name=user)
+call("users", "keys", 404, "error", name=missing)
+if added_key is not None:
+    call("users", "remove_key", 200, "success", name=user, fingerprint=added_key.data.key.fingerprint)
+call("users", "remove_key", 404, "error", name=user, fingerprint="SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
 call("users", "usage", 200, "success")
 call("users", "usage", 400, "error", from_="yesterday")
 

@@ -151,7 +151,13 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     let stranger_key = keygen(&keys, "stranger");
     let mut tokens = Vec::new();
     for user in ["alice", "bob"] {
-        let (status, added) = call(&server, ADMIN, "POST", "/api/v1/users", json!({"name": user}));
+        let (status, added) = call(
+            &server,
+            ADMIN,
+            "POST",
+            "/api/v1/users",
+            json!({"name": user}),
+        );
         assert_eq!(status, 200, "{added}");
         tokens.push(added["data"]["token"].as_str().unwrap().to_string());
     }
@@ -200,7 +206,10 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         .arg(bob_key.with_extension("pub"))
         .output()
         .unwrap();
-    let bob_fp = reply["data"]["key"]["fingerprint"].as_str().unwrap().to_string();
+    let bob_fp = reply["data"]["key"]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
         String::from_utf8_lossy(&keygen_fp.stdout).contains(&bob_fp),
         "{reply}"
@@ -213,9 +222,17 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         "/api/v1/users/alice/keys",
         json!({"key": pubkey(&bob_key)}),
     );
-    assert_eq!((status, reply["code"].as_u64()), (409, Some(1061)), "{reply}");
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (409, Some(1061)),
+        "{reply}"
+    );
     let (status, reply) = call(&server, &alice, "GET", "/api/v1/users/bob/keys", json!({}));
-    assert_eq!((status, reply["code"].as_u64()), (404, Some(1051)), "{reply}");
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (404, Some(1051)),
+        "{reply}"
+    );
     let (status, reply) = call(
         &server,
         &alice,
@@ -223,7 +240,11 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         "/api/v1/users/alice/keys",
         json!({"key": "ssh-ed25519 not-base64"}),
     );
-    assert_eq!((status, reply["code"].as_u64()), (400, Some(1000)), "{reply}");
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (400, Some(1000)),
+        "{reply}"
+    );
     let listed = cli(&alice, &["user", "key", "ls", "alice"]);
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains("alice@test"),
@@ -242,7 +263,12 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     let at = |set: &str| format!("{set}@127.0.0.1");
 
     // A command: its output and exit status; the GPU it was given is there.
-    let out = ssh(port, &alice_key, &at(&train), "echo hello-$((6*7)); echo $NVIDIA_VISIBLE_DEVICES; exit 7");
+    let out = ssh(
+        port,
+        &alice_key,
+        &at(&train),
+        "echo hello-$((6*7)); echo $NVIDIA_VISIBLE_DEVICES; exit 7",
+    );
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("hello-42"), "{}", text(&out));
@@ -275,7 +301,10 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         );
     }
     let said = |out: &Output, set: &str| String::from_utf8_lossy(&out.stderr).replace(set, "SET");
-    assert_eq!(said(&refused_other, &train), said(&refused_missing, "no.such.set"));
+    assert_eq!(
+        said(&refused_other, &train),
+        said(&refused_missing, "no.such.set")
+    );
     // The admin's key opens anyone's set (the admin adds a key of their own).
     let admin_key = keygen(&keys, "admin");
     let (status, _) = call(
@@ -287,7 +316,11 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     );
     assert_eq!(status, 200);
     let out = ssh(port, &admin_key, &at(&other), "echo admin-in");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("admin-in"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("admin-in"),
+        "{}",
+        text(&out)
+    );
 
     // A PTY session under a real pseudo-terminal: its size, TERM, and the exit code.
     let mut args = vec!["ssh".to_string(), "-tt".to_string()];
@@ -310,7 +343,10 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         let mut block = vec![0u8; 1 << 20];
         for i in 0..50u32 {
             for (j, b) in block.iter_mut().enumerate() {
-                *b = (j as u32).wrapping_mul(2654435761).wrapping_add(i).to_le_bytes()[1];
+                *b = (j as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(i)
+                    .to_le_bytes()[1];
             }
             file.write_all(&block).unwrap();
         }
@@ -325,14 +361,23 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         command.arg(from).arg(to).output().unwrap()
     };
     let started = Instant::now();
-    let up = scp(big.to_str().unwrap(), &format!("{}:/tmp/big.bin", at(&train)));
+    let up = scp(
+        big.to_str().unwrap(),
+        &format!("{}:/tmp/big.bin", at(&train)),
+    );
     assert!(up.status.success(), "{}", text(&up));
     let up_took = started.elapsed();
     let out = ssh(port, &alice_key, &at(&train), "wc -c < /tmp/big.bin");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (50u64 << 20).to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (50u64 << 20).to_string()
+    );
     let back = dir.join("back.bin");
     let started = Instant::now();
-    let down = scp(&format!("{}:/tmp/big.bin", at(&train)), back.to_str().unwrap());
+    let down = scp(
+        &format!("{}:/tmp/big.bin", at(&train)),
+        back.to_str().unwrap(),
+    );
     assert!(down.status.success(), "{}", text(&down));
     eprintln!(
         "scp 50 MB: in {:.2}s, out {:.2}s",
@@ -360,18 +405,36 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     for o in &opts {
         command.arg(if o == "-p" { "-P" } else { o });
     }
-    let out = command.arg("-b").arg(&batch).arg(at(&train)).output().unwrap();
+    let out = command
+        .arg("-b")
+        .arg(&batch)
+        .arg(at(&train))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     // What the listings printed (sftp echoes each command after "sftp> ").
     let listing = String::from_utf8_lossy(&out.stdout);
-    let printed: Vec<&str> = listing.lines().filter(|l| !l.starts_with("sftp>")).collect();
+    let printed: Vec<&str> = listing
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .collect();
     assert!(
-        printed.iter().any(|l| l.starts_with("-rw") && l.ends_with("small.txt") && l.contains(" 11 ")),
+        printed
+            .iter()
+            .any(|l| l.starts_with("-rw") && l.ends_with("small.txt") && l.contains(" 11 ")),
         "{listing}"
     );
-    assert!(printed.iter().any(|l| l.trim() == "renamed.txt"), "{listing}");
+    assert!(
+        printed.iter().any(|l| l.trim() == "renamed.txt"),
+        "{listing}"
+    );
     assert_eq!(std::fs::read_to_string(&fetched).unwrap(), "sftp-bytes\n");
-    let out = ssh(port, &alice_key, &at(&train), "ls /tmp/work 2>&1; echo done");
+    let out = ssh(
+        port,
+        &alice_key,
+        &at(&train),
+        "ls /tmp/work 2>&1; echo done",
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("No such file"),
         "{}",
@@ -385,7 +448,11 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         &at(&train),
         "mkdir -p /www && echo hello-from-httpd > /www/index.html && httpd -p 127.0.0.1:8080 -h /www && echo started",
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("started"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("started"),
+        "{}",
+        text(&out)
+    );
     let local = free_port();
     let mut tunnel = Command::new("ssh")
         .args(options(port, &alice_key))
@@ -483,10 +550,14 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).contains(&format!("sleep {m}"))
         };
-        until("the program to start", Duration::from_secs(20), || running(marker));
+        until("the program to start", Duration::from_secs(20), || {
+            running(marker)
+        });
         client.kill().unwrap();
         let _ = client.wait();
-        until("the program to be hung up", Duration::from_secs(20), || !running(marker));
+        until("the program to be hung up", Duration::from_secs(20), || {
+            !running(marker)
+        });
     }
 
     // A session ends when its set stops.
@@ -503,9 +574,11 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     assert!(long.try_wait().unwrap().is_none());
     let stop = format!("/api/v1/replicaSet/{train}/stop");
     assert_eq!(call(&server, &alice, "PATCH", &stop, json!({})).0, 200);
-    until("the session to end with its set", Duration::from_secs(30), || {
-        long.try_wait().unwrap().is_some()
-    });
+    until(
+        "the session to end with its set",
+        Duration::from_secs(30),
+        || long.try_wait().unwrap().is_some(),
+    );
     let out = ssh(port, &alice_key, &at(&train), "true");
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -525,14 +598,22 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     let before = scan();
     assert!(before.contains("ssh-ed25519"), "{before}");
     server.restart();
-    until("the gateway after a restart", Duration::from_secs(20), || {
-        !scan().is_empty()
-    });
+    until(
+        "the gateway after a restart",
+        Duration::from_secs(20),
+        || !scan().is_empty(),
+    );
     assert_eq!(scan(), before);
 
     // Removing a key shuts its door; the list says so.
-    let fp = call(&server, &alice, "GET", "/api/v1/users/alice/keys", json!({})).1["data"]["keys"][0]
-        ["fingerprint"]
+    let fp = call(
+        &server,
+        &alice,
+        "GET",
+        "/api/v1/users/alice/keys",
+        json!({}),
+    )
+    .1["data"]["keys"][0]["fingerprint"]
         .as_str()
         .unwrap()
         .to_string();
@@ -548,7 +629,11 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         ),
         json!({}),
     );
-    assert_eq!((status, reply["code"].as_u64()), (404, Some(1060)), "{reply}");
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (404, Some(1060)),
+        "{reply}"
+    );
     let out = ssh(port, &alice_key, &at(&other), "true");
     assert_eq!(out.status.code(), Some(255));
 
@@ -574,7 +659,11 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     assert_eq!(out.status.code(), Some(255), "{}", text(&out));
     std::thread::sleep(Duration::from_secs(4));
     let out = ssh(port, &bob_key, &at(&other), "echo in");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("in"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("in"),
+        "{}",
+        text(&out)
+    );
 
     for (token, name) in [(&alice, &train), (&bob, &other)] {
         let path = format!("/api/v1/replicaSet/{name}");

@@ -300,4 +300,3 @@ impl FailureLimiter {
 fn refill(left: f64, at: Instant, now: Instant) -> f64 {
     (left + now.duration_since(at).as_secs_f64() * FAILURES_PER_SECOND).min(FAILURE_BURST)
 }
-

@@ -42,11 +42,11 @@ use serde_json::Value;
 use crate::wire::paths::{self, fill};
 use crate::wire::{
     CloneBody, CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, GpuDetails,
-    GpuMap, HistoryReply, InfoReply, KeyAddBody, KeyList, KeyReply, MigrateBody, MigrateReply, NodeList, PatchBody, Pong,
-    PortsReply, PurgedReply, QuotaBody, ReplicaSetList, RollbackBody, RunBody, RunReply,
-    StatsReply, StatusReply, TimersBody, TimersView, TokenReply, UsageReply, UserAddBody, UserList,
-    UserReply, UserTokenReply, VolumeCreateBody, VolumeHistoryReply, VolumeInfoReply, VolumeList,
-    VolumeReply, VolumeSizeBody, WhoamiReply,
+    GpuMap, HistoryReply, InfoReply, KeyAddBody, KeyList, KeyReply, MigrateBody, MigrateReply,
+    NodeList, PatchBody, Pong, PortsReply, PurgedReply, QuotaBody, ReplicaSetList, RollbackBody,
+    RunBody, RunReply, StatsReply, StatusReply, TimersBody, TimersView, TokenReply, UsageReply,
+    UserAddBody, UserList, UserReply, UserTokenReply, VolumeCreateBody, VolumeHistoryReply,
+    VolumeInfoReply, VolumeList, VolumeReply, VolumeSizeBody, WhoamiReply,
 };
 
 /// What can go wrong talking to the server.
@@ -734,7 +734,8 @@ impl Client {
 
     /// Removes a user's SSH public key by its fingerprint (`SHA256:…`).
     pub async fn remove_ssh_key(&self, name: &str, fingerprint: &str) -> Result<(), ClientError> {
-        let path = fill(paths::USER_KEY, name).replace("{fingerprint}", &paths::encode(fingerprint));
+        let path =
+            fill(paths::USER_KEY, name).replace("{fingerprint}", &paths::encode(fingerprint));
         self.request(Method::DELETE, path, NONE).await
     }
 

@@ -72,7 +72,9 @@ impl Relay {
             .await
             .map_err(|e| format!("the gateway of its node ({addr}): {e}"))?;
         if !auth.success() {
-            return Err(format!("the gateway of its node ({addr}) refused the relay"));
+            return Err(format!(
+                "the gateway of its node ({addr}) refused the relay"
+            ));
         }
         Ok(Relay { handle })
     }

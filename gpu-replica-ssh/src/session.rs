@@ -311,9 +311,7 @@ impl russh::server::Handler for Connection {
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
         Ok(Auth::Reject {
-            proceed_with_methods: Some(russh::MethodSet::from(
-                &[russh::MethodKind::PublicKey][..],
-            )),
+            proceed_with_methods: Some(russh::MethodSet::from(&[russh::MethodKind::PublicKey][..])),
             partial_success: false,
         })
     }

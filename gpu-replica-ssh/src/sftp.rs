@@ -157,7 +157,10 @@ impl Sftp {
     async fn stat_of(&self, path: &str) -> Result<FileStat, StatusReply> {
         match self.files.stat(path).await {
             Ok(Some(stat)) => Ok(stat),
-            Ok(None) => Err(failure(StatusCode::NoSuchFile, format!("{path}: no such file"))),
+            Ok(None) => Err(failure(
+                StatusCode::NoSuchFile,
+                format!("{path}: no such file"),
+            )),
             Err(e) => Err(failed(e)),
         }
     }
@@ -165,11 +168,7 @@ impl Sftp {
     /// Fetches `path` whole into a spool for reading.
     async fn fetch(&self, path: &str) -> Result<(tokio::fs::File, u64), StatusReply> {
         let mut file = spool().await.map_err(failed)?;
-        let size = self
-            .files
-            .read_to(path, &mut file)
-            .await
-            .map_err(failed)?;
+        let size = self.files.read_to(path, &mut file).await.map_err(failed)?;
         Ok((file, size))
     }
 }
@@ -261,7 +260,10 @@ impl russh_sftp::server::Handler for Sftp {
         if !writing {
             let stat = self.stat_of(&filename).await?;
             if stat.is_dir() {
-                return Err(failure(StatusCode::Failure, format!("{filename} is a directory")));
+                return Err(failure(
+                    StatusCode::Failure,
+                    format!("{filename} is a directory"),
+                ));
             }
             let (file, size) = self.fetch(&filename).await?;
             let stat = FileStat { size, ..stat };
@@ -273,10 +275,16 @@ impl russh_sftp::server::Handler for Sftp {
             return Err(failure(StatusCode::Failure, format!("{filename} exists")));
         }
         if existing.is_none() && !pflags.contains(OpenFlags::CREATE) {
-            return Err(failure(StatusCode::NoSuchFile, format!("{filename}: no such file")));
+            return Err(failure(
+                StatusCode::NoSuchFile,
+                format!("{filename}: no such file"),
+            ));
         }
         if existing.as_ref().is_some_and(|s| s.is_dir()) {
-            return Err(failure(StatusCode::Failure, format!("{filename} is a directory")));
+            return Err(failure(
+                StatusCode::Failure,
+                format!("{filename} is a directory"),
+            ));
         }
         let keep_old = existing.is_some() && !pflags.contains(OpenFlags::TRUNCATE);
         let spool = if keep_old {
@@ -368,10 +376,7 @@ impl russh_sftp::server::Handler for Sftp {
         attrs: FileAttributes,
     ) -> Result<Status, Self::Error> {
         if let Some(mode) = attrs.permissions {
-            self.files
-                .set_mode(&path, mode)
-                .await
-                .map_err(failed)?;
+            self.files.set_mode(&path, mode).await.map_err(failed)?;
         }
         // Sizes, owners and times are left as they are.
         Ok(ok(id))
@@ -472,7 +477,10 @@ impl russh_sftp::server::Handler for Sftp {
                 id,
                 files: vec![File::dummy(target)],
             }),
-            None => Err(failure(StatusCode::NoSuchFile, format!("{path} is no link"))),
+            None => Err(failure(
+                StatusCode::NoSuchFile,
+                format!("{path} is no link"),
+            )),
         }
     }
 }

@@ -218,7 +218,9 @@ impl Files {
         let mut tar = TarReader::new(archive);
         let (size, kind) = tar.next_entry().await?;
         if kind != b'0' && kind != 0 {
-            return Err(Error::InvalidParams(format!("{path} is not a regular file")));
+            return Err(Error::InvalidParams(format!(
+                "{path} is not a regular file"
+            )));
         }
         tar.copy(size, out).await?;
         out.flush()
@@ -367,7 +369,10 @@ fn tar_stream(head: Vec<u8>, size: u64, input: Pin<Box<dyn AsyncRead + Send>>) -
                 chunk.truncate(n);
                 Some((Ok(Bytes::from(chunk)), (input, left - n as u64)))
             }
-            Err(e) => Some((Err(Error::Docker(format!("reading the file: {e}"))), (input, 0))),
+            Err(e) => Some((
+                Err(Error::Docker(format!("reading the file: {e}"))),
+                (input, 0),
+            )),
         }
     });
     Box::pin(
@@ -430,7 +435,11 @@ impl TarReader {
         }
     }
 
-    async fn copy(&mut self, mut left: u64, out: &mut (dyn AsyncWrite + Unpin + Send)) -> Result<()> {
+    async fn copy(
+        &mut self,
+        mut left: u64,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<()> {
         let failed = |e: std::io::Error| Error::Docker(format!("writing the file out: {e}"));
         while left > 0 {
             if self.buffer.is_empty() {
@@ -472,14 +481,22 @@ mod tests {
     fn a_list_line_parses_names_with_spaces_and_skips_noise() {
         let stat = parse_list_line("12 81a4 1700000000 1000 100 my file.txt").unwrap();
         assert_eq!(stat.name, "my file.txt");
-        assert_eq!((stat.size, stat.mode, stat.uid, stat.gid), (12, 0o100644, 1000, 100));
+        assert_eq!(
+            (stat.size, stat.mode, stat.uid, stat.gid),
+            (12, 0o100644, 1000, 100)
+        );
         assert!(parse_list_line("stat: can't stat 'x'").is_none());
         assert!(parse_list_line("4096 41ed 1 0 0 dir").unwrap().is_dir());
     }
 
     #[tokio::test]
     async fn an_archive_written_is_read_back_with_its_bytes() {
-        for (name, size) in [("a.bin", 0u64), ("b.bin", 511), ("c.bin", 513), (&"n".repeat(150)[..], 70_000)] {
+        for (name, size) in [
+            ("a.bin", 0u64),
+            ("b.bin", 511),
+            ("c.bin", 513),
+            (&"n".repeat(150)[..], 70_000),
+        ] {
             let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             let head = tar_head(name, 0o644, size).unwrap();
             let stream = tar_stream(head, size, Box::pin(std::io::Cursor::new(data.clone())));
@@ -499,7 +516,10 @@ mod tests {
             assert_eq!(read, data);
             // And so does ours.
             let stream: ImageStream = Box::pin(futures_util::stream::iter(
-                bytes.chunks(700).map(|c| Ok(Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+                bytes
+                    .chunks(700)
+                    .map(|c| Ok(Bytes::copy_from_slice(c)))
+                    .collect::<Vec<_>>(),
             ));
             let mut tar = TarReader::new(stream);
             let (got, kind) = tar.next_entry().await.unwrap();

@@ -307,7 +307,14 @@ impl HangUp {
         let Some(pid) = pid else {
             return;
         };
-        let argv = ["sh", "-c", crate::ops::shell::HANG_UP, "sh", &pid.to_string()].map(str::to_string);
+        let argv = [
+            "sh",
+            "-c",
+            crate::ops::shell::HANG_UP,
+            "sh",
+            &pid.to_string(),
+        ]
+        .map(str::to_string);
         if let Err(e) = self.runtime.exec(&self.container, &argv, None).await {
             tracing::warn!(error = %e, container = %self.container, pid, "web terminal's program not ended");
         }

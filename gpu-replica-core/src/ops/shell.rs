@@ -203,7 +203,10 @@ impl Engine {
         if head.node != self.ctx.node_name() {
             return Err(Error::refused(
                 Operation::Exec,
-                format!("'{name}' lives on node '{}': open {what} through that node", head.node),
+                format!(
+                    "'{name}' lives on node '{}': open {what} through that node",
+                    head.node
+                ),
             ));
         }
         if head.status != Status::Running {

@@ -145,7 +145,8 @@ impl Engine {
         };
         if let Some((holder, _)) = self.ctx.read::<String>(&keys::ssh_key_holder(&hex)).await? {
             if holder == name {
-                if let Some((kept, _)) = self.ctx.read::<SshKey>(&keys::ssh_key(name, &hex)).await? {
+                if let Some((kept, _)) = self.ctx.read::<SshKey>(&keys::ssh_key(name, &hex)).await?
+                {
                     return Ok(kept);
                 }
             } else {
@@ -155,7 +156,15 @@ impl Engine {
                 )));
             }
         }
-        if self.ctx.shared.store.list(&keys::ssh_keys(name)).await?.len() >= MAX_KEYS_PER_USER {
+        if self
+            .ctx
+            .shared
+            .store
+            .list(&keys::ssh_keys(name))
+            .await?
+            .len()
+            >= MAX_KEYS_PER_USER
+        {
             return Err(Error::QuotaExceeded(format!(
                 "'{name}' holds {MAX_KEYS_PER_USER} SSH keys, the most one user may; remove one first"
             )));
@@ -294,7 +303,12 @@ impl Engine {
 
     /// Records an SSH session to set `set` from `from` as an event (`ssh`): opened
     /// (`ended` is `None`) or ended after `ended`.
-    pub async fn note_ssh_session(&self, set: &str, from: &str, ended: Option<std::time::Duration>) {
+    pub async fn note_ssh_session(
+        &self,
+        set: &str,
+        from: &str,
+        ended: Option<std::time::Duration>,
+    ) {
         let who = self.ctx.caller.name.clone();
         let message = match ended {
             None => format!("{who} logged in from {from}"),

@@ -183,12 +183,17 @@ impl DockerRuntime {
         as_user: bool,
     ) -> Result<()> {
         let archive = archive.map_err(|e| std::io::Error::other(e.to_string()));
-        let mut options = bollard::query_parameters::UploadToContainerOptionsBuilder::new().path(dir);
+        let mut options =
+            bollard::query_parameters::UploadToContainerOptionsBuilder::new().path(dir);
         if as_user {
             options = options.copy_uidgid("1");
         }
         self.docker
-            .upload_to_container(name, Some(options.build()), bollard::body_try_stream(archive))
+            .upload_to_container(
+                name,
+                Some(options.build()),
+                bollard::body_try_stream(archive),
+            )
             .await
             .map_err(docker_err)
     }
@@ -1009,7 +1014,12 @@ impl ContainerRuntime for DockerRuntime {
         self.upload(name, dir, archive, false).await
     }
 
-    async fn upload_as_user(&self, name: &str, dir: &str, archive: super::ImageStream) -> Result<()> {
+    async fn upload_as_user(
+        &self,
+        name: &str,
+        dir: &str,
+        archive: super::ImageStream,
+    ) -> Result<()> {
         self.upload(name, dir, archive, true).await
     }
 

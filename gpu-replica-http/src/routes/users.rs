@@ -10,8 +10,9 @@ use crate::envelope::{ok, Body};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply, NoData};
 use crate::wire::{
-    parse_instant, KeyAddBody, KeyList, KeyReply, PurgedReply, QuotaBody, RemoveQuery, TokenReply, UsageQueryParams, UsageReply,
-    UserAddBody, UserList, UserReply, UserTokenReply, UserView, WhoamiReply,
+    parse_instant, KeyAddBody, KeyList, KeyReply, PurgedReply, QuotaBody, RemoveQuery, TokenReply,
+    UsageQueryParams, UsageReply, UserAddBody, UserList, UserReply, UserTokenReply, UserView,
+    WhoamiReply,
 };
 
 /// Add a user (admins); the answer carries their token, shown this once.

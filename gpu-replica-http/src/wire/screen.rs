@@ -61,7 +61,7 @@ pub enum ScreenMessage {
         reattached: bool,
     },
     /// The screen changed: every row (`full`) or the changed ones.
-    Screen(ScreenUpdateView),
+    Screen(#[schema(inline)] ScreenUpdateView),
     /// Last: the program ended with this code (-1 when Docker did not say, or the server
     /// ended it).
     Exit {

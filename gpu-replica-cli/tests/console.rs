@@ -1,7 +1,8 @@
 //! The web console in a real browser: Debian's chromium, headless, driven through WebDriver
 //! (chromedriver, spoken to over plain HTTP: the protocol is JSON over HTTP). Sign in, run a
 //! set with 2 fake GPUs, patch it to 1, roll back to version 1, watch an event arrive live,
-//! resize a volume, see an error as the API words it, delete; a user sees only their own.
+//! resize a volume, see an error as the API words it, delete; a user sees only their own, and
+//! adds, lists and removes their SSH keys.
 //! Each page is saved as a screenshot under `target/ui-screenshots/`.
 
 mod common;
@@ -647,6 +648,120 @@ async fn the_console_terminal_runs_commands_and_vi_fits_the_window_and_survives_
     let path = format!("/api/v1/replicaSet/{name}");
     let (status, _, _) = http_as(&server.addr, Some(token), "DELETE", &path, None);
     assert_eq!(status, 200);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SSH keys, as a user adds their own: a key pasted in is listed with the fingerprint the API
+/// gives, a malformed one is refused with the API's message, a removed one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_adds_lists_and_removes_a_users_ssh_keys() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let token = "console-keys-token";
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_TOKEN", token)]);
+    let call = |who: &str, method: &str, path: &str, body: Option<Value>| -> Value {
+        let body = body.map(|b| b.to_string());
+        let (status, _, answer) = http_as(&server.addr, Some(who), method, path, body.as_deref());
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        serde_json::from_str(&answer).unwrap()
+    };
+    let user = testkit::unique_name("keys");
+    let created = call(
+        token,
+        "POST",
+        "/api/v1/users",
+        Some(json!({ "name": user })),
+    );
+    let user_token = created["data"]["token"].as_str().unwrap().to_string();
+
+    // A fresh key, as a user would make one.
+    let key_file = dir.join("k");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "console@test", "-f"])
+        .arg(&key_file)
+        .status()
+        .expect("ssh-keygen");
+    assert!(made.success());
+    let public = std::fs::read_to_string(dir.join("k.pub")).unwrap();
+
+    let browser = Browser::start();
+    browser.open(&format!("http://{}/ui", server.addr));
+    browser.fill("#token", &user_token);
+    browser.click("#signin");
+    browser.until("signed in as the user", || {
+        browser.text("#who").contains(&user)
+    });
+    browser.click("button[data-tab=\"keys\"]");
+    browser.until("the keys page, empty", || {
+        browser.text("#keys-empty") == "No keys yet."
+    });
+    assert!(
+        browser.text("#keys-page .hint").contains("SETNAME@HOST"),
+        "the page tells how to log in"
+    );
+    browser.quiet("opening the keys page");
+
+    // Add it: listed with the API's fingerprint, type and comment.
+    browser.fill("#key-text", public.trim());
+    browser.click("#key-submit");
+    browser.wait("#keys tbody tr .fingerprint");
+    let keys = call(
+        &user_token,
+        "GET",
+        &format!("/api/v1/users/{user}/keys"),
+        None,
+    );
+    let listed = keys["data"]["keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{keys}");
+    let fingerprint = listed[0]["fingerprint"].as_str().unwrap().to_string();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    let key_row = |cell: &str| format!("#keys tr[data-fingerprint=\"{fingerprint}\"] {cell}");
+    browser.until("the key is listed with its fingerprint", || {
+        browser.text(&key_row(".fingerprint")) == fingerprint
+    });
+    assert_eq!(browser.text(&key_row(".type")), "ssh-ed25519");
+    assert_eq!(browser.text(&key_row(".comment")), "console@test");
+    assert!(!browser.text(&key_row(".added")).is_empty());
+    assert_eq!(browser.attribute("#key-text", "value"), "");
+    assert_eq!(browser.text("#error"), "", "no error shown");
+    browser.screenshot("8-keys");
+    browser.quiet("adding a key");
+
+    // A malformed key: the API's message, shown as other errors are.
+    let path = format!("/api/v1/users/{user}/keys");
+    let (status, _, refused) = http_as(
+        &server.addr,
+        Some(&user_token),
+        "POST",
+        &path,
+        Some(&json!({"key": "ssh-ed25519 not-base64!"}).to_string()),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let message = serde_json::from_str::<Value>(&refused).unwrap()["msg"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.fill("#key-text", "ssh-ed25519 not-base64!");
+    browser.click("#key-submit");
+    browser.until("the error as the API gives it", || {
+        browser.text("#error").contains(&message)
+    });
+    browser.logged_only("adding a malformed key", &path, 400);
+    assert_eq!(browser.text(&key_row(".fingerprint")), fingerprint);
+
+    // Remove it: the list is empty again, here and in the API.
+    browser.click(&key_row("button.remove"));
+    browser.until("the key is gone", || {
+        browser.find(&key_row(".fingerprint")).is_none()
+            && browser.text("#keys-empty") == "No keys yet."
+    });
+    let keys = call(&user_token, "GET", &path, None);
+    assert_eq!(keys["data"]["keys"], json!([]), "{keys}");
+    browser.quiet("removing a key");
+
+    call(token, "DELETE", &format!("/api/v1/users/{user}"), None);
+    drop(browser);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -118,6 +118,7 @@ async function refresh() {
     if (state.tab === "sets") await renderSets();
     if (state.tab === "gpus") await renderGpus();
     if (state.tab === "volumes") await renderVolumes();
+    if (state.tab === "keys") await renderKeys();
   } catch (_) {
     // shown already
   }
@@ -246,6 +247,28 @@ async function renderVolumes() {
           el("button", { type: "button", class: "delete danger", onclick: () => { confirm.hidden = false; } }, "Delete"),
           confirm));
     }));
+}
+
+// The signed-in user's SSH public keys: the keys the SSH gateway lets into their sets.
+function keysPath(fingerprint) {
+  const base = `/users/${encodeURIComponent(state.me.name)}/keys`;
+  return fingerprint === undefined ? base : `${base}/${encodeURIComponent(fingerprint)}`;
+}
+
+async function renderKeys() {
+  $("#keys-user").textContent = state.me.name;
+  const data = await api("GET", keysPath());
+  $("#keys-empty").hidden = data.keys.length > 0;
+  $("#keys tbody").replaceChildren(
+    ...data.keys.map((key) =>
+      el("tr", { dataset: { fingerprint: key.fingerprint } },
+        el("td", { class: "fingerprint", title: key.key }, key.fingerprint),
+        el("td", { class: "type" }, key.type),
+        el("td", { class: "comment" }, key.comment || ""),
+        el("td", { class: "added" }, key.addedAt || ""),
+        el("td", { class: "actions" },
+          el("button", { type: "button", class: "remove danger",
+            onclick: action(() => api("DELETE", keysPath(key.fingerprint))) }, "Remove")))));
 }
 
 function addEvent(event) {
@@ -379,6 +402,10 @@ $("#run-form").addEventListener("submit", action(async () => {
 $("#volume-form").addEventListener("submit", action(async () => {
   await api("POST", "/volumes", { name: $("#volume-name").value.trim(), size: $("#volume-size").value.trim() });
   $("#volume-name").value = "";
+}));
+$("#key-form").addEventListener("submit", action(async () => {
+  await api("POST", keysPath(), { key: $("#key-text").value.trim() });
+  $("#key-text").value = "";
 }));
 setInterval(() => { if (state.tab === "gpus") refresh(); }, 5000);
 

@@ -1251,6 +1251,52 @@ async fn the_ssh_gateway_of_one_node_reaches_a_set_on_the_other() {
         String::from_utf8_lossy(&page.stdout).contains("far-page"),
         "{page:?}"
     );
+    // The terminal WebSockets cross nodes too: `exec -i` through n1 runs on n2, input in,
+    // output and exit code out.
+    let mut piped = Command::new(BIN)
+        .arg("--server")
+        .arg(format!("http://{}", n1.addr))
+        .args([
+            "exec",
+            "-i",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "wc -c; echo on-$NVIDIA_VISIBLE_DEVICES; exit 4",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        piped.stdin.take().unwrap().write_all(b"12345").unwrap();
+    }
+    let done = piped.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(4), "{done:?}");
+    let said = String::from_utf8_lossy(&done.stdout);
+    assert!(said.contains('5') && said.contains("on-GPU-"), "{said}");
+    // And the console's web terminal: its session message comes back through n1.
+    let client = gpu_replica_http::client::Client::new(
+        &format!("http://{}", n1.addr),
+        None,
+        &gpu_replica_http::client::ClientTls::default(),
+    )
+    .unwrap();
+    let mut screen = client
+        .screen(&name, &gpu_replica_http::wire::ScreenQuery::default())
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::StreamExt::next(&mut screen),
+    )
+    .await
+    .unwrap();
+    let first = format!("{first:?}");
+    assert!(first.contains("session"), "{first}");
+    drop(screen);
     let path = format!("/api/v1/replicaSet/{name}");
     assert_eq!(n1.call("DELETE", &path, None).0, 200);
     drop((n1, n2));

@@ -180,19 +180,19 @@ pub async fn forward_if_elsewhere(
     if forwarder.engine.node_name().is_empty() || request.headers().contains_key(FORWARDED) {
         return next.run(request).await;
     }
-    // A terminal is a WebSocket held open: it is not sent on (the engine refuses a set that
-    // lives on another node, naming it).
-    if request.extensions().get::<MatchedPath>().is_some_and(|m| {
-        [crate::wire::paths::TERMINAL, crate::wire::paths::SCREEN].contains(&m.as_str())
-    }) {
-        return next.run(request).await;
-    }
     let caller = request
         .extensions()
         .get::<Caller>()
         .cloned()
         .unwrap_or_else(Caller::operator);
     let engine = forwarder.engine.as_caller(caller);
+    // A terminal is a WebSocket held open: its upgrade is sent on, and the two upgraded
+    // connections are joined.
+    if request.extensions().get::<MatchedPath>().is_some_and(|m| {
+        [crate::wire::paths::TERMINAL, crate::wire::paths::SCREEN].contains(&m.as_str())
+    }) {
+        return tunnel_if_elsewhere(&forwarder.client, &engine, request, next).await;
+    }
     let (mut parts, body) = request.into_parts();
     // Routed already (this runs as a route layer): the pattern and its `{name}`.
     let route = parts
@@ -311,4 +311,84 @@ async fn send_on(
             ApiError::new(Error::Unavailable(format!("node '{name}' at {url}"))).into_response()
         }
     }
+}
+
+/// A terminal's WebSocket for a set on another node: the upgrade request is sent on there
+/// (its `Host` and `Origin` as they came, so that node's origin check sees what this one
+/// would), and once both sides switched protocols the client's connection and the node's are
+/// joined byte for byte. A set that is here, or an answer that is no switch (an error), is
+/// served as any request.
+async fn tunnel_if_elsewhere(
+    client: &NodeClient,
+    engine: &Engine,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let name = {
+        let (mut parts, body) = request.into_parts();
+        let name = match RawPathParams::from_request_parts(&mut parts, &()).await {
+            Ok(params) => params
+                .iter()
+                .find(|(key, _)| *key == "name")
+                .map(|(_, value)| value.to_string()),
+            Err(_) => None,
+        };
+        request = Request::from_parts(parts, body);
+        name
+    };
+    let Some(name) = name else {
+        return next.run(request).await;
+    };
+    let (node, url) = match engine.locate(&name).await {
+        Ok(Location::Node { name, url }) => (name, url),
+        Ok(Location::Here) => return next.run(request).await,
+        Err(e) => return ApiError::new(e).into_response(),
+    };
+    if let Err(e) = crate::routes::terminal::same_origin(request.headers()) {
+        return ApiError::new(e).into_response();
+    }
+    let from_client = hyper::upgrade::on(&mut request);
+    let (parts, _) = request.into_parts();
+    let target = format!(
+        "{url}{}",
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let mut outgoing = hyper::Request::builder()
+        .method(parts.method.clone())
+        .uri(&target);
+    for (header, value) in &parts.headers {
+        outgoing = outgoing.header(header, value);
+    }
+    let from = HeaderValue::from_str(engine.node_name()).unwrap_or(HeaderValue::from_static("?"));
+    let outgoing = match outgoing.header(FORWARDED, from).body(Body::empty()) {
+        Ok(request) => request,
+        Err(e) => return ApiError::new(Error::InvalidParams(e.to_string())).into_response(),
+    };
+    let mut answer = match client.send(outgoing).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::warn!(node = %node, "forwarding a terminal to {target} failed: {e}");
+            return ApiError::new(Error::Unavailable(format!("node '{node}' at {url}")))
+                .into_response();
+        }
+    };
+    if answer.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        return answer.map(Body::new).into_response();
+    }
+    let from_node = hyper::upgrade::on(&mut answer);
+    tokio::spawn(async move {
+        let (Ok(client_side), Ok(node_side)) = (from_client.await, from_node.await) else {
+            tracing::debug!("a forwarded terminal did not switch protocols on both sides");
+            return;
+        };
+        let mut client_side = hyper_util::rt::TokioIo::new(client_side);
+        let mut node_side = hyper_util::rt::TokioIo::new(node_side);
+        let _ = tokio::io::copy_bidirectional(&mut client_side, &mut node_side).await;
+    });
+    let (head, _) = answer.into_parts();
+    Response::from_parts(head, Body::empty())
 }

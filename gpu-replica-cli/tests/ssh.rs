@@ -267,11 +267,20 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         port,
         &alice_key,
         &at(&train),
-        "echo hello-$((6*7)); echo $NVIDIA_VISIBLE_DEVICES; exit 7",
+        "echo hello-$((6*7)); echo $NVIDIA_VISIBLE_DEVICES; echo oops >&2; exit 7",
     );
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("hello-42"), "{}", text(&out));
+    assert!(stdout.contains("GPU-"), "{}", text(&out));
+    // Standard error comes back on its own stream, as from sshd.
+    assert!(!stdout.contains("oops"), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "oops",
+        "{}",
+        text(&out)
+    );
     // Standard input reaches the command.
     let mut piped = Command::new("ssh")
         .args(options(port, &alice_key))

@@ -188,6 +188,8 @@ impl Connection {
             workdir: None,
             user: None,
             tty: opening.pty.as_ref().map(|(rows, cols, _)| (*rows, *cols)),
+            // Without a terminal, stderr goes on SSH's own stream, as sshd sends it.
+            separate_stderr: opening.pty.is_none(),
         };
         match engine.open_shell(&self.set, request).await {
             Ok(shell) => {
@@ -241,6 +243,7 @@ async fn carry(channel: Channel<Msg>, shell: Shell) {
     let Shell {
         mut input,
         mut output,
+        errors,
         ..
     } = shell;
     let (mut reader, writer) = channel.split();
@@ -271,7 +274,16 @@ async fn carry(channel: Channel<Msg>, shell: Shell) {
             }
         }
     };
-    let to_client = async {
+    let errors_to_client = async {
+        if let Some(mut errors) = errors {
+            while let Some(Ok(bytes)) = errors.next().await {
+                if writer.extended_data_bytes(1, bytes).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let output_to_client = async {
         while let Some(chunk) = output.next().await {
             match chunk {
                 Ok(bytes) => {
@@ -286,6 +298,10 @@ async fn carry(channel: Channel<Msg>, shell: Shell) {
             }
         }
         true
+    };
+    let to_client = async {
+        let (finished, ()) = tokio::join!(output_to_client, errors_to_client);
+        finished
     };
     let finished = tokio::select! {
         _ = from_client => false,

@@ -42,6 +42,9 @@ pub struct ShellRequest {
     pub user: Option<String>,
     /// A terminal of (rows, columns); `None`: plain pipes.
     pub tty: Option<(u16, u16)>,
+    /// Without a terminal, standard error apart ([`Shell::errors`]) instead of interleaved
+    /// with the output (what SSH carries on its own stream).
+    pub separate_stderr: bool,
 }
 
 /// A program running in a set's container with its streams attached. Its output ends when it
@@ -56,8 +59,11 @@ pub struct Shell {
     pub argv: Vec<String>,
     /// Its standard input; shutting it down sends end-of-file.
     pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    /// What it writes, stdout and stderr interleaved.
+    /// What it writes, stdout and stderr interleaved (only stdout with
+    /// [`ShellRequest::separate_stderr`]).
     pub output: futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>,
+    /// Its standard error, when asked for apart.
+    pub errors: Option<futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>>,
 }
 
 impl std::fmt::Debug for Shell {
@@ -160,6 +166,7 @@ impl Engine {
             workdir,
             user: request.user.clone(),
             tty: request.tty,
+            separate_stderr: request.separate_stderr,
         };
         let session = match runtime.exec_start(&container, &exec).await {
             Err(Error::NotRunning(_)) => {
@@ -187,6 +194,7 @@ impl Engine {
             argv,
             input: session.input,
             output: session.output,
+            errors: session.errors,
         })
     }
 

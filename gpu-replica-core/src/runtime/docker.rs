@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
@@ -74,6 +75,39 @@ fn docker_err(e: BollardError) -> Error {
         }
         other => Error::Docker(other.to_string()),
     }
+}
+
+type ByteStream = futures_util::stream::BoxStream<'static, Result<Bytes>>;
+
+/// An exec's multiplexed stream as two: standard output (and console) and standard error. A
+/// task reads Docker's stream and hands each chunk to its side; each side is read at its
+/// own pace up to a few chunks ahead.
+fn split_stderr(
+    mut output: std::pin::Pin<
+        Box<dyn Stream<Item = std::result::Result<LogOutput, BollardError>> + Send>,
+    >,
+) -> (ByteStream, ByteStream) {
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
+    let (err_tx, err_rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(16);
+    tokio::spawn(async move {
+        while let Some(chunk) = output.next().await {
+            let sent = match chunk {
+                Ok(LogOutput::StdErr { message }) => err_tx.send(Ok(message)).await.is_ok(),
+                Ok(other) => out_tx.send(Ok(other.into_bytes())).await.is_ok(),
+                Err(e) => {
+                    let _ = out_tx.send(Err(docker_err(e))).await;
+                    return;
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    });
+    let stream = |mut rx: tokio::sync::mpsc::Receiver<Result<Bytes>>| -> ByteStream {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    };
+    (stream(out_rx), stream(err_rx))
 }
 
 /// Go's `os.FileMode` (what Docker's archive stat carries) as a Unix `st_mode`.
@@ -875,6 +909,15 @@ impl ContainerRuntime for DockerRuntime {
                     // Before the first byte is drawn; Docker takes it once the exec runs.
                     let _ = self.exec_resize(&created.id, rows, cols).await;
                 }
+                if request.separate_stderr && request.tty.is_none() {
+                    let (output, errors) = split_stderr(output);
+                    return Ok(ExecSession {
+                        id: created.id,
+                        input,
+                        output,
+                        errors: Some(errors),
+                    });
+                }
                 Ok(ExecSession {
                     id: created.id,
                     input,
@@ -882,6 +925,7 @@ impl ContainerRuntime for DockerRuntime {
                         .map_ok(|chunk| chunk.into_bytes())
                         .map_err(docker_err)
                         .boxed(),
+                    errors: None,
                 })
             }
             StartExecResults::Detached => Err(Error::Docker(

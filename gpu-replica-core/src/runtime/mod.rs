@@ -282,6 +282,9 @@ pub struct ExecRequest {
     pub user: Option<String>,
     /// A terminal of (rows, columns); `None`: plain pipes.
     pub tty: Option<(u16, u16)>,
+    /// Without a terminal, standard error apart ([`ExecSession::errors`]) instead of
+    /// interleaved with the output.
+    pub separate_stderr: bool,
 }
 
 /// A program running in a container with its streams attached ([`ContainerRuntime::exec_start`]).
@@ -290,8 +293,11 @@ pub struct ExecSession {
     pub id: String,
     /// Its standard input; shutting it down sends end-of-file.
     pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    /// What it writes, stdout and stderr interleaved, until it exits.
+    /// What it writes, stdout and stderr interleaved (only stdout when
+    /// [`ExecRequest::separate_stderr`]), until it exits.
     pub output: futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>,
+    /// Its standard error, when asked for apart.
+    pub errors: Option<futures_util::stream::BoxStream<'static, Result<bytes::Bytes>>>,
 }
 
 impl std::fmt::Debug for ExecSession {

@@ -104,6 +104,7 @@ pub async fn terminal(
         workdir: query.work_dir,
         user: query.user,
         tty: tty.then(|| (query.rows.unwrap_or(24), query.cols.unwrap_or(80))),
+        separate_stderr: false,
     };
     let shell = engine.open_shell(&name, request).await?;
     Ok(upgrade

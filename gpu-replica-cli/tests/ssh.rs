@@ -142,6 +142,7 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     let env = [
         ("GPU_REPLICA_TOKEN", ADMIN),
         ("GPU_REPLICA_SSH_ADDR", ssh_addr.as_str()),
+        ("GPU_REPLICA_SSH_SESSIONS_PER_USER", "4"),
     ];
     let mut server = Server::start_with_env(&dir, None, &env);
     let keys = dir.join("keys");
@@ -646,33 +647,93 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
     let out = ssh(port, &alice_key, &at(&other), "true");
     assert_eq!(out.status.code(), Some(255));
 
-    // Failed logins are limited per address, as failed tokens are: past the burst even a good
-    // key is refused for a moment.
-    let tries: Vec<std::process::Child> = (0..40)
+    // Sessions per user are limited (4 here): a fifth connection of bob's is refused while
+    // four are open, and let in once one has gone.
+    let mut held: Vec<std::process::Child> = (0..4)
         .map(|_| {
             Command::new("ssh")
-                .args(options(port, &stranger_key))
+                .args(options(port, &bob_key))
                 .arg(at(&other))
-                .arg("true")
+                .arg("sleep 600")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
+                .stderr(Stdio::null())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    for tried in tries {
-        let _ = tried.wait_with_output();
-    }
-    let out = ssh(port, &bob_key, &at(&other), "echo in");
+    let other_container = format!("{other}-1");
+    until("four of bob's sessions", Duration::from_secs(30), || {
+        let out = Command::new("docker")
+            .args(["top", &other_container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .matches("sleep 600")
+            .count()
+            == 4
+    });
+    let out = ssh(port, &bob_key, &at(&other), "echo fifth");
     assert_eq!(out.status.code(), Some(255), "{}", text(&out));
-    std::thread::sleep(Duration::from_secs(4));
-    let out = ssh(port, &bob_key, &at(&other), "echo in");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("in"),
-        "{}",
-        text(&out)
+    let mut first = held.remove(0);
+    first.kill().unwrap();
+    let _ = first.wait();
+    until(
+        "a fifth session once one has gone",
+        Duration::from_secs(30),
+        || {
+            let out = ssh(port, &bob_key, &at(&other), "echo fifth");
+            String::from_utf8_lossy(&out.stdout).contains("fifth")
+        },
     );
+    for mut session in held {
+        let _ = session.kill();
+        let _ = session.wait();
+    }
+
+    // Failed logins are limited per address, as failed tokens are: past the burst even a good
+    // key is refused for a moment.
+    // Six clients keep failing (faster than the allowance refills) while bob tries his good
+    // key five times: at least one of his tries is turned away. Once they stop and the
+    // allowance refills, he is let in again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammers: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = stop.clone();
+            let (key, target) = (stranger_key.clone(), at(&other));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = Command::new("ssh")
+                        .args(options(port, &key))
+                        .arg(&target)
+                        .arg("true")
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = (0..5)
+        .filter(|_| {
+            let out = ssh(port, &bob_key, &at(&other), "echo in");
+            out.status.code() == Some(255)
+        })
+        .count();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for hammer in hammers {
+        hammer.join().unwrap();
+    }
+    assert!(
+        refused > 0,
+        "a good key got in 5 times out of 5 during a flood of failed logins"
+    );
+    until("the allowance to refill", Duration::from_secs(30), || {
+        let out = ssh(port, &bob_key, &at(&other), "echo in");
+        String::from_utf8_lossy(&out.stdout).contains("in")
+    });
 
     for (token, name) in [(&alice, &train), (&bob, &other)] {
         let path = format!("/api/v1/replicaSet/{name}");

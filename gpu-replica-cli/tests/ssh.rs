@@ -315,6 +315,37 @@ async fn the_gateway_serves_shells_commands_scp_sftp_and_forwards_to_the_owner_o
         said(&refused_other, &train),
         said(&refused_missing, "no.such.set")
     );
+    // A public key alone (public keys are public) tells nothing: offered without its private
+    // key, the server's answer is the same for alice's set and for a missing one.
+    let only_public = keys.join("only-public");
+    std::fs::create_dir_all(&only_public).unwrap();
+    std::fs::copy(
+        alice_key.with_extension("pub"),
+        only_public.join("alice.pub"),
+    )
+    .unwrap();
+    let offered = |set: &str| {
+        let out = Command::new("ssh")
+            .args(
+                options(port, &only_public.join("alice"))
+                    .into_iter()
+                    .map(|o| {
+                        if o == "LogLevel=ERROR" {
+                            "LogLevel=DEBUG1".to_string()
+                        } else {
+                            o
+                        }
+                    }),
+            )
+            .arg(at(set))
+            .arg("true")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).contains("Server accepts key")
+    };
+    assert_eq!(offered(&train), offered("no.such.set"));
+
     // The admin's key opens anyone's set (the admin adds a key of their own).
     let admin_key = keygen(&keys, "admin");
     let (status, _) = call(

@@ -64,6 +64,50 @@ pub(crate) struct Shared {
     pub sessions: Mutex<HashMap<String, usize>>,
     /// The cluster's host key: what this gateway logs in to another node's with.
     pub host_key: Arc<PrivateKey>,
+    /// Open connections per client address.
+    pub connections: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Connections one address may hold open at once (logged in or not).
+const CONNECTIONS_PER_ADDRESS: usize = 64;
+/// How long a connection may take to log in.
+const LOGIN_GRACE: Duration = Duration::from_secs(60);
+
+/// A connection counted against its address until it ends.
+struct Counted {
+    shared: Arc<Shared>,
+    address: std::net::IpAddr,
+}
+
+impl Counted {
+    fn new(shared: &Arc<Shared>, address: std::net::IpAddr) -> Option<Counted> {
+        let mut open = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Counted {
+            shared: shared.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -152,6 +196,7 @@ impl Gateway {
                 limiter: Arc::new(FailureLimiter::default()),
                 sessions: Mutex::new(HashMap::new()),
                 host_key,
+                connections: Mutex::new(HashMap::new()),
             }),
             config: Arc::new(config),
             fingerprint,
@@ -196,8 +241,16 @@ impl Gateway {
                 drop(socket);
                 continue;
             }
+            let Some(counted) = Counted::new(&self.shared, peer.ip()) else {
+                tracing::info!(%peer, "ssh: refused, {CONNECTIONS_PER_ADDRESS} connections from this address are open");
+                continue;
+            };
             let _ = socket.set_nodelay(true);
-            tokio::spawn(self.connection(socket, peer));
+            let connection = self.connection(socket, peer);
+            tokio::spawn(async move {
+                connection.await;
+                drop(counted);
+            });
         }
     }
 
@@ -207,11 +260,28 @@ impl Gateway {
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let handler = session::Connection::new(self.shared.clone(), peer);
+        let logged_in = handler.logged_in.clone();
         let config = self.config.clone();
         async move {
             match russh::server::run_stream(config, socket, handler).await {
                 Ok(session) => {
-                    if let Err(e) = session.await {
+                    // A connection that does not log in within the grace time is closed.
+                    let handle = session.handle();
+                    let grace = tokio::spawn(async move {
+                        tokio::time::sleep(LOGIN_GRACE).await;
+                        if !logged_in.load(std::sync::atomic::Ordering::Relaxed) {
+                            let _ = handle
+                                .disconnect(
+                                    russh::Disconnect::ByApplication,
+                                    "no login in time".into(),
+                                    String::new(),
+                                )
+                                .await;
+                        }
+                    });
+                    let ended = session.await;
+                    grace.abort();
+                    if let Err(e) = ended {
                         tracing::debug!(%peer, error = ?e, "ssh: session ended");
                     }
                 }

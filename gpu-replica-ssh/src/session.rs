@@ -51,6 +51,10 @@ struct LoggedIn {
     caller: Caller,
     engine: Engine,
     since: Instant,
+    /// The login name and key it came with, asked again at every new channel: a key removed
+    /// (or a user removed) opens nothing more.
+    login: String,
+    key: russh::keys::PublicKey,
 }
 
 pub(crate) struct Connection {
@@ -61,6 +65,9 @@ pub(crate) struct Connection {
     login: Option<LoggedIn>,
     opening: HashMap<ChannelId, Opening>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Set once a key let the connection in (the gateway ends connections that take too
+    /// long to log in).
+    pub(crate) logged_in: Arc<std::sync::atomic::AtomicBool>,
     /// Where the set lives when it is on another node: that node's gateway, and the login
     /// there once made.
     elsewhere: Option<(String, String)>,
@@ -70,6 +77,14 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// Whether the login still lets in (asked at every new channel).
+    async fn still_allowed(&self) -> bool {
+        match &self.login {
+            Some(login) => self.who(&login.login, &login.key).await.is_some(),
+            None => false,
+        }
+    }
+
     pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Connection {
         Connection {
             shared,
@@ -78,6 +93,7 @@ impl Connection {
             login: None,
             opening: HashMap::new(),
             watcher: None,
+            logged_in: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             elsewhere: None,
             relay: None,
             relay_failed: None,
@@ -337,14 +353,14 @@ impl russh::server::Handler for Connection {
         user: &str,
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
+        let _ = (user, offer);
         if !self.shared.limiter.allows(Some(self.peer.ip())) {
             // Trying on while refused keeps the address refused.
             return Ok(self.refuse());
         }
-        Ok(match self.who(user, offer.public_key).await {
-            Some(_) => Auth::Accept,
-            None => self.refuse(),
-        })
+        // Every key may try: who it lets in is decided once its holder has signed, so a
+        // public key alone (they are public) tells nothing about which sets exist.
+        Ok(Auth::Accept)
     }
 
     async fn auth_publickey(
@@ -370,7 +386,11 @@ impl russh::server::Handler for Connection {
             caller,
             engine,
             since: Instant::now(),
+            login: user.to_string(),
+            key: key.public_key.clone(),
         });
+        self.logged_in
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Auth::Accept)
     }
 
@@ -427,7 +447,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if self.login.is_none() {
+        if !self.still_allowed().await {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -567,6 +587,12 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if !self.still_allowed().await {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         if let Some(relay) = &self.relay {
             match relay
                 .direct(host, port, originator_address, originator_port)

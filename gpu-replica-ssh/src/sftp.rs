@@ -22,6 +22,12 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 const DIR_BATCH: usize = 100;
 /// The most one `read` answers with.
 const MAX_READ: u32 = 256 * 1024;
+/// Handles one SFTP session may hold open (each may hold a spool).
+const MAX_HANDLES: usize = 32;
+/// How far past a file's end a write (or a size set) may reach: clients write a window of
+/// requests ahead, never holes of gigabytes (which would make a sparse spool, then that many
+/// zero bytes in the container).
+const MAX_GAP: u64 = 64 << 20;
 
 /// Serves SFTP on `channel` until the client ends it, then ends the channel with status 0
 /// (`scp` exits 1 without it, even with every byte delivered).
@@ -147,6 +153,16 @@ impl Sftp {
         }
     }
 
+    fn room(&self) -> Result<(), StatusReply> {
+        if self.open.len() >= MAX_HANDLES {
+            return Err(failure(
+                StatusCode::Failure,
+                format!("{MAX_HANDLES} handles are open in this session; close one first"),
+            ));
+        }
+        Ok(())
+    }
+
     fn keep(&mut self, open: Open) -> String {
         self.next += 1;
         let handle = self.next.to_string();
@@ -254,6 +270,7 @@ impl russh_sftp::server::Handler for Sftp {
         pflags: OpenFlags,
         attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
+        self.room()?;
         let writing = pflags.intersects(
             OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::APPEND,
         );
@@ -343,6 +360,13 @@ impl russh_sftp::server::Handler for Sftp {
         let Some(Open::Writing { spool, .. }) = self.open.get_mut(&handle) else {
             return Err(failure(StatusCode::Failure, "not opened for writing"));
         };
+        let end = spool.metadata().await.map_err(failed)?.len();
+        if offset > end.saturating_add(MAX_GAP) {
+            return Err(failure(
+                StatusCode::Failure,
+                "a write far past the end of the file (holes are not kept)",
+            ));
+        }
         spool.seek(SeekFrom::Start(offset)).await.map_err(failed)?;
         spool.write_all(&data).await.map_err(failed)?;
         Ok(ok(id))
@@ -394,6 +418,13 @@ impl russh_sftp::server::Handler for Sftp {
                     *mode = new & 0o7777;
                 }
                 if let Some(size) = attrs.size {
+                    let end = spool.metadata().await.map_err(failed)?.len();
+                    if size > end.saturating_add(MAX_GAP) {
+                        return Err(failure(
+                            StatusCode::Failure,
+                            "a size far past the file's end",
+                        ));
+                    }
                     spool.set_len(size).await.map_err(failed)?;
                 }
                 Ok(ok(id))
@@ -404,6 +435,7 @@ impl russh_sftp::server::Handler for Sftp {
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
+        self.room()?;
         let entries = match self.files.list(&path).await.map_err(failed)? {
             Some(entries) => entries,
             None => {

@@ -77,6 +77,9 @@ fn docker_err(e: BollardError) -> Error {
     }
 }
 
+/// The most a one-shot exec's output is read (the rest is dropped).
+const EXEC_OUTPUT_LIMIT: usize = 16 << 20;
+
 type ByteStream = futures_util::stream::BoxStream<'static, Result<Bytes>>;
 
 /// An exec's multiplexed stream as two: standard output (and console) and standard error. A
@@ -142,15 +145,29 @@ fn unix_mode(go: u32) -> u32 {
     kind | special | (go & 0o777)
 }
 
-/// Connects to `port` on the loopback of the network namespace of process `pid`. A socket
+/// Connects to `port` on the loopback of the network namespace at path `namespace`. A socket
 /// belongs to the namespace it was made in, so a thread of its own enters the namespace,
 /// connects and ends (a thread of a pool must never change namespace).
-async fn connect_in_namespace(pid: i64, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+async fn connect_in_namespace(
+    namespace: String,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let connect = || -> std::io::Result<std::net::TcpStream> {
-            let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            let namespace = std::fs::File::open(&namespace)?;
+            // Never the server's own namespace (the host's loopback is not the set's).
+            let (theirs, ours) = (
+                namespace.metadata()?,
+                std::fs::metadata("/proc/self/ns/net")?,
+            );
+            if theirs.ino() == ours.ino() && theirs.dev() == ours.dev() {
+                return Err(std::io::Error::other(
+                    "the container's network namespace is the server's own",
+                ));
+            }
             // SAFETY: setns on a namespace file we hold open; it changes only this thread,
             // which ends right after.
             if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -863,6 +880,15 @@ impl ContainerRuntime for DockerRuntime {
                 output.push_str(&String::from_utf8_lossy(
                     &chunk.map_err(docker_err)?.into_bytes(),
                 ));
+                // A program that writes without end does not fill the server's memory.
+                if output.len() > EXEC_OUTPUT_LIMIT {
+                    let mut cut = EXEC_OUTPUT_LIMIT;
+                    while !output.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    output.truncate(cut);
+                    break;
+                }
             }
         }
         let inspected = self
@@ -1117,9 +1143,17 @@ impl ContainerRuntime for DockerRuntime {
         let refused = |e: std::io::Error| {
             Error::Unavailable(format!("nothing answers on port {port} of {name}: {e}"))
         };
+        // Docker's own handle on the container's network namespace (it goes with the
+        // container, so a stale one cannot name another process's); else its first process's.
+        let sandbox = found
+            .network_settings
+            .as_ref()
+            .and_then(|n| n.sandbox_key.clone())
+            .filter(|k| !k.is_empty());
         let pid = state.pid.unwrap_or(0);
-        if pid > 0 {
-            match connect_in_namespace(pid, port).await {
+        let namespace = sandbox.or_else(|| (pid > 0).then(|| format!("/proc/{pid}/ns/net")));
+        if let Some(namespace) = namespace {
+            match connect_in_namespace(namespace, port).await {
                 Ok(stream) => return Ok(stream),
                 // Not root: the container's address is the way left.
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}

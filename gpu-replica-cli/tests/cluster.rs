@@ -1116,7 +1116,7 @@ async fn migration_figures() {
 async fn the_ssh_gateway_of_one_node_reaches_a_set_on_the_other() {
     testkit::docker().await;
     let etcd = EtcdProcess::start();
-    let (d1, d2) = (daemon(1).await, daemon(2).await);
+    let (d1, d2) = (daemon(15).await, daemon(16).await);
     let (p1, p2) = (free_port(), free_port());
     let ssh_flag = |port: u16| vec!["--ssh-addr".to_string(), format!("127.0.0.1:{port}")];
     let n1 = Node::start_with("n1", &etcd.host_port(), &d1.socket(), &ssh_flag(p1));

@@ -274,15 +274,16 @@ pub async fn forward_if_elsewhere(
     unreachable!("the last attempt returns")
 }
 
-/// Sends the request to node `name` at `url` and returns its answer as it comes.
-async fn send_on(
-    client: &NodeClient,
+/// The request as this node sends it on to the node at `url`: the same method, path, query
+/// and headers (`Host` too when `keep_host`, so that node's origin check sees what this one
+/// saw), marked forwarded, carrying `body`; with the target URL, for the log.
+fn onward(
     engine: &Engine,
     parts: &axum::http::request::Parts,
-    bytes: Bytes,
-    name: &str,
     url: &str,
-) -> Response {
+    keep_host: bool,
+    body: Body,
+) -> Result<(String, hyper::Request<Body>), Error> {
     let target = format!(
         "{url}{}",
         parts
@@ -295,14 +296,29 @@ async fn send_on(
         .method(parts.method.clone())
         .uri(&target);
     for (header, value) in &parts.headers {
-        if header != axum::http::header::HOST {
+        if keep_host || header != axum::http::header::HOST {
             outgoing = outgoing.header(header, value);
         }
     }
     let from = HeaderValue::from_str(engine.node_name()).unwrap_or(HeaderValue::from_static("?"));
-    let outgoing = match outgoing.header(FORWARDED, from).body(Body::from(bytes)) {
-        Ok(request) => request,
-        Err(e) => return ApiError::new(Error::InvalidParams(e.to_string())).into_response(),
+    match outgoing.header(FORWARDED, from).body(body) {
+        Ok(request) => Ok((target, request)),
+        Err(e) => Err(Error::InvalidParams(e.to_string())),
+    }
+}
+
+/// Sends the request to node `name` at `url` and returns its answer as it comes.
+async fn send_on(
+    client: &NodeClient,
+    engine: &Engine,
+    parts: &axum::http::request::Parts,
+    bytes: Bytes,
+    name: &str,
+    url: &str,
+) -> Response {
+    let (target, outgoing) = match onward(engine, parts, url, false, Body::from(bytes)) {
+        Ok(onward) => onward,
+        Err(e) => return ApiError::new(e).into_response(),
     };
     match client.send(outgoing).await {
         Ok(answer) => answer.map(Body::new).into_response(),
@@ -349,24 +365,9 @@ async fn tunnel_if_elsewhere(
     }
     let from_client = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
-    let target = format!(
-        "{url}{}",
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let mut outgoing = hyper::Request::builder()
-        .method(parts.method.clone())
-        .uri(&target);
-    for (header, value) in &parts.headers {
-        outgoing = outgoing.header(header, value);
-    }
-    let from = HeaderValue::from_str(engine.node_name()).unwrap_or(HeaderValue::from_static("?"));
-    let outgoing = match outgoing.header(FORWARDED, from).body(Body::empty()) {
-        Ok(request) => request,
-        Err(e) => return ApiError::new(Error::InvalidParams(e.to_string())).into_response(),
+    let (target, outgoing) = match onward(engine, &parts, &url, true, Body::empty()) {
+        Ok(onward) => onward,
+        Err(e) => return ApiError::new(e).into_response(),
     };
     let mut answer = match client.send(outgoing).await {
         Ok(answer) => answer,

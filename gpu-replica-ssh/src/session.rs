@@ -334,6 +334,14 @@ async fn carry(channel: Channel<Msg>, shell: Shell) {
     let _ = writer.close().await;
 }
 
+/// Refuses a channel the login may not open.
+async fn prohibited(reply: ChannelOpenHandle) -> Result<(), russh::Error> {
+    reply
+        .reject(ChannelOpenFailure::AdministrativelyProhibited)
+        .await;
+    Ok(())
+}
+
 fn clamp(n: u32) -> u16 {
     n.clamp(1, u32::from(u16::MAX)) as u16
 }
@@ -448,10 +456,7 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if !self.still_allowed().await {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+            return prohibited(reply).await;
         }
         let remote = match &self.relay {
             Some(relay) => match relay.session().await {
@@ -588,10 +593,7 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if !self.still_allowed().await {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+            return prohibited(reply).await;
         }
         if let Some(relay) = &self.relay {
             match relay
@@ -611,17 +613,11 @@ impl russh::server::Handler for Connection {
             return Ok(());
         }
         let Some(engine) = self.engine() else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+            return prohibited(reply).await;
         };
         // Only the set's own container: the gateway is no way onto other hosts or sets.
         let (Ok(port), true) = (u16::try_from(port), names_the_container(host, &self.set)) else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+            return prohibited(reply).await;
         };
         match engine.connect_port(&self.set, port).await {
             Ok(mut tcp) => {

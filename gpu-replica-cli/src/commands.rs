@@ -119,6 +119,20 @@ pub enum ClientCommand {
         #[arg(long, short)]
         follow: bool,
     },
+    /// A link that opens port PORT of the set in a browser, through the server's web-service
+    /// proxy (serve --proxy-addr): good for a minute, once. Prints the link.
+    Open {
+        /// ReplicaSet name.
+        name: String,
+        /// The port inside the container (8888 for JupyterLab, 6006 for TensorBoard).
+        port: u16,
+    },
+    /// The set's TCP ports: published ones and those a program listens on, marked when they
+    /// answer HTTP (what `open` opens).
+    Services {
+        /// ReplicaSet name.
+        name: String,
+    },
     /// CPU, memory, network and GPU figures of the current container.
     Stats {
         /// ReplicaSet name.
@@ -371,6 +385,8 @@ enum Answer {
     Timers(TimersView),
     Nodes(NodeList),
     Stats(StatsReply),
+    Open(gpu_replica_http::wire::OpenReply),
+    Services(gpu_replica_http::wire::ServicesReply),
 }
 
 impl Answer {
@@ -395,6 +411,8 @@ impl Answer {
             Answer::Timers(a) => serde_json::to_value(a),
             Answer::Nodes(a) => serde_json::to_value(a),
             Answer::Stats(a) => serde_json::to_value(a),
+            Answer::Open(a) => serde_json::to_value(a),
+            Answer::Services(a) => serde_json::to_value(a),
         };
         value.unwrap_or(Value::Null)
     }
@@ -567,6 +585,8 @@ pub async fn execute(
             return Ok(ExitCode::SUCCESS);
         }
         C::Stats { name } => Answer::Stats(client.stats(&name).await?),
+        C::Open { name, port } => Answer::Open(client.open_link(&name, port).await?),
+        C::Services { name } => Answer::Services(client.services(&name).await?),
         C::Events { tail, follow } => {
             stream_events(client.events(tail, follow).await?, as_json).await?;
             return Ok(ExitCode::SUCCESS);
@@ -731,6 +751,28 @@ fn print(answer: &Answer) {
         Answer::Timers(t) => {
             println!("idle stop  {}", idle_words(t.idle_stop_secs));
             println!("stop at    {}", or_dash(t.stop_at.as_ref()));
+        }
+        Answer::Open(o) => {
+            println!("{}", o.url);
+            eprintln!(
+                "(open it within a minute, once; it leads to {})",
+                o.service_url
+            );
+        }
+        Answer::Services(s) => {
+            let rows: Vec<Vec<String>> = s
+                .services
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.port.to_string(),
+                        s.host_port.map(|p| p.to_string()).unwrap_or("-".into()),
+                        if s.listening { "yes" } else { "no" }.to_string(),
+                        if s.http { "yes" } else { "no" }.to_string(),
+                    ]
+                })
+                .collect();
+            table::print(&["PORT", "HOST PORT", "LISTENING", "HTTP"], &rows);
         }
         Answer::Stats(s) => {
             println!("container  {}", s.container);

@@ -192,6 +192,29 @@ pub struct ServeArgs {
     /// in the store (every node of a cluster shows the same).
     #[arg(long, env = "GPU_REPLICA_SSH_ADDR")]
     ssh_addr: Option<std::net::SocketAddr>,
+    /// Serve the web-service proxy on HOST:PORT (off by default): a set's HTTP services
+    /// (JupyterLab, TensorBoard) at `/{set}/{port}/` behind its owner's sign-in, on an origin
+    /// of its own (never the API's port). Links come from the console or `gpu-replica open`.
+    /// Off loopback it needs TLS (the API's --tls-cert) or --insecure, as the API does.
+    #[arg(long, env = "GPU_REPLICA_PROXY_ADDR")]
+    proxy_addr: Option<std::net::SocketAddr>,
+    /// The proxy's address as browsers reach it (`https://apps.example.com` behind a TLS
+    /// terminator, say); default: the host the API was reached by, on --proxy-addr's port.
+    #[arg(long, env = "GPU_REPLICA_PROXY_URL", requires = "proxy_addr")]
+    proxy_url: Option<String>,
+    /// Also serve each service at its own host name, `{set}-{port}.DOMAIN` (a wildcard DNS
+    /// record and certificate for *.DOMAIN, pointing at the proxy): for applications that
+    /// cannot live under a path, and one origin per service. Links then use host names for
+    /// sets whose names are lowercase letters and digits.
+    #[arg(long, env = "GPU_REPLICA_PROXY_DOMAIN", requires = "proxy_addr")]
+    proxy_domain: Option<String>,
+    /// Requests and WebSockets one user may have going through the proxy at once.
+    #[arg(long, env = "GPU_REPLICA_PROXY_CONNECTIONS_PER_USER", default_value = "64")]
+    proxy_connections_per_user: usize,
+    /// A proxied exchange with no byte either way for this long is ended (WebSockets that
+    /// ping are never idle).
+    #[arg(long, env = "GPU_REPLICA_PROXY_IDLE_TIMEOUT", default_value = "10m", value_parser = duration)]
+    proxy_idle_timeout: u64,
     /// An SSH connection with nothing from its client for this long is closed.
     #[arg(long, env = "GPU_REPLICA_SSH_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
     ssh_idle_timeout: u64,
@@ -568,14 +591,6 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
     if let Some(addr) = args.ssh_addr {
         start_ssh(&args, addr, engine.clone()).await?;
     }
-    let app = gpu_replica_http::router_with(
-        engine.clone(),
-        gpu_replica_http::RouterOptions {
-            token,
-            metrics_token,
-            nodes,
-        },
-    );
     let options = gpu_replica_http::ServeOptions {
         header_timeout: Duration::from_secs(args.header_timeout),
         body_timeout: Duration::from_secs(args.body_timeout),
@@ -584,20 +599,128 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
         tls,
     };
+    let stopping = tokio::sync::watch::channel(false);
+    let (proxy, proxied) = match args.proxy_addr {
+        Some(addr) => {
+            let (address, task) =
+                start_proxy(&args, addr, engine.clone(), &nodes, &options, stopping.1).await?;
+            (Some(address), Some(task))
+        }
+        None => (None, None),
+    };
+    let app = gpu_replica_http::router_with(
+        engine.clone(),
+        gpu_replica_http::RouterOptions {
+            token,
+            metrics_token,
+            nodes,
+            proxy,
+        },
+    );
     let closing = engine.clone();
     gpu_replica_http::serve(listener, app, options, async move {
         shutdown_signal().await;
+        let _ = stopping.0.send(true);
         // Followed logs and event streams end, so the shutdown is not held open.
         closing.close();
     })
     .await
     .map_err(|e| e.to_string())?;
+    if let Some(proxied) = proxied {
+        let _ = proxied.await;
+    }
     if let Addr::Unix(path) = &args.addr {
         let _ = std::fs::remove_file(path);
     }
     drop(running);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the web-service proxy on `addr` (its listener bound now: a taken port stops the
+/// server), served in the background until `stopping` turns true; returns where browsers
+/// reach it, for the API's links.
+async fn start_proxy(
+    args: &ServeArgs,
+    addr: std::net::SocketAddr,
+    engine: std::sync::Arc<gpu_replica_core::Engine>,
+    nodes: &gpu_replica_http::NodeClient,
+    options: &gpu_replica_http::ServeOptions,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(gpu_replica_http::ProxyAddress, tokio::task::JoinHandle<()>), String> {
+    let tls = options.tls.is_some();
+    if !addr.ip().is_loopback() && !tls && !args.insecure {
+        return Err(format!(
+            "--proxy-addr {addr} is not a loopback address: its sign-in cookies would cross \
+             the network in clear; give --tls-cert and --tls-key, listen on loopback (with a \
+             TLS proxy in front and --proxy-url https://...), or pass --insecure"
+        ));
+    }
+    if let Some(url) = &args.proxy_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("--proxy-url {url}: give an http:// or https:// URL"));
+        }
+    }
+    let https = tls || args.proxy_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+    let domain = args
+        .proxy_domain
+        .as_deref()
+        .map(|d| d.trim_matches('.').to_ascii_lowercase());
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("web-service proxy: cannot listen on {addr}: {e}"))?;
+    let app = gpu_replica_http::proxy_router(
+        engine,
+        gpu_replica_http::ProxyOptions {
+            domain: domain.clone(),
+            https,
+            connections_per_user: args.proxy_connections_per_user.max(1),
+            idle_timeout: Duration::from_secs(args.proxy_idle_timeout.max(1)),
+            nodes: nodes.clone(),
+        },
+    );
+    let scheme = if tls { "https" } else { "http" };
+    tracing::info!(
+        "web-service proxy on {scheme}://{addr}{}; {} connections per user, idle {}s",
+        domain
+            .as_deref()
+            .map(|d| format!(" and {scheme}://SET-PORT.{d}"))
+            .unwrap_or_default(),
+        args.proxy_connections_per_user,
+        args.proxy_idle_timeout
+    );
+    let mut serving = options.clone();
+    // Uploads through a service (a notebook's file, a dataset) may take longer than an API
+    // body; the head deadline still holds slow clients off.
+    serving.body_timeout = serving
+        .body_timeout
+        .max(Duration::from_secs(args.proxy_idle_timeout.max(1)));
+    let task = tokio::spawn(async move {
+        let stopped = async move {
+            while !*stopping.borrow() {
+                if stopping.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = gpu_replica_http::serve(
+            gpu_replica_http::Listener::Tcp(listener),
+            app,
+            serving,
+            stopped,
+        )
+        .await
+        {
+            tracing::error!("web-service proxy: {e}");
+        }
+    });
+    let address = gpu_replica_http::ProxyAddress {
+        url: args.proxy_url.clone(),
+        port: addr.port(),
+        https,
+        domain,
+    };
+    Ok((address, task))
 }
 
 /// Starts the SSH gateway on `addr`: its listener bound now (a taken port stops the server),

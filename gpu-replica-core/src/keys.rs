@@ -163,3 +163,7 @@ pub const SSH_HOST_KEY: &str = "ssh/host-key";
 pub fn node_ssh(name: &str) -> String {
     format!("nodes-ssh/{name}")
 }
+
+/// The key that signs the web-service proxy's links and cookies (64 hex digits): made once,
+/// the same on every node, so a cookie one node's proxy gave is good at any node's.
+pub const PROXY_KEY: &str = "proxy/key";

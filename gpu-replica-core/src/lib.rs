@@ -85,6 +85,9 @@ pub use crate::model::{
 pub use crate::ops::clone::CloneRequest;
 pub use crate::ops::files::{FileStat, Files};
 pub use crate::ops::observe::Stats;
+pub use crate::ops::proxy::{
+    PortHere, ProxyGrant, ProxyTarget, ProxyTicket, SetService, PROXY_COOKIE_TTL, PROXY_LINK_TTL,
+};
 pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;
 pub use crate::ops::screen::{ScreenAttachment, ScreenEvent, ScreenRequest};

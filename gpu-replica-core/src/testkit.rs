@@ -49,11 +49,51 @@ pub fn test_labels() -> BTreeMap<String, String> {
     BTreeMap::from([(TEST_LABEL.to_string(), "1".to_string())])
 }
 
-/// A root filesystem tar: busybox, links for its applets, /tmp, /root and [`IMAGE_FILE`].
-/// `extra` adds a file of that many bytes at `/opt/blob` (for images that carry weight).
+/// Where the test image has the workspace's WebSocket echo server (`gpu-replica-wsecho`).
+pub const WSECHO: &str = "/bin/ws-echo";
+
+/// The workspace's `gpu-replica-wsecho`, built static (it runs in an image without a libc):
+/// `$GPU_REPLICA_WSECHO` if set, else built once into `target/wsecho` (its own target
+/// directory, so a test never waits on the build that runs it).
+pub fn wsecho_binary() -> std::io::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("GPU_REPLICA_WSECHO") {
+        return Ok(path.into());
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let dir = root.join("target/wsecho");
+    let binary = dir.join(&target).join("release/gpu-replica-wsecho");
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "-q", "-p", "gpu-replica-wsecho", "--target"])
+            .arg(&target)
+            .arg("--target-dir")
+            .arg(&dir)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "building gpu-replica-wsecho failed ({status})"
+            )));
+        }
+        *built = true;
+    }
+    Ok(binary)
+}
+
+/// A root filesystem tar: busybox, links for its applets, [`WSECHO`], /tmp, /root and
+/// [`IMAGE_FILE`]. `extra` adds a file of that many bytes at `/opt/blob` (for images that
+/// carry weight).
 pub fn busybox_rootfs(extra: usize) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.append_path_with_name(BUSYBOX, "bin/busybox")?;
+    tar.append_path_with_name(wsecho_binary()?, &WSECHO[1..])?;
     for applet in APPLETS {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Symlink);

@@ -539,6 +539,23 @@ impl Client {
             .await
     }
 
+    /// A link that opens port `port` of the set through the server's web-service proxy.
+    pub async fn open_link(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> Result<crate::wire::OpenReply, ClientError> {
+        let body = crate::wire::OpenBody { port: port.into() };
+        self.request(Method::POST, fill(paths::OPEN, name), Some(&body))
+            .await
+    }
+
+    /// The set's TCP ports: published, listening, answering HTTP.
+    pub async fn services(&self, name: &str) -> Result<crate::wire::ServicesReply, ClientError> {
+        self.request(Method::GET, fill(paths::SERVICES, name), NONE)
+            .await
+    }
+
     /// `GET /api/v1/replicaSet/{name}/terminal`: a program in the set over a WebSocket
     /// (binary messages are its input and output; see the route's documentation).
     pub async fn terminal(

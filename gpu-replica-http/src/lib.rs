@@ -23,6 +23,7 @@ pub mod forward;
 pub mod link;
 mod metrics;
 mod openapi;
+pub mod proxy;
 mod routes;
 pub mod serve;
 pub mod tls;
@@ -45,6 +46,7 @@ pub use crate::envelope::{ApiError, Envelope};
 pub use crate::forward::NodeClient;
 pub use crate::link::HttpNodeLink;
 pub use crate::openapi::ApiDoc;
+pub use crate::proxy::{proxy_router, ProxyAddress, ProxyOptions};
 pub use crate::serve::{serve, Listener, ServeOptions};
 pub use crate::tls::{ReloadableTls, TlsFiles};
 
@@ -86,6 +88,9 @@ pub struct RouterOptions {
     /// In a cluster, how requests for other nodes reach them (HTTPS with the cluster's CA,
     /// say).
     pub nodes: NodeClient,
+    /// Where this server's web-service proxy ([`proxy_router`]) is reached, for the links
+    /// `POST /api/v1/replicaSet/{name}/open` hands out; none: that route is refused.
+    pub proxy: Option<ProxyAddress>,
 }
 
 impl Default for RouterOptions {
@@ -94,6 +99,7 @@ impl Default for RouterOptions {
             token: None,
             metrics_token: None,
             nodes: NodeClient::plain(),
+            proxy: None,
         }
     }
 }
@@ -109,6 +115,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         token,
         metrics_token,
         nodes,
+        proxy,
     } = options;
     let http_metrics = Arc::new(metrics::HttpMetrics::new(engine.node_name()));
     use routes::{events, instance, replicaset as rs, resources, users, volume};
@@ -134,6 +141,8 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .route(p::STATS, get(instance::stats))
         .route(p::TERMINAL, get(routes::terminal::terminal))
         .route(p::SCREEN, get(routes::screen::screen))
+        .route(p::OPEN, post(routes::services::open))
+        .route(p::SERVICES, get(routes::services::services))
         .route(p::EVENTS, get(events::events))
         .route(p::VOLUMES, post(volume::create).get(volume::list))
         .route(p::VOLUME, get(volume::info).delete(volume::delete))
@@ -186,6 +195,9 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
             http_metrics,
             metrics::track,
         ))
+        .layer(axum::Extension(routes::services::ProxyLinks(
+            proxy.map(Arc::new),
+        )))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // A bug of ours answers 500 in the envelope, never a dropped connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{post, put};
+use axum::routing::{get, post, put};
 use axum::Router;
 use futures_util::{StreamExt, TryStreamExt};
 use gpu_replica_core::cluster::{ArchiveStream, NodeRecord};
@@ -26,6 +26,11 @@ use crate::routes::Reply;
 
 /// Where the internal routes live.
 pub const INTERNAL: &str = "/internal/v1/migrations";
+/// Where a node opens a byte tunnel to a port of one of this node's sets (the web-service
+/// proxy of the node a browser reached): `GET {PORTS}/{name}/{port}`, upgraded.
+pub const PORTS: &str = "/internal/v1/ports";
+/// The protocol that upgrade switches to: bytes as they are.
+const TUNNEL: &str = "gpu-replica-tcp";
 
 /// Sends a migration's calls to the target node over HTTP, authenticated by the cluster's
 /// secret.
@@ -130,6 +135,7 @@ pub(crate) fn routes(engine: Arc<Engine>) -> Router<Arc<Engine>> {
             &format!("{INTERNAL}/{{name}}"),
             axum::routing::delete(abort),
         )
+        .route(&format!("{PORTS}/{{name}}/{{port}}"), get(tunnel))
         .layer(axum::middleware::from_fn_with_state(engine, from_a_node))
 }
 
@@ -199,4 +205,80 @@ async fn start(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> R
 async fn abort(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Reply<()> {
     engine.abort_migration(&name).await?;
     Ok(ok(()))
+}
+
+/// Serves a tunnel to port `port` of set `name` (any user's: the asking node checked who may
+/// reach it): once upgraded, the connection carries the port's bytes both ways.
+async fn tunnel(
+    State(engine): State<Arc<Engine>>,
+    Path((name, port)): Path<(String, u16)>,
+    mut request: Request,
+) -> Response {
+    let wants = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(TUNNEL.as_bytes()));
+    if !wants {
+        return ApiError::new(Error::InvalidParams(format!(
+            "a port tunnel is asked with 'Upgrade: {TUNNEL}'"
+        )))
+        .into_response();
+    }
+    let stream = match engine.connect_port(&name, port).await {
+        Ok(stream) => stream,
+        Err(e) => return ApiError::new(e).into_response(),
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
+        let mut stream = stream;
+        let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut stream).await;
+    });
+    let mut response = axum::http::StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static(TUNNEL));
+    response
+}
+
+/// A byte tunnel to port `port` of set `set`, through the node whose API is at `url`
+/// (the cluster's secret opens it).
+pub(crate) async fn open_port(
+    nodes: &NodeClient,
+    engine: &Engine,
+    url: &str,
+    set: &str,
+    port: u16,
+) -> gpu_replica_core::Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>> {
+    let secret = engine
+        .cluster_secret()
+        .ok_or_else(|| Error::Unavailable("this node has no cluster secret".into()))?;
+    let request = hyper::Request::builder()
+        .method(Method::GET)
+        .uri(format!("{}{PORTS}/{set}/{port}", url.trim_end_matches('/')))
+        .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, TUNNEL)
+        .body(Body::empty())
+        .map_err(|e| Error::InvalidParams(e.to_string()))?;
+    let mut answer = nodes
+        .send(request)
+        .await
+        .map_err(|e| Error::Unavailable(format!("the node at {url}: {e}")))?;
+    if answer.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        let body = answer.into_body().collect().await.map(|c| c.to_bytes());
+        let text = body
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["msg"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "no tunnel".into());
+        return Err(Error::Unavailable(format!("the node at {url}: {text}")));
+    }
+    let upgraded = hyper::upgrade::on(&mut answer)
+        .await
+        .map_err(|e| Error::Unavailable(format!("the node at {url}: {e}")))?;
+    Ok(hyper_util::rt::TokioIo::new(upgraded))
 }

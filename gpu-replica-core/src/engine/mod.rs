@@ -197,6 +197,8 @@ pub(crate) struct Shared {
     pub(crate) rootfs_support: std::sync::OnceLock<crate::runtime::RootfsSupport>,
     /// The web terminals' live sessions.
     pub(crate) screens: Arc<self::screens::Screens>,
+    /// The proxy's signing key, once read from the store (or made).
+    pub(crate) proxy_key: tokio::sync::OnceCell<[u8; 32]>,
 }
 
 impl Context {
@@ -231,6 +233,7 @@ impl Context {
             network_guard: std::sync::OnceLock::new(),
             rootfs_support: std::sync::OnceLock::new(),
             screens: Arc::default(),
+            proxy_key: tokio::sync::OnceCell::new(),
         };
         Context {
             shared: Arc::new(shared),

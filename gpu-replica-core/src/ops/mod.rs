@@ -8,6 +8,7 @@ pub(crate) mod metrics;
 pub(crate) mod migrate;
 pub(crate) mod nodes;
 pub(crate) mod observe;
+pub(crate) mod proxy;
 pub(crate) mod read;
 pub(crate) mod resources;
 pub(crate) mod run;

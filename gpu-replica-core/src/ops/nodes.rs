@@ -297,7 +297,7 @@ impl Engine {
 
     /// Where node `name` (which a set or volume records) is reached, if it is ready; one
     /// without a record is gone.
-    async fn node_location(&self, name: &str) -> Result<Location> {
+    pub(crate) async fn node_location(&self, name: &str) -> Result<Location> {
         if name == self.ctx.node_name() {
             return Ok(Location::Here);
         }

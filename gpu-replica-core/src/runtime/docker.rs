@@ -589,6 +589,25 @@ fn cpu_percent(stats: &bollard::models::ContainerStatsResponse) -> f64 {
 }
 
 /// `repo:tag` → (`repo`, `tag`), `latest` when no tag is given.
+/// The listening ports in `/proc/net/tcp`-format tables: rows whose state is `0A` (LISTEN),
+/// their local port (hex after the colon).
+fn listening_in(tables: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = tables
+        .lines()
+        .filter_map(|row| {
+            let fields: Vec<&str> = row.split_whitespace().collect();
+            let (local, state) = (fields.get(1)?, fields.get(3)?);
+            if *state != "0A" {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 fn split_reference(image: &str) -> (&str, &str) {
     match image.rsplit_once(':') {
         Some((repo, tag)) if !tag.contains('/') => (repo, tag),
@@ -1178,6 +1197,32 @@ impl ContainerRuntime for DockerRuntime {
         .map_err(refused)
     }
 
+    async fn listening_ports(&self, name: &str) -> Result<Vec<u16>> {
+        let found = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(docker_err)?;
+        let state = found.state.unwrap_or_default();
+        if !state.running.unwrap_or(false) {
+            return Err(Error::NotRunning(name.to_string()));
+        }
+        // The kernel's socket tables of the container's network namespace, read through its
+        // first process on this host; else from inside (needs `cat` in the image).
+        let pid = state.pid.unwrap_or(0);
+        let mut tables = String::new();
+        for table in ["tcp", "tcp6"] {
+            if let Ok(text) = tokio::fs::read_to_string(format!("/proc/{pid}/net/{table}")).await {
+                tables.push_str(&text);
+            }
+        }
+        if pid <= 0 || tables.is_empty() {
+            let argv = ["cat", "/proc/net/tcp", "/proc/net/tcp6"].map(str::to_string);
+            tables = self.exec(name, &argv, None).await?.output;
+        }
+        Ok(listening_in(&tables))
+    }
+
     async fn tag_image(&self, source: &str, target: &str) -> Result<()> {
         let (repo, tag) = split_reference(target);
         let options = TagImageOptions {
@@ -1585,6 +1630,18 @@ impl ContainerRuntime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn listening_ports_are_read_from_the_kernels_tables() {
+        let tables = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:22B8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
+   2: 0100007F:0050 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 0 0 0 0 0 4 1
+";
+        assert_eq!(listening_in(tables), vec![80, 8888]);
+    }
+
     use super::*;
 
     #[test]

@@ -442,6 +442,9 @@ pub trait ContainerRuntime: Send + Sync {
     /// on its loopback (entering its network namespace, which needs root), else on its
     /// address in its network.
     async fn connect_port(&self, name: &str, port: u16) -> Result<tokio::net::TcpStream>;
+    /// The TCP ports a program of running container `name` listens on (any address of its
+    /// network namespace, loopback included), ascending, each once.
+    async fn listening_ports(&self, name: &str) -> Result<Vec<u16>>;
     /// Inspects an image; `None` when it is not present.
     async fn inspect_image(&self, image: &str) -> Result<Option<ImageState>>;
     /// Images carrying label `key` (any value).

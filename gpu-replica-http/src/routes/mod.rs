@@ -5,6 +5,7 @@ pub mod instance;
 pub mod replicaset;
 pub mod resources;
 pub mod screen;
+pub mod services;
 pub mod terminal;
 pub mod users;
 pub mod volume;

@@ -15,9 +15,11 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 pub mod paths;
+mod proxy;
 mod screen;
 mod users;
 
+pub use self::proxy::*;
 pub use self::screen::*;
 pub use self::users::*;
 

@@ -65,6 +65,10 @@ pub const USER_KEY: &str = "/api/v1/users/{name}/keys/{fingerprint}";
 pub const TERMINAL: &str = "/api/v1/replicaSet/{name}/terminal";
 /// `GET` (a WebSocket) the console's web terminal, emulated on the server.
 pub const SCREEN: &str = "/api/v1/replicaSet/{name}/screen";
+/// A link that opens a set's web service through the proxy.
+pub const OPEN: &str = "/api/v1/replicaSet/{name}/open";
+/// A set's TCP ports: published, listening, answering HTTP.
+pub const SERVICES: &str = "/api/v1/replicaSet/{name}/services";
 /// `GET` who the token is.
 pub const WHOAMI: &str = "/api/v1/whoami";
 /// `GET` the cluster's nodes.
@@ -92,6 +96,8 @@ pub const ALL: &[&str] = &[
     STATS,
     TERMINAL,
     SCREEN,
+    OPEN,
+    SERVICES,
     EVENTS,
     VOLUMES,
     VOLUME,

@@ -1,0 +1,1034 @@
+//! The web-service proxy: a set's HTTP services (JupyterLab, TensorBoard, a model server) at
+//! one address, behind the same users as the API, on an origin of its own.
+//!
+//! Served on its own listener (`--proxy-addr`), never on the API's: a proxied application runs
+//! its own script in the user's browser, and on the console's origin that script could read
+//! the console's token. Two ways to name a service:
+//! - **paths**: `/{set}/{port}/…` on the proxy's address; the request reaches the application
+//!   with its path whole and `X-Forwarded-Prefix: /{set}/{port}`, so an application told its
+//!   base path (`jupyter lab --ServerApp.base_url=/{set}/8888/`) builds its links under it;
+//! - **host names** (with a domain, `--proxy-domain`): `{set}-{port}.{domain}`, for
+//!   applications that cannot live under a path; each service is then an origin of its own.
+//!
+//! Access: `GET …/_gpu-replica/open?ticket=T` (the link the API hands out, good for a minute,
+//! once) sets an HttpOnly cookie scoped to that service and sends the browser on to it. Every
+//! request is then let through with that cookie only, while its user exists, keeps their token
+//! and may reach the set; the cookie is taken out before the request goes on, and no API
+//! token ever comes here. Without a good cookie the answer is the same for a set that exists,
+//! one of another user and one that does not.
+//!
+//! Bodies stream both ways; WebSocket upgrades are carried as they are; connections to a
+//! container's port are kept for reuse (a new version is a new container, so a new pool). A
+//! set on another node of a cluster is reached through a byte tunnel to that node
+//! ([`crate::link`]'s port route, behind the cluster's secret).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use gpu_replica_core::{Engine, Error, PortHere, ProxyTarget};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::forward::NodeClient;
+
+/// The proxy's cookie (one per service: scoped by path, or by host name).
+pub const COOKIE: &str = "gpu_replica_proxy";
+/// Where the proxy's own pages live (a set name never starts with `_`).
+pub const OPEN_PATH: &str = "/_gpu-replica/open";
+
+/// How the proxy serves.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    /// With a domain, `{set}-{port}.{domain}` names a service too.
+    pub domain: Option<String>,
+    /// Whether browsers reach the proxy over HTTPS (its own TLS, or one in front of it):
+    /// cookies are then `Secure` and the application is told `X-Forwarded-Proto: https`.
+    pub https: bool,
+    /// Requests and WebSockets one user may have going through the proxy at once.
+    pub connections_per_user: usize,
+    /// Longest a proxied exchange may go without a byte either way (an answer's head, a
+    /// body, a WebSocket: one that pings is never idle).
+    pub idle_timeout: Duration,
+    /// How sets on other nodes are reached.
+    pub nodes: NodeClient,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> ProxyOptions {
+        ProxyOptions {
+            domain: None,
+            https: false,
+            connections_per_user: 64,
+            idle_timeout: Duration::from_secs(600),
+            nodes: NodeClient::plain(),
+        }
+    }
+}
+
+/// Where the proxy is reached from a browser, as the API's `open` route writes its links.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyAddress {
+    /// The proxy's base URL (`https://apps.example.com`); without one, links name the host
+    /// the API was reached by, on `port`.
+    pub url: Option<String>,
+    /// The proxy listener's port (for links without `url`).
+    pub port: u16,
+    /// Whether the proxy speaks HTTPS itself (for links without `url`).
+    pub https: bool,
+    /// As [`ProxyOptions::domain`].
+    pub domain: Option<String>,
+}
+
+impl ProxyAddress {
+    /// The link that opens port `port` of set `set` with `ticket`, the API having been
+    /// reached at `api_host` (its `Host` header).
+    pub fn link(&self, api_host: &str, set: &str, port: u16, ticket: &str) -> String {
+        let base = match &self.url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let host = host_only(api_host);
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host.to_string()
+                };
+                let scheme = if self.https { "https" } else { "http" };
+                format!("{scheme}://{host}:{}", self.port)
+            }
+        };
+        match &self.domain {
+            Some(domain) if host_label(set) => {
+                // The scheme and port of the base, the service's own host name.
+                let (scheme, rest) = base.split_once("://").unwrap_or(("http", &base));
+                let port = rest
+                    .rsplit_once(':')
+                    .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                    .map(|(_, p)| format!(":{p}"))
+                    .unwrap_or_default();
+                format!("{scheme}://{set}-{port_n}.{domain}{port}{OPEN_PATH}?ticket={ticket}", port_n = port)
+            }
+            _ => format!("{base}{OPEN_PATH}/{set}/{port}?ticket={ticket}"),
+        }
+    }
+}
+
+/// Whether set name `set` can be a host name's label as it is (browsers lower-case host
+/// names; dots would make more labels).
+fn host_label(set: &str) -> bool {
+    set.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && set.len() <= 56
+}
+
+/// `host` without its port.
+fn host_only(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// A service of a set, as a request names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Service {
+    set: String,
+    port: u16,
+    /// By host name (no prefix), or under `/{set}/{port}`.
+    by_host: bool,
+}
+
+impl Service {
+    fn prefix(&self) -> String {
+        if self.by_host {
+            String::new()
+        } else {
+            format!("/{}/{}", self.set, self.port)
+        }
+    }
+
+    fn cookie_path(&self) -> String {
+        if self.by_host {
+            "/".into()
+        } else {
+            self.prefix()
+        }
+    }
+}
+
+/// What a request asks of the proxy.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    /// Open a link: redeem its ticket.
+    Open(Service),
+    /// A path of a service (its prefix, if any, included).
+    Pass(Service),
+    /// `/{set}/{port}` without its slash: sent on to the slash.
+    Slash(Service),
+    /// Anything else: the proxy's own page.
+    Home,
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    text.parse::<u16>().ok().filter(|p| *p > 0)
+}
+
+/// What `host` and `path` ask, with `domain` for host names.
+fn asked(domain: Option<&str>, host: &str, path: &str) -> Asked {
+    if let Some(domain) = domain {
+        let host = host_only(host).to_ascii_lowercase();
+        if let Some(label) = host
+            .strip_suffix(&domain.to_ascii_lowercase())
+            .and_then(|h| h.strip_suffix('.'))
+        {
+            if let Some((set, port)) = label.rsplit_once('-') {
+                if let (false, Some(port)) = (set.is_empty() || label.contains('.'), parse_port(port))
+                {
+                    let service = Service {
+                        set: set.to_string(),
+                        port,
+                        by_host: true,
+                    };
+                    return if path == OPEN_PATH {
+                        Asked::Open(service)
+                    } else {
+                        Asked::Pass(service)
+                    };
+                }
+            }
+        }
+    }
+    let service = |set: &str, port: &str| {
+        let first_ok = set.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        parse_port(port)
+            .filter(|_| first_ok)
+            .map(|port| Service {
+                set: set.to_string(),
+                port,
+                by_host: false,
+            })
+    };
+    if let Some(rest) = path.strip_prefix(OPEN_PATH).and_then(|r| r.strip_prefix('/')) {
+        if let Some((set, port)) = rest.split_once('/') {
+            if let Some(s) = service(set, port.trim_end_matches('/')) {
+                return Asked::Open(s);
+            }
+        }
+        return Asked::Home;
+    }
+    let mut parts = path.splitn(4, '/').skip(1);
+    let (Some(set), Some(port)) = (parts.next(), parts.next()) else {
+        return Asked::Home;
+    };
+    match (service(set, port), parts.next()) {
+        (Some(s), None) => Asked::Slash(s),
+        (Some(s), Some(_)) => Asked::Pass(s),
+        (None, _) => Asked::Home,
+    }
+}
+
+/// Where pooled connections go, by the key their URI's host carries.
+#[derive(Clone)]
+enum Upstream {
+    Here(PortHere),
+    Node { url: String, set: String, port: u16 },
+}
+
+impl Upstream {
+    fn key(&self) -> String {
+        match self {
+            Upstream::Here(here) => format!("h{}", here.key()),
+            Upstream::Node { url, set, port } => format!("n{url} {set}:{port}"),
+        }
+    }
+}
+
+/// The proxy's state.
+struct Proxy {
+    engine: Arc<Engine>,
+    options: ProxyOptions,
+    client: hyper_util::client::legacy::Client<Connector, Body>,
+    upstreams: Arc<Mutex<HashMap<String, Upstream>>>,
+    /// Requests and WebSockets in flight, per user.
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    /// Link nonces redeemed here, until the link would have expired anyway.
+    redeemed: Mutex<HashMap<String, Instant>>,
+}
+
+/// The proxy's router over `engine`: serve it on a listener of its own, with
+/// [`crate::serve`] (connect info on, so the application learns its client's address).
+pub fn proxy_router(engine: Arc<Engine>, options: ProxyOptions) -> Router {
+    let upstreams: Arc<Mutex<HashMap<String, Upstream>>> = Arc::default();
+    let connector = Connector {
+        engine: engine.clone(),
+        nodes: options.nodes.clone(),
+        upstreams: upstreams.clone(),
+    };
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(32)
+        .build(connector);
+    let proxy = Arc::new(Proxy {
+        engine,
+        options,
+        client,
+        upstreams,
+        open: Arc::default(),
+        redeemed: Mutex::default(),
+    });
+    Router::new().fallback(handle).with_state(proxy)
+}
+
+/// A plain page of the proxy's own.
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>{}</title>\
+         <body style=\"font:15px system-ui,sans-serif;margin:3em\"><h1>{}</h1><p>{}</p>",
+        escape(title),
+        escape(title),
+        escape(text)
+    );
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn not_admitted(service: &Service) -> Response {
+    page(
+        StatusCode::UNAUTHORIZED,
+        "Open this service from gpu-replica",
+        &format!(
+            "Port {} of '{}' is reached through a link: open it from the console's Services, \
+             or run `gpu-replica open {} {}`.",
+            service.port, service.set, service.set, service.port
+        ),
+    )
+}
+
+fn error_page(e: &Error, service: &Service) -> Response {
+    match e {
+        Error::NotFound(_) => page(
+            StatusCode::NOT_FOUND,
+            "No such set",
+            &format!("There is no set '{}'.", service.set),
+        ),
+        Error::Refused { .. } | Error::NotRunning(_) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Not running",
+            &format!("'{}' is not running; continue or restart it first.", service.set),
+        ),
+        other => page(StatusCode::BAD_GATEWAY, "Not reached", &other.to_string()),
+    }
+}
+
+async fn handle(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    match asked(
+        proxy.options.domain.as_deref(),
+        &host,
+        request.uri().path(),
+    ) {
+        Asked::Home => page(
+            StatusCode::NOT_FOUND,
+            "gpu-replica proxy",
+            "This address serves the web services of gpu-replica's sets. Open one from the \
+             console's Services, or run `gpu-replica open SET PORT`.",
+        ),
+        Asked::Slash(service) => {
+            let query = request
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            redirect(&format!("{}/{query}", service.prefix()))
+        }
+        Asked::Open(service) => open(&proxy, &service, request.uri()).await,
+        Asked::Pass(service) => {
+            let peer = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| *a);
+            pass(&proxy, service, host, peer, request).await
+        }
+    }
+}
+
+fn redirect(to: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(location) = HeaderValue::from_str(to) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Redeems a link: sets the service's cookie and sends the browser on to the service.
+async fn open(proxy: &Proxy, service: &Service, uri: &Uri) -> Response {
+    let ticket = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ticket="))
+        .unwrap_or_default();
+    let refused = || {
+        page(
+            StatusCode::FORBIDDEN,
+            "This link is not good",
+            "It expired (links are good for a minute, once), or it was made for another \
+             service or a user whose token has changed since. Open the service again.",
+        )
+    };
+    let grant = match proxy
+        .engine
+        .proxy_redeem(ticket, &service.set, service.port)
+        .await
+    {
+        Ok(grant) => grant,
+        Err(Error::Unauthorized) => return refused(),
+        Err(e) => return error_page(&e, service),
+    };
+    {
+        let mut redeemed = proxy.redeemed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        redeemed.retain(|_, until| *until > now);
+        if redeemed.contains_key(&grant.nonce) {
+            return refused();
+        }
+        redeemed.insert(
+            grant.nonce.clone(),
+            now + gpu_replica_core::PROXY_LINK_TTL + Duration::from_secs(5),
+        );
+    }
+    tracing::info!(user = %grant.user, set = %grant.set, port = grant.port, "proxy link opened");
+    let mut response = redirect(&format!("{}/", service.prefix()));
+    let cookie = format!(
+        "{COOKIE}={}; Path={}; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        grant.cookie,
+        service.cookie_path(),
+        grant.max_age.as_secs(),
+        if proxy.options.https { "; Secure" } else { "" }
+    );
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The values of the proxy's cookie among `headers`' cookies.
+fn our_cookies(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE).then(|| value.to_string())
+        })
+        .collect()
+}
+
+/// `headers`' cookies without the proxy's, as one header value (none when nothing is left).
+fn other_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
+    let kept: Vec<&str> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(COOKIE))
+        .collect();
+    (!kept.is_empty())
+        .then(|| HeaderValue::from_str(&kept.join("; ")).ok())
+        .flatten()
+}
+
+/// Headers that belong to one connection, never carried on.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Takes out the hop-by-hop headers (and those `Connection` names).
+fn drop_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The protocol a request asks to switch to, if it asks.
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+}
+
+/// Holds one of a user's places at the proxy; gives it back when dropped.
+struct Place {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Place {
+    fn take(open: &Arc<Mutex<HashMap<String, usize>>>, user: &str, most: usize) -> Option<Place> {
+        let mut counts = open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(user.to_string()).or_default();
+        if *count >= most {
+            return None;
+        }
+        *count += 1;
+        Some(Place {
+            open: open.clone(),
+            user: user.to_string(),
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Carries a request to its service, once its cookie lets it in.
+async fn pass(
+    proxy: &Proxy,
+    service: Service,
+    host: String,
+    peer: Option<SocketAddr>,
+    mut request: Request,
+) -> Response {
+    let mut admitted = None;
+    for cookie in our_cookies(request.headers()) {
+        match proxy
+            .engine
+            .proxy_admit(&cookie, &service.set, service.port)
+            .await
+        {
+            Ok(Some(engine)) => {
+                admitted = Some(engine);
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => return error_page(&e, &service),
+        }
+    }
+    let Some(engine) = admitted else {
+        return not_admitted(&service);
+    };
+    let target = match engine.proxy_target(&service.set, service.port).await {
+        Ok(target) => target,
+        Err(e) => return error_page(&e, &service),
+    };
+    let user = engine.caller().name.clone();
+    let Some(place) = Place::take(&proxy.open, &user, proxy.options.connections_per_user) else {
+        return page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connections",
+            &format!(
+                "{user} has {} requests and WebSockets open through the proxy, the most \
+                 allowed; close some and try again.",
+                proxy.options.connections_per_user
+            ),
+        );
+    };
+    let upstream = match target {
+        ProxyTarget::Here(here) => Upstream::Here(here),
+        ProxyTarget::Node { url, .. } => Upstream::Node {
+            url,
+            set: service.set.clone(),
+            port: service.port,
+        },
+    };
+    let key = upstream.key();
+    {
+        let mut upstreams = proxy.upstreams.lock().unwrap_or_else(|p| p.into_inner());
+        if upstreams.len() > 4096 && !upstreams.contains_key(&key) {
+            upstreams.clear();
+        }
+        upstreams.insert(key.clone(), upstream);
+    }
+    let from_client = upgrade_of(request.headers()).map(|protocol| {
+        (protocol, hyper::upgrade::on(&mut request))
+    });
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let uri = match format!("http://{}{path_and_query}", hex(&key)).parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(e) => return page(StatusCode::BAD_REQUEST, "Bad request", &e.to_string()),
+    };
+    let cookies = other_cookies(&parts.headers);
+    let headers = &mut parts.headers;
+    drop_hop_by_hop(headers);
+    headers.remove(header::COOKIE);
+    if let Some(cookies) = cookies {
+        headers.insert(header::COOKIE, cookies);
+    }
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+        "forwarded",
+    ] {
+        headers.remove(name);
+    }
+    if let Some(peer) = peer {
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        headers.insert("x-forwarded-host", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if proxy.options.https { "https" } else { "http" }),
+    );
+    if !service.by_host {
+        if let Ok(v) = HeaderValue::from_str(&service.prefix()) {
+            headers.insert("x-forwarded-prefix", v);
+        }
+    }
+    if let Some((protocol, _)) = &from_client {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    parts.uri = uri;
+    let outgoing = hyper::Request::from_parts(parts, body);
+    let idle = proxy.options.idle_timeout;
+    let answer = match tokio::time::timeout(idle, proxy.client.request(outgoing)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            tracing::debug!(set = %service.set, port = service.port, "proxy: {text}");
+            return page(
+                StatusCode::BAD_GATEWAY,
+                "Nothing answers",
+                &format!(
+                    "Nothing answered on port {} of '{}' ({text}).",
+                    service.port, service.set
+                ),
+            );
+        }
+        Err(_) => {
+            return page(
+                StatusCode::GATEWAY_TIMEOUT,
+                "No answer",
+                &format!(
+                    "Port {} of '{}' did not answer within {} s.",
+                    service.port,
+                    service.set,
+                    idle.as_secs()
+                ),
+            )
+        }
+    };
+    if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some((_, from_client)) = from_client {
+            return switch(answer, from_client, idle, place);
+        }
+    }
+    let (mut head, body) = answer.into_parts();
+    drop_hop_by_hop(&mut head.headers);
+    let body = Watched {
+        inner: body,
+        idle,
+        sleep: Box::pin(tokio::time::sleep(idle)),
+        _place: place,
+    };
+    Response::from_parts(head, Body::new(body))
+}
+
+/// Joins the client's connection and the service's once both switched protocols (a
+/// WebSocket), until either side ends or neither sends a byte for `idle`.
+fn switch(
+    mut answer: hyper::Response<Incoming>,
+    from_client: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    place: Place,
+) -> Response {
+    let from_service = hyper::upgrade::on(&mut answer);
+    tokio::spawn(async move {
+        let _place = place;
+        let (Ok(client), Ok(service)) = (from_client.await, from_service.await) else {
+            tracing::debug!("a proxied upgrade did not switch on both sides");
+            return;
+        };
+        join(TokioIo::new(client), TokioIo::new(service), idle).await;
+    });
+    let (head, _) = answer.into_parts();
+    Response::from_parts(head, Body::empty())
+}
+
+/// Copies bytes both ways between `a` and `b` (each side's end passed on as a half close)
+/// until both ended, or nothing moved for `idle`.
+async fn join<A, B>(a: A, b: B, idle: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let mut a_buf = vec![0u8; 16 * 1024];
+    let mut b_buf = vec![0u8; 16 * 1024];
+    let (mut a_open, mut b_open) = (true, true);
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
+    while a_open || b_open {
+        tokio::select! {
+            read = a_read.read(&mut a_buf), if a_open => match read {
+                Ok(0) | Err(_) => {
+                    a_open = false;
+                    let _ = b_write.shutdown().await;
+                }
+                Ok(n) => {
+                    if b_write.write_all(&a_buf[..n]).await.is_err() {
+                        return;
+                    }
+                    deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            },
+            read = b_read.read(&mut b_buf), if b_open => match read {
+                Ok(0) | Err(_) => {
+                    b_open = false;
+                    let _ = a_write.shutdown().await;
+                }
+                Ok(n) => {
+                    if a_write.write_all(&b_buf[..n]).await.is_err() {
+                        return;
+                    }
+                    deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            },
+            _ = &mut deadline => {
+                tracing::debug!("a proxied connection idle for {idle:?}: closed");
+                return;
+            }
+        }
+    }
+}
+
+/// A service's answer body on its way to the client: ended when nothing comes for `idle`,
+/// holding its user's place until it is sent or dropped.
+struct Watched {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    _place: Place,
+}
+
+impl hyper::body::Body for Watched {
+    type Data = bytes_type::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let idle = self.idle;
+                self.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "the service sent nothing for {:?}",
+                    self.idle
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+mod bytes_type {
+    pub(super) use axum::body::Bytes;
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// A connection to a service: a TCP stream into a container here, or a tunnel through the
+/// node the set lives on.
+pub(crate) struct UpstreamIo(TokioIo<Box<dyn Io>>);
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Opens the connections the client pools: the URI's host is the hex of an upstream's key.
+#[derive(Clone)]
+struct Connector {
+    engine: Arc<Engine>,
+    nodes: NodeClient,
+    upstreams: Arc<Mutex<HashMap<String, Upstream>>>,
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = UpstreamIo;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamIo, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let upstream = uri
+            .host()
+            .and_then(unhex)
+            .and_then(|key| {
+                self.upstreams
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .cloned()
+            });
+        let engine = self.engine.clone();
+        let nodes = self.nodes.clone();
+        Box::pin(async move {
+            let io: Box<dyn Io> = match upstream {
+                None => return Err("no such upstream".into()),
+                Some(Upstream::Here(here)) => {
+                    let stream = engine.proxy_connect(&here).await?;
+                    let _ = stream.set_nodelay(true);
+                    Box::new(stream)
+                }
+                Some(Upstream::Node { url, set, port }) => {
+                    Box::new(crate::link::open_port(&nodes, &engine, &url, &set, port).await?)
+                }
+            };
+            Ok(UpstreamIo(TokioIo::new(io)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(set: &str, port: u16) -> Service {
+        Service {
+            set: set.into(),
+            port,
+            by_host: false,
+        }
+    }
+
+    #[test]
+    fn requests_name_their_service_by_path_or_by_host() {
+        assert_eq!(asked(None, "h:1", "/lab/8888/tree"), Asked::Pass(path("lab", 8888)));
+        assert_eq!(asked(None, "h:1", "/lab/8888/"), Asked::Pass(path("lab", 8888)));
+        assert_eq!(asked(None, "h:1", "/lab/8888"), Asked::Slash(path("lab", 8888)));
+        assert_eq!(asked(None, "h:1", "/lab/0/"), Asked::Home);
+        assert_eq!(asked(None, "h:1", "/lab/x/"), Asked::Home);
+        assert_eq!(asked(None, "h:1", "/"), Asked::Home);
+        assert_eq!(asked(None, "h:1", "/_x/80/"), Asked::Home);
+        assert_eq!(
+            asked(None, "h:1", "/_gpu-replica/open/My.Set/80"),
+            Asked::Open(path("My.Set", 80))
+        );
+        let by_host = Service {
+            set: "lab".into(),
+            port: 6006,
+            by_host: true,
+        };
+        let domain = Some("apps.example.com");
+        assert_eq!(
+            asked(domain, "LAB-6006.Apps.example.com:8443", "/x"),
+            Asked::Pass(by_host.clone())
+        );
+        assert_eq!(
+            asked(domain, "lab-6006.apps.example.com", OPEN_PATH),
+            Asked::Open(by_host)
+        );
+        // The domain itself, or a deeper name, is served by path.
+        assert_eq!(
+            asked(domain, "apps.example.com", "/lab/80/"),
+            Asked::Pass(path("lab", 80))
+        );
+        assert_eq!(asked(domain, "a.lab-80.apps.example.com", "/"), Asked::Home);
+    }
+
+    #[test]
+    fn links_name_the_proxy_as_the_api_was_reached() {
+        let address = ProxyAddress {
+            url: None,
+            port: 2380,
+            https: false,
+            domain: None,
+        };
+        assert_eq!(
+            address.link("10.0.0.5:2378", "lab", 8888, "T"),
+            "http://10.0.0.5:2380/_gpu-replica/open/lab/8888?ticket=T"
+        );
+        assert_eq!(
+            address.link("[::1]:2378", "lab", 80, "T"),
+            "http://[::1]:2380/_gpu-replica/open/lab/80?ticket=T"
+        );
+        let hosted = ProxyAddress {
+            url: Some("https://apps.example.com/".into()),
+            domain: Some("apps.example.com".into()),
+            ..address
+        };
+        assert_eq!(
+            hosted.link("x", "lab", 6006, "T"),
+            "https://lab-6006.apps.example.com/_gpu-replica/open?ticket=T"
+        );
+        // A name that cannot be a host label is served by path.
+        assert_eq!(
+            hosted.link("x", "My.Lab", 6006, "T"),
+            "https://apps.example.com/_gpu-replica/open/My.Lab/6006?ticket=T"
+        );
+    }
+
+    #[test]
+    fn the_proxys_cookie_never_reaches_the_service() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; gpu_replica_proxy=SECRET; b=2"),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("gpu_replica_proxy=X"));
+        assert_eq!(our_cookies(&headers), vec!["SECRET", "X"]);
+        assert_eq!(other_cookies(&headers).unwrap(), "a=1; b=2");
+        let mut only = HeaderMap::new();
+        only.insert(header::COOKIE, HeaderValue::from_static("gpu_replica_proxy=S"));
+        assert!(other_cookies(&only).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        drop_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+        assert_eq!(unhex(&hex("hlab-1:80")).unwrap(), "hlab-1:80");
+    }
+}

@@ -209,7 +209,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GPU_REPLICA_PROXY_DOMAIN", requires = "proxy_addr")]
     proxy_domain: Option<String>,
     /// Requests and WebSockets one user may have going through the proxy at once.
-    #[arg(long, env = "GPU_REPLICA_PROXY_CONNECTIONS_PER_USER", default_value = "64")]
+    #[arg(
+        long,
+        env = "GPU_REPLICA_PROXY_CONNECTIONS_PER_USER",
+        default_value = "64"
+    )]
     proxy_connections_per_user: usize,
     /// A proxied exchange with no byte either way for this long is ended (WebSockets that
     /// ping are never idle).
@@ -658,10 +662,16 @@ async fn start_proxy(
     }
     if let Some(url) = &args.proxy_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("--proxy-url {url}: give an http:// or https:// URL"));
+            return Err(format!(
+                "--proxy-url {url}: give an http:// or https:// URL"
+            ));
         }
     }
-    let https = tls || args.proxy_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+    let https = tls
+        || args
+            .proxy_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
     let domain = args
         .proxy_domain
         .as_deref()

@@ -69,7 +69,14 @@ pub fn wsecho_binary() -> std::io::Result<std::path::PathBuf> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--release", "-q", "-p", "gpu-replica-wsecho", "--target"])
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "gpu-replica-wsecho",
+                "--target",
+            ])
             .arg(&target)
             .arg("--target-dir")
             .arg(&dir)

@@ -186,7 +186,10 @@ pub async fn forward_if_elsewhere(
         .cloned()
         .unwrap_or_else(Caller::operator);
     let engine = forwarder.engine.as_caller(caller);
-    let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    let matched = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str());
     // A proxy link names the proxy of the node asked, which reaches sets on any node.
     if matched == Some(crate::wire::paths::OPEN) {
         return next.run(request).await;

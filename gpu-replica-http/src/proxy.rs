@@ -112,12 +112,12 @@ impl ProxyAddress {
             Some(domain) if host_label(set) => {
                 // The scheme and port of the base, the service's own host name.
                 let (scheme, rest) = base.split_once("://").unwrap_or(("http", &base));
-                let port = rest
+                let listener = rest
                     .rsplit_once(':')
                     .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
                     .map(|(_, p)| format!(":{p}"))
                     .unwrap_or_default();
-                format!("{scheme}://{set}-{port_n}.{domain}{port}{OPEN_PATH}?ticket={ticket}", port_n = port)
+                format!("{scheme}://{set}-{port}.{domain}{listener}{OPEN_PATH}?ticket={ticket}")
             }
             _ => format!("{base}{OPEN_PATH}/{set}/{port}?ticket={ticket}"),
         }
@@ -196,7 +196,8 @@ fn asked(domain: Option<&str>, host: &str, path: &str) -> Asked {
             .and_then(|h| h.strip_suffix('.'))
         {
             if let Some((set, port)) = label.rsplit_once('-') {
-                if let (false, Some(port)) = (set.is_empty() || label.contains('.'), parse_port(port))
+                if let (false, Some(port)) =
+                    (set.is_empty() || label.contains('.'), parse_port(port))
                 {
                     let service = Service {
                         set: set.to_string(),
@@ -213,16 +214,20 @@ fn asked(domain: Option<&str>, host: &str, path: &str) -> Asked {
         }
     }
     let service = |set: &str, port: &str| {
-        let first_ok = set.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
-        parse_port(port)
-            .filter(|_| first_ok)
-            .map(|port| Service {
-                set: set.to_string(),
-                port,
-                by_host: false,
-            })
+        let first_ok = set
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+        parse_port(port).filter(|_| first_ok).map(|port| Service {
+            set: set.to_string(),
+            port,
+            by_host: false,
+        })
     };
-    if let Some(rest) = path.strip_prefix(OPEN_PATH).and_then(|r| r.strip_prefix('/')) {
+    if let Some(rest) = path
+        .strip_prefix(OPEN_PATH)
+        .and_then(|r| r.strip_prefix('/'))
+    {
         if let Some((set, port)) = rest.split_once('/') {
             if let Some(s) = service(set, port.trim_end_matches('/')) {
                 return Asked::Open(s);
@@ -339,7 +344,10 @@ fn error_page(e: &Error, service: &Service) -> Response {
         Error::Refused { .. } | Error::NotRunning(_) => page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Not running",
-            &format!("'{}' is not running; continue or restart it first.", service.set),
+            &format!(
+                "'{}' is not running; continue or restart it first.",
+                service.set
+            ),
         ),
         other => page(StatusCode::BAD_GATEWAY, "Not reached", &other.to_string()),
     }
@@ -352,11 +360,7 @@ async fn handle(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    match asked(
-        proxy.options.domain.as_deref(),
-        &host,
-        request.uri().path(),
-    ) {
+    match asked(proxy.options.domain.as_deref(), &host, request.uri().path()) {
         Asked::Home => page(
             StatusCode::NOT_FOUND,
             "gpu-replica proxy",
@@ -512,7 +516,8 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
 }
 
 /// Holds one of a user's places at the proxy; gives it back when dropped.
@@ -606,9 +611,8 @@ async fn pass(
         }
         upstreams.insert(key.clone(), upstream);
     }
-    let from_client = upgrade_of(request.headers()).map(|protocol| {
-        (protocol, hyper::upgrade::on(&mut request))
-    });
+    let from_client =
+        upgrade_of(request.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts
         .uri
@@ -896,16 +900,13 @@ impl tower::Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let upstream = uri
-            .host()
-            .and_then(unhex)
-            .and_then(|key| {
-                self.upstreams
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&key)
-                    .cloned()
-            });
+        let upstream = uri.host().and_then(unhex).and_then(|key| {
+            self.upstreams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned()
+        });
         let engine = self.engine.clone();
         let nodes = self.nodes.clone();
         Box::pin(async move {
@@ -939,9 +940,18 @@ mod tests {
 
     #[test]
     fn requests_name_their_service_by_path_or_by_host() {
-        assert_eq!(asked(None, "h:1", "/lab/8888/tree"), Asked::Pass(path("lab", 8888)));
-        assert_eq!(asked(None, "h:1", "/lab/8888/"), Asked::Pass(path("lab", 8888)));
-        assert_eq!(asked(None, "h:1", "/lab/8888"), Asked::Slash(path("lab", 8888)));
+        assert_eq!(
+            asked(None, "h:1", "/lab/8888/tree"),
+            Asked::Pass(path("lab", 8888))
+        );
+        assert_eq!(
+            asked(None, "h:1", "/lab/8888/"),
+            Asked::Pass(path("lab", 8888))
+        );
+        assert_eq!(
+            asked(None, "h:1", "/lab/8888"),
+            Asked::Slash(path("lab", 8888))
+        );
         assert_eq!(asked(None, "h:1", "/lab/0/"), Asked::Home);
         assert_eq!(asked(None, "h:1", "/lab/x/"), Asked::Home);
         assert_eq!(asked(None, "h:1", "/"), Asked::Home);
@@ -1011,18 +1021,27 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; gpu_replica_proxy=SECRET; b=2"),
         );
-        headers.append(header::COOKIE, HeaderValue::from_static("gpu_replica_proxy=X"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("gpu_replica_proxy=X"),
+        );
         assert_eq!(our_cookies(&headers), vec!["SECRET", "X"]);
         assert_eq!(other_cookies(&headers).unwrap(), "a=1; b=2");
         let mut only = HeaderMap::new();
-        only.insert(header::COOKIE, HeaderValue::from_static("gpu_replica_proxy=S"));
+        only.insert(
+            header::COOKIE,
+            HeaderValue::from_static("gpu_replica_proxy=S"),
+        );
         assert!(other_cookies(&only).is_none());
     }
 
     #[test]
     fn hop_by_hop_headers_stay_behind() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         headers.insert("x-secret", HeaderValue::from_static("1"));
         headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         headers.insert("x-kept", HeaderValue::from_static("1"));

@@ -160,13 +160,13 @@ fn close(writer: &mut impl Write, code: u16) -> io::Result<()> {
     Frame::new(frame::CLOSE, &code.to_be_bytes()).write_to(writer, None)
 }
 
-/// The N of a `/big?bytes=N` request target.
+/// The N of a `/big?bytes=N` request target (under any prefix: a proxy may keep its own).
 fn big_download_size(target: &str) -> Option<u64> {
     let (path, query) = target.split_once('?')?;
     let size = query
         .split('&')
         .find_map(|pair| pair.strip_prefix("bytes="))?;
-    if path == "/big" {
+    if path == "/big" || path.ends_with("/big") {
         size.parse().ok()
     } else {
         None

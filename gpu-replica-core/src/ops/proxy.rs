@@ -444,7 +444,10 @@ mod tests {
         let later = unix_now() + 60;
         let ticket = sign(&key, &claims(LINK, later));
         assert!(verify(&key, &ticket, LINK).is_some());
-        assert!(verify(&key, &ticket, COOKIE).is_none(), "a link is no cookie");
+        assert!(
+            verify(&key, &ticket, COOKIE).is_none(),
+            "a link is no cookie"
+        );
         assert!(verify(&[8u8; 32], &ticket, LINK).is_none(), "another key");
         let expired = sign(&key, &claims(LINK, unix_now() - 1));
         assert!(verify(&key, &expired, LINK).is_none());

@@ -765,3 +765,135 @@ async fn the_console_adds_lists_and_removes_a_users_ssh_keys() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A page that tries to take the console's token from wherever it could be reachable, and
+/// writes what it found into `#result` as JSON.
+const HOSTILE_PAGE: &str = r#"<!doctype html><title>hostile</title><pre id="result"></pre><script>
+(async () => {
+  const r = { origin: location.origin };
+  r.session = sessionStorage.getItem("gpu-replica-token");
+  r.local = localStorage.length;
+  r.cookie = document.cookie;
+  r.opener = window.opener === null ? "null" : "present";
+  try { r.openerToken = window.opener && window.opener.sessionStorage.getItem("gpu-replica-token"); }
+  catch (e) { r.openerToken = "blocked"; }
+  try { const a = await fetch("API/api/v1/replicaSet", { credentials: "include" }); r.api = String(a.status) + " " + (await a.text()).slice(0, 80); }
+  catch (e) { r.api = "blocked"; }
+  const frame = document.createElement("iframe");
+  frame.src = "API/ui/";
+  document.body.append(frame);
+  await new Promise((done) => setTimeout(done, 1500));
+  try { r.frame = String(frame.contentWindow.sessionStorage.getItem("gpu-replica-token")); }
+  catch (e) { r.frame = "blocked"; }
+  document.getElementById("result").textContent = JSON.stringify(r);
+})();
+</script>"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_served_through_the_proxy_cannot_reach_the_consoles_token() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let token = "console-proxy-token";
+    let proxy_addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_with_env(
+        &dir,
+        None,
+        &[
+            ("GPU_REPLICA_TOKEN", token),
+            ("GPU_REPLICA_PROXY_ADDR", proxy_addr.as_str()),
+        ],
+    );
+    let call = |who: &str, method: &str, path: &str, body: Option<Value>| -> Value {
+        let body = body.map(|b| b.to_string());
+        let (status, _, answer) = http_as(&server.addr, Some(who), method, path, body.as_deref());
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        serde_json::from_str(&answer).unwrap()
+    };
+    let user = testkit::unique_name("web");
+    let created = call(token, "POST", "/api/v1/users", Some(json!({ "name": user })));
+    let user_token = created["data"]["token"].as_str().unwrap().to_string();
+    // The user's set serves the hostile page on 80, at the path the proxy gives it.
+    let set = testkit::unique_name("site");
+    call(
+        &user_token,
+        "POST",
+        "/api/v1/replicaSet",
+        Some(json!({"imageName": TEST_IMAGE, "replicaSetName": set, "gpuCount": 0,
+                    "cmd": ["sh", "-c", "mkdir -p /www && httpd -p 80 -h /www; exec sleep 100000"]})),
+    );
+    let page = HOSTILE_PAGE.replace("API", &format!("http://{}", server.addr));
+    let write = format!("mkdir -p /www/{set}/80 && printf %s \"$0\" > /www/{set}/80/index.html");
+    let written = call(
+        &user_token,
+        "POST",
+        &format!("/api/v1/replicaSet/{set}/execute"),
+        Some(json!({"cmd": ["sh", "-c", write, page]})),
+    );
+    assert_eq!(written["data"]["exitCode"], 0, "{written}");
+
+    let browser = Browser::start();
+    browser.open(&format!("http://{}/ui", server.addr));
+    browser.fill("#token", &user_token);
+    browser.click("#signin");
+    browser.until("signed in", || browser.text("#who").contains(&user));
+    let row = format!("#sets tr[data-set=\"{set}\"]");
+    browser.click(&format!("{row} button.services"));
+    // The services: port 80, marked as a web page.
+    browser.until("port 80 listed as web", || {
+        browser.text("#services tr[data-port=\"80\"] .web") == "web"
+    });
+    browser.screenshot("9-services");
+    browser.quiet("listing the services");
+    let console = browser.call("GET", "/window", None);
+    browser.click("#services tr[data-port=\"80\"] a.open");
+    let mut proxied = None;
+    browser.until("the service opens in a new tab", || {
+        let handles = browser.call("GET", "/window/handles", None);
+        proxied = handles
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| **h != console)
+            .cloned();
+        proxied.is_some()
+    });
+    browser.call("POST", "/window", Some(json!({ "handle": proxied.unwrap() })));
+    let mut found = String::new();
+    browser.until("the hostile page's findings", || {
+        found = browser.text("#result");
+        !found.is_empty()
+    });
+    browser.screenshot("10-proxied-page");
+    let found: Value = serde_json::from_str(&found).unwrap();
+    // Served from the proxy's origin, not the console's; nothing of the console's reachable.
+    assert_eq!(found["origin"], format!("http://{proxy_addr}"), "{found}");
+    assert_eq!(found["session"], Value::Null, "{found}");
+    assert_eq!(found["local"], 0, "{found}");
+    assert_eq!(found["opener"], "null", "{found}");
+    assert!(
+        !found["cookie"].as_str().unwrap().contains("gpu_replica_proxy"),
+        "the proxy's cookie is HttpOnly: {found}"
+    );
+    assert_eq!(found["api"], "blocked", "{found}");
+    assert_eq!(found["frame"], "blocked", "{found}");
+    // The browser's log holds the hostile page's refusals, and nothing else.
+    let errors = browser.errors();
+    assert!(
+        errors.iter().all(|e| e.contains("blocked by CORS policy")
+            || e.contains("net::ERR_FAILED")
+            || e.contains("frame-ancestors 'none'")),
+        "{errors:#?}"
+    );
+    // The console itself logged nothing wrong.
+    browser.call("POST", "/window", Some(json!({ "handle": console })));
+    browser.quiet("back on the console");
+    call(
+        &user_token,
+        "DELETE",
+        &format!("/api/v1/replicaSet/{set}"),
+        None,
+    );
+    drop(browser);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -361,6 +361,14 @@ async fn handle(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
         .unwrap_or_default()
         .to_string();
     match asked(proxy.options.domain.as_deref(), &host, request.uri().path()) {
+        Asked::Home if request.uri().path() == "/favicon.ico" => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CACHE_CONTROL, "max-age=86400"),
+            ],
+            crate::ui::ICON,
+        )
+            .into_response(),
         Asked::Home => page(
             StatusCode::NOT_FOUND,
             "gpu-replica proxy",

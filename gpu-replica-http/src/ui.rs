@@ -17,7 +17,7 @@ const INDEX: &str = include_str!("../ui/index.html");
 const SCRIPT: &str = include_str!("../ui/app.js");
 const TERMINAL: &str = include_str!("../ui/terminal.js");
 const STYLE: &str = include_str!("../ui/style.css");
-const ICON: &str = include_str!("../ui/favicon.svg");
+pub(crate) const ICON: &str = include_str!("../ui/favicon.svg");
 
 /// Only this page's own script, style and API: no inline script, nothing from elsewhere, never
 /// framed.

@@ -163,6 +163,8 @@ async function renderSets() {
             : el("button", { type: "button", class: "continue", onclick: action(() => api("PATCH", `/replicaSet/${name}/continue`)) }, "Continue"),
           el("button", { type: "button", class: "terminal", disabled: set.status === "running" ? null : "",
             title: "A terminal in the set's container", onclick: () => { location.hash = "#/terminal/" + encodeURIComponent(name); } }, "Terminal"),
+          el("button", { type: "button", class: "services", disabled: set.status === "running" ? null : "",
+            title: "The set's web services, opened through the proxy", onclick: () => openServices(name) }, "Services"),
           el("button", { type: "button", class: "history", onclick: () => openHistory(name) }, "History"),
           el("button", { type: "button", class: "clone", onclick: action(async () => {
             const copy = prompt(`Clone ${name} as:`, name + "copy");
@@ -172,6 +174,37 @@ async function renderSets() {
           confirm));
     }));
   if (!$("#history").hidden) await renderHistory($("#history-name").textContent);
+}
+
+async function openServices(name) {
+  clearError();
+  $("#services-name").textContent = name;
+  $("#services").hidden = false;
+  try {
+    await renderServices(name);
+  } catch (_) {
+    // shown already
+  }
+}
+
+// Opens port `port` of set `name` in a new tab: a link good for a minute, once, which sets the
+// proxy's cookie for that service. The tab gets no handle on this page (noopener).
+async function openService(name, port) {
+  const data = await api("POST", `/replicaSet/${name}/open`, { port: Number(port) });
+  window.open(data.url, "_blank", "noopener,noreferrer");
+}
+
+async function renderServices(name) {
+  const data = await api("GET", `/replicaSet/${name}/services`);
+  $("#services tbody").replaceChildren(
+    ...data.services.map((s) =>
+      el("tr", { dataset: { port: String(s.port) } },
+        el("td", { class: "port" }, String(s.port)),
+        el("td", { class: "host-port" }, s.hostPort == null ? "" : String(s.hostPort)),
+        el("td", { class: "listening" }, s.listening ? "yes" : "no"),
+        el("td", { class: "web" }, s.http ? "web" : ""),
+        el("td", {}, el("a", { href: "#", class: "open", title: "Open in a new tab, signed in",
+          onclick: (event) => { event.preventDefault(); action(() => openService(name, s.port))(); } }, "Open")))));
 }
 
 async function openHistory(name) {
@@ -381,6 +414,10 @@ for (const button of document.querySelectorAll("nav .tab")) {
   button.addEventListener("click", () => show(button.dataset.tab));
 }
 $("#history-close").addEventListener("click", () => { $("#history").hidden = true; });
+$("#services-close").addEventListener("click", () => { $("#services").hidden = true; });
+$("#services-form").addEventListener("submit", action(async () => {
+  await openService($("#services-name").textContent, $("#services-port").value);
+}));
 $("#terminal-back").addEventListener("click", () => show("sets"));
 $("#terminal-close").addEventListener("click", () => state.terminal?.close());
 window.addEventListener("hashchange", route);

@@ -590,17 +590,20 @@ fn cpu_percent(stats: &bollard::models::ContainerStatsResponse) -> f64 {
 
 /// `repo:tag` → (`repo`, `tag`), `latest` when no tag is given.
 /// The listening ports in `/proc/net/tcp`-format tables: rows whose state is `0A` (LISTEN),
-/// their local port (hex after the colon).
+/// their local port (hex after the colon); Docker's DNS server's port is left out.
 fn listening_in(tables: &str) -> Vec<u16> {
     let mut ports: Vec<u16> = tables
         .lines()
         .filter_map(|row| {
             let fields: Vec<&str> = row.split_whitespace().collect();
             let (local, state) = (fields.get(1)?, fields.get(3)?);
-            if *state != "0A" {
+            let (address, port) = local.rsplit_once(':')?;
+            // Docker's embedded DNS server (127.0.0.11, user-defined networks) is not the
+            // container's own.
+            if *state != "0A" || address == "0B00007F" {
                 return None;
             }
-            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+            u16::from_str_radix(port, 16).ok()
         })
         .collect();
     ports.sort_unstable();
@@ -1637,6 +1640,7 @@ mod tests {
    0: 0100007F:22B8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
    1: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1
    2: 0100007F:0050 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3 1
+   3: 0B00007F:8A41 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5 1
    0: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A 0 0 0 0 0 4 1
 ";
         assert_eq!(listening_in(tables), vec![80, 8888]);

@@ -1302,3 +1302,88 @@ async fn the_ssh_gateway_of_one_node_reaches_a_set_on_the_other() {
     drop((n1, n2));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The web-service proxy of one node reaches a set on the other: a link from n1's API names
+/// n1's proxy, which carries the pages and a WebSocket through a tunnel to n2 (behind the
+/// cluster's secret; nothing of n2 is asked of the browser).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_of_one_node_serves_a_set_on_the_other() {
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(17).await, daemon(18).await);
+    let (p1, p2) = (free_port(), free_port());
+    let proxy_flag = |port: u16| vec!["--proxy-addr".to_string(), format!("127.0.0.1:{port}")];
+    let n1 = Node::start_with("n1", &etcd.host_port(), &d1.socket(), &proxy_flag(p1));
+    let _n2 = Node::start_with("n2", &etcd.host_port(), &d2.socket(), &proxy_flag(p2));
+    let name = testkit::unique_name("farweb");
+    let mut body = run_body(&name, 1);
+    body["node"] = json!("n2");
+    body["cmd"] = json!([
+        "sh",
+        "-c",
+        format!(
+            "mkdir -p /www/{name}/80 && echo far-page > /www/{name}/80/index.html && \
+             httpd -p 80 -h /www; exec {} serve 9000",
+            testkit::WSECHO
+        )
+    ]);
+    let (status, answer) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(node_of(&n1, &name), "n2");
+    let link = |port: u16| {
+        let (status, answer) = n1.call(
+            "POST",
+            &format!("/api/v1/replicaSet/{name}/open"),
+            Some(json!({ "port": port })),
+        );
+        assert_eq!(status, 200, "{answer}");
+        let url = answer["data"]["url"].as_str().unwrap().to_string();
+        assert!(url.starts_with(&format!("http://127.0.0.1:{p1}/")), "n1's proxy: {url}");
+        url
+    };
+    let dir = data_dir();
+    let jar = dir.join("jar");
+    let jar = jar.to_str().unwrap();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "60", "-c", jar, "-b", jar, "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut page = String::new();
+    for _ in 0..50 {
+        page = curl(&["-L", &link(80)]);
+        if page.ends_with("\n200") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300)); // httpd starting on n2
+    }
+    assert_eq!(page, "far-page\n\n200", "through n1's proxy");
+    let page = curl(&[&format!("http://127.0.0.1:{p1}/{name}/80/index.html")]);
+    assert_eq!(page, "far-page\n\n200");
+    // A WebSocket through n1 to the echo server on n2.
+    let opened = curl(&["-L", &link(9000)]);
+    assert!(opened.ends_with("\n200"), "{opened}");
+    let jar_text = std::fs::read_to_string(jar).unwrap();
+    let cookie = jar_text
+        .lines()
+        .find(|l| l.contains("gpu_replica_proxy") && l.contains(&format!("/{name}/9000")))
+        .unwrap_or_else(|| panic!("{jar_text}"))
+        .rsplit('\t')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = Command::new(testkit::wsecho_binary().unwrap())
+        .args(["rtt", &format!("ws://127.0.0.1:{p1}/{name}/9000/"), "100"])
+        .args(["-H", &format!("Cookie: gpu_replica_proxy={cookie}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The internal tunnel route takes the cluster's secret only.
+    let (status, _) = n1.call("GET", &format!("/internal/v1/ports/{name}/80"), None);
+    assert_eq!(status, 401);
+    let (status, _) = n1.call("DELETE", &format!("/api/v1/replicaSet/{name}"), None);
+    assert_eq!(status, 200);
+}

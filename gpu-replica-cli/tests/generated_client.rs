@@ -37,12 +37,14 @@ async fn a_client_generated_from_the_document_parses_every_reply_of_every_operat
     let dir = data_dir();
     let host = dir.join("host");
     std::fs::create_dir_all(&host).unwrap();
+    let proxy = format!("127.0.0.1:{}", common::free_port());
     let server = Server::start_with_env(
         &dir,
         None,
         &[
             ("GPU_REPLICA_TOKEN", ADMIN),
             ("GPU_REPLICA_ALLOW_HOST_PATH", host.to_str().unwrap()),
+            ("GPU_REPLICA_PROXY_ADDR", &proxy),
         ],
     );
     let (status, _, document) = http_as(&server.addr, Some(ADMIN), "GET", "/openapi.json", None);
@@ -95,7 +97,7 @@ async fn a_client_generated_from_the_document_parses_every_reply_of_every_operat
         summary["failures"]
     );
     let operations = summary["operations"].as_u64().unwrap();
-    assert!(operations >= 39, "{summary}");
+    assert!(operations >= 41, "{summary}");
     // Every operation both ways, but a migration's success (it needs a second node: the
     // cluster tests cover it), a terminal's and a web terminal's (WebSockets: `shell.rs` and
     // `web_terminal.rs` drive them) and an error of /ping (it has none).
@@ -112,7 +114,7 @@ async fn a_client_generated_from_the_document_parses_every_reply_of_every_operat
         serde_json::json!(["service.ping"])
     );
     assert!(summary["replies_parsed"].as_u64().unwrap() >= 2 * operations);
-    assert_eq!(summary["conformance_checked"], 12);
+    assert_eq!(summary["conformance_checked"], 13);
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }

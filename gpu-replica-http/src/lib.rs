@@ -141,7 +141,12 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .route(p::STATS, get(instance::stats))
         .route(p::TERMINAL, get(routes::terminal::terminal))
         .route(p::SCREEN, get(routes::screen::screen))
-        .route(p::OPEN, post(routes::services::open))
+        .route(p::OPEN, {
+            let links = routes::services::ProxyLinks(proxy.map(Arc::new));
+            post(move |acting, headers, path, body| {
+                routes::services::open(acting, links, headers, path, body)
+            })
+        })
         .route(p::SERVICES, get(routes::services::services))
         .route(p::EVENTS, get(events::events))
         .route(p::VOLUMES, post(volume::create).get(volume::list))
@@ -195,9 +200,6 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
             http_metrics,
             metrics::track,
         ))
-        .layer(axum::Extension(routes::services::ProxyLinks(
-            proxy.map(Arc::new),
-        )))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // A bug of ours answers 500 in the envelope, never a dropped connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path};
+use axum::extract::Path;
 use axum::http::{header, HeaderMap};
 use gpu_replica_core::Error;
 
@@ -22,12 +22,12 @@ pub(crate) struct ProxyLinks(pub Option<Arc<ProxyAddress>>);
 /// A link that opens a port of the set in a browser, through the web-service proxy: good for
 /// a minute, once; it sets a cookie for that service alone and lands on it. The link names
 /// the proxy of the server asked (in a cluster too: it reaches sets on any node).
-#[utoipa::path(post, path = "/api/v1/replicaSet/{name}/open", tag = "instance", request_body = OpenBody,
+#[utoipa::path(post, path = "/api/v1/replicaSet/{name}/open", tag = "instance", operation_id = "open_link", request_body = OpenBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<OpenReply>), (status = "4XX", body = ErrorReply, description = "1000 (a bad port), 1006 (this server runs no proxy), 1016")))]
 pub async fn open(
     Acting(engine): Acting,
-    Extension(links): Extension<ProxyLinks>,
+    links: ProxyLinks,
     headers: HeaderMap,
     Path(name): Path<String>,
     Body(body): Body<OpenBody>,

@@ -1338,7 +1338,10 @@ async fn the_proxy_of_one_node_serves_a_set_on_the_other() {
         );
         assert_eq!(status, 200, "{answer}");
         let url = answer["data"]["url"].as_str().unwrap().to_string();
-        assert!(url.starts_with(&format!("http://127.0.0.1:{p1}/")), "n1's proxy: {url}");
+        assert!(
+            url.starts_with(&format!("http://127.0.0.1:{p1}/")),
+            "n1's proxy: {url}"
+        );
         url
     };
     let dir = data_dir();
@@ -1346,7 +1349,17 @@ async fn the_proxy_of_one_node_serves_a_set_on_the_other() {
     let jar = jar.to_str().unwrap();
     let curl = |args: &[&str]| {
         let out = Command::new("curl")
-            .args(["-s", "--max-time", "60", "-c", jar, "-b", jar, "-w", "\n%{http_code}"])
+            .args([
+                "-s",
+                "--max-time",
+                "60",
+                "-c",
+                jar,
+                "-b",
+                jar,
+                "-w",
+                "\n%{http_code}",
+            ])
             .args(args)
             .output()
             .unwrap();

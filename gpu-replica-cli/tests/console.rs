@@ -810,7 +810,12 @@ async fn a_page_served_through_the_proxy_cannot_reach_the_consoles_token() {
         serde_json::from_str(&answer).unwrap()
     };
     let user = testkit::unique_name("web");
-    let created = call(token, "POST", "/api/v1/users", Some(json!({ "name": user })));
+    let created = call(
+        token,
+        "POST",
+        "/api/v1/users",
+        Some(json!({ "name": user })),
+    );
     let user_token = created["data"]["token"].as_str().unwrap().to_string();
     // The user's set serves the hostile page on 80, at the path the proxy gives it.
     let set = testkit::unique_name("site");
@@ -818,8 +823,10 @@ async fn a_page_served_through_the_proxy_cannot_reach_the_consoles_token() {
         &user_token,
         "POST",
         "/api/v1/replicaSet",
-        Some(json!({"imageName": TEST_IMAGE, "replicaSetName": set, "gpuCount": 0,
-                    "cmd": ["sh", "-c", "mkdir -p /www && httpd -p 80 -h /www; exec sleep 100000"]})),
+        Some(
+            json!({"imageName": TEST_IMAGE, "replicaSetName": set, "gpuCount": 0,
+                    "cmd": ["sh", "-c", "mkdir -p /www && httpd -p 80 -h /www; exec sleep 100000"]}),
+        ),
     );
     let page = HOSTILE_PAGE.replace("API", &format!("http://{}", server.addr));
     let write = format!("mkdir -p /www/{set}/80 && printf %s \"$0\" > /www/{set}/80/index.html");
@@ -857,7 +864,11 @@ async fn a_page_served_through_the_proxy_cannot_reach_the_consoles_token() {
             .cloned();
         proxied.is_some()
     });
-    browser.call("POST", "/window", Some(json!({ "handle": proxied.unwrap() })));
+    browser.call(
+        "POST",
+        "/window",
+        Some(json!({ "handle": proxied.unwrap() })),
+    );
     let mut found = String::new();
     browser.until("the hostile page's findings", || {
         found = browser.text("#result");
@@ -871,7 +882,10 @@ async fn a_page_served_through_the_proxy_cannot_reach_the_consoles_token() {
     assert_eq!(found["local"], 0, "{found}");
     assert_eq!(found["opener"], "null", "{found}");
     assert!(
-        !found["cookie"].as_str().unwrap().contains("gpu_replica_proxy"),
+        !found["cookie"]
+            .as_str()
+            .unwrap()
+            .contains("gpu_replica_proxy"),
         "the proxy's cookie is HttpOnly: {found}"
     );
     assert_eq!(found["api"], "blocked", "{found}");

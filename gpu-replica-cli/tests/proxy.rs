@@ -447,6 +447,23 @@ async fn the_proxy_serves_a_sets_web_services_to_its_owner_only() {
     assert_eq!(status, 503, "{page}");
     assert!(page.contains("not running"), "{page}");
 
+    // Made-up cookies are failed authentications, limited per address as the API's tokens.
+    let mut limited = false;
+    for _ in 0..40 {
+        let (status, _) = curl(&[
+            "-H",
+            "Cookie: gpu_replica_proxy=eyJrIjoiY29va2llIn0.AAAA",
+            &format!("{base}/{web}/80/"),
+        ]);
+        if status == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    assert!(limited, "made-up cookies are limited");
+    std::thread::sleep(Duration::from_secs(2));
+
     // Host names: with --proxy-domain, a link names `{set}-{port}.{domain}`, the application
     // is served at `/` (no prefix), and the cookie is that host's alone.
     server

@@ -86,7 +86,8 @@ pub use crate::ops::clone::CloneRequest;
 pub use crate::ops::files::{FileStat, Files};
 pub use crate::ops::observe::Stats;
 pub use crate::ops::proxy::{
-    PortHere, ProxyGrant, ProxyTarget, ProxyTicket, SetService, PROXY_COOKIE_TTL, PROXY_LINK_TTL,
+    Admission, PortHere, ProxyGrant, ProxyTarget, ProxyTicket, SetService, PROXY_COOKIE_TTL,
+    PROXY_LINK_TTL,
 };
 pub use crate::ops::resources::HELD_BY_ANOTHER;
 pub use crate::ops::run::RunRequest;

@@ -35,7 +35,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use gpu_replica_core::{Engine, Error, PortHere, ProxyTarget};
+use gpu_replica_core::{Admission, Engine, Error, PortHere, ProxyTarget};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -272,6 +272,8 @@ struct Proxy {
     open: Arc<Mutex<HashMap<String, usize>>>,
     /// Link nonces redeemed here, until the link would have expired anyway.
     redeemed: Mutex<HashMap<String, Instant>>,
+    /// Made-up links and cookies, per client address: limited as the API's tokens are.
+    failures: gpu_replica_core::limits::FailureLimiter,
 }
 
 /// The proxy's router over `engine`: serve it on a listener of its own, with
@@ -294,6 +296,7 @@ pub fn proxy_router(engine: Arc<Engine>, options: ProxyOptions) -> Router {
         upstreams,
         open: Arc::default(),
         redeemed: Mutex::default(),
+        failures: Default::default(),
     });
     Router::new().fallback(handle).with_state(proxy)
 }
@@ -383,15 +386,42 @@ async fn handle(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
                 .unwrap_or_default();
             redirect(&format!("{}/{query}", service.prefix()))
         }
-        Asked::Open(service) => open(&proxy, &service, request.uri()).await,
+        Asked::Open(service) => {
+            let peer = peer_of(&request);
+            if !proxy.failures.allows(peer.map(|p| p.ip())) {
+                return too_many_attempts();
+            }
+            open(&proxy, &service, request.uri(), peer).await
+        }
         Asked::Pass(service) => {
-            let peer = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(a)| *a);
+            let peer = peer_of(&request);
+            if !proxy.failures.allows(peer.map(|p| p.ip()))
+                && !our_cookies(request.headers()).is_empty()
+            {
+                return too_many_attempts();
+            }
             pass(&proxy, service, host, peer, request).await
         }
     }
+}
+
+fn peer_of(request: &Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| *a)
+}
+
+fn too_many_attempts() -> Response {
+    let mut response = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many attempts",
+        "This address presented too many links or cookies that are not good; wait a moment.",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn redirect(to: &str) -> Response {
@@ -406,7 +436,7 @@ fn redirect(to: &str) -> Response {
 }
 
 /// Redeems a link: sets the service's cookie and sends the browser on to the service.
-async fn open(proxy: &Proxy, service: &Service, uri: &Uri) -> Response {
+async fn open(proxy: &Proxy, service: &Service, uri: &Uri, peer: Option<SocketAddr>) -> Response {
     let ticket = uri
         .query()
         .unwrap_or_default()
@@ -427,7 +457,10 @@ async fn open(proxy: &Proxy, service: &Service, uri: &Uri) -> Response {
         .await
     {
         Ok(grant) => grant,
-        Err(Error::Unauthorized) => return refused(),
+        Err(Error::Unauthorized) => {
+            proxy.failures.failed(peer.map(|p| p.ip()));
+            return refused();
+        }
         Err(e) => return error_page(&e, service),
     };
     {
@@ -576,11 +609,12 @@ async fn pass(
             .proxy_admit(&cookie, &service.set, service.port)
             .await
         {
-            Ok(Some(engine)) => {
+            Ok(Admission::Admitted(engine)) => {
                 admitted = Some(engine);
                 break;
             }
-            Ok(None) => {}
+            Ok(Admission::Stale) => {}
+            Ok(Admission::Forged) => proxy.failures.failed(peer.map(|p| p.ip())),
             Err(e) => return error_page(&e, &service),
         }
     }

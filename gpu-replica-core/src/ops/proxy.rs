@@ -54,6 +54,17 @@ pub struct ProxyGrant {
     pub max_age: Duration,
 }
 
+/// What a proxy cookie is worth for one service.
+pub enum Admission {
+    /// It lets its holder in: the engine acting for them.
+    Admitted(Box<Engine>),
+    /// Signed here, but not (or no longer) for this: expired, for another service, or of a
+    /// user since removed or whose token was reset. Not a guess.
+    Stale,
+    /// Not signed with the proxy's key: made up (count it as a failed authentication).
+    Forged,
+}
+
 /// Where a set's port is reached from this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyTarget {
@@ -156,15 +167,26 @@ fn sign(key: &[u8; 32], claims: &Claims) -> String {
     format!("{}.{}", b64().encode(&body), b64().encode(mac))
 }
 
+/// Whether `ticket` carries `key`'s signature (whatever it says).
+fn signed(key: &[u8; 32], ticket: &str) -> bool {
+    let Some((body, mac)) = ticket.split_once('.') else {
+        return false;
+    };
+    let (Ok(body), Ok(mac)) = (b64().decode(body), b64().decode(mac)) else {
+        return false;
+    };
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        &hmac(key, &body)[..],
+        &mac[..],
+    ))
+}
+
 /// The claims of `ticket` if its signature is `key`'s, it is of `kind`, and it has not expired.
 fn verify(key: &[u8; 32], ticket: &str, kind: &str) -> Option<Claims> {
-    let (body, mac) = ticket.split_once('.')?;
-    let body = b64().decode(body).ok()?;
-    let mac = b64().decode(mac).ok()?;
-    let expected = hmac(key, &body);
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &mac[..])) {
+    if !signed(key, ticket) {
         return None;
     }
+    let body = b64().decode(ticket.split_once('.')?.0).ok()?;
     let claims: Claims = serde_json::from_slice(&body).ok()?;
     (claims.k == kind && claims.e > unix_now()).then_some(claims)
 }
@@ -281,19 +303,22 @@ impl Engine {
         })
     }
 
-    /// The engine acting for whoever `cookie` lets into port `port` of set `name`; `None`
-    /// when it lets no one in there (see [`Engine::proxy_redeem`] for what is checked).
-    pub async fn proxy_admit(&self, cookie: &str, name: &str, port: u16) -> Result<Option<Engine>> {
+    /// Whom `cookie` lets into port `port` of set `name` (see [`Engine::proxy_redeem`] for
+    /// what is checked).
+    pub async fn proxy_admit(&self, cookie: &str, name: &str, port: u16) -> Result<Admission> {
         let key = self.proxy_key().await?;
+        if !signed(&key, cookie) {
+            return Ok(Admission::Forged);
+        }
         let Some(claims) = verify(&key, cookie, COOKIE).filter(|c| c.s == name && c.p == port)
         else {
-            return Ok(None);
+            return Ok(Admission::Stale);
         };
         match self.holder(&claims.u).await? {
             Some((caller, generation)) if generation == claims.g => {
-                Ok(Some(self.as_caller(caller)))
+                Ok(Admission::Admitted(Box::new(self.as_caller(caller))))
             }
-            _ => Ok(None),
+            _ => Ok(Admission::Stale),
         }
     }
 

@@ -274,7 +274,12 @@ struct Proxy {
     redeemed: Mutex<HashMap<String, Instant>>,
     /// Made-up links and cookies, per client address: limited as the API's tokens are.
     failures: gpu_replica_core::limits::FailureLimiter,
+    /// Recent admissions: (cookie, set, port) → (user, upstream, until).
+    admitted: Mutex<HashMap<(String, String, u16), (String, Upstream, Instant)>>,
 }
+
+/// How long an admission is kept (see [`admit`]).
+const ADMISSION_TTL: Duration = Duration::from_secs(1);
 
 /// The proxy's router over `engine`: serve it on a listener of its own, with
 /// [`crate::serve`] (connect info on, so the application learns its client's address).
@@ -297,6 +302,7 @@ pub fn proxy_router(engine: Arc<Engine>, options: ProxyOptions) -> Router {
         open: Arc::default(),
         redeemed: Mutex::default(),
         failures: Default::default(),
+        admitted: Mutex::default(),
     });
     Router::new().fallback(handle).with_state(proxy)
 }
@@ -519,6 +525,30 @@ fn other_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
+/// Takes out a service's `Set-Cookie` of the proxy's own cookie: no application sets (or
+/// plants for another service) what lets people in.
+fn drop_our_cookie(headers: &mut HeaderMap) {
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v
+                .as_bytes()
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default();
+            name.trim_ascii() != COOKIE.as_bytes()
+        })
+        .cloned()
+        .collect();
+    if headers.contains_key(header::SET_COOKIE) {
+        headers.remove(header::SET_COOKIE);
+        for value in kept {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+}
+
 /// Headers that belong to one connection, never carried on.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -594,6 +624,68 @@ impl Drop for Place {
     }
 }
 
+/// Who the request's cookie lets into `service`, and where the service is; else the answer
+/// to give. An answer is kept for [`ADMISSION_TTL`], so a page's burst of requests asks the
+/// store once (a reset token, a removed user or a stopped set takes effect within it).
+async fn admit(
+    proxy: &Proxy,
+    service: &Service,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Result<(String, Upstream), Response> {
+    let cookies = our_cookies(headers);
+    let now = Instant::now();
+    {
+        let admitted = proxy.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        for cookie in &cookies {
+            let key = (cookie.clone(), service.set.clone(), service.port);
+            if let Some((user, upstream, until)) = admitted.get(&key) {
+                if *until > now {
+                    return Ok((user.clone(), upstream.clone()));
+                }
+            }
+        }
+    }
+    let mut found = None;
+    for cookie in cookies {
+        match proxy
+            .engine
+            .proxy_admit(&cookie, &service.set, service.port)
+            .await
+        {
+            Ok(Admission::Admitted(engine)) => {
+                found = Some((cookie, engine));
+                break;
+            }
+            Ok(Admission::Stale) => {}
+            Ok(Admission::Forged) => proxy.failures.failed(peer.map(|p| p.ip())),
+            Err(e) => return Err(error_page(&e, service)),
+        }
+    }
+    let Some((cookie, engine)) = found else {
+        return Err(not_admitted(service));
+    };
+    let upstream = match engine.proxy_target(&service.set, service.port).await {
+        Ok(ProxyTarget::Here(here)) => Upstream::Here(here),
+        Ok(ProxyTarget::Node { url, .. }) => Upstream::Node {
+            url,
+            set: service.set.clone(),
+            port: service.port,
+        },
+        Err(e) => return Err(error_page(&e, service)),
+    };
+    let user = engine.caller().name.clone();
+    let mut admitted = proxy.admitted.lock().unwrap_or_else(|p| p.into_inner());
+    if admitted.len() > 4096 {
+        admitted.retain(|_, (_, _, until)| *until > now);
+    }
+    admitted.insert(
+        (cookie, service.set.clone(), service.port),
+        (user.clone(), upstream.clone(), now + ADMISSION_TTL),
+    );
+    Ok((user, upstream))
+}
+
 /// Carries a request to its service, once its cookie lets it in.
 async fn pass(
     proxy: &Proxy,
@@ -602,30 +694,10 @@ async fn pass(
     peer: Option<SocketAddr>,
     mut request: Request,
 ) -> Response {
-    let mut admitted = None;
-    for cookie in our_cookies(request.headers()) {
-        match proxy
-            .engine
-            .proxy_admit(&cookie, &service.set, service.port)
-            .await
-        {
-            Ok(Admission::Admitted(engine)) => {
-                admitted = Some(engine);
-                break;
-            }
-            Ok(Admission::Stale) => {}
-            Ok(Admission::Forged) => proxy.failures.failed(peer.map(|p| p.ip())),
-            Err(e) => return error_page(&e, &service),
-        }
-    }
-    let Some(engine) = admitted else {
-        return not_admitted(&service);
+    let (user, upstream) = match admit(proxy, &service, peer, request.headers()).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
     };
-    let target = match engine.proxy_target(&service.set, service.port).await {
-        Ok(target) => target,
-        Err(e) => return error_page(&e, &service),
-    };
-    let user = engine.caller().name.clone();
     let Some(place) = Place::take(&proxy.open, &user, proxy.options.connections_per_user) else {
         return page(
             StatusCode::TOO_MANY_REQUESTS,
@@ -636,14 +708,6 @@ async fn pass(
                 proxy.options.connections_per_user
             ),
         );
-    };
-    let upstream = match target {
-        ProxyTarget::Here(here) => Upstream::Here(here),
-        ProxyTarget::Node { url, .. } => Upstream::Node {
-            url,
-            set: service.set.clone(),
-            port: service.port,
-        },
     };
     let key = upstream.key();
     {
@@ -744,6 +808,7 @@ async fn pass(
     }
     let (mut head, body) = answer.into_parts();
     drop_hop_by_hop(&mut head.headers);
+    drop_our_cookie(&mut head.headers);
     let body = Watched {
         inner: body,
         idle,
@@ -1089,6 +1154,18 @@ mod tests {
         headers.insert("x-kept", HeaderValue::from_static("1"));
         drop_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
+        let mut answer = HeaderMap::new();
+        answer.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("app=1; Path=/"),
+        );
+        answer.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("gpu_replica_proxy=x; Path=/b/80"),
+        );
+        drop_our_cookie(&mut answer);
+        let left: Vec<_> = answer.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["app=1; Path=/"]);
         assert!(headers.contains_key("x-kept"));
         assert_eq!(unhex(&hex("hlab-1:80")).unwrap(), "hlab-1:80");
     }

@@ -275,8 +275,11 @@ struct Proxy {
     /// Made-up links and cookies, per client address: limited as the API's tokens are.
     failures: gpu_replica_core::limits::FailureLimiter,
     /// Recent admissions: (cookie, set, port) → (user, upstream, until).
-    admitted: Mutex<HashMap<(String, String, u16), (String, Upstream, Instant)>>,
+    admitted: Mutex<HashMap<AdmissionKey, (String, Upstream, Instant)>>,
 }
+
+/// A cookie, and the set and port it was shown for.
+type AdmissionKey = (String, String, u16);
 
 /// How long an admission is kept (see [`admit`]).
 const ADMISSION_TTL: Duration = Duration::from_secs(1);

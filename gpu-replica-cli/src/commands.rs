@@ -78,6 +78,13 @@ pub enum ClientCommand {
         new_bind: Option<String>,
         #[command(flatten)]
         resources: ResourceArgs,
+        /// Another image (local): the new version is made from it, keeping --keep folders
+        /// (default /root); `rollback` returns the old image.
+        #[arg(long)]
+        image: Option<String>,
+        /// An absolute folder to carry into the new image (repeatable; replaces the default).
+        #[arg(long = "keep", requires = "image")]
+        keep: Vec<String>,
     },
     /// Show or set the timers that stop a replicaSet (idle GPUs, a set time).
     Timers {
@@ -478,6 +485,8 @@ pub async fn execute(
             old_bind,
             new_bind,
             resources,
+            image,
+            keep,
         } => {
             let volume_patch = match (old_bind, new_bind) {
                 (Some(old), Some(new)) => Some(VolumePatch {
@@ -490,6 +499,8 @@ pub async fn execute(
                 gpu_patch: gpus.map(|gpu_count| GpuPatch { gpu_count }),
                 volume_patch,
                 resource_patch: resources.body(),
+                keep_paths: (!keep.is_empty()).then_some(keep),
+                image_name: image,
             };
             let call = client.patch(&name, &body);
             Answer::NewVersion(with_spinner(format!("patching {name}"), call).await?)

@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Filesystem snapshots kept per replicaSet (older versions cannot be rolled back to).
     #[arg(long, env = "GPU_REPLICA_KEEP_SNAPSHOTS", default_value_t = 10)]
     keep_snapshots: usize,
+    /// A folder an image change carries into the new image when the patch names none, besides
+    /// /root (repeatable: /workspace, /home).
+    #[arg(long = "keep-path", env = "GPU_REPLICA_KEEP_PATHS", value_delimiter = ',')]
+    keep_paths: Vec<String>,
     /// An image with `cp` (a CUDA image will do): volume resizes then copy inside Docker at
     /// disk speed instead of through the archive API.
     #[arg(long, env = "GPU_REPLICA_COPY_IMAGE")]
@@ -957,6 +961,9 @@ fn engine_config(args: &ServeArgs) -> Result<EngineConfig, String> {
         gpu_attach: args.gpu_attach,
         stop_timeout: Duration::from_secs(args.stop_timeout),
         keep_snapshots: args.keep_snapshots,
+        keep_paths: std::iter::once("/root".to_string())
+            .chain(args.keep_paths.iter().cloned())
+            .collect(),
         allowed_host_paths: args.allow_host_paths.clone(),
         allowed_volumes: args.allow_volumes.clone(),
         labels: args.labels.iter().cloned().collect(),

@@ -145,6 +145,10 @@ pub enum Intent {
         released_gpus: Vec<String>,
         /// The volume whose resize this is part of (that resize decides the outcome).
         resize: Option<String>,
+        /// Folders still to be copied from the old container into the new one (an image
+        /// change); emptied once they are, before the new container starts.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carry: Vec<String>,
     },
     /// The container is being stopped; GPUs and ports go once it is.
     Stop,

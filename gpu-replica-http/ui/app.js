@@ -158,6 +158,15 @@ async function renderSets() {
           gpus,
           el("button", { type: "button", class: "patch",
             onclick: action(() => api("PATCH", `/replicaSet/${name}`, { gpuPatch: { gpuCount: Number(gpus.value) } })) }, "Set GPUs"),
+          el("button", { type: "button", class: "change-image", title: "A new version from another image, keeping chosen folders (undo: roll back)",
+            onclick: action(async () => {
+              const image = prompt(`New image for ${name} (local):`, set.image || "");
+              if (!image) return;
+              const keep = prompt("Folders to keep (comma-separated absolute paths):", "/root");
+              if (keep === null) return;
+              const keepPaths = keep.split(",").map((s) => s.trim()).filter(Boolean);
+              await api("PATCH", `/replicaSet/${name}`, { imageName: image.trim(), keepPaths });
+            }) }, "Change image"),
           running
             ? el("button", { type: "button", class: "stop", onclick: action(() => api("PATCH", `/replicaSet/${name}/stop`)) }, "Stop")
             : el("button", { type: "button", class: "continue", onclick: action(() => api("PATCH", `/replicaSet/${name}/continue`)) }, "Continue"),
@@ -227,7 +236,7 @@ async function renderHistory(name) {
         el("td", {}, String(item.version) + (item.version === current ? " (current)" : "")),
         el("td", {}, item.createTime),
         el("td", {}, String((item.status.gpus || []).length)),
-        el("td", {}, item.status.config?.Image || ""),
+        el("td", { class: "image" }, item.status.image || item.status.config?.Image || ""),
         el("td", {}, item.version === current ? "" :
           el("button", { type: "button", class: "rollback", dataset: { version: String(item.version) },
             onclick: action(() => api("PATCH", `/replicaSet/${name}/rollback`, { version: item.version })) },

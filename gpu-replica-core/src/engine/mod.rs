@@ -71,6 +71,9 @@ pub struct EngineConfig {
     pub stop_timeout: Duration,
     /// Snapshots kept per replicaSet, newest first; older ones are pruned (default 10).
     pub keep_snapshots: usize,
+    /// Folders an image change carries into the new image when the patch names none
+    /// (default `/root`).
+    pub keep_paths: Vec<String>,
     /// A snapshot whose image would have more layers than this is flattened to one layer
     /// (overlay2 allows about 125).
     pub max_layers: usize,
@@ -110,6 +113,7 @@ impl Default for EngineConfig {
             gpu_attach: GpuAttach::default(),
             stop_timeout: Duration::from_secs(10),
             keep_snapshots: 10,
+            keep_paths: vec!["/root".to_string()],
             max_layers: 100,
             allowed_host_paths: Vec::new(),
             snapshot_repo: "gpu-replica".into(),

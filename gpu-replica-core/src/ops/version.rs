@@ -20,6 +20,12 @@ pub struct PatchRequest {
     /// CPU, memory or shm asked anew (within the share of the new GPU count); fields left
     /// `None` keep the earlier ask.
     pub resources: Option<Limits>,
+    /// Another image (local, as at run): the new version is created from it, carrying
+    /// [`PatchRequest::keep_paths`] from the current container.
+    pub image: Option<String>,
+    /// Absolute folders an image change carries (default: the engine's
+    /// [`crate::EngineConfig::keep_paths`], `/root`); only with [`PatchRequest::image`].
+    pub keep_paths: Option<Vec<String>>,
 }
 
 /// Replace the mount `old` with `new`.
@@ -32,10 +38,25 @@ pub struct BindSwap {
 }
 
 impl Engine {
-    /// Changes GPU count and/or one bind; an empty patch recreates the container as it is.
+    /// Changes GPU count, one bind, resources and/or the image; an empty patch recreates the
+    /// container as it is.
     pub async fn patch(&self, name: &str, patch: PatchRequest) -> Result<ReplicaSetInfo> {
+        // An image change's event names both images.
+        let before = match &patch.image {
+            Some(_) => self.info(name).await.ok().map(|i| i.version.spec.image),
+            None => None,
+        };
+        let describe = {
+            let image = patch.image.clone();
+            move |info: &ReplicaSetInfo| match (&before, &image) {
+                (Some(before), Some(image)) => {
+                    format!("image {before} → {image}: {}", describe_info(info))
+                }
+                _ => describe_info(info),
+            }
+        };
         self.ctx
-            .recorded("patch", name, describe_info, self.patch_set(name, patch))
+            .recorded("patch", name, describe, self.patch_set(name, patch))
             .await
     }
 
@@ -84,15 +105,122 @@ impl Engine {
         }
         let asked_for_something =
             patch.gpu_count.is_some() || patch.bind.is_some() || patch.resources.is_some();
-        if asked_for_something && spec == current.spec {
-            return Err(Error::NoNeedPatch(format!(
-                "'{name}' already has {} GPUs, these binds and these resources",
-                spec.gpu_count
-            )));
-        }
-        self.new_version(name, spec, Filesystem::Current)
+        let filesystem = match patch.image {
+            Some(image) => {
+                let carry = self
+                    .kept_paths(&current, patch.keep_paths.as_deref())
+                    .await?;
+                if image.trim().is_empty() {
+                    return Err(Error::ImageNameEmpty);
+                }
+                if !crate::names::is_image_reference(&image) {
+                    return Err(Error::InvalidParams(format!(
+                        "imageName '{image}' is not a Docker image reference (lowercase \
+                         repository, optional :tag)"
+                    )));
+                }
+                if self
+                    .ctx
+                    .shared
+                    .runtime
+                    .inspect_image(&image)
+                    .await?
+                    .is_none()
+                {
+                    return Err(Error::ImageNotFound(image));
+                }
+                spec.image = image.clone();
+                Filesystem::Image { image, carry }
+            }
+            None if patch.keep_paths.is_some() => {
+                return Err(Error::InvalidParams(
+                    "keepPaths goes with imageName: the folders an image change carries".into(),
+                ))
+            }
+            None => {
+                if asked_for_something && spec == current.spec {
+                    return Err(Error::NoNeedPatch(format!(
+                        "'{name}' already has {} GPUs, these binds and these resources",
+                        spec.gpu_count
+                    )));
+                }
+                Filesystem::Current
+            }
+        };
+        self.new_version(name, spec, filesystem)
             .await
             .map_err(|e| e.during(Operation::Patch))
+    }
+
+    /// The folders an image change carries from `current`: `asked`, else the engine's default,
+    /// each absolute and made plain (no `.`, `..` or doubled `/`); one inside a bind is left
+    /// out (the mount carries it); one the container lacks is refused, naming it. A default
+    /// the container lacks is left out.
+    async fn kept_paths(&self, current: &Version, asked: Option<&[String]>) -> Result<Vec<String>> {
+        let defaults = asked.is_none();
+        let asked: Vec<String> = match asked {
+            Some(paths) => paths.to_vec(),
+            None => self.ctx.shared.config.keep_paths.clone(),
+        };
+        let mut kept: Vec<String> = Vec::new();
+        for path in asked {
+            if !path.starts_with('/') || path.contains('\0') {
+                return Err(Error::InvalidParams(format!(
+                    "keepPaths: '{path}' is not an absolute path"
+                )));
+            }
+            let mut parts: Vec<&str> = Vec::new();
+            for part in path.split('/') {
+                match part {
+                    "" | "." => {}
+                    ".." => {
+                        return Err(Error::InvalidParams(format!(
+                            "keepPaths: '{path}' may not hold '..'"
+                        )))
+                    }
+                    part => parts.push(part),
+                }
+            }
+            if parts.is_empty() {
+                return Err(Error::InvalidParams(
+                    "keepPaths: '/' is the whole filesystem; name the folders to keep".into(),
+                ));
+            }
+            let plain = format!("/{}", parts.join("/"));
+            let under = |dest: &str| {
+                let dest = dest.trim_end_matches('/');
+                plain == dest || plain.starts_with(&format!("{dest}/"))
+            };
+            if current.spec.binds.iter().any(|b| under(&b.dest)) {
+                continue;
+            }
+            let found = self
+                .ctx
+                .shared
+                .runtime
+                .path_stat(&current.container, &plain)
+                .await?;
+            match found {
+                Some(_) => {}
+                None if defaults => continue,
+                None => {
+                    return Err(Error::InvalidParams(format!(
+                        "keepPaths: '{plain}' does not exist in '{}'",
+                        current.container
+                    )))
+                }
+            }
+            // A folder inside one already kept is carried with it.
+            if kept
+                .iter()
+                .any(|k| plain == *k || plain.starts_with(&format!("{k}/")))
+            {
+                continue;
+            }
+            kept.retain(|k| !k.starts_with(&format!("{plain}/")));
+            kept.push(plain);
+        }
+        Ok(kept)
     }
 
     /// New version with the spec and filesystem of `version`.

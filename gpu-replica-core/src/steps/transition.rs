@@ -17,12 +17,19 @@ use crate::model::{Intent, ReplicaSet, ReplicaSetSpec, Status, Version};
 use crate::store::Txn;
 
 /// Which filesystem a new version starts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Filesystem {
     /// The current container's, as it is now.
     Current,
     /// The snapshot of an earlier version.
     Of(u32),
+    /// Another image, with these folders (absolute paths) of the current container carried.
+    Image {
+        /// The image.
+        image: String,
+        /// The folders.
+        carry: Vec<String>,
+    },
 }
 
 /// A new version recorded (and perhaps created) but not yet current.
@@ -38,6 +45,23 @@ pub(crate) struct Prepared {
     claimed_gpus: Vec<String>,
     claimed_ports: Vec<u16>,
     released_gpus: Vec<String>,
+}
+
+/// A tar of the folders (mode 0755, root's) that make up absolute path `dir`, to extract at
+/// `/`: where a kept folder's parent is missing from the new image.
+fn folders_archive(dir: &str) -> crate::runtime::ImageStream {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut at = String::new();
+    for part in dir.split('/').filter(|p| !p.is_empty()) {
+        at = if at.is_empty() { part.to_string() } else { format!("{at}/{part}") };
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(0o755);
+        let _ = tar.append_data(&mut header, format!("{at}/"), std::io::empty());
+    }
+    let bytes = tar.into_inner().unwrap_or_default();
+    Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(bytes))]))
 }
 
 impl Prepared {
@@ -98,7 +122,58 @@ impl Context {
             self.abort(prepared).await;
             return Err(e);
         }
+        if let Err(e) = self.carry(&mut prepared).await {
+            self.abort(prepared).await;
+            return Err(e);
+        }
         Ok(prepared)
+    }
+
+    /// Copies the folders an image change keeps from the old container (stopped, snapshotted)
+    /// into the new one (created, not started) through Docker's archive API, streamed, owners,
+    /// modes, times and links as they were; then records them carried. Copying again over a
+    /// copy cut short gives the same result, so recovery simply does it again.
+    pub(crate) async fn carry(&self, prepared: &mut Prepared) -> Result<()> {
+        let Some(Intent::NewVersion { carry, .. }) = prepared.head.pending.clone() else {
+            return Ok(());
+        };
+        if carry.is_empty() {
+            return Ok(());
+        }
+        let runtime = &self.shared.runtime;
+        let (old, new) = (&prepared.old.container, &prepared.new.container);
+        for path in &carry {
+            let failed = |e: Error| {
+                Error::Failed {
+                    op: crate::error::Operation::Patch,
+                    reason: format!(
+                        "copying {path} into the new image failed ({e}); the set is back on its \
+                         old version"
+                    ),
+                }
+            };
+            let (parent, _) = path.rsplit_once('/').unwrap_or(("", path));
+            let parent = if parent.is_empty() { "/" } else { parent };
+            if runtime.path_stat(new, parent).await.map_err(failed)?.is_none() {
+                runtime
+                    .upload_path(new, "/", folders_archive(parent))
+                    .await
+                    .map_err(failed)?;
+            }
+            let archive = runtime.download_path(old, path).await.map_err(failed)?;
+            runtime
+                .upload_path(new, parent, archive)
+                .await
+                .map_err(failed)?;
+            failpoint("version.carrying");
+        }
+        if let Some(Intent::NewVersion { carry, .. }) = prepared.head.pending.as_mut() {
+            carry.clear();
+        }
+        self.commit(Txn::new().put(keys::replica_set(&prepared.name), encode(&prepared.head)))
+            .await?;
+        failpoint("version.carried");
+        Ok(())
     }
 
     /// Picks GPUs and ports and writes the intent, the claims and the new version record in one
@@ -111,7 +186,7 @@ impl Context {
         run: bool,
         resize: Option<String>,
     ) -> Result<Prepared> {
-        let (spec, resize) = (&spec, &resize);
+        let (spec, resize, filesystem) = (&spec, &resize, &filesystem);
         retry(CLAIMS_KEPT_LOST, move |_| async move {
             let (head, revision) = self.head(name).await?;
             let old = self.version_record(name, head.current).await?;
@@ -159,13 +234,16 @@ impl Context {
                 .cloned()
                 .collect();
             let number = head.latest + 1;
-            let image = match filesystem {
-                Filesystem::Current => self.snapshot_name(&head, old.version),
-                Filesystem::Of(k) => self
-                    .version_record(name, k)
-                    .await?
-                    .snapshot
-                    .ok_or_else(|| Error::Store(format!("version {k} has no snapshot")))?,
+            let (image, carry) = match filesystem {
+                Filesystem::Current => (self.snapshot_name(&head, old.version), Vec::new()),
+                Filesystem::Of(k) => (
+                    self.version_record(name, *k)
+                        .await?
+                        .snapshot
+                        .ok_or_else(|| Error::Store(format!("version {k} has no snapshot")))?,
+                    Vec::new(),
+                ),
+                Filesystem::Image { image, carry } => (image.clone(), carry.clone()),
             };
             let new = self.version_of(name, number, spec.clone(), gpus, ports, image);
             let mut recorded = head.clone();
@@ -177,6 +255,7 @@ impl Context {
                 claimed_ports: claimed_ports.clone(),
                 released_gpus: released_gpus.clone(),
                 resize: resize.clone(),
+                carry,
             });
             let quota = self
                 .check_quota(&head.owner, Holdings::gpus(claimed_gpus.len()))

@@ -202,6 +202,14 @@ impl Context {
             return Ok(false);
         };
         if forward && created {
+            let mut prepared = prepared;
+            // An image change cut short in its copy: copied again (the old container is
+            // still there, stopped), or undone when that fails.
+            if let Err(e) = self.carry(&mut prepared).await {
+                tracing::warn!(replica_set = %name, "an interrupted image change is undone: {e}");
+                self.abort(prepared).await;
+                return Ok(false);
+            }
             let prepared = match self.activate(prepared).await {
                 Ok(prepared) => prepared,
                 Err(_) => return Ok(false),
@@ -460,6 +468,7 @@ mod tests {
                 claimed_ports: vec![],
                 released_gpus: vec![],
                 resize: None,
+                carry: Vec::new(),
             }),
             created_at: String::new(),
             timers: Default::default(),

@@ -74,10 +74,11 @@ pub async fn list(
     }))
 }
 
-/// New version with another GPU count and/or one bind swapped; `{}` recreates as is.
+/// New version with another GPU count, one bind swapped, other resources and/or another
+/// image (carrying `keepPaths`); `{}` recreates as is.
 #[utoipa::path(patch, path = "/api/v1/replicaSet/{name}", tag = "replicaSet", request_body = PatchBody,
     params(("name" = String, Path, description = "ReplicaSet name")),
-    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000, 1009, 1012, 1013, 1016, 1029, 1037, 1043, 1058, 1059"), (status = "5XX", body = ErrorReply, description = "1007")))]
+    responses((status = 200, body = Envelope<ContainerNameReply>), (status = "4XX", body = ErrorReply, description = "1000 (a bad or missing keepPaths folder), 1001, 1009, 1012, 1013, 1016, 1029, 1036 (no such image), 1037, 1043, 1058, 1059"), (status = "5XX", body = ErrorReply, description = "1007 (a kept folder's copy failed: the set is back on its old version)")))]
 pub async fn patch(
     Acting(engine): Acting,
     Path(name): Path<String>,
@@ -94,6 +95,8 @@ pub async fn patch(
             .as_ref()
             .map(ResourcesBody::to_limits)
             .transpose()?,
+        image: body.image_name,
+        keep_paths: body.keep_paths,
     };
     Ok(ok(new_version(engine.patch(&name, request).await?)))
 }

@@ -391,6 +391,16 @@ pub struct PatchBody {
     /// Ask for other CPU, memory or shm (beyond the contract).
     #[serde(default)]
     pub resource_patch: Option<ResourcesBody>,
+    /// Change the image (beyond the contract): the new version is created from this local
+    /// image, with the set's GPUs, ports, volumes, binds and environment, and `keepPaths`
+    /// copied from the current container. A rollback returns the old image and filesystem.
+    #[serde(default)]
+    #[schema(example = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime")]
+    pub image_name: Option<String>,
+    /// Absolute folders an image change carries, with owners, modes, times and links
+    /// (default `["/root"]` and the server's `--keep-path`s); only with `imageName`.
+    #[serde(default)]
+    pub keep_paths: Option<Vec<String>>,
 }
 
 /// `PATCH /api/v1/replicaSet/{name}/rollback`
@@ -567,6 +577,10 @@ pub struct VersionView {
     pub gpus: Vec<String>,
     /// CPU, memory and shm limits of this version (beyond the contract).
     pub resources: ResourcesView,
+    /// The image this version is made from, as `run` or an image change named it (its files
+    /// may carry an earlier version's; beyond the contract).
+    #[serde(default)]
+    pub image: String,
 }
 
 impl VersionView {
@@ -583,6 +597,7 @@ impl VersionView {
             container_name: version.container.clone(),
             gpus: version.gpus.clone(),
             resources: version.limits.into(),
+            image: version.spec.image.clone(),
         }
     }
 }

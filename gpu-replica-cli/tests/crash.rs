@@ -84,6 +84,12 @@ fn request_for(failpoint: &str, w: &World) -> (&'static str, String, Option<Valu
             format!("/api/v1/replicaSet/{}", w.a),
             Some(json!({"gpuPatch": {"gpuCount": 2}})),
         ),
+        // An image change (to the same image: a fresh filesystem) carrying /root, with more GPUs.
+        "image" => (
+            "PATCH",
+            format!("/api/v1/replicaSet/{}", w.a),
+            Some(json!({"imageName": TEST_IMAGE, "keepPaths": ["/root"], "gpuPatch": {"gpuCount": 2}})),
+        ),
         "stop" => ("PATCH", format!("/api/v1/replicaSet/{}/stop", w.a), None),
         "pause" => ("PATCH", format!("/api/v1/replicaSet/{}/pause", w.a), None),
         "continue" => (
@@ -321,7 +327,7 @@ macro_rules! crash_tests {
 
 mod killed_at_every_failpoint_of {
     use super::*;
-    crash_tests!(run, version, stop, pause, delete, resize, clone);
+    crash_tests!(run, version, image, stop, pause, delete, resize, clone);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn r#continue() {

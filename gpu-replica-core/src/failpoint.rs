@@ -18,6 +18,8 @@ pub const FAILPOINTS: &[&str] = &[
     "version.created",
     "version.started",
     "version.old_removed",
+    "image.carrying",
+    "image.carried",
     "stop.recorded",
     "stop.stopped",
     "pause.recorded",

@@ -165,14 +165,14 @@ impl Context {
                 .upload_path(new, parent, archive)
                 .await
                 .map_err(failed)?;
-            failpoint("version.carrying");
+            failpoint("image.carrying");
         }
         if let Some(Intent::NewVersion { carry, .. }) = prepared.head.pending.as_mut() {
             carry.clear();
         }
         self.commit(Txn::new().put(keys::replica_set(&prepared.name), encode(&prepared.head)))
             .await?;
-        failpoint("version.carried");
+        failpoint("image.carried");
         Ok(())
     }
 

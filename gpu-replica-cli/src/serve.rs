@@ -111,7 +111,11 @@ pub struct ServeArgs {
     keep_snapshots: usize,
     /// A folder an image change carries into the new image when the patch names none, besides
     /// /root (repeatable: /workspace, /home).
-    #[arg(long = "keep-path", env = "GPU_REPLICA_KEEP_PATHS", value_delimiter = ',')]
+    #[arg(
+        long = "keep-path",
+        env = "GPU_REPLICA_KEEP_PATHS",
+        value_delimiter = ','
+    )]
     keep_paths: Vec<String>,
     /// An image with `cp` (a CUDA image will do): volume resizes then copy inside Docker at
     /// disk speed instead of through the archive API.
@@ -665,10 +669,17 @@ async fn start_proxy(
         ));
     }
     if let Some(url) = &args.proxy_url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!(
-                "--proxy-url {url}: give an http:// or https:// URL"
-            ));
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        match rest {
+            Some(host) if !host.trim_end_matches('/').contains('/') && !host.is_empty() => {}
+            _ => {
+                return Err(format!(
+                    "--proxy-url {url}: give the proxy's origin, http(s)://HOST[:PORT] (no path: \
+                     services live at its root)"
+                ))
+            }
         }
     }
     let https = tls

@@ -88,7 +88,9 @@ fn request_for(failpoint: &str, w: &World) -> (&'static str, String, Option<Valu
         "image" => (
             "PATCH",
             format!("/api/v1/replicaSet/{}", w.a),
-            Some(json!({"imageName": TEST_IMAGE, "keepPaths": ["/root"], "gpuPatch": {"gpuCount": 2}})),
+            Some(
+                json!({"imageName": TEST_IMAGE, "keepPaths": ["/root"], "gpuPatch": {"gpuCount": 2}}),
+            ),
         ),
         "stop" => ("PATCH", format!("/api/v1/replicaSet/{}/stop", w.a), None),
         "pause" => ("PATCH", format!("/api/v1/replicaSet/{}/pause", w.a), None),

@@ -20,7 +20,10 @@ fn sh(server: &Server, set: &str, script: &str) -> (String, i64) {
         Some(json!({"cmd": ["sh", "-c", script]})),
     );
     (
-        out["data"]["stdout"].as_str().unwrap_or_default().to_string(),
+        out["data"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         out["data"]["exitCode"].as_i64().unwrap_or(-1),
     )
 }
@@ -42,7 +45,14 @@ fn image_b(tag: &str) -> String {
     let image = format!("gpu-replica-test/image-b:{tag}");
     let name = format!("{tag}-maker");
     let ran = Command::new("docker")
-        .args(["run", "--name", &name, "--label", "io.gpu-replica.test=1", TEST_IMAGE])
+        .args([
+            "run",
+            "--name",
+            &name,
+            "--label",
+            "io.gpu-replica.test=1",
+            TEST_IMAGE,
+        ])
         .args([
             "sh",
             "-c",
@@ -88,9 +98,11 @@ async fn a_set_changes_its_image_keeping_chosen_folders_and_rolls_back() {
     let (_, ran) = server.call(
         "POST",
         "/api/v1/replicaSet",
-        Some(json!({"imageName": TEST_IMAGE, "replicaSetName": set, "gpuCount": 1,
+        Some(
+            json!({"imageName": TEST_IMAGE, "replicaSetName": set, "gpuCount": 1,
                     "binds": [{"src": format!("{vol}-1"), "dest": "/data"}],
-                    "env": ["MINE=1"], "containerPorts": ["80"]})),
+                    "env": ["MINE=1"], "containerPorts": ["80"]}),
+        ),
     );
     assert_eq!(ran["code"], 200, "{ran}");
     let (_, code) = sh(
@@ -110,12 +122,16 @@ async fn a_set_changes_its_image_keeping_chosen_folders_and_rolls_back() {
     let (stat_before, _) = sh(&server, &set, stat);
 
     // Refusals: nothing stops, nothing changes.
-    let patch = |body: Value| server.call("PATCH", &format!("/api/v1/replicaSet/{set}"), Some(body));
+    let patch =
+        |body: Value| server.call("PATCH", &format!("/api/v1/replicaSet/{set}"), Some(body));
     let (_, refused) = patch(json!({"imageName": "gpu-replica-test/no-such-image:1"}));
     assert_eq!(refused["code"], 1036, "{refused}");
     let (_, refused) = patch(json!({"imageName": b, "keepPaths": ["/root", "/nope"]}));
     assert_eq!(refused["code"], 1000, "{refused}");
-    assert!(refused["msg"].as_str().unwrap().contains("/nope"), "{refused}");
+    assert!(
+        refused["msg"].as_str().unwrap().contains("/nope"),
+        "{refused}"
+    );
     let (_, refused) = patch(json!({"imageName": b, "keepPaths": ["relative/path"]}));
     assert_eq!(refused["code"], 1000, "{refused}");
     let (_, refused) = patch(json!({"imageName": b, "keepPaths": ["/root/../etc"]}));
@@ -124,14 +140,24 @@ async fn a_set_changes_its_image_keeping_chosen_folders_and_rolls_back() {
     assert_eq!(refused["code"], 1000, "{refused}");
     let untouched = item(&server, &set);
     assert_eq!(
-        (&untouched["version"], &untouched["status"], &untouched["containerName"]),
-        (&before["version"], &before["status"], &before["containerName"]),
+        (
+            &untouched["version"],
+            &untouched["status"],
+            &untouched["containerName"]
+        ),
+        (
+            &before["version"],
+            &before["status"],
+            &before["containerName"]
+        ),
         "refusals left the set as it was"
     );
 
     // The change, with 2 GPUs in the same call, keeping /root and /workspace.
-    let (_, changed) = patch(json!({"imageName": b, "keepPaths": ["/root", "/workspace/"],
-                                    "gpuPatch": {"gpuCount": 2}}));
+    let (_, changed) = patch(
+        json!({"imageName": b, "keepPaths": ["/root", "/workspace/"],
+                                    "gpuPatch": {"gpuCount": 2}}),
+    );
     assert_eq!(changed["code"], 200, "{changed}");
     let after = item(&server, &set);
     assert_eq!(after["version"], 2, "{after}");
@@ -149,8 +175,7 @@ async fn a_set_changes_its_image_keeping_chosen_folders_and_rolls_back() {
     );
     assert_eq!(code, 0, "{out}");
     assert_eq!(
-        out,
-        "b\nb-root\nmine\nprint(1)\nw\nvolume\nnotes.txt\n1 yes\n2\n",
+        out, "b\nb-root\nmine\nprint(1)\nw\nvolume\nnotes.txt\n1 yes\n2\n",
         "B's files, the kept ones (A's notes over B's), the volume, the link, both environments"
     );
     let (stat_after, _) = sh(&server, &set, stat);

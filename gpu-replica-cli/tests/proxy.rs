@@ -467,6 +467,9 @@ async fn the_proxy_serves_a_sets_web_services_to_its_owner_only() {
         assert_eq!(status, 401);
     }
     assert!(limited, "made-up cookies are limited");
+    // A good cookie from the same address still goes through (here to the stopped set's page).
+    let (status, _) = curl(&["-b", jar, &format!("{base}/{web}/80/")]);
+    assert_eq!(status, 503, "a good cookie is never turned away");
     std::thread::sleep(Duration::from_secs(2));
 
     // Host names: with --proxy-domain, a link names `{set}-{port}.{domain}`, the application

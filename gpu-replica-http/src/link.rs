@@ -31,6 +31,8 @@ pub const INTERNAL: &str = "/internal/v1/migrations";
 pub const PORTS: &str = "/internal/v1/ports";
 /// The protocol that upgrade switches to: bytes as they are.
 const TUNNEL: &str = "gpu-replica-tcp";
+/// A tunnel with no byte either way this long is closed (beyond any proxy idle timeout).
+const TUNNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Sends a migration's calls to the target node over HTTP, authenticated by the cluster's
 /// secret.
@@ -233,9 +235,10 @@ async fn tunnel(
         let Ok(upgraded) = upgrade.await else {
             return;
         };
-        let mut upgraded = hyper_util::rt::TokioIo::new(upgraded);
-        let mut stream = stream;
-        let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut stream).await;
+        // The asking node's proxy ends it when its client goes or goes quiet; a node that
+        // vanished is noticed by the same idle limit here.
+        let upgraded = hyper_util::rt::TokioIo::new(upgraded);
+        crate::proxy::join(upgraded, stream, TUNNEL_IDLE).await;
     });
     let mut response = axum::http::StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();

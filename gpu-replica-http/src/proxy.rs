@@ -361,7 +361,14 @@ fn error_page(e: &Error, service: &Service) -> Response {
                 service.set
             ),
         ),
-        other => page(StatusCode::BAD_GATEWAY, "Not reached", &other.to_string()),
+        other => {
+            tracing::info!(set = %service.set, port = service.port, "proxy: {other}");
+            page(
+                StatusCode::BAD_GATEWAY,
+                "Not reached",
+                "The service could not be reached just now; try again.",
+            )
+        }
     }
 }
 
@@ -397,18 +404,10 @@ async fn handle(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
         }
         Asked::Open(service) => {
             let peer = peer_of(&request);
-            if !proxy.failures.allows(peer.map(|p| p.ip())) {
-                return too_many_attempts();
-            }
             open(&proxy, &service, request.uri(), peer).await
         }
         Asked::Pass(service) => {
             let peer = peer_of(&request);
-            if !proxy.failures.allows(peer.map(|p| p.ip()))
-                && !our_cookies(request.headers()).is_empty()
-            {
-                return too_many_attempts();
-            }
             pass(&proxy, service, host, peer, request).await
         }
     }
@@ -467,7 +466,15 @@ async fn open(proxy: &Proxy, service: &Service, uri: &Uri, peer: Option<SocketAd
     {
         Ok(grant) => grant,
         Err(Error::Unauthorized) => {
-            proxy.failures.failed(peer.map(|p| p.ip()));
+            // Only made-up tickets count (an expired or used one is no guess); a good one is
+            // never turned away, so no one locks others out behind a shared address.
+            if !proxy.engine.proxy_signed(ticket).await {
+                let address = peer.map(|p| p.ip());
+                if !proxy.failures.allows(address) {
+                    return too_many_attempts();
+                }
+                proxy.failures.failed(address);
+            }
             return refused();
         }
         Err(e) => return error_page(&e, service),
@@ -528,19 +535,40 @@ fn other_cookies(headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Takes out a service's `Set-Cookie` of the proxy's own cookie: no application sets (or
-/// plants for another service) what lets people in.
-fn drop_our_cookie(headers: &mut HeaderMap) {
+/// What a service may not say to the browser: the proxy's own cookie (no application sets,
+/// or plants for another service, what lets people in), a cookie for other hosts
+/// (`Domain=`) and, where services share the proxy's origin (paths), a cookie for a path
+/// outside its own, a service worker scope beyond it (`Service-Worker-Allowed`) and
+/// `Clear-Site-Data` (it would reach the other services' cookies).
+fn filter_answer(headers: &mut HeaderMap, service: &Service) {
+    let prefix = service.prefix();
     let kept: Vec<HeaderValue> = headers
         .get_all(header::SET_COOKIE)
         .iter()
         .filter(|v| {
-            let name = v
-                .as_bytes()
-                .split(|b| *b == b'=')
+            let Ok(text) = v.to_str() else {
+                return false;
+            };
+            let mut parts = text.split(';');
+            let name = parts
                 .next()
-                .unwrap_or_default();
-            name.trim_ascii() != COOKIE.as_bytes()
+                .and_then(|p| p.split('=').next())
+                .unwrap_or_default()
+                .trim();
+            if name == COOKIE {
+                return false;
+            }
+            parts.all(|attribute| {
+                let (key, value) = attribute.split_once('=').unwrap_or((attribute, ""));
+                let value = value.trim();
+                match key.trim().to_ascii_lowercase().as_str() {
+                    "domain" => false,
+                    "path" if !service.by_host => {
+                        value == prefix || value.starts_with(&format!("{prefix}/"))
+                    }
+                    _ => true,
+                }
+            })
         })
         .cloned()
         .collect();
@@ -549,6 +577,10 @@ fn drop_our_cookie(headers: &mut HeaderMap) {
         for value in kept {
             headers.append(header::SET_COOKIE, value);
         }
+    }
+    if !service.by_host {
+        headers.remove("service-worker-allowed");
+        headers.remove("clear-site-data");
     }
 }
 
@@ -635,7 +667,7 @@ async fn admit(
     service: &Service,
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
-) -> Result<(String, Upstream), Response> {
+) -> Result<(String, String, Upstream), Response> {
     let cookies = our_cookies(headers);
     let now = Instant::now();
     {
@@ -644,7 +676,7 @@ async fn admit(
             let key = (cookie.clone(), service.set.clone(), service.port);
             if let Some((user, upstream, until)) = admitted.get(&key) {
                 if *until > now {
-                    return Ok((user.clone(), upstream.clone()));
+                    return Ok((cookie.clone(), user.clone(), upstream.clone()));
                 }
             }
         }
@@ -661,7 +693,13 @@ async fn admit(
                 break;
             }
             Ok(Admission::Stale) => {}
-            Ok(Admission::Forged) => proxy.failures.failed(peer.map(|p| p.ip())),
+            Ok(Admission::Forged) => {
+                let address = peer.map(|p| p.ip());
+                if !proxy.failures.allows(address) {
+                    return Err(too_many_attempts());
+                }
+                proxy.failures.failed(address);
+            }
             Err(e) => return Err(error_page(&e, service)),
         }
     }
@@ -683,10 +721,10 @@ async fn admit(
         admitted.retain(|_, (_, _, until)| *until > now);
     }
     admitted.insert(
-        (cookie, service.set.clone(), service.port),
+        (cookie.clone(), service.set.clone(), service.port),
         (user.clone(), upstream.clone(), now + ADMISSION_TTL),
     );
-    Ok((user, upstream))
+    Ok((cookie, user, upstream))
 }
 
 /// Carries a request to its service, once its cookie lets it in.
@@ -697,7 +735,7 @@ async fn pass(
     peer: Option<SocketAddr>,
     mut request: Request,
 ) -> Response {
-    let (user, upstream) = match admit(proxy, &service, peer, request.headers()).await {
+    let (cookie, user, upstream) = match admit(proxy, &service, peer, request.headers()).await {
         Ok(admitted) => admitted,
         Err(refused) => return refused,
     };
@@ -781,12 +819,12 @@ async fn pass(
                 text = format!("{text}: {cause}");
                 source = cause.source();
             }
-            tracing::debug!(set = %service.set, port = service.port, "proxy: {text}");
+            tracing::info!(set = %service.set, port = service.port, "proxy: {text}");
             return page(
                 StatusCode::BAD_GATEWAY,
                 "Nothing answers",
                 &format!(
-                    "Nothing answered on port {} of '{}' ({text}).",
+                    "Nothing answered on port {} of '{}': is a program listening on it?",
                     service.port, service.set
                 ),
             );
@@ -806,12 +844,17 @@ async fn pass(
     };
     if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some((_, from_client)) = from_client {
-            return switch(answer, from_client, idle, place);
+            let recheck = Recheck {
+                engine: proxy.engine.clone(),
+                cookie,
+                service: service.clone(),
+            };
+            return switch(answer, from_client, idle, place, recheck);
         }
     }
     let (mut head, body) = answer.into_parts();
     drop_hop_by_hop(&mut head.headers);
-    drop_our_cookie(&mut head.headers);
+    filter_answer(&mut head.headers, &service);
     let body = Watched {
         inner: body,
         idle,
@@ -828,65 +871,116 @@ fn switch(
     from_client: hyper::upgrade::OnUpgrade,
     idle: Duration,
     place: Place,
+    recheck: Recheck,
 ) -> Response {
     let from_service = hyper::upgrade::on(&mut answer);
+    let service = recheck.service.clone();
     tokio::spawn(async move {
         let _place = place;
-        let (Ok(client), Ok(service)) = (from_client.await, from_service.await) else {
+        let (Ok(client), Ok(upstream)) = (from_client.await, from_service.await) else {
             tracing::debug!("a proxied upgrade did not switch on both sides");
             return;
         };
-        join(TokioIo::new(client), TokioIo::new(service), idle).await;
+        tokio::select! {
+            _ = join(TokioIo::new(client), TokioIo::new(upstream), idle) => {}
+            _ = recheck.revoked() => {
+                tracing::info!(set = %recheck.service.set, port = recheck.service.port,
+                    "a proxied connection ended: its cookie no longer lets it in");
+            }
+        }
     });
-    let (head, _) = answer.into_parts();
+    let (mut head, _) = answer.into_parts();
+    filter_answer(&mut head.headers, &service);
     Response::from_parts(head, Body::empty())
 }
 
-/// Copies bytes both ways between `a` and `b` (each side's end passed on as a half close)
-/// until both ended, or nothing moved for `idle`.
-async fn join<A, B>(a: A, b: B, idle: Duration)
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
-    let mut a_buf = vec![0u8; 16 * 1024];
-    let mut b_buf = vec![0u8; 16 * 1024];
-    let (mut a_open, mut b_open) = (true, true);
-    let deadline = tokio::time::sleep(idle);
-    tokio::pin!(deadline);
-    while a_open || b_open {
-        tokio::select! {
-            read = a_read.read(&mut a_buf), if a_open => match read {
-                Ok(0) | Err(_) => {
-                    a_open = false;
-                    let _ = b_write.shutdown().await;
-                }
-                Ok(n) => {
-                    if b_write.write_all(&a_buf[..n]).await.is_err() {
-                        return;
-                    }
-                    deadline.as_mut().reset(tokio::time::Instant::now() + idle);
-                }
-            },
-            read = b_read.read(&mut b_buf), if b_open => match read {
-                Ok(0) | Err(_) => {
-                    b_open = false;
-                    let _ = a_write.shutdown().await;
-                }
-                Ok(n) => {
-                    if a_write.write_all(&b_buf[..n]).await.is_err() {
-                        return;
-                    }
-                    deadline.as_mut().reset(tokio::time::Instant::now() + idle);
-                }
-            },
-            _ = &mut deadline => {
-                tracing::debug!("a proxied connection idle for {idle:?}: closed");
+/// A held connection's admission, asked again every [`RECHECK_EVERY`]: a reset token, a
+/// removed user or a set gone ends it.
+struct Recheck {
+    engine: Arc<Engine>,
+    cookie: String,
+    service: Service,
+}
+
+/// How often a held connection's admission is asked again.
+const RECHECK_EVERY: Duration = Duration::from_secs(30);
+
+impl Recheck {
+    /// Resolves once the cookie no longer lets its holder in (or the set is gone).
+    async fn revoked(&self) {
+        loop {
+            tokio::time::sleep(RECHECK_EVERY).await;
+            let admitted = match self
+                .engine
+                .proxy_admit(&self.cookie, &self.service.set, self.service.port)
+                .await
+            {
+                Ok(Admission::Admitted(engine)) => engine
+                    .proxy_target(&self.service.set, self.service.port)
+                    .await
+                    .is_ok(),
+                Ok(_) => false,
+                // The store did not answer: no verdict; ask again later.
+                Err(_) => true,
+            };
+            if !admitted {
                 return;
             }
         }
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` (each side's end passed on as a half close)
+/// until both ended, or nothing moved either way for `idle`. The two directions run apart, so
+/// a side that stops reading holds up only its own direction (and is cut at the idle limit).
+pub(crate) async fn join<A, B>(a: A, b: B, idle: Duration)
+where
+    A: AsyncRead + AsyncWrite,
+    B: AsyncRead + AsyncWrite,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let start = tokio::time::Instant::now();
+    // Milliseconds since `start` at the last byte moved.
+    let moved = AtomicU64::new(0);
+    let stamp = || moved.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    async fn pipe(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        stamp: &(impl Fn() + Sync),
+    ) {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    stamp();
+                    if to.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                    stamp();
+                }
+            }
+        }
+        let _ = to.shutdown().await;
+    }
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    let both = async {
+        tokio::join!(pipe(a_read, b_write, &stamp), pipe(b_read, a_write, &stamp));
+    };
+    let watchdog = async {
+        loop {
+            let last = start + Duration::from_millis(moved.load(Ordering::Relaxed));
+            if last.elapsed() >= idle {
+                tracing::debug!("a proxied connection idle for {idle:?}: closed");
+                return;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    };
+    tokio::select! {
+        _ = both => {}
+        _ = watchdog => {}
     }
 }
 
@@ -1158,17 +1252,38 @@ mod tests {
         drop_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         let mut answer = HeaderMap::new();
-        answer.append(
-            header::SET_COOKIE,
-            HeaderValue::from_static("app=1; Path=/"),
+        for cookie in [
+            "app=1; Path=/lab/80/x; HttpOnly",
+            "bare=1",
+            "wide=1; Path=/",
+            "other=1; Path=/lab/8080",
+            "spread=1; Domain=example.com",
+            "gpu_replica_proxy=x; Path=/b/80",
+        ] {
+            answer.append(header::SET_COOKIE, HeaderValue::from_static(cookie));
+        }
+        answer.insert("service-worker-allowed", HeaderValue::from_static("/"));
+        let mut by_path = answer.clone();
+        filter_answer(&mut by_path, &path("lab", 80));
+        let left: Vec<_> = by_path.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["app=1; Path=/lab/80/x; HttpOnly", "bare=1"]);
+        assert!(!by_path.contains_key("service-worker-allowed"));
+        let mut by_host = answer;
+        let host = Service {
+            by_host: true,
+            ..path("lab", 80)
+        };
+        filter_answer(&mut by_host, &host);
+        let left: Vec<_> = by_host.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(
+            left,
+            [
+                "app=1; Path=/lab/80/x; HttpOnly",
+                "bare=1",
+                "wide=1; Path=/",
+                "other=1; Path=/lab/8080"
+            ]
         );
-        answer.append(
-            header::SET_COOKIE,
-            HeaderValue::from_static("gpu_replica_proxy=x; Path=/b/80"),
-        );
-        drop_our_cookie(&mut answer);
-        let left: Vec<_> = answer.get_all(header::SET_COOKIE).iter().collect();
-        assert_eq!(left, ["app=1; Path=/"]);
         assert!(headers.contains_key("x-kept"));
         assert_eq!(unhex(&hex("hlab-1:80")).unwrap(), "hlab-1:80");
     }

@@ -23,6 +23,9 @@ use crate::model::Status;
 use crate::ops::Engine;
 use crate::store::Txn;
 
+/// Ports of one set asked whether they answer HTTP, at most.
+const MAX_PROBES: usize = 64;
+
 /// How long a link may wait to be opened.
 pub const PROXY_LINK_TTL: Duration = Duration::from_secs(60);
 /// How long the proxy's cookie lets its holder in.
@@ -303,6 +306,16 @@ impl Engine {
         })
     }
 
+    /// Whether `ticket` (a link's or a cookie's) carries the proxy's signature, whatever it
+    /// says and however old: a ticket without one was made up.
+    pub async fn proxy_signed(&self, ticket: &str) -> bool {
+        match self.proxy_key().await {
+            Ok(key) => signed(&key, ticket),
+            // No key to check against: count nothing as made up.
+            Err(_) => true,
+        }
+    }
+
     /// Whom `cookie` lets into port `port` of set `name` (see [`Engine::proxy_redeem`] for
     /// what is checked).
     pub async fn proxy_admit(&self, cookie: &str, name: &str, port: u16) -> Result<Admission> {
@@ -394,13 +407,25 @@ impl Engine {
                 })
                 .listening = true;
         }
-        let probes = services.values().filter(|s| s.listening).map(|s| {
-            let runtime = runtime.clone();
-            let container = container.clone();
-            let port = s.port;
-            async move { (port, answers_http(runtime.as_ref(), &container, port).await) }
-        });
-        for (port, http) in futures_util::future::join_all(probes).await {
+        // A container may listen on thousands of ports: the first few are asked, a few at a
+        // time, so no user turns this into a flood of connections.
+        use futures_util::StreamExt;
+        let probes: Vec<u16> = services
+            .values()
+            .filter(|s| s.listening)
+            .map(|s| s.port)
+            .take(MAX_PROBES)
+            .collect();
+        let answers: Vec<(u16, bool)> = futures_util::stream::iter(probes)
+            .map(|port| {
+                let runtime = runtime.clone();
+                let container = container.clone();
+                async move { (port, answers_http(runtime.as_ref(), &container, port).await) }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (port, http) in answers {
             if let Some(service) = services.get_mut(&port) {
                 service.http = http;
             }

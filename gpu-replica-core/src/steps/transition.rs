@@ -53,7 +53,11 @@ fn folders_archive(dir: &str) -> crate::runtime::ImageStream {
     let mut tar = tar::Builder::new(Vec::new());
     let mut at = String::new();
     for part in dir.split('/').filter(|p| !p.is_empty()) {
-        at = if at.is_empty() { part.to_string() } else { format!("{at}/{part}") };
+        at = if at.is_empty() {
+            part.to_string()
+        } else {
+            format!("{at}/{part}")
+        };
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
         header.set_size(0);
@@ -143,18 +147,21 @@ impl Context {
         let runtime = &self.shared.runtime;
         let (old, new) = (&prepared.old.container, &prepared.new.container);
         for path in &carry {
-            let failed = |e: Error| {
-                Error::Failed {
-                    op: crate::error::Operation::Patch,
-                    reason: format!(
-                        "copying {path} into the new image failed ({e}); the set is back on its \
+            let failed = |e: Error| Error::Failed {
+                op: crate::error::Operation::Patch,
+                reason: format!(
+                    "copying {path} into the new image failed ({e}); the set is back on its \
                          old version"
-                    ),
-                }
+                ),
             };
             let (parent, _) = path.rsplit_once('/').unwrap_or(("", path));
             let parent = if parent.is_empty() { "/" } else { parent };
-            if runtime.path_stat(new, parent).await.map_err(failed)?.is_none() {
+            if runtime
+                .path_stat(new, parent)
+                .await
+                .map_err(failed)?
+                .is_none()
+            {
                 runtime
                     .upload_path(new, "/", folders_archive(parent))
                     .await

@@ -246,6 +246,26 @@ fn runtime(model: &Shared) -> MockContainerRuntime {
         Ok(true)
     });
     mock.expect_volume_used_bytes().returning(|_| Ok(0));
+    // An image change's copies: every path exists; the archive calls can fail.
+    mock.expect_path_stat().returning(|_, path| {
+        Ok(Some(crate::runtime::PathStat {
+            name: path.rsplit('/').next().unwrap_or_default().to_string(),
+            size: 0,
+            mode: 0o40755,
+            mtime: 0,
+            link_target: String::new(),
+        }))
+    });
+    let m = model.clone();
+    mock.expect_download_path().returning(move |_, _| {
+        check(&m, "download_path")?;
+        Ok(Box::pin(futures_util::stream::iter([Ok(
+            bytes::Bytes::from_static(b"tar"),
+        )])))
+    });
+    let m = model.clone();
+    mock.expect_upload_path()
+        .returning(move |_, _, _| check(&m, "upload_path"));
     let m = model.clone();
     mock.expect_copy_volume()
         .returning(move |_, _| check(&m, "copy_volume"));
@@ -385,6 +405,41 @@ async fn a_patch_failing_at_any_docker_step_is_undone() {
         let patched = engine.patch("a", patch).await.unwrap();
         assert_eq!(patched.version.version, 2, "{step}");
         assert_eq!(patched.version.gpus.len(), 3, "{step}");
+        assert_consistent(&engine, &model, step).await;
+    }
+}
+
+#[tokio::test]
+async fn an_image_change_whose_copy_fails_is_undone_and_the_old_version_runs() {
+    for step in ["download_path", "upload_path"] {
+        let (engine, model) = engine();
+        model.lock().unwrap().images.insert("img2".into());
+        let before = engine.run(run("a", 1)).await.unwrap();
+        model.lock().unwrap().fail = Some(step);
+        let patch = PatchRequest {
+            image: Some("img2".into()),
+            keep_paths: Some(vec!["/root".into(), "/workspace".into()]),
+            gpu_count: Some(2),
+            ..Default::default()
+        };
+        let err = engine.patch("a", patch.clone()).await.unwrap_err();
+        assert_eq!(err.code(), 1007, "{step}: {err}");
+        assert!(
+            err.to_string().contains("copying /root") && err.to_string().contains(step),
+            "{step}: the message says what failed: {err}"
+        );
+        let after = engine.info("a").await.unwrap();
+        let mut version = after.version.clone();
+        version.snapshot = None;
+        assert_eq!(version, before.version, "{step}: back on version 1");
+        assert_eq!(after.replica_set.status, Status::Running, "{step}");
+        assert_eq!(after.replica_set.latest, 1, "{step}");
+        assert_consistent(&engine, &model, step).await;
+        // Once Docker copies, the same change goes through.
+        let changed = engine.patch("a", patch).await.unwrap();
+        assert_eq!(changed.version.version, 2, "{step}");
+        assert_eq!(changed.version.spec.image, "img2", "{step}");
+        assert_eq!(changed.version.gpus.len(), 2, "{step}");
         assert_consistent(&engine, &model, step).await;
     }
 }

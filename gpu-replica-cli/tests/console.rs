@@ -911,3 +911,71 @@ async fn a_page_served_through_the_proxy_cannot_reach_the_consoles_token() {
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_changes_a_sets_image_keeping_root() {
+    testkit::docker().await;
+    let dir = data_dir();
+    let token = "console-image-token";
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_TOKEN", token)]);
+    let call = |method: &str, path: &str, body: Option<Value>| -> Value {
+        let body = body.map(|b| b.to_string());
+        let (status, _, answer) = http_as(&server.addr, Some(token), method, path, body.as_deref());
+        assert_eq!(status, 200, "{method} {path}: {answer}");
+        serde_json::from_str(&answer).unwrap()
+    };
+    let set = testkit::unique_name("img");
+    call(
+        "POST",
+        "/api/v1/replicaSet",
+        Some(json!({"imageName": TEST_IMAGE, "replicaSetName": set, "gpuCount": 0})),
+    );
+    let exec = |script: &str| {
+        call(
+            "POST",
+            &format!("/api/v1/replicaSet/{set}/execute"),
+            Some(json!({"cmd": ["sh", "-c", script]})),
+        )["data"]["stdout"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    exec("echo kept > /root/kept && echo gone > /opt/gone");
+
+    let browser = Browser::start();
+    browser.open(&format!("http://{}/ui", server.addr));
+    browser.fill("#token", token);
+    browser.click("#signin");
+    let row = format!("#sets tr[data-set=\"{set}\"]");
+    browser.wait(&format!("{row} button.change-image"));
+    browser.click(&format!("{row} button.change-image"));
+    // Two questions: the image, then the folders to keep (the default, /root).
+    browser.call("POST", "/alert/text", Some(json!({ "text": TEST_IMAGE })));
+    browser.call("POST", "/alert/accept", Some(json!({})));
+    browser.until("the folders question", || {
+        let (status, _) = http(
+            &browser.addr,
+            "GET",
+            &format!("/session/{}/alert/text", browser.session),
+            None,
+        );
+        status == 200
+    });
+    browser.call("POST", "/alert/accept", Some(json!({})));
+    browser.until("version 2 is current", || {
+        browser.text(&format!("{row} .version")) == "2"
+    });
+    assert_eq!(
+        exec("cat /root/kept; test -e /opt/gone || echo fresh"),
+        "kept\nfresh\n"
+    );
+    browser.click(&format!("{row} button.history"));
+    browser.until("history names the image", || {
+        browser.text("#history tr[data-version=\"2\"] .image") == TEST_IMAGE
+    });
+    browser.quiet("changing the image");
+    call("DELETE", &format!("/api/v1/replicaSet/{set}"), None);
+    drop(browser);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -23,6 +23,7 @@ pub mod forward;
 pub mod link;
 mod metrics;
 mod openapi;
+mod pipe;
 pub mod proxy;
 mod routes;
 pub mod serve;

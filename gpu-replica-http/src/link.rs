@@ -238,7 +238,7 @@ async fn tunnel(
         // The asking node's proxy ends it when its client goes or goes quiet; a node that
         // vanished is noticed by the same idle limit here.
         let upgraded = hyper_util::rt::TokioIo::new(upgraded);
-        crate::proxy::join(upgraded, stream, TUNNEL_IDLE).await;
+        crate::pipe::join(upgraded, stream, TUNNEL_IDLE).await;
     });
     let mut response = axum::http::StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();

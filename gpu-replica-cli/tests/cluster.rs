@@ -1376,6 +1376,11 @@ async fn the_proxy_of_one_node_serves_a_set_on_the_other() {
     assert_eq!(page, "far-page\n\n200", "through n1's proxy");
     let page = curl(&[&format!("http://127.0.0.1:{p1}/{name}/80/index.html")]);
     assert_eq!(page, "far-page\n\n200");
+    // A link opens once in the whole cluster: opened at n1, refused at n2.
+    let once = link(80);
+    assert!(curl(&["-L", &once]).ends_with("\n200"));
+    let again = once.replace(&format!(":{p1}/"), &format!(":{p2}/"));
+    assert!(curl(&["-L", &again]).ends_with("\n403"), "{again}");
     // A WebSocket through n1 to the echo server on n2.
     let opened = curl(&["-L", &link(9000)]);
     assert!(opened.ends_with("\n200"), "{opened}");

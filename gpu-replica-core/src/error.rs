@@ -257,6 +257,10 @@ pub enum Error {
     /// The state store answered with an error.
     #[error("state store: {0}")]
     Store(String),
+    /// The state store's disk is full: nothing was written; reads still work, and writes do
+    /// again once there is room.
+    #[error("the state store's disk is full ({0}); nothing was changed: make room and retry")]
+    StoreFull(String),
     /// Another request (of this engine or of another engine on the same store) changed the
     /// same records first; nothing of this request was kept, try again.
     #[error("conflict: {0}; nothing was changed, try again")]
@@ -364,6 +368,7 @@ impl Error {
             Error::OverDisk(_) => 1059,
             Error::KeyNotFound(_) => 1060,
             Error::KeyTaken(_) => 1061,
+            Error::StoreFull(_) => 1062,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -418,6 +423,7 @@ impl Error {
             Error::OverDisk(_) => "the set's root filesystem is over its limit; nothing changed",
             Error::KeyNotFound(_) => "no such SSH key",
             Error::KeyTaken(_) => "the SSH key is another user's",
+            Error::StoreFull(_) => "the state store's disk is full; nothing was changed",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -481,6 +487,7 @@ impl Error {
             Error::OverDisk(s()),
             Error::KeyNotFound(s()),
             Error::KeyTaken(s()),
+            Error::StoreFull(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -534,7 +541,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1061).collect();
+        let expected: Vec<u16> = (1000..=1062).collect();
         assert_eq!(codes, expected);
     }
 }

@@ -167,3 +167,12 @@ pub fn node_ssh(name: &str) -> String {
 /// The key that signs the web-service proxy's links and cookies (64 hex digits): made once,
 /// the same on every node, so a cookie one node's proxy gave is good at any node's.
 pub const PROXY_KEY: &str = "proxy/key";
+
+/// Links of the proxy already opened, by nonce (until they would have expired): a link opens
+/// once, on any node, across restarts.
+pub const PROXY_LINKS_OPENED: &str = "proxy-links/";
+
+/// The record that link nonce `nonce` was opened.
+pub fn proxy_link_opened(nonce: &str) -> String {
+    format!("{PROXY_LINKS_OPENED}{nonce}")
+}

@@ -58,4 +58,3 @@ where
         _ = watchdog => {}
     }
 }
-

@@ -270,8 +270,6 @@ struct Proxy {
     upstreams: Arc<Mutex<HashMap<String, Upstream>>>,
     /// Requests and WebSockets in flight, per user.
     open: Arc<Mutex<HashMap<String, usize>>>,
-    /// Link nonces redeemed here, until the link would have expired anyway.
-    redeemed: Mutex<HashMap<String, Instant>>,
     /// Made-up links and cookies, per client address: limited as the API's tokens are.
     failures: gpu_replica_core::limits::FailureLimiter,
     /// Recent admissions: (cookie, set, port) → (user, upstream, until).
@@ -303,7 +301,6 @@ pub fn proxy_router(engine: Arc<Engine>, options: ProxyOptions) -> Router {
         client,
         upstreams,
         open: Arc::default(),
-        redeemed: Mutex::default(),
         failures: Default::default(),
         admitted: Mutex::default(),
     });
@@ -479,18 +476,6 @@ async fn open(proxy: &Proxy, service: &Service, uri: &Uri, peer: Option<SocketAd
         }
         Err(e) => return error_page(&e, service),
     };
-    {
-        let mut redeemed = proxy.redeemed.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        redeemed.retain(|_, until| *until > now);
-        if redeemed.contains_key(&grant.nonce) {
-            return refused();
-        }
-        redeemed.insert(
-            grant.nonce.clone(),
-            now + gpu_replica_core::PROXY_LINK_TTL + Duration::from_secs(5),
-        );
-    }
     tracing::info!(user = %grant.user, set = %grant.set, port = grant.port, "proxy link opened");
     let mut response = redirect(&format!("{}/", service.prefix()));
     let cookie = format!(

@@ -49,7 +49,7 @@ pub struct ProxyGrant {
     pub set: String,
     /// The port.
     pub port: u16,
-    /// The link's one-time nonce (a proxy refuses a nonce it has seen).
+    /// The link's one-time nonce (recorded in the store as opened).
     pub nonce: String,
     /// The cookie's value: URL-safe characters only.
     pub cookie: String,
@@ -287,6 +287,7 @@ impl Engine {
             Some((_, generation)) if generation == claims.g => {}
             _ => return Err(Error::Unauthorized),
         }
+        self.mark_opened(&claims).await?;
         let cookie = Claims {
             k: COOKIE.into(),
             u: claims.u.clone(),
@@ -304,6 +305,40 @@ impl Engine {
             cookie: sign(&key, &cookie),
             max_age: PROXY_COOKIE_TTL,
         })
+    }
+
+    /// Records link `claims` opened; [`Error::Unauthorized`] if it was already (on any node).
+    /// Records of links past their expiry are swept on the way.
+    async fn mark_opened(&self, claims: &Claims) -> Result<()> {
+        #[derive(Serialize, Deserialize)]
+        struct Opened {
+            nonce: String,
+            expires: u64,
+        }
+        let now = unix_now();
+        let opened: Vec<Opened> = self.ctx.read_all(keys::PROXY_LINKS_OPENED).await?;
+        let expired: Vec<String> = opened
+            .iter()
+            .filter(|o| o.expires < now)
+            .map(|o| keys::proxy_link_opened(&o.nonce))
+            .collect();
+        if !expired.is_empty() {
+            let sweep = expired
+                .iter()
+                .fold(Txn::new(), |txn, key| txn.delete(key.clone()));
+            let _ = self.ctx.shared.store.commit(sweep).await;
+        }
+        let key = keys::proxy_link_opened(&claims.n);
+        let record = Opened {
+            nonce: claims.n.clone(),
+            expires: claims.e,
+        };
+        let txn = Txn::new().absent(&key).put(&key, encode(&record));
+        if self.ctx.shared.store.commit(txn).await? {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized)
+        }
     }
 
     /// Whether `ticket` (a link's or a cookie's) carries the proxy's signature, whatever it

@@ -173,10 +173,17 @@ async fn connect_in_namespace(
             if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let stream = std::net::TcpStream::connect_timeout(
-                &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                Duration::from_secs(10),
-            )?;
+            // IPv4 loopback first; a program bound to `localhost` may be on `::1` only
+            // (Node 17+, Vite).
+            let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            let stream = match std::net::TcpStream::connect_timeout(&v4, Duration::from_secs(10)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::net::TcpStream::connect_timeout(&v6, Duration::from_secs(10))
+                        .map_err(|_| e)?
+                }
+                other => other?,
+            };
             stream.set_nonblocking(true)?;
             Ok(stream)
         };

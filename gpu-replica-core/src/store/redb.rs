@@ -4,9 +4,16 @@
 //! place; writes wait for the disk (fsync) and run on tokio's blocking pool. A write
 //! transaction is exclusive, so checking a [`Txn`]'s conditions and applying its writes inside
 //! one is atomic.
+//!
+//! A write that fails on I/O (a full disk) leaves redb refusing every later write until the
+//! file is opened again ("Previous I/O error"); the store then opens it again by itself before
+//! the next operation, so writes work once there is room, without a restart. A full disk is
+//! [`Error::StoreFull`]; nothing of the failed write is kept (redb commits atomically).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -22,32 +29,133 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// A [`StateStore`] in one redb file.
 #[derive(Clone)]
 pub struct RedbStore {
-    db: Arc<Database>,
+    /// The open file; `None` only while it is being opened again.
+    db: Arc<RwLock<Option<Arc<Database>>>>,
     path: PathBuf,
     /// Writes attempted, counted once each is over (see [`StateStore::generation`]).
     writes: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when an operation failed on I/O: the file is opened again before the next one.
+    broken: Arc<AtomicBool>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> Error {
-    Error::Store(e.to_string())
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("os error 28") {
+        return Error::StoreFull(text);
+    }
+    Error::Store(text)
+}
+
+/// Whether `e` leaves redb refusing writes until the file is opened again.
+fn breaks_the_file(e: &Error) -> bool {
+    match e {
+        Error::StoreFull(_) => true,
+        Error::Store(text) => text.contains("I/O error") || text.contains("Previous I/O"),
+        _ => false,
+    }
 }
 
 impl RedbStore {
     /// Opens (or creates) the store file at `path`; its folder must exist.
     pub fn open(path: impl AsRef<Path>) -> Result<RedbStore> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::create(&path)
-            .map_err(|e| Error::Store(format!("cannot open {}: {e}", path.display())))?;
+        let db = RedbStore::open_file(&path)?;
+        Ok(RedbStore {
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+            path,
+            writes: Arc::default(),
+            broken: Arc::default(),
+        })
+    }
+
+    fn open_file(path: &Path) -> Result<Database> {
+        let db = Database::create(path).map_err(|e| {
+            let e = store_err(e);
+            match e {
+                Error::StoreFull(_) => e,
+                _ => Error::Store(format!("cannot open {}: {e}", path.display())),
+            }
+        })?;
         // Create both tables up front so read transactions never meet a missing table.
         let txn = db.begin_write().map_err(store_err)?;
         txn.open_table(ENTRIES).map_err(store_err)?;
         txn.open_table(META).map_err(store_err)?;
         txn.commit().map_err(store_err)?;
-        Ok(RedbStore {
-            db: Arc::new(db),
-            path,
-            writes: Arc::default(),
-        })
+        Ok(db)
+    }
+
+    /// The open file, opened again first if an operation broke it (this may wait: call it on
+    /// a blocking thread, or after [`RedbStore::ready`]).
+    fn db(&self) -> Result<Arc<Database>> {
+        if self.broken.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::Store("the store file is being opened again".into()))
+    }
+
+    /// Closes and opens the file again (redb's way out of a failed I/O), once the operations
+    /// still using the old handle are done (a few seconds at most; else a later call tries).
+    fn reopen(&self) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(()); // another caller did it
+        }
+        if let Some(old) = slot.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(Error::Store(
+                            "the store file is busy; it is opened again at the next request".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        match RedbStore::open_file(&self.path) {
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                self.broken.store(false, Ordering::SeqCst);
+                tracing::warn!(path = %self.path.display(), "the store file was opened again after an I/O error");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the file again, off the async threads, if an operation broke it.
+    async fn ready(&self) -> Result<()> {
+        if !self.broken.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.reopen())
+            .await
+            .map_err(store_err)?
+    }
+
+    /// Notes an operation's failure that leaves the file to be opened again.
+    fn note<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            if breaks_the_file(e) {
+                self.broken.store(true, Ordering::SeqCst);
+            }
+        }
+        result
     }
 
     async fn blocking<T, F>(&self, work: F) -> Result<T>
@@ -55,10 +163,15 @@ impl RedbStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(store_err)?
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = store.db()?;
+            let result = work(&db);
+            drop(db);
+            store.note(result)
+        })
+        .await
+        .map_err(store_err)?
     }
 
     /// Like [`RedbStore::blocking`] for a write: the generation moves once the write is over,
@@ -129,7 +242,9 @@ impl RedbStore {
 #[async_trait]
 impl StateStore for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<Entry>> {
-        let tx = self.db.begin_read().map_err(store_err)?;
+        self.ready().await?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(store_err)?;
         let entries = tx.open_table(ENTRIES).map_err(store_err)?;
         Ok(entries.get(key).map_err(store_err)?.map(|v| {
             let (revision, value) = v.value();
@@ -142,7 +257,9 @@ impl StateStore for RedbStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>> {
-        let tx = self.db.begin_read().map_err(store_err)?;
+        self.ready().await?;
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(store_err)?;
         let entries = tx.open_table(ENTRIES).map_err(store_err)?;
         let mut found = Vec::new();
         for item in entries.range(prefix..).map_err(store_err)? {

@@ -924,7 +924,29 @@ async fn engine_builder(
         _ => open_inventory(&args.gpus)?,
     };
     let gpus = inventory.gpus().await.map_err(|e| e.to_string())?;
-    let config = engine_config(args)?;
+    let mut config = engine_config(args)?;
+    // The disks whose room status and /metrics show: the store's (redb) and Docker's.
+    let store_dir = match args.store.as_deref() {
+        Some(spec) if spec.starts_with("etcd://") => None,
+        Some(path) => std::path::Path::new(path)
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .map(std::path::Path::to_path_buf),
+        None => Some(args.data_dir.clone()),
+    };
+    if let Some(dir) = store_dir {
+        config.disks.push(("store".into(), dir));
+    }
+    match docker.data_root().await {
+        Ok(root) => config.disks.push(("docker".into(), root.into())),
+        Err(e) => tracing::warn!("Docker's data root unknown ({e}): its free space is not shown"),
+    }
     tracing::info!("{docker_version}");
     tracing::info!("store: {}", store.describe());
     tracing::info!("GPUs: {} from {}", gpus.len(), inventory.describe());

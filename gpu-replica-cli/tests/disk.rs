@@ -1,7 +1,8 @@
 //! A full disk under the store, on the real server: the store file on a small tmpfs that is
-//! then filled. Writes are refused with 1062 (HTTP 507) and nothing half-written, reads keep
-//! working, and once there is room again writes work without a restart (redb refuses every
-//! write after a failed one until its file is opened again: the store does that by itself).
+//! then filled. Status and `/metrics` show its room (and Docker's); writes are refused with
+//! 1062 (HTTP 507) and nothing half-written, reads keep working, and once there is room again
+//! writes work without a restart (redb refuses every write after a failed one until its file
+//! is opened again: the store does that by itself).
 
 mod common;
 
@@ -59,6 +60,25 @@ async fn a_full_store_disk_refuses_writes_keeps_reads_and_recovers_without_a_res
     let (status, reply) = call(&server, "POST", "/api/v1/users", json!({"name": "before"}));
     assert_eq!(status, 200, "{reply}");
 
+    // Status and /metrics show the room on the store's disk (this tmpfs) and on Docker's.
+    let disk_of = |name: &str| {
+        let (_, status) = call(&server, "GET", "/api/v1/status", json!({}));
+        status["data"]["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} disk in {status}"))
+            .clone()
+    };
+    let store_disk = disk_of("store");
+    assert_eq!(store_disk["totalBytes"], 8 << 20, "{store_disk}");
+    assert!(
+        store_disk["freeBytes"].as_u64().unwrap() > 4 << 20,
+        "{store_disk}"
+    );
+    assert!(disk_of("docker")["totalBytes"].as_u64().unwrap() > 0);
+
     // Fill the disk, then write until the store needs room it cannot get.
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=1M"])
@@ -78,6 +98,13 @@ async fn a_full_store_disk_refuses_writes_keeps_reads_and_recovers_without_a_res
         }
     }
     let (at, status, reply) = refused.expect("a write was refused on the full disk");
+    assert!(disk_of("store")["freeBytes"].as_u64().unwrap() < 1 << 20);
+    let (_, _, metrics) = http_as(&server.addr, Some(ADMIN), "GET", "/metrics", None);
+    assert!(
+        metrics.contains("gpu_replica_disk_free_bytes{disk=\"store\"")
+            && metrics.contains("gpu_replica_disk_size_bytes{disk=\"docker\""),
+        "{metrics}"
+    );
     assert_eq!(
         (status, reply["code"].as_u64()),
         (507, Some(1062)),

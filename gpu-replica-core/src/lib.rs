@@ -89,7 +89,7 @@ pub use crate::ops::proxy::{
     Admission, PortHere, ProxyGrant, ProxyTarget, ProxyTicket, SetService, PROXY_COOKIE_TTL,
     PROXY_LINK_TTL,
 };
-pub use crate::ops::resources::HELD_BY_ANOTHER;
+pub use crate::ops::resources::{DiskSpace, HELD_BY_ANOTHER};
 pub use crate::ops::run::RunRequest;
 pub use crate::ops::screen::{ScreenAttachment, ScreenEvent, ScreenRequest};
 pub use crate::ops::shell::{Shell, ShellControl, ShellRequest};

@@ -128,6 +128,7 @@ use crate::wire;
         wire::RootfsLimitView,
         wire::RootfsUsageView,
         wire::ToolkitView,
+        wire::DiskView,
         wire::UserAddBody,
         wire::KeyAddBody,
         wire::KeyList,

@@ -74,6 +74,9 @@ pub struct EngineConfig {
     /// Folders an image change carries into the new image when the patch names none
     /// (default `/root`).
     pub keep_paths: Vec<String>,
+    /// Disks whose room status and metrics show, by name (`store`, `docker`), each by a
+    /// folder on it (default none; `gpu-replica serve` names the store's and Docker's).
+    pub disks: Vec<(String, std::path::PathBuf)>,
     /// A snapshot whose image would have more layers than this is flattened to one layer
     /// (overlay2 allows about 125).
     pub max_layers: usize,
@@ -114,6 +117,7 @@ impl Default for EngineConfig {
             stop_timeout: Duration::from_secs(10),
             keep_snapshots: 10,
             keep_paths: vec!["/root".to_string()],
+            disks: Vec::new(),
             max_layers: 100,
             allowed_host_paths: Vec::new(),
             snapshot_repo: "gpu-replica".into(),

@@ -42,6 +42,12 @@ struct SetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiskLabels {
+    disk: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
     node: String,
@@ -221,6 +227,31 @@ impl Engine {
             "gpu_replica_ports_free",
             "Host ports of the range free",
             free_ports,
+        );
+
+        let disk_free = Family::<DiskLabels, Gauge>::default();
+        let disk_size = Family::<DiskLabels, Gauge>::default();
+        for disk in self.disks() {
+            let labels = DiskLabels {
+                disk: disk.name,
+                node: node.clone(),
+            };
+            disk_free
+                .get_or_create(&labels)
+                .set(i64::try_from(disk.free_bytes).unwrap_or(i64::MAX));
+            disk_size
+                .get_or_create(&labels)
+                .set(i64::try_from(disk.total_bytes).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "gpu_replica_disk_free_bytes",
+            "Bytes free on the store's disk and on Docker's data root",
+            disk_free,
+        );
+        registry.register(
+            "gpu_replica_disk_size_bytes",
+            "Size of the store's disk and of Docker's data root",
+            disk_size,
         );
         Ok(())
     }

@@ -113,3 +113,45 @@ impl Engine {
         Ok(used)
     }
 }
+
+/// The room on a disk the server depends on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskSpace {
+    /// What lives there: `store` (the state store's file) or `docker` (Docker's data root).
+    pub name: String,
+    /// A folder on it.
+    pub path: String,
+    /// Bytes free for unprivileged writers (what a full disk runs out of).
+    pub free_bytes: u64,
+    /// Its size in bytes.
+    pub total_bytes: u64,
+}
+
+impl Engine {
+    /// The room on the disks the engine was told to watch ([`crate::EngineConfig::disks`]);
+    /// one that cannot be read now (gone, or on another host) is left out.
+    pub fn disks(&self) -> Vec<DiskSpace> {
+        self.ctx
+            .shared
+            .config
+            .disks
+            .iter()
+            .filter_map(|(name, path)| {
+                let text = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+                let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+                // SAFETY: statvfs writes only into the struct passed; the path is a C string.
+                if unsafe { libc::statvfs(text.as_ptr(), &mut stat) } != 0 {
+                    return None;
+                }
+                let block = stat.f_frsize as u64;
+                Some(DiskSpace {
+                    name: name.clone(),
+                    path: path.display().to_string(),
+                    free_bytes: stat.f_bavail as u64 * block,
+                    total_bytes: stat.f_blocks as u64 * block,
+                })
+            })
+            .collect()
+    }
+}

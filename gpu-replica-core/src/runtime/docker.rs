@@ -233,6 +233,15 @@ fn label_filter(label: &str) -> Option<HashMap<String, Vec<String>>> {
 }
 
 impl DockerRuntime {
+    /// Where the Docker engine keeps images, containers and volumes (`DockerRootDir`): the
+    /// disk whose room the server watches beside the store's.
+    pub async fn data_root(&self) -> Result<String> {
+        let info = self.docker.info().await.map_err(docker_err)?;
+        info.docker_root_dir
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| Error::Docker("the engine did not say its root directory".into()))
+    }
+
     async fn upload(
         &self,
         name: &str,

@@ -56,6 +56,7 @@ pub async fn status(Acting(engine): Acting) -> Response {
         recovery: engine.last_recovery().map(RecoveryView::from),
         isolation: IsolationView::new(&engine),
         toolkit: engine.toolkit().map(ToolkitView::from).unwrap_or_default(),
+        disks: engine.disks().into_iter().map(Into::into).collect(),
     })
     .into_response()
 }

@@ -1053,6 +1053,24 @@ pub struct StatusReply {
     pub isolation: IsolationView,
     /// The NVIDIA container toolkit the GPUs go through, as the start-up check found it.
     pub toolkit: ToolkitView,
+    /// Room on the store's disk and on Docker's data root (each left out when it cannot be
+    /// read here: etcd, a Docker on another host).
+    #[serde(default)]
+    pub disks: Vec<DiskView>,
+}
+
+/// The room on a disk the server depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskView {
+    /// `store` (the state store's file) or `docker` (Docker's data root).
+    pub name: String,
+    /// A folder on it.
+    pub path: String,
+    /// Bytes free.
+    pub free_bytes: u64,
+    /// Its size in bytes.
+    pub total_bytes: u64,
 }
 
 /// The NVIDIA container toolkit, checked at start against its published container escapes.
@@ -1227,4 +1245,15 @@ pub enum TerminalMessage {
         /// The exit code.
         code: i64,
     },
+}
+
+impl From<gpu_replica_core::DiskSpace> for DiskView {
+    fn from(d: gpu_replica_core::DiskSpace) -> DiskView {
+        DiskView {
+            name: d.name,
+            path: d.path,
+            free_bytes: d.free_bytes,
+            total_bytes: d.total_bytes,
+        }
+    }
 }

@@ -116,21 +116,7 @@ impl Engine {
             checked.push(self.ctx.check_bind(bind).await?);
         }
         let binds = checked;
-        if !crate::names::is_image_reference(&image) {
-            return Err(Error::InvalidParams(format!(
-                "imageName '{image}' is not a Docker image reference (lowercase repository, optional :tag)"
-            )));
-        }
-        if self
-            .ctx
-            .shared
-            .runtime
-            .inspect_image(&image)
-            .await?
-            .is_none()
-        {
-            return Err(Error::ImageNotFound(image));
-        }
+        self.check_image(&image).await?;
         let spec = ReplicaSetSpec {
             image: image.clone(),
             gpu_count: gpu_count as u32,
@@ -160,6 +146,29 @@ impl Engine {
             return Err(e.during(Operation::Run));
         }
         self.info(&name).await
+    }
+}
+
+impl Engine {
+    /// Checks that `image` is a Docker image reference present on this host (never pulled):
+    /// 1000 for a malformed one, 1036 for a missing one.
+    pub(crate) async fn check_image(&self, image: &str) -> Result<()> {
+        if !crate::names::is_image_reference(image) {
+            return Err(Error::InvalidParams(format!(
+                "imageName '{image}' is not a Docker image reference (lowercase repository, optional :tag)"
+            )));
+        }
+        if self
+            .ctx
+            .shared
+            .runtime
+            .inspect_image(image)
+            .await?
+            .is_none()
+        {
+            return Err(Error::ImageNotFound(image.to_string()));
+        }
+        Ok(())
     }
 }
 

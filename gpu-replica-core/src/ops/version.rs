@@ -113,22 +113,7 @@ impl Engine {
                 if image.trim().is_empty() {
                     return Err(Error::ImageNameEmpty);
                 }
-                if !crate::names::is_image_reference(&image) {
-                    return Err(Error::InvalidParams(format!(
-                        "imageName '{image}' is not a Docker image reference (lowercase \
-                         repository, optional :tag)"
-                    )));
-                }
-                if self
-                    .ctx
-                    .shared
-                    .runtime
-                    .inspect_image(&image)
-                    .await?
-                    .is_none()
-                {
-                    return Err(Error::ImageNotFound(image));
-                }
+                self.check_image(&image).await?;
                 spec.image = image.clone();
                 Filesystem::Image { image, carry }
             }

@@ -233,6 +233,26 @@ fn label_filter(label: &str) -> Option<HashMap<String, Vec<String>>> {
 }
 
 impl DockerRuntime {
+    /// Container `name` as inspected, and its state; [`Error::NotRunning`] unless it runs.
+    async fn inspect_running(
+        &self,
+        name: &str,
+    ) -> Result<(
+        bollard::models::ContainerInspectResponse,
+        bollard::models::ContainerState,
+    )> {
+        let mut found = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(docker_err)?;
+        let state = found.state.take().unwrap_or_default();
+        if !state.running.unwrap_or(false) {
+            return Err(Error::NotRunning(name.to_string()));
+        }
+        Ok((found, state))
+    }
+
     /// Where the Docker engine keeps images, containers and volumes (`DockerRootDir`): the
     /// disk whose room the server watches beside the store's.
     pub async fn data_root(&self) -> Result<String> {
@@ -1169,15 +1189,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn connect_port(&self, name: &str, port: u16) -> Result<tokio::net::TcpStream> {
-        let found = self
-            .docker
-            .inspect_container(name, None)
-            .await
-            .map_err(docker_err)?;
-        let state = found.state.unwrap_or_default();
-        if !state.running.unwrap_or(false) {
-            return Err(Error::NotRunning(name.to_string()));
-        }
+        let (found, state) = self.inspect_running(name).await?;
         let refused = |e: std::io::Error| {
             Error::Unavailable(format!("nothing answers on port {port} of {name}: {e}"))
         };
@@ -1217,15 +1229,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn listening_ports(&self, name: &str) -> Result<Vec<u16>> {
-        let found = self
-            .docker
-            .inspect_container(name, None)
-            .await
-            .map_err(docker_err)?;
-        let state = found.state.unwrap_or_default();
-        if !state.running.unwrap_or(false) {
-            return Err(Error::NotRunning(name.to_string()));
-        }
+        let (_, state) = self.inspect_running(name).await?;
         // The kernel's socket tables of the container's network namespace, read through its
         // first process on this host; else from inside (needs `cat` in the image).
         let pid = state.pid.unwrap_or(0);

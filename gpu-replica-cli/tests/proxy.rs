@@ -11,28 +11,13 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{data_dir, free_port, http_as, Server, BIN};
+use common::{call_as as call, data_dir, free_port, output_text as text, until, Server, BIN};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "proxy-admin-t0ken";
-
-fn call(server: &Server, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let body = body.to_string();
-    let (status, _, text) = http_as(&server.addr, Some(token), method, path, Some(&body));
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `curl -s` with `args`; (HTTP status, body).
 fn curl(args: &[&str]) -> (u16, String) {
@@ -83,14 +68,6 @@ fn wsecho(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// `VmRSS` or `VmHWM` of process `pid`, in KiB.

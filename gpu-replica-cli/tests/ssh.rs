@@ -11,17 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{data_dir, free_port, http_as, Server, BIN};
+use common::{
+    call_as as call, data_dir, free_port, http_as, output_text as text, until, Server, BIN,
+};
 use gpu_replica_core::testkit::{self, TEST_IMAGE};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "ssh-admin-t0ken";
-
-fn call(server: &Server, token: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let body = body.to_string();
-    let (status, _, text) = http_as(&server.addr, Some(token), method, path, Some(&body));
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 /// A fresh ed25519 key pair in `dir`; the private key's path.
 fn keygen(dir: &Path, name: &str) -> PathBuf {
@@ -69,24 +65,6 @@ fn ssh(port: u16, key: &Path, target: &str, command: &str) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Waits until `check` holds (polling), or fails with `what`.
-fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Drives a command under a pseudo-terminal of 40 × 120 made by Python's `pty` module: types

@@ -196,9 +196,9 @@ pub async fn forward_if_elsewhere(
     }
     // A terminal is a WebSocket held open: its upgrade is sent on, and the two upgraded
     // connections are joined.
-    if request.extensions().get::<MatchedPath>().is_some_and(|m| {
-        [crate::wire::paths::TERMINAL, crate::wire::paths::SCREEN].contains(&m.as_str())
-    }) {
+    if matched
+        .is_some_and(|m| [crate::wire::paths::TERMINAL, crate::wire::paths::SCREEN].contains(&m))
+    {
         return tunnel_if_elsewhere(&forwarder.client, &engine, request, next).await;
     }
     let (mut parts, body) = request.into_parts();

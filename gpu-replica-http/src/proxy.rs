@@ -95,6 +95,23 @@ impl ProxyAddress {
     /// The link that opens port `port` of set `set` with `ticket`, the API having been
     /// reached at `api_host` (its `Host` header).
     pub fn link(&self, api_host: &str, set: &str, port: u16, ticket: &str) -> String {
+        match self.origin(api_host, set, port) {
+            (origin, true) => format!("{origin}{OPEN_PATH}?ticket={ticket}"),
+            (origin, false) => format!("{origin}{OPEN_PATH}/{set}/{port}?ticket={ticket}"),
+        }
+    }
+
+    /// Where port `port` of set `set` is served once its link is opened.
+    pub fn service(&self, api_host: &str, set: &str, port: u16) -> String {
+        match self.origin(api_host, set, port) {
+            (origin, true) => format!("{origin}/"),
+            (origin, false) => format!("{origin}/{set}/{port}/"),
+        }
+    }
+
+    /// The origin that serves port `port` of set `set`, and whether it is the service's own
+    /// host name (else the proxy's, with the service under a path).
+    fn origin(&self, api_host: &str, set: &str, port: u16) -> (String, bool) {
         let base = match &self.url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => {
@@ -117,9 +134,9 @@ impl ProxyAddress {
                     .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
                     .map(|(_, p)| format!(":{p}"))
                     .unwrap_or_default();
-                format!("{scheme}://{set}-{port}.{domain}{listener}{OPEN_PATH}?ticket={ticket}")
+                (format!("{scheme}://{set}-{port}.{domain}{listener}"), true)
             }
-            _ => format!("{base}{OPEN_PATH}/{set}/{port}?ticket={ticket}"),
+            _ => (base, false),
         }
     }
 }

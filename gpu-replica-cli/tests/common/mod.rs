@@ -412,3 +412,35 @@ impl Authority {
         path.to_path_buf()
     }
 }
+
+/// One API call with `token`, its JSON body; the status and the answer (null if not JSON).
+pub fn call_as(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let body = body.to_string();
+    let (status, _, text) = http_as(&server.addr, Some(token), method, path, Some(&body));
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A finished program's status and both outputs, for an assertion's message.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Waits until `check` holds (polling every 200 ms), or fails with `what`.
+pub fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

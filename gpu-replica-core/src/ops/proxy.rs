@@ -408,8 +408,7 @@ impl Engine {
     /// published on host ports and those a program listens on, each asked for `/` over HTTP
     /// (a second at most) to tell which serve web pages.
     pub async fn set_services(&self, name: &str) -> Result<Vec<SetService>> {
-        let container = self.running_here(name, "its ports").await?;
-        let (head, _) = self.ctx.head(name).await?;
+        let (container, head) = self.running_head(name, "its ports").await?;
         let runtime = self.ctx.shared.runtime.clone();
         let listening = runtime.listening_ports(&container).await?;
         let mut services: std::collections::BTreeMap<u16, SetService> = Default::default();

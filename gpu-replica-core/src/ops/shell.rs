@@ -207,6 +207,15 @@ impl Engine {
 
     /// As [`Engine::running_container`]; `what` names what is refused ("its terminal").
     pub(crate) async fn running_here(&self, name: &str, what: &str) -> Result<String> {
+        Ok(self.running_head(name, what).await?.0)
+    }
+
+    /// As [`Engine::running_here`], with the set's head as read.
+    pub(crate) async fn running_head(
+        &self,
+        name: &str,
+        what: &str,
+    ) -> Result<(String, crate::model::ReplicaSet)> {
         let (head, _) = self.ctx.head(name).await?;
         if head.node != self.ctx.node_name() {
             return Err(Error::refused(
@@ -223,7 +232,7 @@ impl Engine {
                 format!("'{name}' is not running; continue or restart it first"),
             ));
         }
-        Ok(crate::names::container(name, head.current))
+        Ok((crate::names::container(name, head.current), head))
     }
 
     /// `bash` when the image has it, else `sh`.

@@ -51,13 +51,7 @@ pub async fn open(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("127.0.0.1");
     let url = address.link(host, &name, port, &ticket.ticket);
-    let service_url = match url.split_once(crate::proxy::OPEN_PATH) {
-        Some((base, _)) if url.contains(&format!("{}?", crate::proxy::OPEN_PATH)) => {
-            format!("{base}/")
-        }
-        Some((base, _)) => format!("{base}/{name}/{port}/"),
-        None => url.clone(),
-    };
+    let service_url = address.service(host, &name, port);
     Ok(ok(OpenReply {
         url,
         service_url,

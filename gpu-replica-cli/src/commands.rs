@@ -858,11 +858,12 @@ fn print(answer: &Answer) {
                         h.version.to_string(),
                         h.status.container_name.clone(),
                         h.status.gpus.len().to_string(),
+                        h.status.image.clone(),
                         h.create_time.clone(),
                     ]
                 })
                 .collect();
-            table::print(&["VERSION", "CONTAINER", "GPUS", "CREATED"], &rows);
+            table::print(&["VERSION", "CONTAINER", "GPUS", "IMAGE", "CREATED"], &rows);
         }
         Answer::Volumes(list) => {
             let rows: Vec<Vec<String>> = list

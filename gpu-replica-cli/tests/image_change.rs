@@ -190,6 +190,24 @@ async fn a_set_changes_its_image_keeping_chosen_folders_and_rolls_back() {
         .map(|h| h["status"]["image"].as_str().unwrap())
         .collect();
     assert_eq!(images, [b.as_str(), TEST_IMAGE], "{history}");
+    let listed = Command::new(BIN)
+        .args([
+            "--server",
+            &format!("http://{}", server.addr),
+            "history",
+            &set,
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.lines().nth(1).is_some_and(|l| l.contains(&b))
+            && listed
+                .lines()
+                .nth(2)
+                .is_some_and(|l| l.contains(TEST_IMAGE)),
+        "the CLI's history shows each version's image:\n{listed}"
+    );
     let (_, _, text) = common::http_as(
         &server.addr,
         None,

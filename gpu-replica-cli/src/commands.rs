@@ -248,6 +248,12 @@ pub enum ClientCommand {
     },
     /// The nodes of the cluster: state, free and total GPUs, sets.
     Nodes,
+    /// Save a backup of the server's whole state store to FILE (admins; the server keeps
+    /// running). `gpu-replica restore` puts it back.
+    Backup {
+        /// The file to write: replaced whole, never left half-written.
+        file: std::path::PathBuf,
+    },
     /// A live view of the GPUs and sets, redrawn until q is pressed.
     Top {
         /// Seconds between redraws.
@@ -604,6 +610,10 @@ pub async fn execute(
         }
         C::Gpus => Answer::Gpus(client.gpu_details().await?),
         C::Nodes => Answer::Nodes(client.nodes().await?),
+        C::Backup { file } => {
+            backup(client, &file, as_json).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         C::Ports { node } => Answer::Ports(client.ports(node.as_deref()).await?),
     };
     if as_json {
@@ -615,6 +625,38 @@ pub async fn execute(
         print(&answer);
     }
     Ok(answer.exit_code())
+}
+
+/// Fetches a backup, checks it, and writes it to `file` whole.
+async fn backup(client: &Client, file: &std::path::Path, as_json: bool) -> Result<(), ClientError> {
+    let bytes = client.backup().await?;
+    let header = gpu_replica_core::backup::read(&bytes)
+        .map_err(|e| ClientError::Transport(format!("the server's backup does not check: {e}")))?
+        .header;
+    gpu_replica_core::backup::write_file(file, &bytes)
+        .map_err(|e| ClientError::Transport(e.to_string()))?;
+    if as_json {
+        let line = serde_json::json!({
+            "file": file.display().to_string(),
+            "bytes": bytes.len(),
+            "header": header,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&line).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{}: {} records of schema {} from {}, taken at {} ({} bytes)",
+            file.display(),
+            header.records,
+            header.schema,
+            header.store,
+            header.created,
+            bytes.len()
+        );
+    }
+    Ok(())
 }
 
 async fn volume(client: &Client, command: VolumeCommand) -> Result<Answer, ClientError> {

@@ -53,6 +53,9 @@ struct Cli {
 enum Command {
     /// Run the HTTP server.
     Serve(serve::ServeArgs),
+    /// Put a backup (`gpu-replica backup`) into a stopped server's store: the redb file of
+    /// --data-dir (or --store), or an etcd prefix. The next `serve` settles it with Docker.
+    Restore(RestoreArgs),
     /// Print shell completions (bash, zsh, fish, …) to stdout.
     Completions {
         /// The shell.
@@ -62,12 +65,97 @@ enum Command {
     Client(commands::ClientCommand),
 }
 
+/// `gpu-replica restore`.
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The backup file.
+    file: std::path::PathBuf,
+    /// Replace the records the store holds (a redb file is first kept beside itself as
+    /// `state.redb.before-restore-TIME`); without it the store must be empty.
+    #[arg(long)]
+    replace: bool,
+    #[command(flatten)]
+    state: serve::StoreArgs,
+}
+
+/// Restores a backup into the store `args` name; the server must be stopped.
+async fn restore(args: RestoreArgs) -> Result<String, String> {
+    let bytes = std::fs::read(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let backup = gpu_replica_core::backup::read(&bytes).map_err(|e| e.to_string())?;
+    let redb = match args.state.store.as_deref() {
+        Some(spec) if spec.starts_with("etcd://") => None,
+        Some(path) => Some(std::path::PathBuf::from(path)),
+        None => Some(args.state.data_dir.join("state.redb")),
+    };
+    let mut kept = None;
+    if let Some(path) = redb.as_ref().filter(|p| p.exists()) {
+        // The file is locked while a server has it open: the server must be stopped.
+        let store = gpu_replica_core::RedbStore::open(path)
+            .map_err(|e| format!("{e} (is a server still running on it? stop it first)"))?;
+        let records = gpu_replica_core::store::StateStore::list(&store, "")
+            .await
+            .map_err(|e| e.to_string())?
+            .len();
+        drop(store);
+        if records > 0 {
+            if !args.replace {
+                return Err(format!(
+                    "{} already holds {records} records; restore into an empty data dir, or give --replace",
+                    path.display()
+                ));
+            }
+            let aside = path.with_file_name(format!(
+                "{}.before-restore-{}",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default()
+            ));
+            std::fs::rename(path, &aside)
+                .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
+            kept = Some(aside);
+        }
+    }
+    let store = serve::open_store(&args.state).await?;
+    let done = gpu_replica_core::backup::restore(store.as_ref(), &backup, args.replace)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut text = format!(
+        "restored {} records (schema {}, taken at {} from {}) into {}",
+        done.records,
+        done.header.schema,
+        done.header.created,
+        done.header.store,
+        store.describe()
+    );
+    if let Some(aside) = kept {
+        text.push_str(&format!(
+            "; the store it replaced is kept as {}",
+            aside.display()
+        ));
+    }
+    text.push_str("; start the server: it reports what differs from Docker and removes nothing it does not know");
+    Ok(text)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => match serve::serve(args, cli.token).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gpu-replica: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Restore(args) => match restore(args).await {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("gpu-replica: {e}");
                 ExitCode::FAILURE

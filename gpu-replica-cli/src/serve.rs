@@ -13,6 +13,37 @@ use gpu_replica_core::{
     ResourcePolicy, RootfsPolicy, ScreenPolicy, StateStore, StaticInventory,
 };
 
+/// Where the state is kept: `serve`'s flags, shared with `restore`.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// CA certificate (PEM) of the etcd servers: talk to etcd over TLS.
+    #[arg(long, env = "GPU_REPLICA_ETCD_CACERT")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, env = "GPU_REPLICA_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Key of --etcd-cert (PEM).
+    #[arg(long, env = "GPU_REPLICA_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user; the password comes from GPU_REPLICA_ETCD_PASSWORD or --etcd-password-file.
+    #[arg(long, env = "GPU_REPLICA_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd password (trailing whitespace ignored).
+    #[arg(long, env = "GPU_REPLICA_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Folder for state; the redb file lives here.
+    #[arg(
+        long,
+        env = "GPU_REPLICA_DATA_DIR",
+        default_value = "./gpu-replica-data"
+    )]
+    pub data_dir: PathBuf,
+    /// State store: a redb file path, or etcd://host:2379,host:2379 (feature `etcd`).
+    /// Default: <data-dir>/state.redb.
+    #[arg(long, env = "GPU_REPLICA_STORE")]
+    pub store: Option<String>,
+}
+
 /// Settings of the server; every flag has a `GPU_REPLICA_*` environment twin.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -64,32 +95,9 @@ pub struct ServeArgs {
     /// per line).
     #[arg(long, env = "GPU_REPLICA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-    /// CA certificate (PEM) of the etcd servers: talk to etcd over TLS.
-    #[arg(long, env = "GPU_REPLICA_ETCD_CACERT")]
-    etcd_cacert: Option<PathBuf>,
-    /// Client certificate (PEM) for etcd.
-    #[arg(long, env = "GPU_REPLICA_ETCD_CERT", requires = "etcd_key")]
-    etcd_cert: Option<PathBuf>,
-    /// Key of --etcd-cert (PEM).
-    #[arg(long, env = "GPU_REPLICA_ETCD_KEY", requires = "etcd_cert")]
-    etcd_key: Option<PathBuf>,
-    /// etcd user; the password comes from GPU_REPLICA_ETCD_PASSWORD or --etcd-password-file.
-    #[arg(long, env = "GPU_REPLICA_ETCD_USER")]
-    etcd_user: Option<String>,
-    /// File holding the etcd password (trailing whitespace ignored).
-    #[arg(long, env = "GPU_REPLICA_ETCD_PASSWORD_FILE")]
-    etcd_password_file: Option<PathBuf>,
-    /// Folder for state; the redb file lives here.
-    #[arg(
-        long,
-        env = "GPU_REPLICA_DATA_DIR",
-        default_value = "./gpu-replica-data"
-    )]
-    data_dir: PathBuf,
-    /// State store: a redb file path, or etcd://host:2379,host:2379 (feature `etcd`).
-    /// Default: <data-dir>/state.redb.
-    #[arg(long, env = "GPU_REPLICA_STORE")]
-    store: Option<String>,
+    /// Where the state is kept.
+    #[command(flatten)]
+    pub state: StoreArgs,
     /// GPUs: auto (NVML, else none with a warning), none, or fake:N synthetic GPUs.
     #[arg(long, env = "GPU_REPLICA_GPUS", default_value = "auto")]
     gpus: String,
@@ -316,7 +324,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("label '{text}' is not KEY=VALUE"))
 }
 
-async fn open_store(args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
+pub async fn open_store(args: &StoreArgs) -> Result<Arc<dyn StateStore>, String> {
     match args.store.as_deref() {
         Some(spec) if spec.starts_with("etcd://") => open_etcd(spec, args).await,
         Some(path) => Ok(Arc::new(RedbStore::open(path).map_err(|e| e.to_string())?)),
@@ -332,7 +340,7 @@ async fn open_store(args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
 /// How to reach etcd, from the flags: TLS files, user, and the password from
 /// `GPU_REPLICA_ETCD_PASSWORD` or `--etcd-password-file`.
 #[cfg(feature = "etcd")]
-fn etcd_access(args: &ServeArgs) -> Result<gpu_replica_core::EtcdAccess, String> {
+fn etcd_access(args: &StoreArgs) -> Result<gpu_replica_core::EtcdAccess, String> {
     let read = |flag: &str, path: &PathBuf| {
         std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
     };
@@ -392,7 +400,7 @@ fn etcd_hint(error: &str, access: &gpu_replica_core::EtcdAccess) -> &'static str
 }
 
 #[cfg(feature = "etcd")]
-async fn open_etcd(spec: &str, args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
+async fn open_etcd(spec: &str, args: &StoreArgs) -> Result<Arc<dyn StateStore>, String> {
     let access = etcd_access(args)?;
     let scheme = if access.ca.is_some() { "https" } else { "http" };
     let endpoints: Vec<String> = spec["etcd://".len()..]
@@ -425,7 +433,7 @@ async fn open_etcd(spec: &str, args: &ServeArgs) -> Result<Arc<dyn StateStore>, 
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn open_etcd(_spec: &str, _args: &ServeArgs) -> Result<Arc<dyn StateStore>, String> {
+async fn open_etcd(_spec: &str, _args: &StoreArgs) -> Result<Arc<dyn StateStore>, String> {
     Err("this build has no etcd support: build with --features etcd".into())
 }
 
@@ -903,6 +911,7 @@ async fn engine_builder(
     let docker_version = docker.version().await.map_err(|e| e.to_string())?;
     if args.node.is_some()
         && !args
+            .state
             .store
             .as_deref()
             .is_some_and(|s| s.starts_with("etcd://"))
@@ -912,7 +921,7 @@ async fn engine_builder(
                 .into(),
         );
     }
-    let store = open_store(args).await?;
+    let store = open_store(&args.state).await?;
     let inventory = match (&args.node, args.gpus.strip_prefix("fake:")) {
         // Fake GPUs of a node carry its name: two nodes' never share a UUID.
         (Some(node), Some(count)) => Arc::new(gpu_replica_core::StaticInventory::fake_on(
@@ -926,7 +935,7 @@ async fn engine_builder(
     let gpus = inventory.gpus().await.map_err(|e| e.to_string())?;
     let mut config = engine_config(args)?;
     // The disks whose room status and /metrics show: the store's (redb) and Docker's.
-    let store_dir = match args.store.as_deref() {
+    let store_dir = match args.state.store.as_deref() {
         Some(spec) if spec.starts_with("etcd://") => None,
         Some(path) => std::path::Path::new(path)
             .parent()
@@ -938,8 +947,14 @@ async fn engine_builder(
                 }
             })
             .map(std::path::Path::to_path_buf),
-        None => Some(args.data_dir.clone()),
+        None => Some(args.state.data_dir.clone()),
     };
+    // A start that migrates the store's schema backs it up here first.
+    config.backup_dir = Some(
+        store_dir
+            .clone()
+            .unwrap_or_else(|| args.state.data_dir.clone()),
+    );
     if let Some(dir) = store_dir {
         config.disks.push(("store".into(), dir));
     }

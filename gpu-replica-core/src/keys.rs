@@ -99,6 +99,13 @@ pub fn volume_versions(name: &str) -> String {
 /// The store's identity, written once by the first engine that recovers on it.
 pub const STORE_ID: &str = "meta/store-id";
 
+/// The version of the records' schema (a decimal number); see [`crate::backup::SCHEMA`].
+pub const SCHEMA: &str = "meta/schema";
+
+/// Present after a restore (the backup's header, JSON) until the next start's recovery has
+/// reported it.
+pub const RESTORED: &str = "meta/restored";
+
 /// The secret the nodes of a cluster authenticate their calls to each other with (made by the
 /// first node that joins).
 pub const CLUSTER_SECRET: &str = "meta/cluster-secret";

@@ -39,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod cluster;
 mod engine;
 mod error;

@@ -1,5 +1,7 @@
 //! Starting an engine the way a server does, in the one order that is safe:
 //!
+//! 0. the store's schema: an older store is backed up and migrated, a newer one refused
+//!    ([`crate::backup::upgrade`]);
 //! 1. in a cluster, the cluster's secret (made by the first node), and with it the link to the
 //!    other nodes: recovery may have to ask another node to undo its part of a migration;
 //! 2. recovery: what a crash left in flight is finished or undone, orphans are removed, before
@@ -141,7 +143,13 @@ impl EngineBuilder {
                 ),
             });
         }
+        let backup_dir = self.config.backup_dir.clone();
         let engine = Arc::new(self.build());
+        crate::backup::upgrade(engine.ctx.store().as_ref(), backup_dir.as_deref())
+            .await
+            .map_err(StartError::at(
+                "bringing the store to this release's schema",
+            ))?;
         engine.ctx.check_toolkit();
         engine
             .ctx

@@ -690,6 +690,18 @@ impl Client {
         self.request(Method::GET, paths::STATUS, NONE).await
     }
 
+    /// A backup of the server's state store (admins only): the file's bytes.
+    pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
+        let response = self.open(paths::BACKUP).await?;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(format!("reading the backup: {e}")))?
+            .to_bytes();
+        Ok(bytes.to_vec())
+    }
+
     /// The nodes of the cluster.
     pub async fn nodes(&self) -> Result<NodeList, ClientError> {
         self.request(Method::GET, paths::NODES, NONE).await

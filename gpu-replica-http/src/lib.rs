@@ -157,6 +157,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .route(p::GPUS, get(resources::gpus))
         .route(p::PORTS, get(resources::ports))
         .route(p::STATUS, get(resources::status))
+        .route(p::BACKUP, get(resources::backup))
         .route(p::USERS, post(users::add).get(users::list))
         .route(p::USER, get(users::info).delete(users::remove))
         .route(p::USER_TOKEN, post(users::reset_token))

@@ -48,6 +48,7 @@ use crate::wire;
         instance::stats,
         events::events,
         resources::status,
+        resources::backup,
         users::add,
         users::list,
         users::info,

@@ -77,6 +77,9 @@ pub struct EngineConfig {
     /// Disks whose room status and metrics show, by name (`store`, `docker`), each by a
     /// folder on it (default none; `gpu-replica serve` names the store's and Docker's).
     pub disks: Vec<(String, std::path::PathBuf)>,
+    /// Where a start that migrates the store to this release's schema first writes a backup of
+    /// it (the redb file's folder, say); none written when `None` (default).
+    pub backup_dir: Option<std::path::PathBuf>,
     /// A snapshot whose image would have more layers than this is flattened to one layer
     /// (overlay2 allows about 125).
     pub max_layers: usize,
@@ -118,6 +121,7 @@ impl Default for EngineConfig {
             keep_snapshots: 10,
             keep_paths: vec!["/root".to_string()],
             disks: Vec::new(),
+            backup_dir: None,
             max_layers: 100,
             allowed_host_paths: Vec::new(),
             snapshot_repo: "gpu-replica".into(),

@@ -20,19 +20,30 @@ pub struct Recovery {
     /// claim without a holder released).
     #[serde(default)]
     pub reconciled: Vec<String>,
+    /// Docker objects carrying this store's label that its records never knew (made after
+    /// the backup the store was restored from): left alone, never removed.
+    #[serde(default)]
+    pub unknown: Vec<String>,
+    /// The backup the store was restored from, when this is the first start after a restore.
+    #[serde(default)]
+    pub restored: Option<String>,
 }
 
 impl fmt::Display for Recovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} finished, {} undone, {} orphans removed, {} missing, {} reconciled",
+            "{} finished, {} undone, {} orphans removed, {} missing, {} reconciled, {} unknown left alone",
             self.finished.len(),
             self.undone.len(),
             self.orphans_removed.len(),
             self.missing.len(),
-            self.reconciled.len()
+            self.reconciled.len(),
+            self.unknown.len()
         )?;
+        if let Some(restored) = &self.restored {
+            write!(f, "; restored from {restored}")?;
+        }
         for line in self
             .finished
             .iter()
@@ -40,6 +51,7 @@ impl fmt::Display for Recovery {
             .chain(&self.orphans_removed)
             .chain(&self.missing)
             .chain(&self.reconciled)
+            .chain(&self.unknown)
         {
             write!(f, "; {line}")?;
         }

@@ -2,6 +2,7 @@
 //! take the set's lock, settle what an interrupted operation left ([`crate::supervise`]), then
 //! run the steps of [`crate::steps`] over the records and claims of [`crate::engine`].
 
+pub(crate) mod backup;
 pub(crate) mod clone;
 pub(crate) mod files;
 pub(crate) mod metrics;

@@ -126,7 +126,7 @@ fn parse_token(token: &str) -> Option<(&str, &str)> {
 }
 
 impl Engine {
-    fn admin_only(&self, what: &str) -> Result<()> {
+    pub(crate) fn admin_only(&self, what: &str) -> Result<()> {
         if self.ctx.caller.is_admin() {
             Ok(())
         } else {

@@ -3,7 +3,7 @@
 //! rest of its steps, or undone by the matching undo step.
 
 use crate::engine::{
-    encode, Context, LABEL_NETWORK, LABEL_OWNER, LABEL_REPLICA_SET, LABEL_VERSION,
+    encode, Context, LABEL_NETWORK, LABEL_OWNER, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION,
 };
 use crate::error::Result;
 use crate::failpoint::failpoint;
@@ -167,7 +167,15 @@ impl Context {
         let versions: Vec<Version> = self.read_all(&keys::versions(&name)).await?;
         let label = format!("{LABEL_REPLICA_SET}={name}");
         for container in self.shared.runtime.list_containers(&label).await? {
-            self.shared.runtime.remove_container(&container.id).await?;
+            // Only this store's, and only versions its records know: one made after the
+            // backup this store was restored from stays (recovery reported it).
+            let ours = container.labels.get(LABEL_STORE) == self.shared.store_id.get();
+            let version =
+                crate::supervise::recovery::version_of(&container.name, &container.labels);
+            let recorded = version.is_some_and(|n| versions.iter().any(|v| v.version == n));
+            if ours && crate::supervise::recovery::records_know(Some(&head), version, recorded) {
+                self.shared.runtime.remove_container(&container.id).await?;
+            }
         }
         self.shared
             .runtime

@@ -7,9 +7,11 @@
 //! resize whose copy is done) and undoes the rest (claims released, the old container running
 //! again), then removes labelled containers, images and volumes no record refers to.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::engine::{encode, Context, Recovery, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VOLUME};
+use crate::engine::{
+    encode, Context, Recovery, LABEL_REPLICA_SET, LABEL_STORE, LABEL_VERSION, LABEL_VOLUME,
+};
 use crate::error::Result;
 use crate::keys;
 use crate::model::{Intent, Moving, ReplicaSet, Status, Volume, VolumeVersion};
@@ -31,6 +33,18 @@ impl Context {
     pub async fn recover(&self) -> Result<Recovery> {
         self.load_store_id().await?;
         let mut report = Recovery::default();
+        let restored = self.shared.store.get(keys::RESTORED).await?;
+        if let Some(entry) = &restored {
+            report.restored = Some(
+                match serde_json::from_slice::<crate::backup::Header>(&entry.value) {
+                    Ok(h) => format!(
+                        "the backup of {} taken at {} ({} records)",
+                        h.store, h.created, h.records
+                    ),
+                    Err(_) => "a backup".into(),
+                },
+            );
+        }
         let heads = self.own_sets().await?;
         for head in heads.into_iter().filter(|h| h.pending.is_some()) {
             let _guard = self.lock_set(&head.name).await;
@@ -68,6 +82,9 @@ impl Context {
             .metrics
             .count_actions(self.node_name(), true, "missing", report.missing.len());
         self.emit("recovery", "", true, report.to_string()).await;
+        if restored.is_some() {
+            self.shared.store.delete(keys::RESTORED).await?;
+        }
         *self
             .shared
             .last_recovery
@@ -280,29 +297,61 @@ impl Context {
         Ok(())
     }
 
-    /// Removes labelled containers, snapshot images and volumes that no record refers to.
+    /// Removes labelled containers, snapshot images and volumes the records made and let go
+    /// (an old version's, a crash's leftovers); those the records never knew (see
+    /// [`records_know`]) are reported and left alone.
     async fn remove_orphans(&self, report: &mut Recovery) -> Result<()> {
         let heads: Vec<ReplicaSet> = self.read_all(keys::REPLICA_SETS).await?;
         let current: HashSet<String> = heads
             .iter()
             .map(|h| crate::names::container(&h.name, h.current))
             .collect();
+        let by_name: HashMap<&str, &ReplicaSet> =
+            heads.iter().map(|h| (h.name.as_str(), h)).collect();
         // Only objects this store recorded: never another deployment's on the same host.
         let selected = |labels: &std::collections::BTreeMap<String, String>| {
             labels.get(LABEL_STORE) == self.shared.store_id.get()
         };
+        let version_entries = self.shared.store.list(keys::ALL_VERSIONS).await?;
+        let recorded = recorded_versions(&version_entries);
+        // Version numbers the records never handed out, by set: raised past, below.
+        let mut beyond: HashMap<String, u32> = HashMap::new();
         for container in self
             .shared
             .runtime
             .list_containers(LABEL_REPLICA_SET)
             .await?
         {
-            if selected(&container.labels) && !current.contains(&container.name) {
+            if !selected(&container.labels) || current.contains(&container.name) {
+                continue;
+            }
+            let set = container
+                .labels
+                .get(LABEL_REPLICA_SET)
+                .cloned()
+                .unwrap_or_default();
+            let version = version_of(&container.name, &container.labels);
+            let has_record = version.is_some_and(|v| recorded.contains(&(set.clone(), v)));
+            if records_know(by_name.get(set.as_str()).copied(), version, has_record) {
                 self.shared.runtime.remove_container(&container.id).await?;
                 report
                     .orphans_removed
                     .push(format!("container {}", container.name));
+            } else {
+                report.unknown.push(unknown_line(
+                    "container",
+                    &container.name,
+                    &set,
+                    by_name.contains_key(set.as_str()),
+                ));
+                if let (Some(_), Some(v)) = (by_name.get(set.as_str()), version) {
+                    let highest = beyond.entry(set).or_default();
+                    *highest = (*highest).max(v);
+                }
             }
+        }
+        for (set, highest) in beyond {
+            self.raise_latest(&set, highest).await?;
         }
         // Helpers that moved data of our volumes (the label holds the Docker volume name).
         let volume_heads: Vec<Volume> = self.read_all(keys::VOLUMES).await?;
@@ -333,22 +382,20 @@ impl Context {
             // Only the image names of every version of the sets living here (in a cluster, a
             // set that moved away left its snapshots behind), read only when there are images
             // to judge.
-            let here: HashSet<&str> = heads
+            let here: HashMap<&str, &ReplicaSet> = heads
                 .iter()
                 .filter(|h| h.node == self.node_name())
-                .map(|h| h.name.as_str())
+                .map(|h| (h.name.as_str(), h))
                 .collect();
-            let versions: Vec<ImageRefs> = self
-                .shared
-                .store
-                .list(keys::ALL_VERSIONS)
-                .await?
-                .into_iter()
+            let by_id: HashMap<String, &ReplicaSet> =
+                heads.iter().map(|h| (h.image_id(), h)).collect();
+            let versions: Vec<ImageRefs> = version_entries
+                .iter()
                 .filter(|e| {
                     e.key[keys::ALL_VERSIONS.len()..]
                         .split('/')
                         .next()
-                        .is_some_and(|set| here.contains(set))
+                        .is_some_and(|set| here.contains_key(set))
                 })
                 .filter_map(|e| serde_json::from_slice(&e.value).ok())
                 .collect();
@@ -359,9 +406,30 @@ impl Context {
             let prefix = format!("{}/", self.shared.config.snapshot_repo);
             for image in images {
                 for tag in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
-                    if !referenced.contains(tag)
-                        && self.shared.runtime.remove_image(tag).await.is_ok()
-                    {
+                    if referenced.contains(tag) {
+                        continue;
+                    }
+                    // `{repo}/{id}:v{N}` (a snapshot) or `{repo}/{id}:base` (a clone's start).
+                    let (id, version) = tag[prefix.len()..]
+                        .split_once(':')
+                        .map(|(id, t)| {
+                            (id, t.strip_prefix('v').and_then(|n| n.parse::<u32>().ok()))
+                        })
+                        .unwrap_or(("", None));
+                    let head = by_id.get(id).copied();
+                    // A snapshot is made of the version being left: one of the current version
+                    // (or a later one) no record names was made after the backup this store
+                    // was restored from, and may hold the only copy of those files.
+                    let known = match (head, version) {
+                        (Some(head), Some(v)) => v < head.current,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                    if !known {
+                        report.unknown.push(format!(
+                            "image {tag}: no record of it (made after the backup this store was restored from?); left alone"
+                        ));
+                    } else if self.shared.runtime.remove_image(tag).await.is_ok() {
                         report.orphans_removed.push(format!("image {tag}"));
                     }
                 }
@@ -375,15 +443,50 @@ impl Context {
             .filter(|v| v.node.is_empty() || v.node == self.node_name())
             .map(|v| crate::names::docker_volume(&v.name, v.current))
             .collect();
+        let volume_recorded: HashSet<(String, u32)> = self
+            .shared
+            .store
+            .list("volume-versions/")
+            .await?
+            .iter()
+            .filter_map(|e| {
+                let (name, number) = e.key["volume-versions/".len()..].rsplit_once('/')?;
+                Some((name.to_string(), number.parse().ok()?))
+            })
+            .collect();
+        let volumes_by_name: HashMap<&str, &Volume> =
+            volume_heads.iter().map(|v| (v.name.as_str(), v)).collect();
         for volume in self.shared.runtime.list_volumes(LABEL_VOLUME).await? {
-            if selected(&volume.labels)
-                && !live.contains(&volume.name)
-                && self
-                    .shared
-                    .runtime
-                    .remove_volume(&volume.name)
-                    .await
-                    .is_ok()
+            if !selected(&volume.labels) || live.contains(&volume.name) {
+                continue;
+            }
+            let (base, version) = match volume.name.rsplit_once('-') {
+                Some((base, n)) => (base, n.parse::<u32>().ok()),
+                None => (volume.name.as_str(), None),
+            };
+            let head = volumes_by_name.get(base).copied();
+            let known = match (head, version) {
+                (Some(head), Some(v)) => {
+                    volume_recorded.contains(&(head.name.clone(), v))
+                        || head.pending.as_ref().is_some_and(|p| p.version == v)
+                }
+                _ => false,
+            };
+            if !known {
+                report
+                    .unknown
+                    .push(unknown_line("volume", &volume.name, base, head.is_some()));
+                if let (Some(head), Some(v)) = (head, version) {
+                    if v > head.latest {
+                        self.raise_volume_latest(&head.name, v).await?;
+                    }
+                }
+            } else if self
+                .shared
+                .runtime
+                .remove_volume(&volume.name)
+                .await
+                .is_ok()
             {
                 report
                     .orphans_removed
@@ -391,6 +494,90 @@ impl Context {
             }
         }
         Ok(())
+    }
+
+    /// Makes `set`'s next version number come after `version`, a number its records never
+    /// handed out (a container made after the backup this store was restored from), so no new
+    /// version collides with it.
+    async fn raise_latest(&self, set: &str, version: u32) -> Result<()> {
+        let _guard = self.lock_set(set).await;
+        if let Some((mut head, revision)) = self.read::<ReplicaSet>(&keys::replica_set(set)).await?
+        {
+            if head.latest < version {
+                head.latest = version;
+                let txn = Txn::new()
+                    .unchanged(keys::replica_set(set), revision)
+                    .put(keys::replica_set(set), encode(&head));
+                self.commit(txn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Context::raise_latest`] for a volume.
+    async fn raise_volume_latest(&self, name: &str, version: u32) -> Result<()> {
+        let _guard = self.lock_volume(name).await;
+        if let Some((mut head, revision)) = self.read::<Volume>(&keys::volume(name)).await? {
+            if head.latest < version {
+                head.latest = version;
+                let txn = Txn::new()
+                    .unchanged(keys::volume(name), revision)
+                    .put(keys::volume(name), encode(&head));
+                self.commit(txn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The version a container of ours is of: its label, else its name's `-N`.
+pub(crate) fn version_of(
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<u32> {
+    labels
+        .get(LABEL_VERSION)
+        .and_then(|v| v.parse().ok())
+        .or_else(|| name.rsplit_once('-').and_then(|(_, n)| n.parse().ok()))
+}
+
+/// Whether the records know version `version` of a set whose head is `head`: the version has
+/// a record (`recorded`: an old version, one a crash left) or an intent reserves it. A store
+/// only goes back in time when it was restored from a backup (or copied back by hand): then a
+/// set made since has no head, and a version made since no record. What the records do not
+/// know is never removed.
+pub(crate) fn records_know(
+    head: Option<&ReplicaSet>,
+    version: Option<u32>,
+    recorded: bool,
+) -> bool {
+    let (Some(head), Some(version)) = (head, version) else {
+        return false;
+    };
+    let reserved = match &head.pending {
+        Some(Intent::NewVersion { version: v, .. }) => *v == version,
+        Some(Intent::Migrate(moving)) => moving.version == version,
+        _ => false,
+    };
+    recorded || reserved
+}
+
+/// Every `(set, version)` with a version record, from the keys under [`keys::ALL_VERSIONS`].
+pub(crate) fn recorded_versions(entries: &[crate::store::Entry]) -> HashSet<(String, u32)> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let (set, number) = e.key[keys::ALL_VERSIONS.len()..].rsplit_once('/')?;
+            Some((set.to_string(), number.parse().ok()?))
+        })
+        .collect()
+}
+
+fn unknown_line(what: &str, name: &str, of: &str, recorded: bool) -> String {
+    if recorded {
+        format!("{what} {name}: a version of '{of}' its records never had (made after the backup this store was restored from?); left alone")
+    } else {
+        format!("{what} {name}: '{of}' is not in the store (made after the backup this store was restored from?); left alone")
     }
 }
 

@@ -1042,6 +1042,13 @@ pub struct RecoveryView {
     /// Drift the start-up reconcile pass settled (a container started again, a stray claim
     /// released).
     pub reconciled: Vec<String>,
+    /// Containers, images and volumes of ours the records never knew (made after the backup
+    /// the store was restored from): left alone, never removed.
+    #[serde(default)]
+    pub unknown: Vec<String>,
+    /// The backup the store was restored from, on the first start after a restore.
+    #[serde(default)]
+    pub restored: Option<String>,
 }
 
 /// `GET /api/v1/status`
@@ -1201,6 +1208,8 @@ impl From<gpu_replica_core::Recovery> for RecoveryView {
             orphans_removed: r.orphans_removed,
             missing: r.missing,
             reconciled: r.reconciled,
+            unknown: r.unknown,
+            restored: r.restored,
         }
     }
 }

@@ -49,6 +49,8 @@ pub const GPUS: &str = "/api/v1/resources/gpus";
 pub const PORTS: &str = "/api/v1/resources/ports";
 /// `GET` the last recovery.
 pub const STATUS: &str = "/api/v1/status";
+/// A backup of the state store (admins only).
+pub const BACKUP: &str = "/api/v1/backup";
 /// `POST` add, `GET` list.
 pub const USERS: &str = "/api/v1/users";
 /// `GET` info, `DELETE` remove.
@@ -106,6 +108,7 @@ pub const ALL: &[&str] = &[
     GPUS,
     PORTS,
     STATUS,
+    BACKUP,
     USERS,
     USER,
     USER_TOKEN,

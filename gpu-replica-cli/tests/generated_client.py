@@ -262,6 +262,7 @@ call("resource", "ports", 200, "success")
 call("resource", "ports", 404, "error", node="elsewhere")
 call("resource", "status", 200, "success")
 call("resource", "nodes", 200, "success")
+call("resource", "backup", 200, "success")
 
 # State changes, then removal.
 call("replica_set", "pause", 200, "success", name=s)
@@ -302,6 +303,7 @@ user_token = json.loads(
 )["data"]["token"]
 client = AuthenticatedClient(base_url=base_url, token=user_token)
 call("users", "list", 403, "error")
+call("resource", "backup", 403, "error")
 call("resource", "nodes", 200, "success")
 client = good
 call("users", "remove", 200, "success", name=user)

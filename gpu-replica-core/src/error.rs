@@ -261,6 +261,10 @@ pub enum Error {
     /// again once there is room.
     #[error("the state store's disk is full ({0}); nothing was changed: make room and retry")]
     StoreFull(String),
+    /// Docker's disk (its data root) is full: the operation was undone, the set is back on
+    /// its old version; it works again once there is room.
+    #[error("Docker's disk is full: {0}; make room there and retry")]
+    DockerDiskFull(String),
     /// Another request (of this engine or of another engine on the same store) changed the
     /// same records first; nothing of this request was kept, try again.
     #[error("conflict: {0}; nothing was changed, try again")]
@@ -369,6 +373,7 @@ impl Error {
             Error::KeyNotFound(_) => 1060,
             Error::KeyTaken(_) => 1061,
             Error::StoreFull(_) => 1062,
+            Error::DockerDiskFull(_) => 1063,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -424,6 +429,7 @@ impl Error {
             Error::KeyNotFound(_) => "no such SSH key",
             Error::KeyTaken(_) => "the SSH key is another user's",
             Error::StoreFull(_) => "the state store's disk is full; nothing was changed",
+            Error::DockerDiskFull(_) => "Docker's disk is full; the operation was undone",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -488,6 +494,7 @@ impl Error {
             Error::KeyNotFound(s()),
             Error::KeyTaken(s()),
             Error::StoreFull(s()),
+            Error::DockerDiskFull(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -541,7 +548,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1062).collect();
+        let expected: Vec<u16> = (1000..=1063).collect();
         assert_eq!(codes, expected);
     }
 }

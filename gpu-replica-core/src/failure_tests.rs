@@ -33,6 +33,8 @@ struct Model {
     on_network: HashMap<String, String>,
     /// The call that fails, once.
     fail: Option<&'static str>,
+    /// What Docker says when it fails (default: "injected failure of CALL").
+    fail_saying: Option<&'static str>,
 }
 
 type Shared = Arc<Mutex<Model>>;
@@ -42,7 +44,10 @@ fn check(model: &Shared, call: &'static str) -> Result<()> {
     let mut model = model.lock().unwrap();
     if model.fail == Some(call) {
         model.fail = None;
-        return Err(Error::Docker(format!("injected failure of {call}")));
+        return Err(Error::Docker(match model.fail_saying.take() {
+            Some(said) => said.to_string(),
+            None => format!("injected failure of {call}"),
+        }));
     }
     Ok(())
 }
@@ -442,6 +447,34 @@ async fn an_image_change_whose_copy_fails_is_undone_and_the_old_version_runs() {
         assert_eq!(changed.version.gpus.len(), 2, "{step}");
         assert_consistent(&engine, &model, step).await;
     }
+}
+
+#[tokio::test]
+async fn a_patch_whose_snapshot_finds_dockers_disk_full_is_undone_and_says_so() {
+    let (engine, model) = engine();
+    let before = engine.run(run("a", 1)).await.unwrap();
+    {
+        let mut model = model.lock().unwrap();
+        model.fail = Some("commit");
+        model.fail_saying =
+            Some("ApplyLayer exit status 1: write /root/x: no space left on device");
+    }
+    let patch = PatchRequest {
+        gpu_count: Some(2),
+        ..Default::default()
+    };
+    let err = engine.patch("a", patch.clone()).await.unwrap_err();
+    assert_eq!(err.code(), 1063, "{err}");
+    let said = err.to_string();
+    assert!(
+        said.contains("Docker's data root") && said.contains("back on its old version"),
+        "{said}"
+    );
+    let after = engine.info("a").await.unwrap();
+    assert_eq!(after.version.version, before.version.version);
+    assert_eq!(after.replica_set.status, Status::Running);
+    assert_consistent(&engine, &model, "commit").await;
+    assert_eq!(engine.patch("a", patch).await.unwrap().version.version, 2);
 }
 
 #[tokio::test]

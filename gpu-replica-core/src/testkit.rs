@@ -583,7 +583,7 @@ pub struct QuotaFs {
     /// Where it is mounted.
     pub mountpoint: std::path::PathBuf,
     loop_device: String,
-    /// `xfs` or `btrfs`.
+    /// `xfs` or `btrfs`; `plain` for [`QuotaFs::plain`].
     pub kind: &'static str,
     /// Why XFS with project quotas could not be used, when btrfs was.
     pub xfs_refused: Option<String>,
@@ -662,11 +662,49 @@ impl QuotaFs {
         }
     }
 
-    /// The storage driver that enforces sizes on it.
+    /// A plain XFS of `megabytes` MB on a loop device (no quotas; Docker's `vfs` driver on it):
+    /// a small disk whose free space statvfs tells exactly. Panics when it cannot be made.
+    pub fn plain(megabytes: u64) -> QuotaFs {
+        let tag = std::process::id() % 100_000;
+        let base = std::path::PathBuf::from(format!("/tmp/grp{tag}"));
+        let image = base.join("plain.img");
+        let mountpoint = base.join("plain");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(megabytes << 20).unwrap();
+        let run = |program: &str, args: &[&str]| -> String {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(
+                out.status.success(),
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let image_path = image.display().to_string();
+        run("mkfs.xfs", &["-q", "-f", &image_path]);
+        let loop_device = run("losetup", &["-f", "--show", &image_path]);
+        let fs = QuotaFs {
+            image,
+            mountpoint: mountpoint.clone(),
+            loop_device: loop_device.clone(),
+            kind: "plain",
+            xfs_refused: None,
+        };
+        run("mount", &[&loop_device, &mountpoint.display().to_string()]);
+        fs
+    }
+
+    /// The storage driver that enforces sizes on it (`vfs` on a [`QuotaFs::plain`] one).
     pub fn driver(&self) -> &'static str {
         match self.kind {
             "xfs" => "overlay2",
-            _ => "btrfs",
+            "btrfs" => "btrfs",
+            _ => "vfs",
         }
     }
 }

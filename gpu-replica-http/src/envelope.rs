@@ -182,7 +182,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::Unavailable(_)
         | Error::NodeLost(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        Error::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+        Error::StoreFull(_) | Error::DockerDiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
     }
 }
 

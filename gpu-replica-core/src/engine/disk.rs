@@ -16,8 +16,27 @@ use crate::names;
 /// host does not rewrite its records every pass.
 const WORTH_WRITING: u64 = 1 << 20;
 
+/// The room on the disk holding `path`: bytes free for unprivileged writers (what a full disk
+/// runs out of) and its size; `None` when it cannot be read here.
+pub(crate) fn room(path: &std::path::Path) -> Option<(u64, u64)> {
+    let text = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes only into the struct passed; the path is a C string.
+    if unsafe { libc::statvfs(text.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let block = stat.f_frsize as u64;
+    Some((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
+}
+
+/// Below this much free on Docker's data root, a snapshot's layer is measured against it.
+const LOW_DOCKER_ROOM: u64 = 2 << 30;
+
+/// Room a snapshot needs on top of its layer (the image's metadata, Docker's own files).
+const SNAPSHOT_MARGIN: u64 = 32 << 20;
+
 /// Bytes as people read them.
-fn shown(bytes: u64) -> String {
+pub(crate) fn shown(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / (1u64 << 20) as f64),
@@ -157,7 +176,53 @@ impl Context {
                 )));
             }
         }
-        self.check_owner_disk(&head.owner).await
+        self.check_owner_disk(&head.owner).await?;
+        self.check_docker_room(head).await
+    }
+
+    /// Refuses (1063) a snapshot of `head`'s writable layer that Docker's data root has no
+    /// room for, before anything stops: a commit that runs out of room leaves the disk full
+    /// (Docker keeps what it wrote), so not even the old container could start again. The
+    /// layer is measured only when the disk is low.
+    async fn check_docker_room(&self, head: &ReplicaSet) -> Result<()> {
+        let Some(root) = self
+            .shared
+            .config
+            .disks
+            .iter()
+            .find(|(name, _)| name == "docker")
+            .map(|(_, path)| path.clone())
+        else {
+            return Ok(());
+        };
+        let Some((free, total)) = room(&root) else {
+            return Ok(());
+        };
+        if free >= LOW_DOCKER_ROOM {
+            return Ok(());
+        }
+        let current = names::container(&head.name, head.current);
+        let label = format!("{LABEL_REPLICA_SET}={}", head.name);
+        let layer = self
+            .shared
+            .runtime
+            .rootfs_sizes(&label)
+            .await?
+            .get(&current)
+            .copied()
+            .unwrap_or(0);
+        if layer.saturating_add(SNAPSHOT_MARGIN) > free {
+            return Err(Error::DockerDiskFull(format!(
+                "Docker's data root {} has {} free of {}, and the snapshot of '{}' needs {} \
+                 (its writable layer) and some room to spare; nothing was stopped or changed",
+                root.display(),
+                shown(free),
+                shown(total),
+                head.name,
+                shown(layer)
+            )));
+        }
+        Ok(())
     }
 
     /// Whether `owner`'s volumes and writable layers fit their disk quota.

@@ -138,18 +138,12 @@ impl Engine {
             .disks
             .iter()
             .filter_map(|(name, path)| {
-                let text = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-                let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-                // SAFETY: statvfs writes only into the struct passed; the path is a C string.
-                if unsafe { libc::statvfs(text.as_ptr(), &mut stat) } != 0 {
-                    return None;
-                }
-                let block = stat.f_frsize as u64;
+                let (free_bytes, total_bytes) = crate::engine::disk::room(path)?;
                 Some(DiskSpace {
                     name: name.clone(),
                     path: path.display().to_string(),
-                    free_bytes: stat.f_bavail as u64 * block,
-                    total_bytes: stat.f_blocks as u64 * block,
+                    free_bytes,
+                    total_bytes,
                 })
             })
             .collect()

@@ -106,6 +106,10 @@ impl Prepared {
     }
 }
 
+/// How many times an undone version's old container is started before the reconciler is
+/// left to it.
+const ABORT_START_TRIES: u32 = 5;
+
 impl Context {
     /// Claims and records a new version, stops and snapshots the old container, creates the new
     /// one. `run` false keeps a paused or stopped set paused or stopped (volume rebinds);
@@ -124,13 +128,42 @@ impl Context {
         failpoint("version.recorded");
         if let Err(e) = self.replace_container(&mut prepared).await {
             self.abort(prepared).await;
-            return Err(e);
+            return Err(self.name_full_disk(e));
         }
         if let Err(e) = self.carry(&mut prepared).await {
             self.abort(prepared).await;
-            return Err(e);
+            return Err(self.name_full_disk(e));
         }
         Ok(prepared)
+    }
+
+    /// `e`, said as Docker's disk being full when it is ("no space left on device" from a
+    /// commit, a create, a copy, a start), naming the disk and its room; the caller undid the
+    /// operation.
+    pub(crate) fn name_full_disk(&self, e: Error) -> Error {
+        let text = e.to_string();
+        if !text.to_lowercase().contains("no space left on device") {
+            return e;
+        }
+        let root = self
+            .shared
+            .config
+            .disks
+            .iter()
+            .find(|(name, _)| name == "docker")
+            .map(|(_, path)| path.clone());
+        let room = root
+            .as_deref()
+            .and_then(crate::engine::disk::room)
+            .map(|(free, total)| {
+                let shown = crate::engine::disk::shown;
+                format!(", {} free of {}", shown(free), shown(total))
+            })
+            .unwrap_or_default();
+        let root = root.map_or_else(|| "its data root".to_string(), |p| p.display().to_string());
+        Error::DockerDiskFull(format!(
+            "Docker's data root {root}{room} ({text}); the set is back on its old version"
+        ))
     }
 
     /// Copies the folders an image change keeps from the old container (stopped, snapshotted)
@@ -414,7 +447,7 @@ impl Context {
             }
             Err(e) => {
                 self.abort(prepared).await;
-                Err(e)
+                Err(self.name_full_disk(e))
             }
         }
     }
@@ -470,8 +503,20 @@ impl Context {
             tracing::error!(container = %new.container, "cannot remove failed version: {e}");
         }
         if was_running && !self.is_running(&old.container).await.unwrap_or(true) {
-            if let Err(e) = self.start_container(&old.container).await {
-                tracing::error!(container = %old.container, "cannot restart old version: {e}");
+            // A few tries: after a full disk, Docker frees what the failed step wrote only
+            // moments later; past them, the reconciler keeps trying.
+            for attempt in 1..=ABORT_START_TRIES {
+                match self.start_container(&old.container).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < ABORT_START_TRIES => {
+                        tracing::warn!(container = %old.container, "restarting the old version failed ({e}); trying again");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(container = %old.container, "cannot restart old version: {e}");
+                        self.nudge_reconcile(&name);
+                    }
+                }
             }
         }
         head.pending = None;

@@ -312,8 +312,6 @@ impl Context {
         let selected = |labels: &std::collections::BTreeMap<String, String>| {
             labels.get(LABEL_STORE) == self.shared.store_id.get()
         };
-        let version_entries = self.shared.store.list(keys::ALL_VERSIONS).await?;
-        let recorded = recorded_versions(&version_entries);
         // Version numbers the records never handed out, by set: raised past, below.
         let mut beyond: HashMap<String, u32> = HashMap::new();
         for container in self
@@ -331,7 +329,16 @@ impl Context {
                 .cloned()
                 .unwrap_or_default();
             let version = version_of(&container.name, &container.labels);
-            let has_record = version.is_some_and(|v| recorded.contains(&(set.clone(), v)));
+            // Read only for the rare container that is not current: a start stays one list.
+            let has_record = match (by_name.get(set.as_str()), version) {
+                (Some(_), Some(v)) => self
+                    .shared
+                    .store
+                    .get(&keys::version(&set, v))
+                    .await?
+                    .is_some(),
+                _ => false,
+            };
             if records_know(by_name.get(set.as_str()).copied(), version, has_record) {
                 self.shared.runtime.remove_container(&container.id).await?;
                 report
@@ -389,8 +396,12 @@ impl Context {
                 .collect();
             let by_id: HashMap<String, &ReplicaSet> =
                 heads.iter().map(|h| (h.image_id(), h)).collect();
-            let versions: Vec<ImageRefs> = version_entries
-                .iter()
+            let versions: Vec<ImageRefs> = self
+                .shared
+                .store
+                .list(keys::ALL_VERSIONS)
+                .await?
+                .into_iter()
                 .filter(|e| {
                     e.key[keys::ALL_VERSIONS.len()..]
                         .split('/')
@@ -560,17 +571,6 @@ pub(crate) fn records_know(
         _ => false,
     };
     recorded || reserved
-}
-
-/// Every `(set, version)` with a version record, from the keys under [`keys::ALL_VERSIONS`].
-pub(crate) fn recorded_versions(entries: &[crate::store::Entry]) -> HashSet<(String, u32)> {
-    entries
-        .iter()
-        .filter_map(|e| {
-            let (set, number) = e.key[keys::ALL_VERSIONS.len()..].rsplit_once('/')?;
-            Some((set.to_string(), number.parse().ok()?))
-        })
-        .collect()
 }
 
 fn unknown_line(what: &str, name: &str, of: &str, recorded: bool) -> String {

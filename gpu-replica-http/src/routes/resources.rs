@@ -65,13 +65,13 @@ pub async fn status(Acting(engine): Acting) -> Response {
 /// header naming the format, schema, time and nodes; one line per record; an end line with
 /// the count and a SHA-256), for `gpu-replica restore` on a stopped server.
 #[utoipa::path(get, path = "/api/v1/backup", tag = "resource", operation_id = "backup",
-    responses((status = 200, content_type = "application/x-ndjson", body = String, description = "The backup file's bytes"), (status = 403, body = ErrorReply, description = "1049: only an admin may take a backup"), (status = "5XX", body = ErrorReply, description = "1040: the store could not be read")))]
+    responses((status = 200, content_type = "text/plain", body = String, description = "The backup file: lines of JSON"), (status = 403, body = ErrorReply, description = "1049: only an admin may take a backup"), (status = "5XX", body = ErrorReply, description = "1040: the store could not be read")))]
 pub async fn backup(Acting(engine): Acting) -> Result<Response, ApiError> {
     use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE};
     let bytes = engine.backup().await?;
     Ok((
         [
-            (CONTENT_TYPE, "application/x-ndjson"),
+            (CONTENT_TYPE, "text/plain; charset=utf-8"),
             (
                 CONTENT_DISPOSITION,
                 "attachment; filename=\"gpu-replica.backup\"",

@@ -634,7 +634,7 @@ async fn backup(client: &Client, file: &std::path::Path, as_json: bool) -> Resul
         .map_err(|e| ClientError::Transport(format!("the server's backup does not check: {e}")))?
         .header;
     gpu_replica_core::backup::write_file(file, &bytes)
-        .map_err(|e| ClientError::Transport(e.to_string()))?;
+        .map_err(|e| ClientError::Transport(format!("cannot write {}: {e}", file.display())))?;
     if as_json {
         let line = serde_json::json!({
             "file": file.display().to_string(),

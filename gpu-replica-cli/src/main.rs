@@ -91,8 +91,16 @@ async fn restore(args: RestoreArgs) -> Result<String, String> {
     let mut kept = None;
     if let Some(path) = redb.as_ref().filter(|p| p.exists()) {
         // The file is locked while a server has it open: the server must be stopped.
-        let store = gpu_replica_core::RedbStore::open(path)
-            .map_err(|e| format!("{e} (is a server still running on it? stop it first)"))?;
+        let store = gpu_replica_core::RedbStore::open(path).map_err(|e| {
+            if e.to_string().contains("already open") {
+                format!(
+                    "{} is open in a running server: stop the server first",
+                    path.display()
+                )
+            } else {
+                e.to_string()
+            }
+        })?;
         let records = gpu_replica_core::store::StateStore::list(&store, "")
             .await
             .map_err(|e| e.to_string())?
@@ -171,6 +179,12 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Client(command) => {
+            // A client piped into `head` ends quietly when the pipe closes, as Unix tools do
+            // (Rust ignores SIGPIPE, and printing would panic); never the server.
+            // SAFETY: setting a signal's disposition to its default, before any thread writes.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
             let tls = client::ClientTls {
                 cacert: cli.cacert,
                 cert: cli.cert,

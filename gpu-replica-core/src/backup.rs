@@ -349,7 +349,14 @@ pub async fn upgrade(store: &dyn StateStore, backup_dir: Option<&Path>) -> Resul
                             "before-schema-{SCHEMA}-{}.backup",
                             unix_now()
                         ));
-                        write_file(&path, &bytes)?;
+                        write_file(&path, &bytes).map_err(|e| {
+                            let text = format!("cannot write {}: {e}", path.display());
+                            if e.raw_os_error() == Some(28) {
+                                Error::StoreFull(text)
+                            } else {
+                                Error::Store(text)
+                            }
+                        })?;
                         Some(path)
                     }
                     None => None,
@@ -381,16 +388,8 @@ pub async fn upgrade(store: &dyn StateStore, backup_dir: Option<&Path>) -> Resul
 }
 
 /// Writes `bytes` to `path` whole or not at all: a temporary file beside it, synced, renamed.
-pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let fail = |e: std::io::Error| {
-        let text = format!("cannot write {}: {e}", path.display());
-        if e.raw_os_error() == Some(28) {
-            Error::StoreFull(text)
-        } else {
-            Error::Store(text)
-        }
-    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -409,7 +408,7 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(fail)
+    result
 }
 
 #[cfg(test)]

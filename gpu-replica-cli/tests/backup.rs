@@ -382,3 +382,61 @@ async fn the_store_written_by_release_0_1_0_is_opened_with_every_record() {
     assert_eq!(recovery["unknown"], json!([]), "{status}");
     drop(server);
 }
+
+/// A store from before stores carried a schema version (every deployment of the releases
+/// before this one): the first start writes a backup next to it, then stamps it; every
+/// record is still read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_before_schema_versions_is_backed_up_then_migrated() {
+    testkit::docker().await;
+    let dir = fixture("0.1.0");
+    {
+        use gpu_replica_core::store::StateStore;
+        let store = gpu_replica_core::RedbStore::open(dir.join("state.redb")).unwrap();
+        store.delete(gpu_replica_core::keys::SCHEMA).await.unwrap();
+    }
+    let expect: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-0.1.0/expect.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let admin = expect["adminToken"].as_str().unwrap();
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_TOKEN", admin)]);
+    let saved: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("before-schema-1-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let backup = gpu_replica_core::backup::read(&std::fs::read(&saved[0]).unwrap()).unwrap();
+    assert_eq!(backup.header.schema, 0);
+    assert!(backup
+        .records
+        .iter()
+        .any(|(key, _)| key == "replicasets/fixture_a"));
+    let (code, info) = common::call_as(
+        &server,
+        admin,
+        "GET",
+        "/api/v1/replicaSet/fixture_a",
+        Value::Null,
+    );
+    assert_eq!(code, 200, "{info}");
+    drop(server);
+    // Stamped: the next start writes no second backup.
+    let server = Server::start_with_env(&dir, None, &[("GPU_REPLICA_TOKEN", admin)]);
+    let count = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("before-schema")
+        })
+        .count();
+    assert_eq!(count, 1);
+    drop(server);
+}

@@ -281,6 +281,10 @@ pub struct ServeArgs {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "GPU_REPLICA_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// Access log (one line per request, target gpu_replica::access at info): all, errors
+    /// (4xx and 5xx only) or off.
+    #[arg(long, env = "GPU_REPLICA_ACCESS_LOG", default_value = "all")]
+    access_log: gpu_replica_http::AccessLog,
 }
 
 fn cpus(text: &str) -> Result<u64, String> {
@@ -475,19 +479,28 @@ fn parse_addr(text: &str) -> Result<Addr, String> {
 }
 
 /// Logs to stdout: text (coloured only on a terminal and without NO_COLOR) or JSON lines.
-fn init_logging(args: &ServeArgs) -> Result<(), String> {
+/// Lines are written by a thread of their own (a request only formats its line); the guard
+/// flushes what is left when it is dropped, at exit.
+fn init_logging(args: &ServeArgs) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| format!("--log-level: {e}"))?;
     let colour = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Not lossy: past 128,000 waiting lines a writer waits rather than drop an error's line.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("gpu-replica-log")
+        .finish(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     if args.log_format == "json" {
         builder.json().with_ansi(false).init();
     } else {
         builder.with_ansi(colour).init();
     }
-    Ok(())
+    Ok(guard)
 }
 
 /// The group id of `name`, from /etc/group (or a number).
@@ -575,7 +588,7 @@ fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls, nodes: Option<NodeIden
 /// Flags become options here; the engine's start-up order is the core's
 /// ([`Engine::builder`]), serving is the HTTP crate's ([`gpu_replica_http::serve`]).
 pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
-    init_logging(&args)?;
+    let _log_writer = init_logging(&args)?;
     let token = match &args.token_file {
         Some(path) => Some(read_secret(path, "--token-file")?),
         None if token.as_deref() == Some("") => return Err("the token is empty".into()),
@@ -635,6 +648,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             metrics_token,
             nodes,
             proxy,
+            access_log: args.access_log,
         },
     );
     let closing = engine.clone();

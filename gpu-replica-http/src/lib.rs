@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod access;
 mod auth;
 #[cfg(feature = "client")]
 pub mod client;
@@ -40,9 +41,8 @@ use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use gpu_replica_core::Engine;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
-use tracing::Level;
 
+pub use crate::access::AccessLog;
 pub use crate::envelope::{ApiError, Envelope};
 pub use crate::forward::NodeClient;
 pub use crate::link::HttpNodeLink;
@@ -92,6 +92,8 @@ pub struct RouterOptions {
     /// Where this server's web-service proxy ([`proxy_router`]) is reached, for the links
     /// `POST /api/v1/replicaSet/{name}/open` hands out; none: that route is refused.
     pub proxy: Option<ProxyAddress>,
+    /// Which requests the access log writes (default: all).
+    pub access_log: AccessLog,
 }
 
 impl Default for RouterOptions {
@@ -101,6 +103,7 @@ impl Default for RouterOptions {
             metrics_token: None,
             nodes: NodeClient::plain(),
             proxy: None,
+            access_log: AccessLog::All,
         }
     }
 }
@@ -117,6 +120,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         metrics_token,
         nodes,
         proxy,
+        access_log,
     } = options;
     let http_metrics = Arc::new(metrics::HttpMetrics::new(engine.node_name()));
     use routes::{events, instance, replicaset as rs, resources, users, volume};
@@ -193,7 +197,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         auth.clone(),
         auth::authenticate,
     ));
-    Router::new()
+    let app = Router::new()
         .route(p::PING, get(routes::ping))
         .merge(ui::routes(auth))
         .merge(link::routes(engine.clone()))
@@ -211,12 +215,14 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
-        .with_state(engine)
+        .with_state(engine);
+    if access_log == AccessLog::Off {
+        return app;
+    }
+    app.layer(axum::middleware::from_fn_with_state(
+        access_log,
+        access::log,
+    ))
 }
 
 #[cfg(test)]

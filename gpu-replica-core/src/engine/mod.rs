@@ -22,6 +22,7 @@ pub(crate) mod policy;
 pub(crate) mod records;
 pub(crate) mod report;
 pub(crate) mod screens;
+pub(crate) mod user_cache;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -211,6 +212,8 @@ pub(crate) struct Shared {
     pub(crate) screens: Arc<self::screens::Screens>,
     /// The proxy's signing key, once read from the store (or made).
     pub(crate) proxy_key: tokio::sync::OnceCell<[u8; 32]>,
+    /// Users and their token hashes for the request path.
+    pub(crate) users: self::user_cache::UserCache,
 }
 
 impl Context {
@@ -246,6 +249,7 @@ impl Context {
             rootfs_support: std::sync::OnceLock::new(),
             screens: Arc::default(),
             proxy_key: tokio::sync::OnceCell::new(),
+            users: Default::default(),
         };
         Context {
             shared: Arc::new(shared),

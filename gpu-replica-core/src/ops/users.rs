@@ -146,7 +146,7 @@ impl Engine {
 
     /// Whether any user was added (then every request needs a token).
     pub async fn has_users(&self) -> Result<bool> {
-        Ok(!self.ctx.shared.store.list(keys::USERS).await?.is_empty())
+        Ok(!self.ctx.users_now().await?.is_empty())
     }
 
     /// Who `token` belongs to; [`Error::Unauthorized`] when it is no user's (wrong, made up,
@@ -156,14 +156,11 @@ impl Engine {
         if crate::names::check(name, Error::Unauthorized, |_| Error::Unauthorized).is_err() {
             return Err(Error::Unauthorized);
         }
-        let user = self
-            .ctx
-            .user_record(name)
-            .await?
-            .ok_or(Error::Unauthorized)?;
+        let users = self.ctx.users_now().await?;
+        let user = users.get(name).ok_or(Error::Unauthorized)?;
         let sent = hash(&user.salt, secret);
         if bool::from(sent.as_bytes().ct_eq(user.hash.as_bytes())) {
-            Ok(Caller::new(user.name, user.role))
+            Ok(Caller::new(user.name.clone(), user.role))
         } else {
             Err(Error::Unauthorized)
         }
@@ -194,7 +191,9 @@ impl Engine {
         let txn = Txn::new()
             .absent(keys::user(&new.name))
             .put(keys::user(&new.name), encode(&record));
-        if !self.ctx.shared.store.commit(txn).await? {
+        let added = self.ctx.shared.store.commit(txn).await;
+        self.ctx.forget_users();
+        if !added? {
             return Err(Error::UserExists(new.name));
         }
         self.ctx
@@ -267,7 +266,9 @@ impl Engine {
             .delete(keys::user(name))
             .delete(keys::quota_guard(name));
         let txn = self.drop_ssh_keys(name, txn).await?;
-        self.ctx.commit(txn).await?;
+        let done = self.ctx.commit(txn).await;
+        self.ctx.forget_users();
+        done?;
         self.ctx
             .emit("user.remove", name, true, "removed".into())
             .await;
@@ -336,7 +337,9 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(keys::user(name), revision)
             .put(keys::user(name), encode(&record));
-        self.ctx.commit(txn).await?;
+        let done = self.ctx.commit(txn).await;
+        self.ctx.forget_users();
+        done?;
         self.ctx
             .emit("user.token", name, true, "token reset".into())
             .await;
@@ -356,7 +359,9 @@ impl Engine {
         let txn = Txn::new()
             .unchanged(keys::user(name), revision)
             .put(keys::user(name), encode(&record));
-        self.ctx.commit(txn).await?;
+        let done = self.ctx.commit(txn).await;
+        self.ctx.forget_users();
+        done?;
         self.ctx
             .emit("user.quota", name, true, format!("{:?}", record.quota))
             .await;

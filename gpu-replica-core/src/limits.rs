@@ -265,10 +265,16 @@ pub const FAILURES_PER_SECOND: f64 = 3.0;
 #[derive(Debug, Default)]
 pub struct FailureLimiter {
     buckets: Mutex<HashMap<Option<IpAddr>, (f64, Instant)>>,
+    /// Whether any failure was ever counted: until then, every address is allowed without
+    /// taking the lock (the request path of a server no one guesses tokens at).
+    any: std::sync::atomic::AtomicBool,
 }
 
 impl FailureLimiter {
     fn allowance(&self, address: Option<IpAddr>, now: Instant) -> f64 {
+        if !self.any.load(std::sync::atomic::Ordering::Relaxed) {
+            return FAILURE_BURST;
+        }
         let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         match buckets.get(&address) {
             None => FAILURE_BURST,
@@ -285,6 +291,7 @@ impl FailureLimiter {
     pub fn failed(&self, address: Option<IpAddr>) {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        self.any.store(true, std::sync::atomic::Ordering::Relaxed);
         if buckets.len() > 10_000 {
             // Forget addresses whose allowance is full again.
             buckets.retain(|_, (left, at)| refill(*left, *at, now) < FAILURE_BURST);

@@ -3,11 +3,12 @@
 //! claims, sets, ports, operations, recoveries, reconciles) and the HTTP layer's own, requests
 //! by route, method and status with their latency. For admins, or the read-only metrics token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use gpu_replica_core::{Engine, Error};
@@ -22,17 +23,17 @@ use crate::envelope::ApiError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
-    status: String,
-    node: String,
+    route: Arc<str>,
+    method: &'static str,
+    status: u16,
+    node: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
-    method: String,
-    node: String,
+    route: Arc<str>,
+    method: &'static str,
+    node: Arc<str>,
 }
 
 /// Request latencies: 1 ms to ~65 s.
@@ -42,18 +43,55 @@ fn latency_buckets() -> Histogram {
 
 /// The HTTP layer's counters.
 pub(crate) struct HttpMetrics {
-    node: String,
+    node: Arc<str>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Each route pattern's label (`{name}` as `:name`), made once.
+    routes: RwLock<HashMap<String, Arc<str>>>,
 }
 
 impl HttpMetrics {
     pub(crate) fn new(node: &str) -> HttpMetrics {
         HttpMetrics {
-            node: node.to_string(),
+            node: node.into(),
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_buckets),
+            routes: RwLock::default(),
         }
+    }
+
+    /// The label of route pattern `pattern`.
+    fn route(&self, pattern: &str) -> Arc<str> {
+        if let Some(label) = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(pattern)
+        {
+            return label.clone();
+        }
+        // `/api/v1/replicaSet/:name`: braces in a label value trip simple parsers.
+        let label: Arc<str> = pattern.replace('{', ":").replace('}', "").into();
+        self.routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pattern.to_string(), label.clone());
+        label
+    }
+}
+
+/// A method as a label: the standard ones by name, any other as `OTHER` (a client's made-up
+/// methods would make the series endless).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
 }
 
@@ -64,21 +102,19 @@ pub(crate) async fn track(
     request: Request,
     next: Next,
 ) -> Response {
-    // `/api/v1/replicaSet/:name`: braces in a label value trip simple parsers.
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().replace('{', ":").replace('}', ""))
-        .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().as_str().to_string();
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(pattern) => metrics.route(pattern.as_str()),
+        None => Arc::from("unmatched"),
+    };
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     metrics
         .requests
         .get_or_create(&RequestLabels {
             route: route.clone(),
-            method: method.clone(),
-            status: response.status().as_u16().to_string(),
+            method,
+            status: response.status().as_u16(),
             node: metrics.node.clone(),
         })
         .inc();

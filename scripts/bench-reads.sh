@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The read figures alone, for a change on the request path: GET info and GET gpus under wrk
-# (1 thread, 8 connections, 10 s), for each server binary given, next to a bare axum handler,
-# without and with a token. Compare the tree before a change and after it:
+# The read figures of the request path: GET info, list and /resources/gpus under wrk (1
+# thread, 8 connections, 10 s) with the admin's token (no users) and with a user's token
+# (users exist), idle and while 8 clients patch 8 sets in a loop; each next to a bare axum
+# handler (examples/hello.rs) measured in the same conditions in the same run, as a share of
+# its requests/s and a multiple of its p99. The server runs at its default log level with its
+# access log on. Compare the tree before a change and after it:
 #
 #   git worktree add /tmp/before HEAD~1 && CARGO_TARGET_DIR=/tmp/before-target \
 #     cargo build --release -p gpu-replica-cli --manifest-path /tmp/before/Cargo.toml
@@ -17,12 +20,16 @@ cargo build -q --release --example bench_image --example hello
 examples=target/release/examples
 work=$(mktemp -d -t gpu-replica-reads.XXXXXX)
 label=io.gpu-replica.bench=1
+admin=bench-reads-admin-token
 pids=()
+loops=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${loops[@]}" "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   ids=$(docker ps -aq --filter label=$label); [ -z "$ids" ] || docker rm -f $ids >/dev/null
-  docker rmi -f gpu-replica-bench/img:2MB >/dev/null 2>&1 || true
+  for image in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^gpu-replica(-bench)?/' | grep -v busybox); do
+    docker rmi -f "$image" >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -36,37 +43,74 @@ text = sys.stdin.read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
 scale = {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)]
-print(f"{rps:.0f} {float(p99.group(1)) * scale:.2f}")'
+print(f"{rps:.0f} {float(p99.group(1)) * scale:.3f}")'
 }
+share() { python3 -c "print(f'{$1 / $2 * 100:.0f}%')"; }
+times() { python3 -c "print(f'{$1 / $2:.2f}×')"; }
 
 "$examples/bench_image" gpu-replica-bench/img:2MB 0 >/dev/null
 hello_addr=127.0.0.1:$(port)
 "$examples/hello" "$hello_addr" & pids+=($!)
 until curl -sf "http://$hello_addr/" >/dev/null; do sleep 0.01; done
-read -r hello_rps hello_p99 < <(load "http://$hello_addr/")
-echo "| server | request | req/s | p99 ms | of bare axum ($hello_rps req/s) |"
-echo "|---|---|---|---|---|"
+
+echo "| server | request | token | idle req/s | of bare | p99 ms (× bare) | patching req/s | of bare | p99 ms (× bare) |"
+echo "|---|---|---|---|---|---|---|---|---|"
 n=0
 for bin in "$@"; do
   n=$((n + 1))
-  for token in "" "reads-token"; do
-    addr=127.0.0.1:$(port)
-    args=()
-    [ -z "$token" ] || args=(--token "$token")
-    "$bin" serve --addr "$addr" --data-dir "$work/data-$n-${token:-none}" --gpus fake:8 --gpu-attach env \
-      --stop-timeout 0 --port-range 48200-48399 --label $label --log-level warn "${args[@]}" \
-      >"$work/server-$n.log" 2>&1 &
-    server=$!; pids+=($server)
-    until curl -sf "http://$addr/ping" >/dev/null; do sleep 0.01; done
-    curl -sf -XPOST ${token:+-H "Authorization: Bearer $token"} "http://$addr/api/v1/replicaSet" \
-      -d '{"imageName":"gpu-replica-bench/img:2MB","replicaSetName":"benchreads","gpuCount":2}' >/dev/null
-    for path in /api/v1/replicaSet/benchreads /api/v1/resources/gpus; do
-      read -r rps p99 < <(load "http://$addr$path" "$token")
-      echo "| $bin | GET $path${token:+ (token)} | $rps | $p99 | $(python3 -c "print(f'{$rps / $hello_rps * 100:.0f}')")% |"
-    done
-    curl -sf -XDELETE ${token:+-H "Authorization: Bearer $token"} "http://$addr/api/v1/replicaSet/benchreads" >/dev/null
-    kill "$server"; wait "$server" 2>/dev/null || true
+  addr=127.0.0.1:$(port)
+  "$bin" serve --addr "$addr" --data-dir "$work/data-$n" --gpus fake:24 --gpu-attach env \
+    --stop-timeout 0 --port-range 48200-48399 --label $label --token "$admin" \
+    >"$work/server-$n.log" 2>&1 &
+  server=$!; pids+=($server)
+  until curl -sf "http://$addr/ping" >/dev/null; do sleep 0.01; done
+  api() { # token method path [json]
+    curl -sf -X "$2" -H "Authorization: Bearer $1" "http://$addr/api/v1$3" ${4:+-d "$4"}
+  }
+  api "$admin" POST /replicaSet '{"imageName":"gpu-replica-bench/img:2MB","replicaSetName":"benchreads","gpuCount":2}' >/dev/null
+  for i in $(seq 8); do
+    api "$admin" POST /replicaSet "{\"imageName\":\"gpu-replica-bench/img:2MB\",\"replicaSetName\":\"benchp$i\",\"gpuCount\":1}" >/dev/null
   done
+  declare -A idle=() busy=()
+  for path in /api/v1/replicaSet/benchreads /api/v1/replicaSet /api/v1/resources/gpus; do
+    idle[admin,$path]=$(load "http://$addr$path" "$admin")
+  done
+  bare_idle=$(load "http://$hello_addr/")
+  # A user exists now: their token, on a set of their own.
+  user=$(api "$admin" POST /users '{"name":"benchu"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["token"])')
+  api "$user" POST /replicaSet '{"imageName":"gpu-replica-bench/img:2MB","replicaSetName":"benchuser","gpuCount":1}' >/dev/null
+  for path in /api/v1/replicaSet/benchuser /api/v1/replicaSet /api/v1/resources/gpus; do
+    idle[user,$path]=$(load "http://$addr$path" "$user")
+  done
+  # 8 clients patching 8 sets in a loop.
+  for i in $(seq 8); do
+    ( gpus=1; while true; do gpus=$((3 - gpus)); api "$admin" PATCH "/replicaSet/benchp$i" "{\"gpuPatch\":{\"gpuCount\":$gpus}}" >/dev/null || true; done ) &
+    loops+=($!)
+  done
+  sleep 2
+  for path in /api/v1/replicaSet/benchreads /api/v1/replicaSet /api/v1/resources/gpus; do
+    busy[admin,$path]=$(load "http://$addr$path" "$admin")
+  done
+  for path in /api/v1/replicaSet/benchuser /api/v1/replicaSet /api/v1/resources/gpus; do
+    busy[user,$path]=$(load "http://$addr$path" "$user")
+  done
+  bare_busy=$(load "http://$hello_addr/")
+  for pid in "${loops[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait "${loops[@]}" 2>/dev/null || true
+  loops=()
+  read -r bi_rps bi_p99 <<<"$bare_idle"
+  read -r bb_rps bb_p99 <<<"$bare_busy"
+  for who in admin user; do
+    for path in /api/v1/replicaSet/benchreads /api/v1/replicaSet /api/v1/resources/gpus; do
+      [ "$who" = user ] && [ "$path" = /api/v1/replicaSet/benchreads ] && path=/api/v1/replicaSet/benchuser
+      read -r i_rps i_p99 <<<"${idle[$who,$path]}"
+      read -r b_rps b_p99 <<<"${busy[$who,$path]}"
+      echo "| $bin | GET $path | $who | $i_rps | $(share "$i_rps" "$bi_rps") | $i_p99 ($(times "$i_p99" "$bi_p99")) | $b_rps | $(share "$b_rps" "$bb_rps") | $b_p99 ($(times "$b_p99" "$bb_p99")) |"
+    done
+  done
+  echo "| bare axum (examples/hello.rs) | GET / | | $bi_rps | | $bi_p99 | $bb_rps | | $bb_p99 |"
+  kill "$server"; wait "$server" 2>/dev/null || true
+  ids=$(docker ps -aq --filter label=$label); [ -z "$ids" ] || docker rm -f $ids >/dev/null
 done
 echo
-echo "machine: $(nproc) cores; wrk -t1 -c8 -d10s"
+echo "machine: $(nproc) cores; wrk -t1 -c8 -d10s; server at its default log level, access log on"

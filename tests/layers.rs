@@ -288,6 +288,7 @@ const CORE_FLOORS: &[(&str, &[&str])] = &[
     (
         "ground",
         &[
+            "backup",
             "error",
             "keys",
             "names",

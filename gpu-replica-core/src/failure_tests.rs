@@ -63,6 +63,7 @@ fn state(name: &str, running: bool) -> ContainerState {
         env: vec![],
         limits: Default::default(),
         init: false,
+        created: 0,
     }
 }
 

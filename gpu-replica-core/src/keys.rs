@@ -106,6 +106,12 @@ pub const SCHEMA: &str = "meta/schema";
 /// reported it.
 pub const RESTORED: &str = "meta/restored";
 
+/// A container of this store that its records never knew, found on node `node` (empty on a
+/// single host) at the first start after a restore: left alone for good.
+pub fn unknown_container(node: &str, name: &str) -> String {
+    format!("unknown/{node}/{name}")
+}
+
 /// The secret the nodes of a cluster authenticate their calls to each other with (made by the
 /// first node that joins).
 pub const CLUSTER_SECRET: &str = "meta/cluster-secret";

@@ -78,3 +78,11 @@ impl Context {
             .ok_or_else(|| Error::Store(format!("version {version} of '{name}' has no record")))
     }
 }
+
+impl Context {
+    /// Whether container `name` here was found unknown (and left alone) at an earlier start.
+    pub(crate) async fn marked_unknown(&self, name: &str) -> Result<bool> {
+        let key = keys::unknown_container(self.node_name(), name);
+        Ok(self.shared.store.get(&key).await?.is_some())
+    }
+}

@@ -810,6 +810,13 @@ impl ContainerRuntime for DockerRuntime {
                 shm: positive(host.shm_size),
             },
             init: host.init.unwrap_or(false),
+            created: found
+                .created
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map_or(0, |t| t.unix_timestamp()),
         }))
     }
 
@@ -844,6 +851,7 @@ impl ContainerRuntime for DockerRuntime {
                     env: Vec::new(),
                     limits: Limits::default(),
                     init: false,
+                    created: c.created.unwrap_or(0),
                 }
             })
             .collect())

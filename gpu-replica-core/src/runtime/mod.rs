@@ -240,6 +240,8 @@ pub struct ContainerState {
     pub limits: Limits,
     /// Whether it runs an init process (false in listings).
     pub init: bool,
+    /// When it was created, seconds since the epoch (0 when unknown).
+    pub created: i64,
 }
 
 /// Live figures of one running container.

@@ -167,13 +167,10 @@ impl Context {
         let versions: Vec<Version> = self.read_all(&keys::versions(&name)).await?;
         let label = format!("{LABEL_REPLICA_SET}={name}");
         for container in self.shared.runtime.list_containers(&label).await? {
-            // Only this store's, and only versions its records know: one made after the
-            // backup this store was restored from stays (recovery reported it).
+            // Only this store's, and never one its records did not know at the start after
+            // a restore (recovery reported it and left it alone).
             let ours = container.labels.get(LABEL_STORE) == self.shared.store_id.get();
-            let version =
-                crate::supervise::recovery::version_of(&container.name, &container.labels);
-            let recorded = version.is_some_and(|n| versions.iter().any(|v| v.version == n));
-            if ours && crate::supervise::recovery::records_know(Some(&head), version, recorded) {
+            if ours && !self.marked_unknown(&container.name).await? {
                 self.shared.runtime.remove_container(&container.id).await?;
             }
         }

@@ -514,7 +514,7 @@ impl Context {
                     }
                     Err(e) => {
                         tracing::error!(container = %old.container, "cannot restart old version: {e}");
-                        self.nudge_reconcile(&name);
+                        self.shared.nudges.push(&name);
                     }
                 }
             }

@@ -129,34 +129,8 @@ impl Context {
                 .get(LABEL_REPLICA_SET)
                 .cloned()
                 .unwrap_or_default();
-            let head = heads.get(set.as_str()).copied();
-            let version =
-                crate::supervise::recovery::version_of(&container.name, &container.labels);
-            let current =
-                head.is_some_and(|h| container.name == names::container(&h.name, h.current));
-            let recorded = match (head, version) {
-                (Some(_), Some(v)) if !current => self
-                    .shared
-                    .store
-                    .get(&keys::version(&set, v))
-                    .await?
-                    .is_some(),
-                _ => true,
-            };
-            let unused = match head {
-                // Not in the records (made after the backup the store was restored from):
-                // never removed; the start-up recovery reports it.
-                None => false,
-                Some(head)
-                    if !current
-                        && !crate::supervise::recovery::records_know(
-                            Some(head),
-                            version,
-                            recorded,
-                        ) =>
-                {
-                    false
-                }
+            let unused = match heads.get(set.as_str()) {
+                None => true,
                 // Recorded before it was a cluster node: not this sweep's to judge.
                 Some(head) if head.pending.is_some() || head.node.is_empty() => false,
                 Some(head) => {
@@ -164,6 +138,8 @@ impl Context {
                         || container.name != names::container(&head.name, head.current)
                 }
             };
+            // One the records never knew, found at the start after a restore: left alone.
+            let unused = unused && !self.marked_unknown(&container.name).await?;
             if unused {
                 self.shared.runtime.remove_container(&container.id).await?;
                 pass.settled.push(format!(

@@ -314,6 +314,8 @@ impl Context {
         };
         // Version numbers the records never handed out, by set: raised past, below.
         let mut beyond: HashMap<String, u32> = HashMap::new();
+        // When the store last recorded something (its newest event), read once if needed.
+        let mut newest_event: Option<i64> = None;
         for container in self
             .shared
             .runtime
@@ -339,22 +341,37 @@ impl Context {
                     .is_some(),
                 _ => false,
             };
-            if records_know(by_name.get(set.as_str()).copied(), version, has_record) {
+            let recorded = by_name.contains_key(set.as_str());
+            let unknown = if records_know(by_name.get(set.as_str()).copied(), version, has_record) {
+                false
+            } else if self.marked_unknown(&container.name).await? {
+                true
+            } else {
+                // Made after the newest thing the store recorded: the store went back in time
+                // (a restore); made before, the records saw it and let it go (a leftover).
+                if newest_event.is_none() {
+                    newest_event = Some(self.newest_event_secs().await?);
+                }
+                if container.created > newest_event.unwrap_or(0) {
+                    self.mark_unknown(&container.name, &set, version).await?;
+                    true
+                } else {
+                    false
+                }
+            };
+            if unknown {
+                report
+                    .unknown
+                    .push(unknown_line("container", &container.name, &set, recorded));
+                if let (true, Some(v)) = (recorded, version) {
+                    let highest = beyond.entry(set).or_default();
+                    *highest = (*highest).max(v);
+                }
+            } else {
                 self.shared.runtime.remove_container(&container.id).await?;
                 report
                     .orphans_removed
                     .push(format!("container {}", container.name));
-            } else {
-                report.unknown.push(unknown_line(
-                    "container",
-                    &container.name,
-                    &set,
-                    by_name.contains_key(set.as_str()),
-                ));
-                if let (Some(_), Some(v)) = (by_name.get(set.as_str()), version) {
-                    let highest = beyond.entry(set).or_default();
-                    *highest = (*highest).max(v);
-                }
             }
         }
         for (set, highest) in beyond {
@@ -507,6 +524,31 @@ impl Context {
         Ok(())
     }
 
+    /// Records container `name` here as unknown to the records: never removed after.
+    async fn mark_unknown(&self, name: &str, set: &str, version: Option<u32>) -> Result<()> {
+        let key = keys::unknown_container(self.node_name(), name);
+        let value = serde_json::json!({
+            "replicaSet": set,
+            "version": version,
+            "foundAt": crate::model::now(),
+        });
+        self.shared
+            .store
+            .put(&key, value.to_string().into_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// When the store recorded its newest event, seconds since the epoch (0 without any):
+    /// an event's number is the microsecond it happened.
+    async fn newest_event_secs(&self) -> Result<i64> {
+        let events = self.shared.store.list(keys::EVENTS).await?;
+        Ok(events
+            .last()
+            .and_then(|e| e.key[keys::EVENTS.len()..].parse::<u64>().ok())
+            .map_or(0, |micros| (micros / 1_000_000) as i64))
+    }
+
     /// Makes `set`'s next version number come after `version`, a number its records never
     /// handed out (a container made after the backup this store was restored from), so no new
     /// version collides with it.
@@ -629,6 +671,7 @@ mod tests {
             env: vec![],
             limits: Default::default(),
             init: false,
+            created: 0,
         }
     }
 

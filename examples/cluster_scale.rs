@@ -63,6 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 port_range: "40000-65535".parse()?,
                 docker: "Docker 27".into(),
                 joined_at: "2026-11-26 00:00:00".into(),
+                cordoned: false,
+                drain: None,
             };
             store
                 .put(&keys::node(&name), serde_json::to_vec(&record)?)

@@ -254,6 +254,9 @@ pub enum ClientCommand {
         /// The file to write: replaced whole, never left half-written.
         file: std::path::PathBuf,
     },
+    /// Cordon, uncordon or drain a node of the cluster (admins).
+    #[command(subcommand)]
+    Node(crate::nodes::NodeCommand),
     /// A live view of the GPUs and sets, redrawn until q is pressed.
     Top {
         /// Seconds between redraws.
@@ -472,6 +475,7 @@ pub async fn execute(
         }
         C::Ls { owner } => Answer::ReplicaSets(client.list(owner.as_deref(), None).await?),
         C::User(command) => return crate::users::user(client, command, as_json).await,
+        C::Node(command) => return crate::nodes::node(client, command, as_json).await,
         C::Top { interval } => {
             crate::top::top(client, std::time::Duration::from_secs(interval.max(1))).await?;
             return Ok(ExitCode::SUCCESS);
@@ -786,9 +790,16 @@ fn print(answer: &Answer) {
                 .nodes
                 .iter()
                 .map(|n| {
+                    // `ready,cordoned`, `ready,draining`: kubectl's way.
+                    let mut state = n.state.clone();
+                    if n.drain.as_deref() == Some("running") {
+                        state.push_str(",draining");
+                    } else if n.cordoned {
+                        state.push_str(",cordoned");
+                    }
                     vec![
                         n.name.clone(),
-                        n.state.clone(),
+                        state,
                         format!("{}/{}", n.free_gpus, n.gpus),
                         n.sets.to_string(),
                         n.advertise.clone(),

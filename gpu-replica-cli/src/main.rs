@@ -4,6 +4,7 @@
 //! and the client subcommands turn arguments into HTTP requests and answers into tables.
 
 mod commands;
+mod nodes;
 mod serve;
 mod table;
 mod terminal;

@@ -1405,3 +1405,396 @@ async fn the_proxy_of_one_node_serves_a_set_on_the_other() {
     let (status, _) = n1.call("DELETE", &format!("/api/v1/replicaSet/{name}"), None);
     assert_eq!(status, 200);
 }
+
+/// The drain stories share two daemons (numbers 19 and 20), one story at a time.
+static DRAIN_DAEMONS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Node `node`'s drain as `via` tells it.
+fn drain_of(via: &Node, node: &str) -> Value {
+    let (status, reply) = via.call("GET", &format!("/api/v1/nodes/{node}/drain"), None);
+    assert_eq!(status, 200, "{reply}");
+    reply["data"].clone()
+}
+
+/// The CLI against `via`: its exit code, stdout and stderr.
+fn cli(via: &Node, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(["--server", &format!("http://{}", via.addr)])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Set `set` has exactly one container across both daemons, on `home`'s daemon.
+fn on_exactly_one_node(set: &str, home: &PrivateDockerd, away: &PrivateDockerd) {
+    let prefix = format!("{set}-");
+    assert_eq!(containers(home, &prefix).len(), 1, "{set} on its node");
+    assert!(
+        containers(away, &prefix).is_empty(),
+        "{set} also on the other node: {:?}",
+        containers(away, &prefix)
+    );
+}
+
+fn delete_set(via: &Node, set: &str) {
+    let (status, reply) = via.call("DELETE", &format!("/api/v1/replicaSet/{set}"), None);
+    assert_eq!(status, 200, "delete {set}: {reply}");
+}
+
+fn set_call(via: &Node, method: &str, set: &str, action: &str) {
+    let (status, reply) = via.call(method, &format!("/api/v1/replicaSet/{set}/{action}"), None);
+    assert_eq!(status, 200, "{action} {set}: {reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_moves_running_paused_stopped_and_volume_sets_and_reports_the_rest() {
+    let _daemons = DRAIN_DAEMONS.lock().await;
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(19).await, daemon(20).await);
+    let n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
+    let n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
+    let p = testkit::unique_name("dr");
+    // a runs, b is paused, c stopped (holding no GPU), d mounts a volume; e and f share one,
+    // which therefore cannot move with either.
+    let [a, b, c, d, e, f] = ["a", "b", "c", "d", "e", "f"].map(|s| format!("{p}{s}"));
+    let (vol, shared) = (format!("{p}v"), format!("{p}w"));
+    for v in [&vol, &shared] {
+        let (status, reply) = n2.call(
+            "POST",
+            "/api/v1/volumes",
+            Some(json!({"name": v, "size": "10MB", "node": "n1"})),
+        );
+        assert_eq!(status, 200, "{reply}");
+    }
+    // c first: stopped, it gives its GPU back for a and b.
+    for (set, gpus, volume) in [
+        (&c, 1, None),
+        (&a, 1, None),
+        (&b, 1, None),
+        (&d, 0, Some(&vol)),
+        (&e, 0, Some(&shared)),
+        (&f, 0, Some(&shared)),
+    ] {
+        let mut body = run_body(set, gpus);
+        body["node"] = json!("n1");
+        if let Some(volume) = volume {
+            body["binds"] = json!([{"src": format!("{volume}-1"), "dest": "/data"}]);
+        }
+        let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(body));
+        assert_eq!(status, 200, "{reply}");
+        exec(&n1, set, &format!("echo {set} > /root/f"));
+        if set == &c {
+            set_call(&n1, "PATCH", &c, "stop");
+        }
+    }
+    exec(&n1, &d, "echo kept > /data/g");
+    set_call(&n1, "PATCH", &b, "pause");
+
+    // Cordoned: no new set there, pinned or placed, nor a migration to it.
+    let (code, out, err) = cli(&n2, &["node", "cordon", "n1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("node n1 cordoned"), "{out}");
+    let n1_view = nodes(&n2).into_iter().find(|n| n["name"] == "n1").unwrap();
+    assert_eq!(n1_view["cordoned"], true, "{n1_view}");
+    let (_, table, _) = cli(&n2, &["nodes"]);
+    assert!(table.contains("ready,cordoned"), "{table}");
+    let newcomer = format!("{p}n");
+    let mut pinned = run_body(&newcomer, 0);
+    pinned["node"] = json!("n1");
+    let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(pinned.clone()));
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (409, Some(1064)),
+        "{reply}"
+    );
+    assert!(
+        reply["msg"].as_str().unwrap().contains("cordoned"),
+        "{reply}"
+    );
+    let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(run_body(&newcomer, 0)));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(node_of(&n1, &newcomer), "n2");
+    let (status, reply) = n1.call(
+        "POST",
+        &format!("/api/v1/replicaSet/{newcomer}/migrate"),
+        Some(json!({"node": "n1"})),
+    );
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (409, Some(1064)),
+        "{reply}"
+    );
+    delete_set(&n1, &newcomer);
+
+    // No such node: nothing to drain.
+    let (status, reply) = n2.call("POST", "/api/v1/nodes/n9/drain", None);
+    assert_eq!(
+        (status, reply["code"].as_u64()),
+        (404, Some(1057)),
+        "{reply}"
+    );
+    // The drain, asked of n2 (sent on to n1, which drives it), followed set by set.
+    let started = Instant::now();
+    let (code, out, err) = cli(&n2, &["node", "drain", "n1"]);
+    let took = started.elapsed();
+    eprintln!("drained 4 sets (2 refused) in {took:?}:\n{out}");
+    assert_eq!(code, Some(1), "two sets could not move: {out}{err}");
+    for set in [&a, &b, &c, &d] {
+        assert!(out.contains(&format!("moved    {set} -> node n2")), "{out}");
+    }
+    for set in [&e, &f] {
+        assert!(out.contains(&format!("failed   {set}: ")), "{out}");
+    }
+    assert!(
+        out.contains("node n1 drain finished: 4 moved, 2 not moved"),
+        "{out}"
+    );
+    let report = drain_of(&n2, "n1");
+    assert_eq!(report["state"], "finished", "{report}");
+    assert_eq!(report["cordoned"], true, "{report}");
+    assert_eq!(report["inFlight"], json!([]), "{report}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{report}");
+    for failure in failed {
+        assert!(
+            failure["reason"]
+                .as_str()
+                .unwrap()
+                .contains("is also mounted by"),
+            "{report}"
+        );
+    }
+
+    // Each set on exactly one node, as it was (running, paused, stopped), with its files.
+    for set in [&a, &b, &c, &d] {
+        assert_eq!(node_of(&n1, set), "n2");
+        on_exactly_one_node(set, &d2, &d1);
+    }
+    for set in [&e, &f] {
+        assert_eq!(node_of(&n1, set), "n1");
+        on_exactly_one_node(set, &d1, &d2);
+        assert_eq!(exec(&n2, set, "cat /root/f"), *set);
+    }
+    assert_eq!(info(&n1, &a)["status"], "running");
+    assert_eq!(info(&n1, &b)["status"], "paused");
+    assert_eq!(info(&n1, &c)["status"], "stopped");
+    assert_eq!(
+        docker_objects(&d2, "volume", &vol),
+        vec![format!("{vol}-1")]
+    );
+    assert!(docker_objects(&d1, "volume", &vol).is_empty());
+    assert_eq!(exec(&n1, &a, "cat /root/f"), a);
+    assert_eq!(exec(&n1, &d, "cat /root/f /data/g"), format!("{d}\nkept"));
+    set_call(&n1, "PATCH", &b, "continue");
+    assert_eq!(exec(&n1, &b, "cat /root/f"), b);
+    // The stopped set's GPU is one a and b hold there: it runs again once one is free.
+    delete_set(&n1, &a);
+    set_call(&n1, "PATCH", &c, "restart");
+    assert_eq!(exec(&n1, &c, "cat /root/f"), c);
+
+    // The events tell each set's fate and the drain's end.
+    let (_, _, events) = common::http_as(
+        &n1.addr,
+        None,
+        "GET",
+        "/api/v1/events?replay=200&follow=false",
+        None,
+    );
+    assert!(
+        events.contains(&format!("\"target\":\"{d}\""))
+            && events.contains("moved from node n1 to node n2"),
+        "{events}"
+    );
+    assert!(events.contains("not moved from node n1"), "{events}");
+    assert!(events.contains("\"kind\":\"node.drain\""), "{events}");
+    assert!(
+        events.contains("finished: 4 set(s) moved, 2 not moved"),
+        "{events}"
+    );
+
+    // Uncordoned, it takes sets again.
+    let (code, out, err) = cli(&n2, &["node", "uncordon", "n1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (status, reply) = n2.call("POST", "/api/v1/replicaSet", Some(pinned));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(node_of(&n2, &newcomer), "n1");
+
+    for set in [&b, &c, &d, &e, &f, &newcomer] {
+        delete_set(&n1, set);
+    }
+    for v in [&vol, &shared] {
+        let (status, reply) = n1.call("DELETE", &format!("/api/v1/volumes/{v}"), None);
+        assert_eq!(status, 200, "{reply}");
+    }
+    drop((n1, n2, d1, d2, etcd));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cancelled_or_killed_midway_leaves_every_set_on_one_node_with_its_files() {
+    let _daemons = DRAIN_DAEMONS.lock().await;
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(19).await, daemon(20).await);
+    let mut n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
+    let n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
+    let p = testkit::unique_name("dk");
+    let sets: Vec<String> = (0..6).map(|i| format!("{p}{i}")).collect();
+    for set in &sets {
+        let mut body = run_body(set, 0);
+        body["node"] = json!("n1");
+        let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+        assert_eq!(status, 200, "{reply}");
+        exec(&n1, set, &format!("echo {set} > /root/f"));
+    }
+    let every_set_on_one_node_with_its_files = |when: &str| -> usize {
+        let mut on_n2 = 0;
+        for set in &sets {
+            let home = node_of(&n2, set);
+            let (home_daemon, away_daemon) = if home == "n2" { (&d2, &d1) } else { (&d1, &d2) };
+            on_exactly_one_node(set, home_daemon, away_daemon);
+            assert_eq!(exec(&n2, set, "cat /root/f"), *set, "{when}");
+            on_n2 += usize::from(home == "n2");
+        }
+        on_n2
+    };
+
+    // One at a time, cancelled once the first has moved: what is in flight finishes, nothing
+    // new starts.
+    let (status, reply) = n2.call("POST", "/api/v1/nodes/n1/drain?parallel=1", None);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["data"]["state"], "running", "{reply}");
+    wait_for("a first set moved", Duration::from_secs(120), || {
+        !drain_of(&n2, "n1")["moved"].as_array().unwrap().is_empty()
+    });
+    let (status, reply) = n2.call("DELETE", "/api/v1/nodes/n1/drain", None);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["data"]["state"], "cancelled", "{reply}");
+    wait_for(
+        "the moves in flight ended",
+        Duration::from_secs(120),
+        || {
+            let drain = drain_of(&n2, "n1");
+            drain["inFlight"] == json!([]) && drain["finishedAt"].is_string()
+        },
+    );
+    let moved = drain_of(&n2, "n1")["moved"].as_array().unwrap().len();
+    let on_n2 = every_set_on_one_node_with_its_files("cancelled");
+    assert_eq!(on_n2, moved);
+    assert!(moved < sets.len(), "the cancel stopped the drain: {moved}");
+    assert_eq!(drain_of(&n1, "n1")["cordoned"], true);
+
+    // Again, two at a time, and the node driving it killed (SIGKILL) with moves in flight:
+    // restarted, its recovery settles each migration, and it resumes the drain.
+    let (status, reply) = n1.call("POST", "/api/v1/nodes/n1/drain", None);
+    assert_eq!(status, 200, "{reply}");
+    wait_for(
+        "a move in flight after one moved",
+        Duration::from_secs(120),
+        || {
+            let drain = drain_of(&n2, "n1");
+            !drain["moved"].as_array().unwrap().is_empty()
+                && !drain["inFlight"].as_array().unwrap().is_empty()
+        },
+    );
+    n1.kill();
+    let interrupted = drain_of(&n2, "n1");
+    eprintln!("killed during: {interrupted}");
+    n1.resume();
+    let (_, status) = n1.call("GET", "/api/v1/status", None);
+    let recovery = &status["data"]["recovery"];
+    eprintln!("recovery after the kill: {recovery}");
+    let took = wait_for(
+        "the resumed drain finished",
+        Duration::from_secs(180),
+        || drain_of(&n2, "n1")["state"] == "finished",
+    );
+    eprintln!("the resumed drain finished {took:?} after the restart");
+    let report = drain_of(&n2, "n1");
+    assert_eq!(report["failed"], json!([]), "{report}");
+    assert_eq!(
+        every_set_on_one_node_with_its_files("killed and resumed"),
+        sets.len(),
+        "{report}"
+    );
+    let (_, _, events) = common::http_as(
+        &n2.addr,
+        None,
+        "GET",
+        "/api/v1/events?replay=300&follow=false",
+        None,
+    );
+    assert!(events.contains("cancelled: no new move starts"), "{events}");
+    assert!(events.contains("finished: "), "{events}");
+
+    for set in &sets {
+        delete_set(&n2, set);
+    }
+    drop((n1, n2, d1, d2, etcd));
+}
+
+/// How long draining 8 small sets takes, 1, 2 and 4 at a time (back and forth between the two
+/// nodes); prints a table for BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn drain_figures() {
+    let _daemons = DRAIN_DAEMONS.lock().await;
+    testkit::docker().await;
+    let etcd = EtcdProcess::start();
+    let (d1, d2) = (daemon(19).await, daemon(20).await);
+    let n1 = Node::start("n1", &etcd.host_port(), &d1.socket());
+    let n2 = Node::start("n2", &etcd.host_port(), &d2.socket());
+    let p = testkit::unique_name("df");
+    let sets: Vec<String> = (0..8).map(|i| format!("{p}{i}")).collect();
+    for set in &sets {
+        let mut body = run_body(set, 0);
+        body["node"] = json!("n1");
+        let (status, reply) = n1.call("POST", "/api/v1/replicaSet", Some(body));
+        assert_eq!(status, 200, "{reply}");
+        exec(&n1, set, "head -c 1048576 /dev/urandom > /root/blob");
+    }
+    println!("| sets | at a time | drain (API call to the last set moved) |");
+    println!("|---|---|---|");
+    let mut from = ("n1", &n1, "n2");
+    for parallel in [1, 2, 4] {
+        let (name, via, to) = from;
+        let started = Instant::now();
+        let (status, reply) = via.call(
+            "POST",
+            &format!("/api/v1/nodes/{name}/drain?parallel={parallel}"),
+            None,
+        );
+        assert_eq!(status, 200, "{reply}");
+        wait_for("the drain finished", Duration::from_secs(300), || {
+            drain_of(via, name)["state"] == "finished"
+        });
+        let took = started.elapsed();
+        let report = drain_of(via, name);
+        assert_eq!(
+            report["moved"].as_array().unwrap().len(),
+            sets.len(),
+            "{report}"
+        );
+        println!(
+            "| {} | {parallel} | {:.2} s |",
+            sets.len(),
+            took.as_secs_f64()
+        );
+        let (status, reply) = via.call("PATCH", &format!("/api/v1/nodes/{name}/uncordon"), None);
+        assert_eq!(status, 200, "{reply}");
+        from = if to == "n2" {
+            ("n2", &n2, "n1")
+        } else {
+            ("n1", &n1, "n2")
+        };
+    }
+    for set in &sets {
+        delete_set(&n1, set);
+    }
+    drop((n1, n2, d1, d2, etcd));
+}

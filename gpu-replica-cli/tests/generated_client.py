@@ -264,6 +264,14 @@ call("resource", "status", 200, "success")
 call("resource", "nodes", 200, "success")
 call("resource", "backup", 200, "success")
 
+# Nodes: a single host has none to cordon or drain (1000); their successes need a cluster
+# (cluster.rs drives them).
+call("node", "cordon", 400, "error", name="n1")
+call("node", "uncordon", 400, "error", name="n1")
+call("node", "drain", 400, "error", name="n1", parallel=2)
+call("node", "drain_status", 400, "error", name="n1")
+call("node", "cancel_drain", 400, "error", name="n1")
+
 # State changes, then removal.
 call("replica_set", "pause", 200, "success", name=s)
 call("replica_set", "pause", 4, "error", name=missing)

@@ -98,14 +98,19 @@ async fn a_client_generated_from_the_document_parses_every_reply_of_every_operat
     );
     let operations = summary["operations"].as_u64().unwrap();
     assert!(operations >= 41, "{summary}");
-    // Every operation both ways, but a migration's success (it needs a second node: the
-    // cluster tests cover it), a terminal's and a web terminal's (WebSockets: `shell.rs` and
+    // Every operation both ways, but the successes of a migration and of cordoning and
+    // draining a node (they need a second node: the cluster tests cover them), a terminal's and a web terminal's (WebSockets: `shell.rs` and
     // `web_terminal.rs` drive them) and an error of /ping (it has none).
     assert_eq!(
         summary["without_success"],
         serde_json::json!([
             "instance.screen",
             "instance.terminal",
+            "node.cancel_drain",
+            "node.cordon",
+            "node.drain",
+            "node.drain_status",
+            "node.uncordon",
             "replica_set.migrate"
         ])
     );

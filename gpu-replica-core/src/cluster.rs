@@ -47,6 +47,73 @@ pub struct NodeRecord {
     pub docker: String,
     /// When it (last) joined.
     pub joined_at: String,
+    /// Cordoned: placement gives it no new set; the sets on it stay until drained.
+    #[serde(default)]
+    pub cordoned: bool,
+    /// Its last drain, or the one under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+/// Where a drain of a node stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainState {
+    /// Moving the node's sets away.
+    Running,
+    /// Every set it found was moved or reported as failed.
+    Finished,
+    /// Cancelled: no new move starts; those in flight finish or are undone.
+    Cancelled,
+}
+
+/// A set a drain moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainMoved {
+    /// The replicaSet.
+    pub set: String,
+    /// The node it lives on now.
+    pub to: String,
+}
+
+/// A set a drain could not move, and why (it stays where it was).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainFailed {
+    /// The replicaSet.
+    pub set: String,
+    /// The error's contract code.
+    pub code: u16,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// A drain of a node ([`crate::Engine::drain`]), as recorded in the node's record: every node
+/// reads its progress, and the drained node resumes it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drain {
+    /// Running, finished or cancelled.
+    pub state: DrainState,
+    /// Migrations at once.
+    pub parallel: u32,
+    /// When it started, RFC 3339.
+    pub started_at: String,
+    /// When it finished or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Sets being moved now.
+    #[serde(default)]
+    pub in_flight: Vec<String>,
+    /// Sets moved, in the order they arrived.
+    #[serde(default)]
+    pub moved: Vec<DrainMoved>,
+    /// Sets that could not move, with why.
+    #[serde(default)]
+    pub failed: Vec<DrainFailed>,
+    /// The engine instance running it: another one (after a restart) takes it over.
+    pub runner: String,
 }
 
 /// Whether a node renews its lease.
@@ -59,7 +126,7 @@ pub enum NodeState {
     Lost,
 }
 
-/// A node with its state and free GPUs.
+/// A node with its state and free GPUs (and, in its record, whether it is cordoned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {

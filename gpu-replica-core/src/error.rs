@@ -303,6 +303,10 @@ pub enum Error {
     /// No node of that name in the cluster.
     #[error("no node named '{0}' in the cluster")]
     NodeNotFound(String),
+    /// The node is cordoned: it takes no new sets (uncordon it first, or let placement pick
+    /// another).
+    #[error("node '{0}' is cordoned: it takes no new sets (gpu-replica node uncordon {0}, or leave the node to placement)")]
+    NodeCordoned(String),
     /// Docker or the state store cannot be reached now; nothing was changed, try again.
     #[error("{0} is unreachable; nothing was changed, try again when it is back")]
     Unavailable(String),
@@ -374,6 +378,7 @@ impl Error {
             Error::KeyTaken(_) => 1061,
             Error::StoreFull(_) => 1062,
             Error::DockerDiskFull(_) => 1063,
+            Error::NodeCordoned(_) => 1064,
             Error::Failed { op, .. } | Error::Refused { op, .. } => op.failure_code(),
         }
     }
@@ -430,6 +435,7 @@ impl Error {
             Error::KeyTaken(_) => "the SSH key is another user's",
             Error::StoreFull(_) => "the state store's disk is full; nothing was changed",
             Error::DockerDiskFull(_) => "Docker's disk is full; the operation was undone",
+            Error::NodeCordoned(_) => "the node is cordoned: it takes no new sets",
             Error::Failed { .. } | Error::Refused { .. } => "operation failed or refused",
         }
     }
@@ -495,6 +501,7 @@ impl Error {
             Error::KeyTaken(s()),
             Error::StoreFull(s()),
             Error::DockerDiskFull(s()),
+            Error::NodeCordoned(s()),
         ];
         let mut codes: std::collections::BTreeMap<u16, String> = samples
             .iter()
@@ -548,7 +555,7 @@ mod tests {
     #[test]
     fn the_catalogue_lists_every_code_from_1000_up_once() {
         let codes: Vec<u16> = Error::catalogue().iter().map(|(c, _)| *c).collect();
-        let expected: Vec<u16> = (1000..=1063).collect();
+        let expected: Vec<u16> = (1000..=1064).collect();
         assert_eq!(codes, expected);
     }
 }

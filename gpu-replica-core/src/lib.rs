@@ -84,6 +84,7 @@ pub use crate::model::{
     RootfsUsage, Status, Timers, Version, Volume, VolumeInfo, VolumeIntent, VolumeVersion,
 };
 pub use crate::ops::clone::CloneRequest;
+pub use crate::ops::drain::DRAIN_PARALLEL;
 pub use crate::ops::files::{FileStat, Files};
 pub use crate::ops::observe::Stats;
 pub use crate::ops::proxy::{

@@ -707,6 +707,41 @@ impl Client {
         self.request(Method::GET, paths::NODES, NONE).await
     }
 
+    /// Cordons a node: it takes no new sets.
+    pub async fn cordon(&self, node: &str) -> Result<crate::wire::NodeView, ClientError> {
+        self.request(Method::PATCH, fill(paths::NODE_CORDON, node), NONE)
+            .await
+    }
+
+    /// Uncordons a node (cancels its drain).
+    pub async fn uncordon(&self, node: &str) -> Result<crate::wire::NodeView, ClientError> {
+        self.request(Method::PATCH, fill(paths::NODE_UNCORDON, node), NONE)
+            .await
+    }
+
+    /// Starts draining a node, `parallel` migrations at once (0: the server's default).
+    pub async fn drain(
+        &self,
+        node: &str,
+        parallel: u32,
+    ) -> Result<crate::wire::DrainView, ClientError> {
+        let parallel = (parallel > 0).then(|| parallel.to_string());
+        let path = fill(paths::NODE_DRAIN, node) + &query(&[("parallel", parallel)]);
+        self.request(Method::POST, path, NONE).await
+    }
+
+    /// A node's drain as it stands.
+    pub async fn drain_status(&self, node: &str) -> Result<crate::wire::DrainView, ClientError> {
+        self.request(Method::GET, fill(paths::NODE_DRAIN, node), NONE)
+            .await
+    }
+
+    /// Cancels a node's drain.
+    pub async fn cancel_drain(&self, node: &str) -> Result<crate::wire::DrainView, ClientError> {
+        self.request(Method::DELETE, fill(paths::NODE_DRAIN, node), NONE)
+            .await
+    }
+
     /// Adds a user; the answer carries their token, shown this once.
     pub async fn add_user(&self, body: &UserAddBody) -> Result<UserTokenReply, ClientError> {
         self.request(Method::POST, paths::USERS, Some(body)).await

@@ -163,6 +163,7 @@ pub fn status_of(error: &Error) -> StatusCode {
         | Error::NetworkPoolFull(_)
         | Error::OverDisk(_)
         | Error::KeyTaken(_)
+        | Error::NodeCordoned(_)
         // Well formed, but the clock has moved past it.
         | Error::StopTimePast(_) => StatusCode::CONFLICT,
         Error::InvalidParams(_)

@@ -123,6 +123,8 @@ enum Subject {
     Set(String),
     /// An existing volume.
     Volume(String),
+    /// A node's own work (its drain, which it drives).
+    Node(String),
     /// Anything else: served here.
     Here,
 }
@@ -149,6 +151,9 @@ impl Subject {
                     .ok()
                     .and_then(|v| v.node),
             ),
+            (&Method::POST, Some(name)) if route == paths::NODE_DRAIN => {
+                Subject::Node(name.to_string())
+            }
             (_, Some(name)) if on(paths::REPLICA_SET) => Subject::Set(name.to_string()),
             (_, Some(name)) if on(paths::VOLUME) => Subject::Volume(name.to_string()),
             _ => Subject::Here,
@@ -166,6 +171,7 @@ impl Subject {
             Subject::NewVolume(Some(pin)) => engine.place(0, Some(pin)).await,
             Subject::Set(name) => engine.locate(name).await,
             Subject::Volume(name) => engine.locate_volume(name).await,
+            Subject::Node(name) => engine.locate_node(name).await,
             Subject::NewVolume(None) | Subject::Here => Ok(Location::Here),
         }
     }

@@ -170,6 +170,14 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .route(p::USER_KEY, delete(users::remove_key))
         .route(p::WHOAMI, get(users::whoami))
         .route(p::NODES, get(resources::nodes))
+        .route(p::NODE_CORDON, patch(routes::nodes::cordon))
+        .route(p::NODE_UNCORDON, patch(routes::nodes::uncordon))
+        .route(
+            p::NODE_DRAIN,
+            post(routes::nodes::drain)
+                .get(routes::nodes::drain_status)
+                .delete(routes::nodes::cancel_drain),
+        )
         .route(p::USAGE, get(users::usage));
     let scraped = http_metrics.clone();
     let guarded = api

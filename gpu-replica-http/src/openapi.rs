@@ -61,6 +61,11 @@ use crate::wire;
         users::whoami,
         users::usage,
         resources::nodes,
+        crate::routes::nodes::cordon,
+        crate::routes::nodes::uncordon,
+        crate::routes::nodes::drain,
+        crate::routes::nodes::drain_status,
+        crate::routes::nodes::cancel_drain,
     ),
     components(schemas(
         wire::RunBody,
@@ -149,6 +154,9 @@ use crate::wire;
         wire::SetUsageView,
         wire::NodeView,
         wire::NodeList,
+        wire::DrainView,
+        wire::DrainMovedView,
+        wire::DrainFailedView,
     ))
 )]
 pub struct ApiDoc;

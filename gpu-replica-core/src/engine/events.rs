@@ -30,7 +30,9 @@ pub struct Event {
     pub time: String,
     /// What happened: `run`, `patch`, `rollback`, `restart`, `stop`, `pause`, `continue`,
     /// `delete`, `clone`, `timer.idle`, `timer.at`, `timers`, `volume.create`,
-    /// `volume.resize`, `volume.delete`, `recovery`.
+    /// `volume.resize`, `volume.delete`, `recovery`; in a cluster `migrate`, `node.cordon`,
+    /// `node.uncordon`, `node.drain` (its start, cancel and end; the target is the node) and
+    /// `drain` (one set moved off a drained node, or not and why).
     pub kind: String,
     /// The replicaSet or volume concerned (empty for recovery).
     pub target: String,
@@ -99,6 +101,9 @@ impl Context {
         }
         let owner = if kind.starts_with("user.") {
             return target.to_string();
+        } else if kind.starts_with("node.") {
+            // A node is nobody's: its events are the admins'.
+            None
         } else if kind.starts_with("volume.") {
             self.read::<crate::model::Volume>(&keys::volume(target))
                 .await

@@ -75,6 +75,7 @@ impl Engine {
         } else {
             (name, source)
         };
+        self.refuse_if_cordoned().await?;
         let _first = self.ctx.lock_set(first).await;
         let _second = self.ctx.lock_set(second).await;
         self.ctx.settle(source).await?;

@@ -92,6 +92,9 @@ impl Engine {
             )));
         }
         let target = self.ready_node(&to.node).await?;
+        if target.cordoned {
+            return Err(Error::NodeCordoned(target.name));
+        }
         let current = self.ctx.version_record(name, head.current).await?;
         let gpu_count = to.gpu_count.unwrap_or(current.spec.gpu_count);
         // Refused here, before anything stops, when the target cannot have them now (a

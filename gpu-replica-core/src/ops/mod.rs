@@ -4,6 +4,7 @@
 
 pub(crate) mod backup;
 pub(crate) mod clone;
+pub(crate) mod drain;
 pub(crate) mod files;
 pub(crate) mod metrics;
 pub(crate) mod migrate;

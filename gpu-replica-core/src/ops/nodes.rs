@@ -1,6 +1,5 @@
 //! The engine as a node of a cluster: its secret and link, joining (the record, the lease and
 //! its renewal), the nodes' states, placement of new sets and where a set lives.
-use crate::engine::records::encode;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::ReplicaSet;
@@ -9,7 +8,40 @@ use crate::store::Txn;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::cluster::{Location, NodeLink, NodeRecord, NodeState, NodeStatus, NODE_TTL};
+use crate::cluster::{DrainState, Location, NodeLink, NodeRecord, NodeState, NodeStatus, NODE_TTL};
+
+/// Of `nodes`, the ready, uncordoned one (not `except`) with the fewest free GPUs that still
+/// fit `wanted`, ties by name (so sets pack and whole nodes stay free for large asks). With
+/// `any_held`, one whose GPUs are all held will do when none has them free, if it has
+/// `wanted` in all.
+fn choose<'a>(
+    nodes: &'a [NodeStatus],
+    wanted: usize,
+    any_held: bool,
+    except: Option<&str>,
+) -> Result<&'a NodeStatus> {
+    let open: Vec<&NodeStatus> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Ready && !n.node.cordoned)
+        .filter(|n| except != Some(n.node.name.as_str()))
+        .collect();
+    let fewest_free = |fits: &dyn Fn(&NodeStatus) -> bool| {
+        open.iter()
+            .copied()
+            .filter(|n| fits(n))
+            .min_by(|a, b| (a.free_gpus, &a.node.name).cmp(&(b.free_gpus, &b.node.name)))
+    };
+    let chosen = fewest_free(&|n| n.free_gpus >= wanted).or_else(|| {
+        any_held
+            .then(|| fewest_free(&|n| n.node.gpus.len() >= wanted))
+            .flatten()
+    });
+    chosen.ok_or_else(|| Error::NotEnoughGpus {
+        wanted,
+        free: open.iter().map(|n| n.free_gpus).max().unwrap_or(0),
+        total: open.iter().map(|n| n.node.gpus.len()).sum(),
+    })
+}
 
 /// Every this many lease renewals (a third of [`NODE_TTL`] apart, so ~5 s), a node writes its
 /// GPUs' figures into its record when they changed: the others' GPU status stays live.
@@ -70,12 +102,35 @@ impl Engine {
             port_range: self.ctx.shared.config.port_range,
             docker: docker.to_string(),
             joined_at: crate::model::now(),
+            cordoned: false,
+            drain: None,
         };
-        self.ctx
-            .shared
-            .store
-            .put(&keys::node(&name), encode(&record))
-            .await?;
+        // A cordon and a drain outlive a restart: the fresh record keeps them.
+        let fresh = record.clone();
+        let record = self
+            .update_node(&name, move |stored| {
+                let (cordoned, mut drain) = match stored {
+                    Some(old) => (old.cordoned, old.drain.take()),
+                    None => (false, None),
+                };
+                // A drain cancelled while this node was down: recovery settled what it had
+                // in flight.
+                if let Some(ended) = drain
+                    .as_mut()
+                    .filter(|d| d.state != DrainState::Running && d.finished_at.is_none())
+                {
+                    ended.in_flight.clear();
+                    ended.finished_at = Some(crate::model::now());
+                }
+                *stored = Some(NodeRecord {
+                    cordoned,
+                    drain,
+                    ..fresh.clone()
+                });
+                Ok(true)
+            })
+            .await?
+            .unwrap_or(record);
         let alive = keys::node_alive(&name);
         let mut lease = self
             .ctx
@@ -84,6 +139,14 @@ impl Engine {
             .put_leased(&alive, record.advertise.clone().into_bytes(), NODE_TTL)
             .await?;
         tracing::info!(node = %name, "joined the cluster at {}", record.advertise);
+        if record
+            .drain
+            .as_ref()
+            .is_some_and(|d| d.state == DrainState::Running)
+        {
+            tracing::info!(node = %name, "resuming the drain a restart interrupted");
+            self.spawn_drain();
+        }
         let engine = Arc::downgrade(self);
         let mut record = record;
         Ok(tokio::spawn(async move {
@@ -100,10 +163,19 @@ impl Engine {
                 if tick % GPU_REFRESH_TICKS == GPU_REFRESH_TICKS - 1 {
                     match engine.ctx.shared.inventory.gpus().await {
                         Ok(gpus) if gpus != record.gpus => {
-                            record.gpus = gpus;
-                            if let Err(e) =
-                                store.put(&keys::node(&record.name), encode(&record)).await
-                            {
+                            record.gpus = gpus.clone();
+                            let refreshed = engine
+                                .update_node(&record.name, move |stored| {
+                                    Ok(match stored {
+                                        Some(stored) => {
+                                            stored.gpus = gpus.clone();
+                                            true
+                                        }
+                                        None => false,
+                                    })
+                                })
+                                .await;
+                            if let Err(e) = refreshed {
                                 tracing::warn!("cannot refresh the node's GPU figures: {e}");
                             }
                         }
@@ -235,24 +307,50 @@ impl Engine {
                 if node.state == NodeState::Lost {
                     return Err(Error::NodeLost(pin.to_string()));
                 }
+                if node.node.cordoned {
+                    return Err(Error::NodeCordoned(pin.to_string()));
+                }
                 node
             }
-            None => nodes
-                .iter()
-                .filter(|n| n.state == NodeState::Ready && n.free_gpus >= wanted)
-                .min_by(|a, b| (a.free_gpus, &a.node.name).cmp(&(b.free_gpus, &b.node.name)))
-                .ok_or_else(|| Error::NotEnoughGpus {
-                    wanted,
-                    free: nodes
-                        .iter()
-                        .filter(|n| n.state == NodeState::Ready)
-                        .map(|n| n.free_gpus)
-                        .max()
-                        .unwrap_or(0),
-                    total: nodes.iter().map(|n| n.node.gpus.len()).sum(),
-                })?,
+            None => choose(&nodes, wanted, false, None)?,
         };
         Ok(self.location_of(&chosen.node))
+    }
+
+    /// The node a set of `gpus` GPUs leaving node `from` moves to: as placement picks (ready,
+    /// not cordoned, fewest free GPUs that fit), where a set that holds no GPUs now (stopped)
+    /// may go to a node whose GPUs are all held, if it has that many.
+    pub(crate) async fn place_away_from(
+        &self,
+        from: &str,
+        gpus: u32,
+        holds_gpus: bool,
+    ) -> Result<String> {
+        let nodes = self.nodes().await?;
+        let open = |n: &&NodeStatus| {
+            n.state == NodeState::Ready && !n.node.cordoned && n.node.name != from
+        };
+        if !nodes.iter().any(|n| open(&n)) {
+            return Err(Error::refused(
+                crate::error::Operation::Migrate,
+                format!(
+                    "no node but '{from}' is ready and uncordoned: there is nowhere to move to"
+                ),
+            ));
+        }
+        let chosen = choose(&nodes, gpus as usize, !holds_gpus, Some(from))?;
+        Ok(chosen.node.name.clone())
+    }
+
+    /// Where requests about node `name` itself (its drain) are served: here, or on that node
+    /// when it is ready; [`Error::NodeNotFound`] or [`Error::NodeLost`] else. On a single
+    /// host, here (the operation answers).
+    pub async fn locate_node(&self, name: &str) -> Result<Location> {
+        if self.ctx.node_name().is_empty() || name == self.ctx.node_name() {
+            return Ok(Location::Here);
+        }
+        let node = self.ready_node(name).await?;
+        Ok(self.location_of(&node))
     }
 
     /// Where replicaSet `name` is served: here, on its node, or nowhere now
@@ -336,5 +434,81 @@ impl Engine {
                 url: node.advertise.clone(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::GpuInventory;
+
+    async fn node(
+        name: &str,
+        state: NodeState,
+        gpus: u32,
+        free: usize,
+        cordoned: bool,
+    ) -> NodeStatus {
+        NodeStatus {
+            node: NodeRecord {
+                name: name.into(),
+                advertise: format!("http://{name}:2378"),
+                gpus: crate::gpu::StaticInventory::fake_on(name, gpus)
+                    .gpus()
+                    .await
+                    .unwrap(),
+                port_range: "40000-40100".parse().unwrap(),
+                docker: "Docker".into(),
+                joined_at: String::new(),
+                cordoned,
+                drain: None,
+            },
+            state,
+            free_gpus: free,
+            sets: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn placement_passes_cordoned_and_lost_nodes_by() {
+        let nodes = [
+            node("a", NodeState::Ready, 4, 1, true),
+            node("b", NodeState::Lost, 4, 1, false),
+            node("c", NodeState::Ready, 4, 3, false),
+            node("d", NodeState::Ready, 4, 2, false),
+        ];
+        let nodes = futures_util::future::join_all(nodes).await;
+        // a and b have the fewest free, but one is cordoned and one lost: d packs.
+        assert_eq!(choose(&nodes, 1, false, None).unwrap().node.name, "d");
+        assert_eq!(choose(&nodes, 3, false, None).unwrap().node.name, "c");
+        // Leaving d (a drain of d), c.
+        assert_eq!(choose(&nodes, 1, false, Some("d")).unwrap().node.name, "c");
+        // Nobody has 4 free: refused with what the open nodes have.
+        match choose(&nodes, 4, false, None) {
+            Err(Error::NotEnoughGpus {
+                wanted,
+                free,
+                total,
+            }) => {
+                assert_eq!((wanted, free, total), (4, 3, 8))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_set_leaving_a_node_may_go_where_every_gpu_is_held() {
+        let nodes = [
+            node("a", NodeState::Ready, 2, 2, false),
+            node("b", NodeState::Ready, 2, 0, false),
+            node("c", NodeState::Ready, 1, 0, false),
+        ];
+        let nodes = futures_util::future::join_all(nodes).await;
+        // Free GPUs first, wherever they are.
+        assert_eq!(choose(&nodes, 2, true, None).unwrap().node.name, "a");
+        // None free but on a node with that many: it holds none until it continues.
+        assert_eq!(choose(&nodes, 2, true, Some("a")).unwrap().node.name, "b");
+        assert!(choose(&nodes, 2, false, Some("a")).is_err());
+        assert!(choose(&nodes, 3, true, None).is_err());
     }
 }

@@ -99,6 +99,7 @@ impl Engine {
             .config
             .resources
             .grant(gpu_count as u32, &resources)?;
+        self.refuse_if_cordoned().await?;
         let _guard = self.ctx.lock_set(&name).await;
         self.ctx.settle(&name).await?;
         if self

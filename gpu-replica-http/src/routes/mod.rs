@@ -2,6 +2,7 @@
 
 pub mod events;
 pub mod instance;
+pub mod nodes;
 pub mod replicaset;
 pub mod resources;
 pub mod screen;

@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+mod nodes;
 pub mod paths;
 mod proxy;
 mod screen;
 mod users;
 
+pub use self::nodes::*;
 pub use self::proxy::*;
 pub use self::screen::*;
 pub use self::users::*;

@@ -75,6 +75,12 @@ pub const SERVICES: &str = "/api/v1/replicaSet/{name}/services";
 pub const WHOAMI: &str = "/api/v1/whoami";
 /// `GET` the cluster's nodes.
 pub const NODES: &str = "/api/v1/nodes";
+/// `PATCH` cordon a node.
+pub const NODE_CORDON: &str = "/api/v1/nodes/{name}/cordon";
+/// `PATCH` uncordon a node (cancels its drain).
+pub const NODE_UNCORDON: &str = "/api/v1/nodes/{name}/uncordon";
+/// `POST` start draining a node (served by that node), `GET` its drain, `DELETE` cancel it.
+pub const NODE_DRAIN: &str = "/api/v1/nodes/{name}/drain";
 /// `GET` GPU-time.
 pub const USAGE: &str = "/api/v1/usage";
 
@@ -117,6 +123,9 @@ pub const ALL: &[&str] = &[
     USER_KEY,
     WHOAMI,
     NODES,
+    NODE_CORDON,
+    NODE_UNCORDON,
+    NODE_DRAIN,
     USAGE,
 ];
 

@@ -365,6 +365,12 @@ pub struct NodeView {
     pub docker: String,
     /// When it last joined.
     pub joined_at: String,
+    /// Cordoned: it takes no new sets.
+    #[serde(default)]
+    pub cordoned: bool,
+    /// Its last drain's state (`running`, `finished`, `cancelled`), if it was drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<String>,
 }
 
 impl From<&gpu_replica_core::cluster::NodeStatus> for NodeView {
@@ -382,6 +388,12 @@ impl From<&gpu_replica_core::cluster::NodeStatus> for NodeView {
             port_range: status.node.port_range.to_string(),
             docker: status.node.docker.clone(),
             joined_at: status.node.joined_at.clone(),
+            cordoned: status.node.cordoned,
+            drain: status
+                .node
+                .drain
+                .as_ref()
+                .map(|d| super::nodes::drain_state_word(d.state).to_string()),
         }
     }
 }

@@ -26,6 +26,7 @@ mod metrics;
 mod openapi;
 mod pipe;
 pub mod proxy;
+mod replies;
 mod routes;
 pub mod serve;
 pub mod tls;
@@ -179,6 +180,8 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
                 .delete(routes::nodes::cancel_drain),
         )
         .route(p::USAGE, get(users::usage));
+    // The hot reads' answers, kept while the store is unchanged (see `replies`).
+    let api = api.layer(axum::Extension(Arc::new(replies::Replies::default())));
     let scraped = http_metrics.clone();
     let guarded = api
         .route("/openapi.json", get(openapi::document))

@@ -1,14 +1,19 @@
 //! `/api/v1/replicaSet…`
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query};
+use axum::response::Response;
+use axum::Extension;
 use gpu_replica_core::{BindSwap, Error, Migration, PatchRequest, ReplicaSetInfo, RunRequest};
 
 use super::Reply;
 use crate::auth::Acting;
-use crate::envelope::{ok, Body};
+use crate::envelope::{ok, ApiError, Body};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply, NoData};
+use crate::replies::{answer, Replies};
 use crate::wire::{
     CommitBody, CommitReply, ContainerNameReply, ExecuteBody, ExecuteReply, HistoryItem,
     HistoryReply, InfoReply, MigrateBody, MigrateReply, OwnerQuery, PatchBody, ReplicaSetItem,
@@ -63,15 +68,20 @@ pub async fn run(Acting(engine): Acting, Body(body): Body<RunBody>) -> Reply<Run
     responses((status = 200, body = Envelope<ReplicaSetList>)))]
 pub async fn list(
     Acting(engine): Acting,
+    Extension(replies): Extension<Arc<Replies>>,
     query: Result<Query<OwnerQuery>, QueryRejection>,
-) -> Reply<ReplicaSetList> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let all = engine
-        .list_where(query.owner.as_deref(), query.node.as_deref())
-        .await?;
-    Ok(ok(ReplicaSetList {
-        replica_sets: all.iter().map(ReplicaSetItem::from).collect(),
-    }))
+    let request = format!("list\u{0}{:?}\u{0}{:?}", query.owner, query.node);
+    answer(&replies, &engine, &request, async {
+        let all = engine
+            .list_where(query.owner.as_deref(), query.node.as_deref())
+            .await?;
+        Ok(ReplicaSetList {
+            replica_sets: all.iter().map(ReplicaSetItem::from).collect(),
+        })
+    })
+    .await
 }
 
 /// New version with another GPU count, one bind swapped, other resources and/or another
@@ -225,15 +235,23 @@ pub async fn commit(
 #[utoipa::path(get, path = "/api/v1/replicaSet/{name}", tag = "replicaSet",
     params(("name" = String, Path, description = "ReplicaSet name")),
     responses((status = 200, body = Envelope<InfoReply>), (status = "4XX", body = ErrorReply, description = "1016")))]
-pub async fn info(Acting(engine): Acting, Path(name): Path<String>) -> Reply<InfoReply> {
-    let info = engine.info(&name).await?;
-    Ok(ok(InfoReply {
-        info: VersionView::new(&engine, &info.replica_set.owner, &name, &info.version),
-        status: status_word(info.replica_set.status),
-        timers: (&info.replica_set.timers).into(),
-        owner: info.replica_set.owner.clone(),
-        rootfs: info.rootfs.as_ref().map(RootfsUsageView::from),
-    }))
+pub async fn info(
+    Acting(engine): Acting,
+    Extension(replies): Extension<Arc<Replies>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let request = format!("info\u{0}{name}");
+    answer(&replies, &engine, &request, async {
+        let info = engine.info(&name).await?;
+        Ok(InfoReply {
+            info: VersionView::new(&engine, &info.replica_set.owner, &name, &info.version),
+            status: status_word(info.replica_set.status),
+            timers: (&info.replica_set.timers).into(),
+            owner: info.replica_set.owner.clone(),
+            rootfs: info.rootfs.as_ref().map(RootfsUsageView::from),
+        })
+    })
+    .await
 }
 
 /// Every version, newest first.

@@ -4,10 +4,15 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
 use axum::response::{IntoResponse, Response};
 
+use std::sync::Arc;
+
+use axum::Extension;
+
 use crate::auth::Acting;
 use crate::envelope::{ok, ApiError};
 #[allow(unused_imports)]
 use crate::envelope::{Envelope, ErrorReply};
+use crate::replies::{answer, Replies};
 use crate::wire::{
     DetailQuery, GpuAnswer, GpuDetail, GpuDetails, GpuMap, IsolationView, NodeList, NodeQuery,
     NodeView, PortsReply, RecoveryView, StatusReply, ToolkitView,
@@ -19,19 +24,25 @@ use crate::wire::{
     responses((status = 200, body = Envelope<GpuAnswer>, description = "`{gpus: {uuid: 0|1}}`, or with `detail=true` `{gpus: [...]}`"), (status = 400, body = ErrorReply, description = "1000: detail is not true or false"), (status = "5XX", body = ErrorReply, description = "1038")))]
 pub async fn gpus(
     Acting(engine): Acting,
+    Extension(replies): Extension<Arc<Replies>>,
     query: Result<Query<DetailQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let status = engine.gpu_status().await?;
     if query.detail {
+        // Utilization is live: never kept.
+        let status = engine.gpu_status().await?;
         let gpus = status.iter().map(GpuDetail::from).collect();
         return Ok(ok(GpuDetails { gpus }).into_response());
     }
-    let gpus = status
-        .iter()
-        .map(|s| (s.gpu.uuid.clone(), u8::from(s.holder.is_some())))
-        .collect();
-    Ok(ok(GpuMap { gpus }).into_response())
+    answer(&replies, &engine, "gpus", async {
+        let status = engine.gpu_status().await?;
+        let gpus = status
+            .iter()
+            .map(|s| (s.gpu.uuid.clone(), u8::from(s.holder.is_some())))
+            .collect();
+        Ok(GpuMap { gpus })
+    })
+    .await
 }
 
 /// Port usage of the configured range; in a cluster, of the node asked (or `?node=`), with

@@ -2,7 +2,9 @@
 # End-to-end figures on the real Docker engine, printed as one table (BENCHMARKS.md):
 # patch time by image size and change size next to Docker's own floor and to the original
 # gpu-docker-api's procedure; volume resize next to `cp -a`; API throughput and p99 next to a
-# bare axum handler; idle RSS and time to ready. Everything it creates is removed at the end.
+# bare axum handler; idle RSS and time to ready; then the reads' shares of bare axum, idle and
+# under patch loops, with an admin's and a user's token (scripts/bench-reads.sh). Everything it
+# creates is removed at the end.
 #
 #   scripts/bench.sh [ROUNDS]      (default 3; medians are printed)
 #
@@ -174,3 +176,8 @@ echo "|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(docker version --format 'Docker {{.Server.Version}}'), storage driver $(docker info --format '{{.Driver}}'); rounds: $rounds"
+
+# --- reads on the request path: every read's share of bare axum, idle and under patches --------
+echo
+kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""
+scripts/bench-reads.sh "$bin"

@@ -570,7 +570,7 @@ mod tests {
             Ok(Location::Node { name, .. }) if name == "n2"
         ));
         // A run that reaches it anyway is refused before Docker is asked anything.
-        let run = crate::RunRequest {
+        let run = crate::ops::run::RunRequest {
             name: "s".into(),
             image: "img".into(),
             ..Default::default()

@@ -816,7 +816,7 @@ impl ContainerRuntime for DockerRuntime {
                     time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
                         .ok()
                 })
-                .map_or(0, |t| t.unix_timestamp()),
+                .map_or(0, |t| (t.unix_timestamp_nanos() / 1000) as i64),
         }))
     }
 
@@ -851,7 +851,7 @@ impl ContainerRuntime for DockerRuntime {
                     env: Vec::new(),
                     limits: Limits::default(),
                     init: false,
-                    created: c.created.unwrap_or(0),
+                    created: c.created.unwrap_or(0).saturating_mul(1_000_000),
                 }
             })
             .collect())

@@ -240,7 +240,8 @@ pub struct ContainerState {
     pub limits: Limits,
     /// Whether it runs an init process (false in listings).
     pub init: bool,
-    /// When it was created, seconds since the epoch (0 when unknown).
+    /// When it was created, microseconds since the epoch (0 when unknown; to the second in
+    /// listings, exact from an inspect).
     pub created: i64,
 }
 

@@ -314,7 +314,7 @@ impl Context {
         };
         // Version numbers the records never handed out, by set: raised past, below.
         let mut beyond: HashMap<String, u32> = HashMap::new();
-        // When the store last recorded something (its newest event), read once if needed.
+        // When the store last recorded something (its newest event, µs), read once if needed.
         let mut newest_event: Option<i64> = None;
         for container in self
             .shared
@@ -350,9 +350,16 @@ impl Context {
                 // Made after the newest thing the store recorded: the store went back in time
                 // (a restore); made before, the records saw it and let it go (a leftover).
                 if newest_event.is_none() {
-                    newest_event = Some(self.newest_event_secs().await?);
+                    newest_event = Some(self.newest_event_micros().await?);
                 }
-                if container.created > newest_event.unwrap_or(0) {
+                // To the microsecond (a listing says only the second).
+                let created = self
+                    .shared
+                    .runtime
+                    .inspect_container(&container.name)
+                    .await?
+                    .map_or(container.created, |c| c.created);
+                if created > newest_event.unwrap_or(0) {
                     self.mark_unknown(&container.name, &set, version).await?;
                     true
                 } else {
@@ -539,14 +546,14 @@ impl Context {
         Ok(())
     }
 
-    /// When the store recorded its newest event, seconds since the epoch (0 without any):
-    /// an event's number is the microsecond it happened.
-    async fn newest_event_secs(&self) -> Result<i64> {
+    /// When the store recorded its newest event, microseconds since the epoch (0 without
+    /// any): an event's number is the microsecond it happened.
+    async fn newest_event_micros(&self) -> Result<i64> {
         let events = self.shared.store.list(keys::EVENTS).await?;
         Ok(events
             .last()
-            .and_then(|e| e.key[keys::EVENTS.len()..].parse::<u64>().ok())
-            .map_or(0, |micros| (micros / 1_000_000) as i64))
+            .and_then(|e| e.key[keys::EVENTS.len()..].parse::<i64>().ok())
+            .unwrap_or(0))
     }
 
     /// Makes `set`'s next version number come after `version`, a number its records never

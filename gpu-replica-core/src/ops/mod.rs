@@ -26,6 +26,8 @@ pub(crate) mod volume;
 
 use std::sync::Arc;
 
+use crate::engine::events::Event;
+use crate::engine::Clock;
 use crate::engine::{Caller, Context, EngineConfig, Recovery};
 use crate::error::Result;
 use crate::gpu::GpuInventory;
@@ -33,7 +35,6 @@ use crate::model::Version;
 use crate::runtime::{ContainerRuntime, ContainerSpec};
 use crate::store::StateStore;
 use crate::supervise::reconcile::Reconciled;
-use crate::{Clock, Event};
 
 /// Manages versioned GPU containers and volumes, acting for one [`Caller`].
 ///

@@ -181,7 +181,7 @@ mod tests {
     async fn a_port_given_twice_is_published_once() {
         let mut runtime = crate::runtime::MockContainerRuntime::new();
         runtime.expect_inspect_image().returning(|_| Ok(None));
-        let engine = crate::Engine::new(
+        let engine = crate::ops::Engine::new(
             std::sync::Arc::new(runtime),
             std::sync::Arc::new(crate::store::MemoryStore::new()),
             std::sync::Arc::new(crate::gpu::StaticInventory::fake(0)),

@@ -167,7 +167,7 @@ mod tests {
     /// Found by fuzzing: a period before 1970, or at the end of time, is an answer, not a panic.
     #[tokio::test]
     async fn any_period_is_answered() {
-        let engine = crate::Engine::new(
+        let engine = crate::ops::Engine::new(
             std::sync::Arc::new(MockContainerRuntime::new()),
             std::sync::Arc::new(MemoryStore::new()),
             std::sync::Arc::new(StaticInventory::fake(0)),

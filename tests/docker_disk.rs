@@ -97,16 +97,12 @@ async fn a_patch_without_room_on_dockers_disk_is_refused_before_anything_stops()
         free_bytes(&fs.mountpoint) >> 20
     );
 
-    let err = engine
-        .patch(
-            &name,
-            PatchRequest {
-                gpu_count: Some(2),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+    // The patch tried twice: to two GPUs.
+    let two_gpus = PatchRequest {
+        gpu_count: Some(2),
+        ..Default::default()
+    };
+    let err = engine.patch(&name, two_gpus.clone()).await.unwrap_err();
     assert!(matches!(err, Error::DockerDiskFull(_)), "{err}");
     assert_eq!(err.code(), 1063);
     let said = err.to_string();
@@ -127,16 +123,7 @@ async fn a_patch_without_room_on_dockers_disk_is_refused_before_anything_stops()
     while free_bytes(&fs.mountpoint) < 150 << 20 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let info = engine
-        .patch(
-            &name,
-            PatchRequest {
-                gpu_count: Some(2),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let info = engine.patch(&name, two_gpus).await.unwrap();
     assert_eq!((info.version.version, info.version.gpus.len()), (2, 2));
     assert_eq!(sh(&engine, &name, "cat /root/keep").await.0, "mine\n");
     engine.delete(&name).await.unwrap();

@@ -89,57 +89,30 @@ async fn restore(args: RestoreArgs) -> Result<String, String> {
         Some(path) => Some(std::path::PathBuf::from(path)),
         None => Some(args.state.data_dir.join("state.redb")),
     };
-    let mut kept = None;
-    if let Some(path) = redb.as_ref().filter(|p| p.exists()) {
-        // The file is locked while a server has it open: the server must be stopped.
-        let store = gpu_replica_core::RedbStore::open(path).map_err(|e| {
-            if e.to_string().contains("already open") {
-                format!(
-                    "{} is open in a running server: stop the server first",
-                    path.display()
-                )
-            } else {
-                e.to_string()
+    let (done, into) = match redb {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
             }
-        })?;
-        let records = gpu_replica_core::store::StateStore::list(&store, "")
-            .await
-            .map_err(|e| e.to_string())?
-            .len();
-        drop(store);
-        if records > 0 {
-            if !args.replace {
-                return Err(format!(
-                    "{} already holds {records} records; restore into an empty data dir, or give --replace",
-                    path.display()
-                ));
-            }
-            let aside = path.with_file_name(format!(
-                "{}.before-restore-{}",
-                path.file_name().unwrap_or_default().to_string_lossy(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or_default()
-            ));
-            std::fs::rename(path, &aside)
-                .map_err(|e| format!("cannot move {} aside: {e}", path.display()))?;
-            kept = Some(aside);
+            let done = gpu_replica_core::backup::restore_file(&path, &backup, args.replace)
+                .await
+                .map_err(|e| e.to_string())?;
+            (done, format!("redb {}", path.display()))
         }
-    }
-    let store = serve::open_store(&args.state).await?;
-    let done = gpu_replica_core::backup::restore(store.as_ref(), &backup, args.replace)
-        .await
-        .map_err(|e| e.to_string())?;
+        None => {
+            let store = serve::open_store(&args.state).await?;
+            let done = gpu_replica_core::backup::restore(store.as_ref(), &backup, args.replace)
+                .await
+                .map_err(|e| e.to_string())?;
+            (done, store.describe())
+        }
+    };
     let mut text = format!(
         "restored {} records (schema {}, taken at {} from {}) into {}",
-        done.records,
-        done.header.schema,
-        done.header.created,
-        done.header.store,
-        store.describe()
+        done.records, done.header.schema, done.header.created, done.header.store, into
     );
-    if let Some(aside) = kept {
+    if let Some(aside) = &done.kept_aside {
         text.push_str(&format!(
             "; the store it replaced is kept as {}",
             aside.display()

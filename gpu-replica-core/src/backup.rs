@@ -101,10 +101,10 @@ fn kept(key: &str) -> bool {
     !key.starts_with(keys::NODES_ALIVE) && key != keys::RESTORED
 }
 
-/// Reads the store's schema version: `None` on an empty store, 0 on one written before stores
-/// carried a version.
-async fn schema_of(store: &dyn StateStore) -> Result<Option<u32>> {
-    if let Some(entry) = store.get(keys::SCHEMA).await? {
+/// The store's schema version, from its version record `entry`: `None` on an empty store, 0
+/// on one written before stores carried a version.
+async fn schema_of(store: &dyn StateStore, entry: Option<&Entry>) -> Result<Option<u32>> {
+    if let Some(entry) = entry {
         let text = String::from_utf8_lossy(&entry.value);
         return text
             .trim()
@@ -245,6 +245,8 @@ pub struct Restored {
     pub header: Header,
     /// Records written.
     pub records: usize,
+    /// Where the store file it replaced was kept ([`restore_file`] with `replace`).
+    pub kept_aside: Option<PathBuf>,
 }
 
 /// Writes `backup` into `store`, which must hold no records (a new redb file, an unused etcd
@@ -293,7 +295,43 @@ pub async fn restore(store: &dyn StateStore, backup: &Backup, replace: bool) -> 
     Ok(Restored {
         header: backup.header.clone(),
         records: backup.records.len(),
+        kept_aside: None,
     })
+}
+
+/// [`restore`] into the redb file at `path` (made when missing). With `replace`, a file that
+/// holds records is first moved aside (`NAME.before-restore-TIME`) rather than emptied, so the
+/// store it held is kept. A file a running server holds open is refused.
+pub async fn restore_file(path: &Path, backup: &Backup, replace: bool) -> Result<Restored> {
+    let open = || {
+        crate::store::RedbStore::open(path).map_err(|e| {
+            if e.to_string().contains("already open") {
+                Error::Store(format!(
+                    "{} is open in a running server: stop the server first",
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        })
+    };
+    let mut kept_aside = None;
+    if replace && path.exists() {
+        let held = open()?.list("").await?.len();
+        if held > 0 {
+            let aside = path.with_file_name(format!(
+                "{}.before-restore-{}",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                unix_now()
+            ));
+            std::fs::rename(path, &aside)
+                .map_err(|e| Error::Store(format!("cannot move {} aside: {e}", path.display())))?;
+            kept_aside = Some(aside);
+        }
+    }
+    let mut done = restore(&open()?, backup, false).await?;
+    done.kept_aside = kept_aside;
+    Ok(done)
 }
 
 /// What [`upgrade`] found and did.
@@ -318,8 +356,8 @@ pub enum Upgrade {
 /// others find it done); a newer one is refused with the version it needs.
 pub async fn upgrade(store: &dyn StateStore, backup_dir: Option<&Path>) -> Result<Upgrade> {
     loop {
-        let found = schema_of(store).await?;
         let entry = store.get(keys::SCHEMA).await?;
+        let found = schema_of(store, entry.as_ref()).await?;
         let stamp = |txn: Txn| match &entry {
             Some(e) => txn.unchanged(keys::SCHEMA, e.revision),
             None => txn.absent(keys::SCHEMA),

@@ -24,19 +24,7 @@ fn api(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, 
 }
 
 fn sh(server: &Server, set: &str, script: &str) -> (String, i64) {
-    let (_, out) = api(
-        server,
-        "POST",
-        &format!("/api/v1/replicaSet/{set}/execute"),
-        Some(json!({"cmd": ["sh", "-c", script]})),
-    );
-    (
-        out["data"]["stdout"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        out["data"]["exitCode"].as_i64().unwrap_or(-1),
-    )
+    common::sh_in(server, Some(ADMIN), set, script)
 }
 
 fn run(server: &Server, set: &str) {

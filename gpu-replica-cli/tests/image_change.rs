@@ -14,18 +14,7 @@ use gpu_replica_core::testkit::{self, TEST_IMAGE};
 use serde_json::{json, Value};
 
 fn sh(server: &Server, set: &str, script: &str) -> (String, i64) {
-    let (_, out) = server.call(
-        "POST",
-        &format!("/api/v1/replicaSet/{set}/execute"),
-        Some(json!({"cmd": ["sh", "-c", script]})),
-    );
-    (
-        out["data"]["stdout"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        out["data"]["exitCode"].as_i64().unwrap_or(-1),
-    )
+    common::sh_in(server, None, set, script)
 }
 
 fn item(server: &Server, set: &str) -> Value {

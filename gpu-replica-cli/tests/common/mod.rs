@@ -444,3 +444,19 @@ pub fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `sh -c script` in set `set` through the API's execute, with `token` (none: as the server
+/// allows without one): its standard output and exit code (-1 when the call failed).
+pub fn sh_in(server: &Server, token: Option<&str>, set: &str, script: &str) -> (String, i64) {
+    let body = serde_json::json!({"cmd": ["sh", "-c", script]}).to_string();
+    let path = format!("/api/v1/replicaSet/{set}/execute");
+    let (_, _, text) = http_as(&server.addr, token, "POST", &path, Some(&body));
+    let out: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    (
+        out["data"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        out["data"]["exitCode"].as_i64().unwrap_or(-1),
+    )
+}

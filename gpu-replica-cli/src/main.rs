@@ -4,6 +4,7 @@
 //! and the client subcommands turn arguments into HTTP requests and answers into tables.
 
 mod commands;
+mod log_writer;
 mod nodes;
 mod serve;
 mod table;

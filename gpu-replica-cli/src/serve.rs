@@ -479,19 +479,15 @@ fn parse_addr(text: &str) -> Result<Addr, String> {
 }
 
 /// Logs to stdout: text (coloured only on a terminal and without NO_COLOR) or JSON lines.
-/// Lines are written by a thread of their own (a request only formats its line); the guard
-/// flushes what is left when it is dropped, at exit.
-fn init_logging(args: &ServeArgs) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
+/// Lines are written by a thread of their own, many at a time (see [`crate::log_writer`]); the
+/// guard writes what is left when it is dropped, at exit.
+fn init_logging(args: &ServeArgs) -> Result<crate::log_writer::Guard, String> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| format!("--log-level: {e}"))?;
     let colour = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    // Not lossy: past 128,000 waiting lines a writer waits rather than drop an error's line.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("gpu-replica-log")
-        .finish(std::io::stdout());
+    let (writer, guard) = crate::log_writer::batch_writer(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

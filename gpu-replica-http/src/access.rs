@@ -4,11 +4,15 @@
 //! writer's business (`gpu-replica serve` hands lines to a thread of their own, so a slow
 //! terminal or journal never holds a request).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::{Method, Uri};
 use axum::response::Response;
+use tower::{Layer, Service};
 
 /// Which requests the access log writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,22 +39,96 @@ impl std::str::FromStr for AccessLog {
     }
 }
 
-/// Writes the request's line once it is answered.
-pub(crate) async fn log(State(mode): State<AccessLog>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    let status = response.status();
-    if mode == AccessLog::All || status.is_client_error() || status.is_server_error() {
-        tracing::info!(
-            target: "gpu_replica::access",
-            %method,
-            path,
-            status = status.as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-            "request"
-        );
+/// Writes each request's line once it is answered (a layer of its own, not a `from_fn`: a
+/// request pays for no boxed service or future here).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AccessLayer(pub AccessLog);
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Logged<S>;
+
+    fn layer(&self, inner: S) -> Logged<S> {
+        Logged {
+            inner,
+            mode: self.0,
+        }
     }
-    response
+}
+
+/// The service [`AccessLayer`] makes.
+#[derive(Clone, Debug)]
+pub(crate) struct Logged<S> {
+    inner: S,
+    mode: AccessLog,
+}
+
+impl<S> Service<Request> for Logged<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = LoggedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The URI shares the request's bytes: copying it copies no path.
+        let line = (self.mode != AccessLog::Off).then(|| Line {
+            started: Instant::now(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        });
+        LoggedFuture {
+            inner: self.inner.call(request),
+            mode: self.mode,
+            line,
+        }
+    }
+}
+
+/// What a request's line says besides its answer.
+struct Line {
+    started: Instant,
+    method: Method,
+    uri: Uri,
+}
+
+pin_project_lite::pin_project! {
+    /// The answer, and its line written when it comes.
+    pub(crate) struct LoggedFuture<F> {
+        #[pin]
+        inner: F,
+        mode: AccessLog,
+        line: Option<Line>,
+    }
+}
+
+impl<F, E> Future for LoggedFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(line)) = (&answer, this.line.take()) {
+            let status = response.status();
+            if *this.mode == AccessLog::All || status.is_client_error() || status.is_server_error()
+            {
+                tracing::info!(
+                    target: "gpu_replica::access",
+                    method = %line.method,
+                    path = line.uri.path(),
+                    status = status.as_u16(),
+                    micros = line.started.elapsed().as_micros() as u64,
+                    "request"
+                );
+            }
+        }
+        Poll::Ready(answer)
+    }
 }

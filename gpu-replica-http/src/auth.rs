@@ -1,4 +1,4 @@
-//! Who is asking: every route but `/ping` goes through [`authenticate`], which turns the
+//! Who is asking: every route but `/ping` goes through [`AuthLayer`], which turns the
 //! bearer token into a [`Caller`] (the server's own token is the built-in admin, a user's
 //! token is that user) and hands handlers an engine acting for them ([`Acting`]).
 //!
@@ -6,14 +6,21 @@
 //! admin, as a single-user server always did. Failed authentications are limited per client
 //! address: past a short burst, that address gets 429 until its allowance refills.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
+use axum::routing::Route;
+use tower::{Layer, Service, ServiceExt};
 use gpu_replica_core::{Caller, Engine, Error};
 
 use crate::envelope::ApiError;
@@ -107,61 +114,189 @@ fn unhex(hex: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
-/// Finds who is asking and lets the request through acting for them, or answers 401 (429
-/// when the address failed too often).
-pub async fn authenticate(
-    State(auth): State<Arc<Auth>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let given = request
-        .headers()
+/// The token a request carries: its bearer token, or a browser's WebSocket subprotocol.
+fn given_token(headers: &axum::http::HeaderMap) -> Option<Cow<'_, str>> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string())
-        .or_else(|| websocket_token(request.headers()));
-    let caller = match given {
-        Some(_) | None if !auth.limiter.allows(address) => Err(Error::TooManyAttempts),
-        Some(token) if auth.token.as_ref().is_some_and(|t| t.matches(&token)) => {
-            Ok(Caller::operator())
+        .map(|v| Cow::Borrowed(v.strip_prefix("Bearer ").unwrap_or("").trim()))
+        .or_else(|| websocket_token(headers).map(Cow::Owned))
+}
+
+/// What [`Auth`] can say of a request without waiting.
+enum Decision {
+    /// It acts for this caller.
+    Pass(Caller),
+    /// It is refused with this error.
+    Refuse(Error),
+    /// The users must be read first (the copy in memory is not known to be true): the token
+    /// given, if any.
+    Ask(Option<String>),
+}
+
+impl Auth {
+    /// Who `request` acts for, from what is in memory.
+    fn decide_now(&self, request: &Request, address: Option<IpAddr>) -> Decision {
+        if !self.limiter.allows(address) {
+            return Decision::Refuse(Error::TooManyAttempts);
         }
-        // Read-only by where it is accepted: the scrape, nowhere else.
-        Some(token)
-            if request.uri().path() == "/metrics"
-                && auth
-                    .metrics_token
-                    .as_ref()
-                    .is_some_and(|t| t.matches(&token)) =>
-        {
-            Ok(Caller::operator())
+        let found = match given_token(request.headers()) {
+            Some(token) if self.token.as_ref().is_some_and(|t| t.matches(&token)) => {
+                Ok(Caller::operator())
+            }
+            // Read-only by where it is accepted: the scrape, nowhere else.
+            Some(token)
+                if request.uri().path() == "/metrics"
+                    && self
+                        .metrics_token
+                        .as_ref()
+                        .is_some_and(|t| t.matches(&token)) =>
+            {
+                Ok(Caller::operator())
+            }
+            Some(token) => match self.engine.authenticate_now(&token) {
+                Some(found) => found,
+                None => return Decision::Ask(Some(token.into_owned())),
+            },
+            None if self.token.is_some() => Err(Error::Unauthorized),
+            None => match self.engine.has_users_now() {
+                Some(false) => Ok(Caller::operator()),
+                Some(true) => Err(Error::Unauthorized),
+                None => return Decision::Ask(None),
+            },
+        };
+        match found {
+            Ok(caller) => Decision::Pass(caller),
+            Err(e) => Decision::Refuse(e),
         }
-        Some(token) => auth.engine.authenticate(&token).await,
-        None if auth.token.is_some() => Err(Error::Unauthorized),
-        None => match auth.engine.has_users().await {
-            Ok(false) => Ok(Caller::operator()),
-            Ok(true) => Err(Error::Unauthorized),
-            Err(e) => Err(e),
-        },
-    };
-    match caller {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.run(request).await
+    }
+
+    /// Who a request that gave `token` acts for, reading the users when they must be read.
+    async fn decide_later(&self, token: Option<String>) -> Result<Caller, Error> {
+        match token {
+            Some(token) => self.engine.authenticate(&token).await,
+            None => match self.engine.has_users().await {
+                Ok(false) => Ok(Caller::operator()),
+                Ok(true) => Err(Error::Unauthorized),
+                Err(e) => Err(e),
+            },
         }
-        Err(Error::Unauthorized) => {
-            auth.limiter.failed(address);
-            unauthorized(Error::Unauthorized)
+    }
+
+    /// The answer to a request refused with `error` (a failed authentication is counted
+    /// against `address`).
+    fn refusal(&self, error: Error, address: Option<IpAddr>) -> Response {
+        match error {
+            Error::Unauthorized => {
+                self.limiter.failed(address);
+                unauthorized(Error::Unauthorized)
+            }
+            Error::TooManyAttempts => unauthorized(Error::TooManyAttempts),
+            other => ApiError::new(other).into_response(),
         }
-        Err(Error::TooManyAttempts) => unauthorized(Error::TooManyAttempts),
-        Err(other) => ApiError::new(other).into_response(),
     }
 }
 
-/// The engine acting for whoever [`authenticate`] found (the admin where no authentication
+/// Finds who is asking and lets the request through acting for them, or answers 401 (429
+/// when the address failed too often). Most requests are decided from memory and passed in
+/// without a boxed future or a copy of the route; a request that must wait for the users to
+/// be read takes the slower way.
+#[derive(Clone)]
+pub struct AuthLayer(pub Arc<Auth>);
+
+impl Layer<Route> for AuthLayer {
+    type Service = Authenticated;
+
+    fn layer(&self, inner: Route) -> Authenticated {
+        Authenticated {
+            inner,
+            auth: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Clone)]
+pub struct Authenticated {
+    inner: Route,
+    auth: Arc<Auth>,
+}
+
+impl Service<Request> for Authenticated {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Passed<RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let address = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        match self.auth.decide_now(&request, address) {
+            Decision::Pass(caller) => {
+                request.extensions_mut().insert(caller);
+                Passed::Inner {
+                    inner: self.inner.call(request),
+                }
+            }
+            Decision::Refuse(error) => Passed::Answered {
+                answer: Some(self.auth.refusal(error, address)),
+            },
+            Decision::Ask(token) => {
+                let auth = self.auth.clone();
+                let inner = self.inner.clone();
+                Passed::Later {
+                    later: Box::pin(async move {
+                        match auth.decide_later(token).await {
+                            Ok(caller) => {
+                                request.extensions_mut().insert(caller);
+                                inner.oneshot(request).await
+                            }
+                            Err(error) => Ok(auth.refusal(error, address)),
+                        }
+                    }),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a layer that most often passes the request in: the inner route's, one
+    /// the layer gave itself, or one it finds the slower way.
+    #[project = PassedProjection]
+    pub enum Passed<F> {
+        /// Passed in.
+        Inner { #[pin] inner: F },
+        /// Answered by the layer.
+        Answered { answer: Option<Response> },
+        /// Decided after waiting (users read, a node asked).
+        Later { later: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> },
+    }
+}
+
+impl<F> Future for Passed<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            PassedProjection::Inner { inner } => inner.poll(cx),
+            PassedProjection::Answered { answer } => {
+                Poll::Ready(Ok(answer.take().expect("an answer is given once")))
+            }
+            PassedProjection::Later { later } => later.as_mut().poll(cx),
+        }
+    }
+}
+
+/// The engine acting for whoever [`AuthLayer`] found (the admin where no authentication
 /// ran).
 pub struct Acting(pub Engine);
 

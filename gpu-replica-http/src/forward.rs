@@ -6,15 +6,20 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
+use std::convert::Infallible;
+use std::task::Poll;
+
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
+use axum::routing::Route;
 use gpu_replica_core::cluster::Location;
 use gpu_replica_core::{Caller, Engine, Error};
 use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tower::{Layer, Service, ServiceExt};
 
 use crate::envelope::ApiError;
 use crate::wire::paths;
@@ -177,15 +182,72 @@ impl Subject {
     }
 }
 
-/// Sends the request on when its set (or, for a run, its placement) is on another node.
-pub async fn forward_if_elsewhere(
-    State(forwarder): State<Arc<Forwarder>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if forwarder.engine.node_name().is_empty() || request.headers().contains_key(FORWARDED) {
-        return next.run(request).await;
+/// Sends a request on when its set (or, for a run, its placement) is on another node: a
+/// route layer (it decides from the matched route). On a single host, and for requests
+/// another node sent, it only passes the request in (no boxed future, no copy of the route).
+#[derive(Clone)]
+pub struct ForwardLayer(pub Arc<Forwarder>);
+
+impl Layer<Route> for ForwardLayer {
+    type Service = Forwarding;
+
+    fn layer(&self, inner: Route) -> Forwarding {
+        Forwarding {
+            inner,
+            forwarder: self.0.clone(),
+        }
     }
+}
+
+/// The service [`ForwardLayer`] makes.
+#[derive(Clone)]
+pub struct Forwarding {
+    inner: Route,
+    forwarder: Arc<Forwarder>,
+}
+
+impl Service<Request> for Forwarding {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = crate::auth::Passed<RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let here = self.forwarder.engine.node_name().is_empty()
+            || request.headers().contains_key(FORWARDED)
+            // A proxy link names the proxy of the node asked, which reaches sets on any node.
+            || request
+                .extensions()
+                .get::<MatchedPath>()
+                .is_some_and(|m| m.as_str() == crate::wire::paths::OPEN);
+        if here {
+            return crate::auth::Passed::Inner {
+                inner: self.inner.call(request),
+            };
+        }
+        let forwarder = self.forwarder.clone();
+        let inner = self.inner.clone();
+        crate::auth::Passed::Later {
+            later: Box::pin(async move {
+                Ok(forward_if_elsewhere(&forwarder, request, &inner).await)
+            }),
+        }
+    }
+}
+
+/// Runs `request` on this node's route.
+async fn serve_here(route: &Route, request: Request) -> Response {
+    match route.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Where a request about a set, a volume or a node is served, and there it is served.
+async fn forward_if_elsewhere(forwarder: &Forwarder, request: Request, next: &Route) -> Response {
     let caller = request
         .extensions()
         .get::<Caller>()
@@ -196,10 +258,6 @@ pub async fn forward_if_elsewhere(
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str());
-    // A proxy link names the proxy of the node asked, which reaches sets on any node.
-    if matched == Some(crate::wire::paths::OPEN) {
-        return next.run(request).await;
-    }
     // A terminal is a WebSocket held open: its upgrade is sent on, and the two upgraded
     // connections are joined.
     if matched
@@ -241,11 +299,7 @@ pub async fn forward_if_elsewhere(
     for attempt in 1..=attempts {
         let response = match subject.location(&engine).await {
             Ok(Location::Here) => {
-                next.clone()
-                    .run(Request::from_parts(
-                        parts.clone(),
-                        Body::from(bytes.clone()),
-                    ))
+                serve_here(next, Request::from_parts(parts.clone(), Body::from(bytes.clone())))
                     .await
             }
             Ok(Location::Node { name, url }) => {
@@ -352,7 +406,7 @@ async fn tunnel_if_elsewhere(
     client: &NodeClient,
     engine: &Engine,
     mut request: Request,
-    next: Next,
+    next: &Route,
 ) -> Response {
     let name = {
         let (mut parts, body) = request.into_parts();
@@ -367,11 +421,11 @@ async fn tunnel_if_elsewhere(
         name
     };
     let Some(name) = name else {
-        return next.run(request).await;
+        return serve_here(next, request).await;
     };
     let (node, url) = match engine.locate(&name).await {
         Ok(Location::Node { name, url }) => (name, url),
-        Ok(Location::Here) => return next.run(request).await,
+        Ok(Location::Here) => return serve_here(next, request).await,
         Err(e) => return ApiError::new(e).into_response(),
     };
     if let Err(e) = crate::routes::terminal::same_origin(request.headers()) {

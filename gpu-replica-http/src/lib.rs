@@ -29,6 +29,7 @@ pub mod proxy;
 mod replies;
 mod routes;
 pub mod serve;
+mod timeout;
 pub mod tls;
 mod ui;
 pub mod wire;
@@ -37,11 +38,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use gpu_replica_core::Engine;
-use tower_http::timeout::TimeoutLayer;
 
 pub use crate::access::AccessLog;
 pub use crate::envelope::{ApiError, Envelope};
@@ -193,10 +192,10 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed);
     // Inside authentication: a request is sent on as its caller.
     // After routing (a route layer), so that it decides from the matched route.
-    let guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
-        Arc::new(forward::Forwarder::new(engine.clone(), nodes)),
-        forward::forward_if_elsewhere,
-    ));
+    let guarded = guarded.route_layer(forward::ForwardLayer(Arc::new(forward::Forwarder::new(
+        engine.clone(),
+        nodes,
+    ))));
     let auth = auth::Auth {
         engine: engine.clone(),
         token: token.map(auth::Token::new),
@@ -204,36 +203,24 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         limiter: auth::FailureLimiter::default(),
     };
     let auth = Arc::new(auth);
-    let guarded = guarded.layer(axum::middleware::from_fn_with_state(
-        auth.clone(),
-        auth::authenticate,
-    ));
+    let guarded = guarded.layer(auth::AuthLayer(auth.clone()));
     let app = Router::new()
         .route(p::PING, get(routes::ping))
         .merge(ui::routes(auth))
         .merge(link::routes(engine.clone()))
         .merge(guarded)
-        .route_layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            metrics::track,
-        ))
+        .route_layer(metrics::TrackLayer(http_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // A bug of ours answers 500 in the envelope, never a dropped connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             envelope::panicked,
         ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(timeout::RequestTimeout(REQUEST_TIMEOUT))
         .with_state(engine);
     if access_log == AccessLog::Off {
         return app;
     }
-    app.layer(axum::middleware::from_fn_with_state(
-        access_log,
-        access::log,
-    ))
+    app.layer(access::AccessLayer(access_log))
 }
 
 #[cfg(test)]

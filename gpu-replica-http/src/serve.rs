@@ -28,7 +28,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -136,10 +136,11 @@ enum Phase {
     Busy(usize),
 }
 
-/// A connection's phase, shared by its stream, its service and its watchdog.
+/// A connection's phase, shared by its stream, its service and its watchdog. Changing it
+/// wakes no one: the watchdog looks again at its own pace (see [`Activity::expired`]), so a
+/// request costs three uncontended locks and no wake-up of its connection's task.
 struct Activity {
     phase: Mutex<Phase>,
-    changed: Notify,
 }
 
 impl Activity {
@@ -147,15 +148,12 @@ impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
             phase: Mutex::new(Phase::Head(Instant::now())),
-            changed: Notify::new(),
         })
     }
 
     fn update(&self, f: impl FnOnce(Phase) -> Phase) {
         let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
         *phase = f(*phase);
-        drop(phase);
-        self.changed.notify_one();
     }
 
     fn phase(&self) -> Phase {
@@ -163,13 +161,10 @@ impl Activity {
     }
 
     fn received(&self) {
-        let idle = matches!(self.phase(), Phase::Idle(_));
-        if idle {
-            self.update(|p| match p {
-                Phase::Idle(_) => Phase::Head(Instant::now()),
-                other => other,
-            });
-        }
+        self.update(|p| match p {
+            Phase::Idle(_) => Phase::Head(Instant::now()),
+            other => other,
+        });
     }
 
     fn request_started(&self) {
@@ -186,24 +181,23 @@ impl Activity {
         });
     }
 
-    /// Resolves when the phase has outlived its deadline; says which.
+    /// Resolves when the phase has outlived its deadline; says which. It looks at the phase
+    /// at least every quarter of the shorter deadline, so a deadline is kept within a quarter
+    /// of its length (a head that began while it slept toward an idle deadline, say).
     async fn expired(&self, options: &ServeOptions) -> &'static str {
+        let look_every = (options.header_timeout.min(options.idle_timeout) / 4)
+            .max(Duration::from_millis(10));
         loop {
-            let changed = self.changed.notified();
+            let now = Instant::now();
             let (deadline, what) = match self.phase() {
-                Phase::Idle(since) => (Some(since + options.idle_timeout), "idle"),
-                Phase::Head(since) => (Some(since + options.header_timeout), "request head"),
-                Phase::Busy(_) => (None, ""),
+                Phase::Idle(since) => (since + options.idle_timeout, "idle"),
+                Phase::Head(since) => (since + options.header_timeout, "request head"),
+                Phase::Busy(_) => (now + look_every, ""),
             };
-            match deadline {
-                Some(deadline) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => return what,
-                        _ = changed => {}
-                    }
-                }
-                None => changed.await,
+            if deadline <= now {
+                return what;
             }
+            tokio::time::sleep_until(deadline.min(now + look_every)).await;
         }
     }
 }
@@ -238,6 +232,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -247,10 +253,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     }
 }
 
-/// A request body that fails once its deadline passed.
+/// A request body that fails once its deadline passed. The timer is made the first time the
+/// body has to wait for bytes: a body that is there whole (or is empty) never makes one.
 struct DeadlineBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl hyper::body::Body for DeadlineBody {
@@ -264,7 +272,11 @@ impl hyper::body::Body for DeadlineBody {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if self.deadline.as_mut().poll(cx).is_ready() {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
         }
         Poll::Pending
@@ -416,11 +428,16 @@ async fn run_http<S>(
         } else {
             body_timeout
         };
-        let body = DeadlineBody {
-            inner: body,
-            deadline: Box::pin(tokio::time::sleep(deadline)),
+        let body = if hyper::body::Body::is_end_stream(&body) {
+            axum::body::Body::empty()
+        } else {
+            axum::body::Body::new(DeadlineBody {
+                inner: body,
+                deadline: Instant::now() + deadline,
+                timer: None,
+            })
         };
-        let request = hyper::Request::from_parts(parts, axum::body::Body::new(body));
+        let request = hyper::Request::from_parts(parts, body);
         let app = app.clone();
         async move {
             let response = app.oneshot(request).await?;

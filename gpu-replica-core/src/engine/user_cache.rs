@@ -76,6 +76,12 @@ impl Context {
         Ok(users)
     }
 
+    /// The copy, if it is true now; never reads the store.
+    pub(crate) fn users_if_fresh(&self) -> Option<Users> {
+        let only_writer = self.shared.store.generation().is_some();
+        self.shared.users.fresh(only_writer)
+    }
+
     /// Drops the copy: this process changed a user (call it once the change is written, or
     /// failed).
     pub(crate) fn forget_users(&self) {

@@ -1,4 +1,4 @@
-//! Who is asking: every route but `/ping` goes through [`AuthLayer`], which turns the
+//! Who is asking: every route but `/ping` goes through [`Auth`] (in [`crate::gate::Gate`]), which turns the
 //! bearer token into a [`Caller`] (the server's own token is the built-in admin, a user's
 //! token is that user) and hands handlers an engine acting for them ([`Acting`]).
 //!
@@ -7,20 +7,13 @@
 //! address: past a short burst, that address gets 429 until its allowance refills.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
-use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::future::RouteFuture;
-use axum::routing::Route;
-use tower::{Layer, Service, ServiceExt};
 use gpu_replica_core::{Caller, Engine, Error};
 
 use crate::envelope::ApiError;
@@ -124,7 +117,7 @@ fn given_token(headers: &axum::http::HeaderMap) -> Option<Cow<'_, str>> {
 }
 
 /// What [`Auth`] can say of a request without waiting.
-enum Decision {
+pub(crate) enum Decision {
     /// It acts for this caller.
     Pass(Caller),
     /// It is refused with this error.
@@ -136,7 +129,7 @@ enum Decision {
 
 impl Auth {
     /// Who `request` acts for, from what is in memory.
-    fn decide_now(&self, request: &Request, address: Option<IpAddr>) -> Decision {
+    pub(crate) fn decide_now(&self, request: &Request, address: Option<IpAddr>) -> Decision {
         if !self.limiter.allows(address) {
             return Decision::Refuse(Error::TooManyAttempts);
         }
@@ -172,7 +165,7 @@ impl Auth {
     }
 
     /// Who a request that gave `token` acts for, reading the users when they must be read.
-    async fn decide_later(&self, token: Option<String>) -> Result<Caller, Error> {
+    pub(crate) async fn decide_later(&self, token: Option<String>) -> Result<Caller, Error> {
         match token {
             Some(token) => self.engine.authenticate(&token).await,
             None => match self.engine.has_users().await {
@@ -185,7 +178,7 @@ impl Auth {
 
     /// The answer to a request refused with `error` (a failed authentication is counted
     /// against `address`).
-    fn refusal(&self, error: Error, address: Option<IpAddr>) -> Response {
+    pub(crate) fn refusal(&self, error: Error, address: Option<IpAddr>) -> Response {
         match error {
             Error::Unauthorized => {
                 self.limiter.failed(address);
@@ -197,106 +190,7 @@ impl Auth {
     }
 }
 
-/// Finds who is asking and lets the request through acting for them, or answers 401 (429
-/// when the address failed too often). Most requests are decided from memory and passed in
-/// without a boxed future or a copy of the route; a request that must wait for the users to
-/// be read takes the slower way.
-#[derive(Clone)]
-pub struct AuthLayer(pub Arc<Auth>);
-
-impl Layer<Route> for AuthLayer {
-    type Service = Authenticated;
-
-    fn layer(&self, inner: Route) -> Authenticated {
-        Authenticated {
-            inner,
-            auth: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`AuthLayer`] makes.
-#[derive(Clone)]
-pub struct Authenticated {
-    inner: Route,
-    auth: Arc<Auth>,
-}
-
-impl Service<Request> for Authenticated {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Passed<RouteFuture<Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<Request>::poll_ready(&mut self.inner, cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let address = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        match self.auth.decide_now(&request, address) {
-            Decision::Pass(caller) => {
-                request.extensions_mut().insert(caller);
-                Passed::Inner {
-                    inner: self.inner.call(request),
-                }
-            }
-            Decision::Refuse(error) => Passed::Answered {
-                answer: Some(self.auth.refusal(error, address)),
-            },
-            Decision::Ask(token) => {
-                let auth = self.auth.clone();
-                let inner = self.inner.clone();
-                Passed::Later {
-                    later: Box::pin(async move {
-                        match auth.decide_later(token).await {
-                            Ok(caller) => {
-                                request.extensions_mut().insert(caller);
-                                inner.oneshot(request).await
-                            }
-                            Err(error) => Ok(auth.refusal(error, address)),
-                        }
-                    }),
-                }
-            }
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The answer of a layer that most often passes the request in: the inner route's, one
-    /// the layer gave itself, or one it finds the slower way.
-    #[project = PassedProjection]
-    pub enum Passed<F> {
-        /// Passed in.
-        Inner { #[pin] inner: F },
-        /// Answered by the layer.
-        Answered { answer: Option<Response> },
-        /// Decided after waiting (users read, a node asked).
-        Later { later: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> },
-    }
-}
-
-impl<F> Future for Passed<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            PassedProjection::Inner { inner } => inner.poll(cx),
-            PassedProjection::Answered { answer } => {
-                Poll::Ready(Ok(answer.take().expect("an answer is given once")))
-            }
-            PassedProjection::Later { later } => later.as_mut().poll(cx),
-        }
-    }
-}
-
-/// The engine acting for whoever [`AuthLayer`] found (the admin where no authentication
+/// The engine acting for whoever [`crate::gate::Gate`] found (the admin where no authentication
 /// ran).
 pub struct Acting(pub Engine);
 

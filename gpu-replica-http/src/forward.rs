@@ -6,20 +6,16 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use std::convert::Infallible;
-use std::task::Poll;
-
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request};
 use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::future::RouteFuture;
 use axum::routing::Route;
 use gpu_replica_core::cluster::Location;
 use gpu_replica_core::{Caller, Engine, Error};
 use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower::{Layer, Service, ServiceExt};
+use tower::ServiceExt;
 
 use crate::envelope::ApiError;
 use crate::wire::paths;
@@ -182,72 +178,29 @@ impl Subject {
     }
 }
 
-/// Sends a request on when its set (or, for a run, its placement) is on another node: a
-/// route layer (it decides from the matched route). On a single host, and for requests
-/// another node sent, it only passes the request in (no boxed future, no copy of the route).
-#[derive(Clone)]
-pub struct ForwardLayer(pub Arc<Forwarder>);
-
-impl Layer<Route> for ForwardLayer {
-    type Service = Forwarding;
-
-    fn layer(&self, inner: Route) -> Forwarding {
-        Forwarding {
-            inner,
-            forwarder: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`ForwardLayer`] makes.
-#[derive(Clone)]
-pub struct Forwarding {
-    inner: Route,
-    forwarder: Arc<Forwarder>,
-}
-
-impl Service<Request> for Forwarding {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = crate::auth::Passed<RouteFuture<Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
-        Service::<Request>::poll_ready(&mut self.inner, cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let here = self.forwarder.engine.node_name().is_empty()
-            || request.headers().contains_key(FORWARDED)
-            // A proxy link names the proxy of the node asked, which reaches sets on any node.
-            || request
-                .extensions()
-                .get::<MatchedPath>()
-                .is_some_and(|m| m.as_str() == crate::wire::paths::OPEN);
-        if here {
-            return crate::auth::Passed::Inner {
-                inner: self.inner.call(request),
-            };
-        }
-        let forwarder = self.forwarder.clone();
-        let inner = self.inner.clone();
-        crate::auth::Passed::Later {
-            later: Box::pin(async move {
-                Ok(forward_if_elsewhere(&forwarder, request, &inner).await)
-            }),
-        }
-    }
+/// Whether `request` is served here whatever its subject: on a single host, a request another
+/// node sent, a proxy link (it names the proxy of the node asked, which reaches sets on any
+/// node).
+pub(crate) fn served_here(forwarder: &Forwarder, request: &Request) -> bool {
+    forwarder.engine.node_name().is_empty()
+        || request.headers().contains_key(FORWARDED)
+        || request
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|m| m.as_str() == crate::wire::paths::OPEN)
 }
 
 /// Runs `request` on this node's route.
-async fn serve_here(route: &Route, request: Request) -> Response {
+pub(crate) async fn serve_here(route: &Route, request: Request) -> Response {
     match route.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     }
 }
 
-/// Where a request about a set, a volume or a node is served, and there it is served.
-async fn forward_if_elsewhere(forwarder: &Forwarder, request: Request, next: &Route) -> Response {
+/// Where a request about a set, a volume or a node is served, and there it is served (a
+/// request [`served_here`] is not asked about).
+pub(crate) async fn forward_if_elsewhere(forwarder: &Forwarder, request: Request, next: &Route) -> Response {
     let caller = request
         .extensions()
         .get::<Caller>()

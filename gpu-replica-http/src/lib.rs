@@ -21,15 +21,16 @@ mod auth;
 pub mod client;
 mod envelope;
 pub mod forward;
+mod gate;
 pub mod link;
 mod metrics;
 mod openapi;
+mod outer;
 mod pipe;
 pub mod proxy;
 mod replies;
 mod routes;
 pub mod serve;
-mod timeout;
 pub mod tls;
 mod ui;
 pub mod wire;
@@ -179,9 +180,15 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
                 .delete(routes::nodes::cancel_drain),
         )
         .route(p::USAGE, get(users::usage));
-    // The hot reads' answers, kept while the store is unchanged (see `replies`).
-    let api = api.layer(axum::Extension(Arc::new(replies::Replies::default())));
     let scraped = http_metrics.clone();
+    let auth = Arc::new(auth::Auth {
+        engine: engine.clone(),
+        token: token.map(auth::Token::new),
+        metrics_token: metrics_token.map(auth::Token::new),
+        limiter: auth::FailureLimiter::default(),
+    });
+    // Once routed, one layer counts, authenticates and forwards (see `gate`); as `layer`,
+    // not `route_layer`, so that a request for no route needs a token too.
     let guarded = api
         .route("/openapi.json", get(openapi::document))
         .route(
@@ -189,38 +196,33 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
             get(move |acting: auth::Acting| metrics::scrape(acting, scraped)),
         )
         .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed);
-    // Inside authentication: a request is sent on as its caller.
-    // After routing (a route layer), so that it decides from the matched route.
-    let guarded = guarded.route_layer(forward::ForwardLayer(Arc::new(forward::Forwarder::new(
-        engine.clone(),
-        nodes,
-    ))));
-    let auth = auth::Auth {
-        engine: engine.clone(),
-        token: token.map(auth::Token::new),
-        metrics_token: metrics_token.map(auth::Token::new),
-        limiter: auth::FailureLimiter::default(),
-    };
-    let auth = Arc::new(auth);
-    let guarded = guarded.layer(auth::AuthLayer(auth.clone()));
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(gate::Gate::guarded(
+            http_metrics.clone(),
+            gate::Guard {
+                auth: auth.clone(),
+                forwarder: forward::Forwarder::new(engine.clone(), nodes),
+                // The hot reads' answers, kept while the store is unchanged.
+                replies: Arc::new(replies::Replies::default()),
+            },
+        ));
     let app = Router::new()
         .route(p::PING, get(routes::ping))
         .merge(ui::routes(auth))
         .merge(link::routes(engine.clone()))
+        .route_layer(gate::Gate::open(http_metrics))
         .merge(guarded)
-        .route_layer(metrics::TrackLayer(http_metrics))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // A bug of ours answers 500 in the envelope, never a dropped connection.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            envelope::panicked,
-        ))
-        .layer(timeout::RequestTimeout(REQUEST_TIMEOUT))
         .with_state(engine);
-    if access_log == AccessLog::Off {
-        return app;
-    }
-    app.layer(access::AccessLayer(access_log))
+    // What every request passes, around the router once: a layer given to the router itself
+    // would be stacked on each of its routes, and copied with it on every call.
+    let outer = tower::ServiceBuilder::new()
+        .layer(access::AccessLayer(access_log))
+        .layer(outer::RequestTimeout(REQUEST_TIMEOUT))
+        // A bug of ours answers 500 in the envelope, never a dropped connection.
+        .layer(outer::CatchPanic)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .service(app);
+    Router::new().fallback_service(outer)
 }
 
 #[cfg(test)]

@@ -4,16 +4,11 @@
 //! by route, method and status with their latency. For admins, or the read-only metrics token.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use tower::{Layer, Service};
 use gpu_replica_core::{Engine, Error};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -51,6 +46,7 @@ pub(crate) struct HttpMetrics {
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     /// Each route pattern's label (`{name}` as `:name`), made once.
     routes: RwLock<HashMap<String, Arc<str>>>,
+    unmatched: Arc<str>,
 }
 
 impl HttpMetrics {
@@ -60,11 +56,36 @@ impl HttpMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_buckets),
             routes: RwLock::default(),
+            unmatched: "unmatched".into(),
         }
     }
 
+    /// Counts a request of `route` and `method` answered `status` after `took`.
+    pub(crate) fn observe(&self, route: Arc<str>, method: &'static str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method,
+                status,
+                node: self.node.clone(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels {
+                route,
+                method,
+                node: self.node.clone(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The label of requests that matched no route.
+    pub(crate) fn unmatched(&self) -> Arc<str> {
+        self.unmatched.clone()
+    }
+
     /// The label of route pattern `pattern`.
-    fn route(&self, pattern: &str) -> Arc<str> {
+    pub(crate) fn route(&self, pattern: &str) -> Arc<str> {
         if let Some(label) = self
             .routes
             .read()
@@ -85,7 +106,7 @@ impl HttpMetrics {
 
 /// A method as a label: the standard ones by name, any other as `OTHER` (a client's made-up
 /// methods would make the series endless).
-fn method_label(method: &Method) -> &'static str {
+pub(crate) fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -95,103 +116,6 @@ fn method_label(method: &Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
-    }
-}
-
-/// Counts each routed request by its route's pattern (never its path: names would make the
-/// series endless), method and status, and observes how long it took. A route layer (it reads
-/// the matched pattern), written out rather than a `from_fn`: no boxed service or future.
-#[derive(Clone)]
-pub(crate) struct TrackLayer(pub Arc<HttpMetrics>);
-
-impl<S> Layer<S> for TrackLayer {
-    type Service = Tracked<S>;
-
-    fn layer(&self, inner: S) -> Tracked<S> {
-        Tracked {
-            inner,
-            metrics: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`TrackLayer`] makes.
-#[derive(Clone)]
-pub(crate) struct Tracked<S> {
-    inner: S,
-    metrics: Arc<HttpMetrics>,
-}
-
-impl<S> Service<Request> for Tracked<S>
-where
-    S: Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = TrackedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let route = match request.extensions().get::<MatchedPath>() {
-            Some(pattern) => self.metrics.route(pattern.as_str()),
-            None => Arc::from("unmatched"),
-        };
-        let method = method_label(request.method());
-        TrackedFuture {
-            inner: self.inner.call(request),
-            metrics: self.metrics.clone(),
-            route: Some(route),
-            method,
-            started: Instant::now(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The answer, counted when it comes.
-    pub(crate) struct TrackedFuture<F> {
-        #[pin]
-        inner: F,
-        metrics: Arc<HttpMetrics>,
-        route: Option<Arc<str>>,
-        method: &'static str,
-        started: Instant,
-    }
-}
-
-impl<F, E> Future for TrackedFuture<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answer = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(route)) = (&answer, this.route.take()) {
-            let metrics = &**this.metrics;
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    route: route.clone(),
-                    method: this.method,
-                    status: response.status().as_u16(),
-                    node: metrics.node.clone(),
-                })
-                .inc();
-            metrics
-                .latency
-                .get_or_create(&RouteLabels {
-                    route,
-                    method: this.method,
-                    node: metrics.node.clone(),
-                })
-                .observe(this.started.elapsed().as_secs_f64());
-        }
-        Poll::Ready(answer)
     }
 }
 

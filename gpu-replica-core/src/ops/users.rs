@@ -91,7 +91,13 @@ impl QuotaChange {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(DIGITS[usize::from(b >> 4)] as char);
+        text.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    text
 }
 
 fn random_hex(len: usize) -> Result<String> {
@@ -403,6 +409,18 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_are_stored_as_lowercase_hex_as_they_always_were() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&bytes), expected);
+        // SHA-256 of "salt:secret", as every stored record has it.
+        assert_eq!(
+            hash("salt", "secret"),
+            "e0daae7ddca6117bae5f642d182bf4c456a16fe195e74ccb38714372c533f828"
+        );
+    }
 
     #[test]
     fn tokens_carry_the_name_and_a_long_secret() {

@@ -480,8 +480,18 @@ fn parse_addr(text: &str) -> Result<Addr, String> {
 
 /// Logs to stdout: text (coloured only on a terminal and without NO_COLOR) or JSON lines.
 /// Lines are written by a thread of their own, many at a time (see [`crate::log_writer`]); the
-/// guard writes what is left when it is dropped, at exit.
-fn init_logging(args: &ServeArgs) -> Result<crate::log_writer::Guard, String> {
+/// guard writes what is left when it is dropped, at exit. Also the access log's own way into
+/// that writer, when the log filter lets its lines through and they are not coloured.
+fn init_logging(
+    args: &ServeArgs,
+) -> Result<
+    (
+        crate::log_writer::Guard,
+        Option<std::sync::Arc<dyn gpu_replica_http::AccessSink>>,
+    ),
+    String,
+> {
+    use crate::log_writer::{AccessLines, Form};
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .map_err(|e| format!("--log-level: {e}"))?;
@@ -490,13 +500,21 @@ fn init_logging(args: &ServeArgs) -> Result<crate::log_writer::Guard, String> {
     let (writer, guard) = crate::log_writer::batch_writer(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
-    if args.log_format == "json" {
+        .with_writer(writer.clone());
+    let json = args.log_format == "json";
+    if json {
         builder.json().with_ansi(false).init();
     } else {
         builder.with_ansi(colour).init();
     }
-    Ok(guard)
+    let form = if json { Form::Json } else { Form::Text };
+    let wanted = tracing::enabled!(target: "gpu_replica::access", tracing::Level::INFO);
+    // Filtered out, or coloured for a terminal: `tracing` has the lines (and drops them).
+    let sink = (wanted && (json || !colour)).then(|| {
+        std::sync::Arc::new(AccessLines::new(writer, form))
+            as std::sync::Arc<dyn gpu_replica_http::AccessSink>
+    });
+    Ok((guard, sink))
 }
 
 /// The group id of `name`, from /etc/group (or a number).
@@ -584,7 +602,7 @@ fn reload_on_hangup(tls: gpu_replica_http::ReloadableTls, nodes: Option<NodeIden
 /// Flags become options here; the engine's start-up order is the core's
 /// ([`Engine::builder`]), serving is the HTTP crate's ([`gpu_replica_http::serve`]).
 pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
-    let _log_writer = init_logging(&args)?;
+    let (_log_writer, access_sink) = init_logging(&args)?;
     let token = match &args.token_file {
         Some(path) => Some(read_secret(path, "--token-file")?),
         None if token.as_deref() == Some("") => return Err("the token is empty".into()),
@@ -645,6 +663,7 @@ pub async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String>
             nodes,
             proxy,
             access_log: args.access_log,
+            access_sink,
         },
     );
     let closing = engine.clone();

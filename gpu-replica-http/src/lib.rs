@@ -43,7 +43,7 @@ use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use gpu_replica_core::Engine;
 
-pub use crate::access::AccessLog;
+pub use crate::access::{AccessLine, AccessLog, AccessSink};
 pub use crate::envelope::{ApiError, Envelope};
 pub use crate::forward::NodeClient;
 pub use crate::link::HttpNodeLink;
@@ -95,6 +95,8 @@ pub struct RouterOptions {
     pub proxy: Option<ProxyAddress>,
     /// Which requests the access log writes (default: all).
     pub access_log: AccessLog,
+    /// Where access lines go: `tracing` (target `gpu_replica::access`, the default), or this.
+    pub access_sink: Option<Arc<dyn AccessSink>>,
 }
 
 impl Default for RouterOptions {
@@ -105,6 +107,7 @@ impl Default for RouterOptions {
             nodes: NodeClient::plain(),
             proxy: None,
             access_log: AccessLog::All,
+            access_sink: None,
         }
     }
 }
@@ -122,6 +125,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         nodes,
         proxy,
         access_log,
+        access_sink,
     } = options;
     let http_metrics = Arc::new(metrics::HttpMetrics::new(engine.node_name()));
     use routes::{events, instance, replicaset as rs, resources, users, volume};
@@ -216,7 +220,10 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
     // What every request passes, around the router once: a layer given to the router itself
     // would be stacked on each of its routes, and copied with it on every call.
     let outer = tower::ServiceBuilder::new()
-        .layer(access::AccessLayer(access_log))
+        .layer(access::AccessLayer {
+            mode: access_log,
+            sink: access_sink,
+        })
         .layer(outer::RequestTimeout(REQUEST_TIMEOUT))
         // A bug of ours answers 500 in the envelope, never a dropped connection.
         .layer(outer::CatchPanic)

@@ -305,7 +305,10 @@ mod tests {
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1000, "written before the end, without a flush");
-        assert!(lines.iter().enumerate().all(|(i, l)| *l == format!("line {i}")));
+        assert!(lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == format!("line {i}")));
         // The rest at the end: nothing is lost when the guard goes.
         writer.make_writer().write_all(b"last\n").unwrap();
         drop(guard);

@@ -200,7 +200,11 @@ pub(crate) async fn serve_here(route: &Route, request: Request) -> Response {
 
 /// Where a request about a set, a volume or a node is served, and there it is served (a
 /// request [`served_here`] is not asked about).
-pub(crate) async fn forward_if_elsewhere(forwarder: &Forwarder, request: Request, next: &Route) -> Response {
+pub(crate) async fn forward_if_elsewhere(
+    forwarder: &Forwarder,
+    request: Request,
+    next: &Route,
+) -> Response {
     let caller = request
         .extensions()
         .get::<Caller>()
@@ -252,8 +256,11 @@ pub(crate) async fn forward_if_elsewhere(forwarder: &Forwarder, request: Request
     for attempt in 1..=attempts {
         let response = match subject.location(&engine).await {
             Ok(Location::Here) => {
-                serve_here(next, Request::from_parts(parts.clone(), Body::from(bytes.clone())))
-                    .await
+                serve_here(
+                    next,
+                    Request::from_parts(parts.clone(), Body::from(bytes.clone())),
+                )
+                .await
             }
             Ok(Location::Node { name, url }) => {
                 send_on(

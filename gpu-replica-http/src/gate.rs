@@ -116,7 +116,11 @@ impl Service<Request> for Gated {
 
 impl Guard {
     /// Lets `request` in to `inner` as its caller, sends it on, or refuses it.
-    fn pass(self: &Arc<Guard>, inner: &mut Route, mut request: Request) -> Passed<RouteFuture<Infallible>> {
+    fn pass(
+        self: &Arc<Guard>,
+        inner: &mut Route,
+        mut request: Request,
+    ) -> Passed<RouteFuture<Infallible>> {
         let address = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()

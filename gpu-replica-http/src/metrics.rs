@@ -61,7 +61,13 @@ impl HttpMetrics {
     }
 
     /// Counts a request of `route` and `method` answered `status` after `took`.
-    pub(crate) fn observe(&self, route: Arc<str>, method: &'static str, status: u16, took: Duration) {
+    pub(crate) fn observe(
+        &self,
+        route: Arc<str>,
+        method: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route: route.clone(),

@@ -208,11 +208,17 @@ mod tests {
             )
             .layer(CatchPanic);
         let answer = app
-            .oneshot(Request::get("/bug").body(axum::body::Body::empty()).unwrap())
+            .oneshot(
+                Request::get("/bug")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(answer.into_body(), 4096).await.unwrap();
+        let body = axum::body::to_bytes(answer.into_body(), 4096)
+            .await
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], 500, "{body}");
     }

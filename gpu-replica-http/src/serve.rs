@@ -185,8 +185,8 @@ impl Activity {
     /// at least every quarter of the shorter deadline, so a deadline is kept within a quarter
     /// of its length (a head that began while it slept toward an idle deadline, say).
     async fn expired(&self, options: &ServeOptions) -> &'static str {
-        let look_every = (options.header_timeout.min(options.idle_timeout) / 4)
-            .max(Duration::from_millis(10));
+        let look_every =
+            (options.header_timeout.min(options.idle_timeout) / 4).max(Duration::from_millis(10));
         loop {
             let now = Instant::now();
             let (deadline, what) = match self.phase() {

@@ -5,7 +5,9 @@
 //! - **Deadlines.** A request head must arrive within `header_timeout` of the connection's
 //!   start (the first head) or of its first byte (later ones); a connection kept alive with
 //!   nothing to do (no request in flight, nothing received) is closed after `idle_timeout`; and a request body must arrive whole within `body_timeout` of its head (else
-//!   408 and the connection is closed). A TLS handshake counts as part of the first head.
+//!   408 and the connection is closed). A TLS handshake counts as part of the first head. The
+//!   head and idle deadlines are looked at every quarter of the shorter of the two (a request
+//!   wakes no watchdog), so each is kept within a quarter of its length.
 //! - **Descriptors.** At most `max_connections` connections are held; past that, new ones wait
 //!   in the kernel's backlog until one closes, so the descriptors the engine needs for Docker
 //!   and the store are never taken by clients. An accept that fails for lack of descriptors is

@@ -71,6 +71,10 @@ for bin in "$@"; do
   for i in $(seq 8); do
     api "$admin" POST /replicaSet "{\"imageName\":\"gpu-replica-bench/img:2MB\",\"replicaSetName\":\"benchp$i\",\"gpuCount\":1}" >/dev/null
   done
+  # Let the new containers settle (their start is Docker's work on the same two cores), and
+  # warm the server's kept answers up, before measuring.
+  sleep 3
+  wrk -t1 -c8 -d2s -H "Authorization: Bearer $admin" "http://$addr/api/v1/replicaSet/benchreads" >/dev/null
   declare -A idle=() busy=()
   for path in /api/v1/replicaSet/benchreads /api/v1/replicaSet /api/v1/resources/gpus; do
     idle[admin,$path]=$(load "http://$addr$path" "$admin")

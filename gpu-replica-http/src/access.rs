@@ -4,16 +4,11 @@
 //! hands lines to an [`AccessSink`] instead, which writes them without `tracing`'s machinery
 //! (`gpu-replica serve` does: the same line, a fifth of the cost).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::{Method, Uri};
-use axum::response::Response;
-use tower::{Layer, Service};
+use axum::http::{Method, StatusCode, Uri};
 
 /// Which requests the access log writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,112 +56,59 @@ pub trait AccessSink: Send + Sync + 'static {
     fn write(&self, line: &AccessLine<'_>);
 }
 
-/// Writes each request's line once it is answered (a layer of its own, not a `from_fn`: a
-/// request pays for no boxed service or future here).
+/// The access log as a router serves it: which requests, and where their lines go.
 #[derive(Clone)]
-pub(crate) struct AccessLayer {
+pub(crate) struct Access {
     pub mode: AccessLog,
     pub sink: Option<Arc<dyn AccessSink>>,
 }
 
-impl<S> Layer<S> for AccessLayer {
-    type Service = Logged<S>;
-
-    fn layer(&self, inner: S) -> Logged<S> {
-        Logged {
-            inner,
-            mode: self.mode,
-            sink: self.sink.clone(),
-        }
-    }
-}
-
-/// The service [`AccessLayer`] makes.
-#[derive(Clone)]
-pub(crate) struct Logged<S> {
-    inner: S,
-    mode: AccessLog,
-    sink: Option<Arc<dyn AccessSink>>,
-}
-
-impl<S> Service<Request> for Logged<S>
-where
-    S: Service<Request, Response = Response>,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = LoggedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        // The URI shares the request's bytes: copying it copies no path.
-        let line = (self.mode != AccessLog::Off).then(|| Line {
-            started: Instant::now(),
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-        });
-        LoggedFuture {
-            inner: self.inner.call(request),
-            mode: self.mode,
-            sink: self.sink.clone(),
-            line,
-        }
-    }
-}
-
-/// What a request's line says besides its answer.
-struct Line {
+/// What a request's line says besides its answer, taken when it comes in.
+pub(crate) struct Begun {
     started: Instant,
     method: Method,
     uri: Uri,
 }
 
-pin_project_lite::pin_project! {
-    /// The answer, and its line written when it comes.
-    pub(crate) struct LoggedFuture<F> {
-        #[pin]
-        inner: F,
-        mode: AccessLog,
-        sink: Option<Arc<dyn AccessSink>>,
-        line: Option<Line>,
+impl Begun {
+    /// When the request came in.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
     }
 }
 
-impl<F, E> Future for LoggedFuture<F>
-where
-    F: Future<Output = Result<Response, E>>,
-{
-    type Output = Result<Response, E>;
+impl Access {
+    /// Notes `request` for its line (nothing when the log is off). The URI shares the
+    /// request's bytes: copying it copies no path.
+    pub(crate) fn begin(&self, request: &Request) -> Option<Begun> {
+        (self.mode != AccessLog::Off).then(|| Begun {
+            started: Instant::now(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        })
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let answer = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(line)) = (&answer, this.line.take()) {
-            let status = response.status();
-            if *this.mode == AccessLog::All || status.is_client_error() || status.is_server_error()
-            {
-                let micros = line.started.elapsed().as_micros() as u64;
-                match this.sink {
-                    Some(sink) => sink.write(&AccessLine {
-                        method: &line.method,
-                        path: line.uri.path(),
-                        status: status.as_u16(),
-                        micros,
-                    }),
-                    None => tracing::info!(
-                        target: "gpu_replica::access",
-                        method = %line.method,
-                        path = line.uri.path(),
-                        status = status.as_u16(),
-                        micros,
-                        "request"
-                    ),
-                }
-            }
+    /// Writes the line of a request answered `status`, if the mode wants it.
+    pub(crate) fn end(&self, begun: Begun, status: StatusCode) {
+        if self.mode != AccessLog::All && !status.is_client_error() && !status.is_server_error() {
+            return;
         }
-        Poll::Ready(answer)
+        let micros = begun.started.elapsed().as_micros() as u64;
+        match &self.sink {
+            Some(sink) => sink.write(&AccessLine {
+                method: &begun.method,
+                path: begun.uri.path(),
+                status: status.as_u16(),
+                micros,
+            }),
+            None => tracing::info!(
+                target: "gpu_replica::access",
+                method = %begun.method,
+                path = begun.uri.path(),
+                status = status.as_u16(),
+                micros,
+                "request"
+            ),
+        }
     }
 }

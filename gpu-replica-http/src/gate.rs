@@ -1,28 +1,41 @@
-//! The one layer every routed request passes: it counts the request for the metrics (by its
-//! route's pattern), and on the guarded routes finds who is asking ([`Auth`]) and sends the
-//! request on when its set lives on another node ([`forward`]).
+//! The one layer every request passes once routed (its route, the fallback of no route, or
+//! the answer to a method the route lacks). It
 //!
-//! One layer rather than three: axum copies a route's whole stack of services each time it
+//! - writes the access log's line ([`Access`]) and counts the request for the metrics (by its
+//!   route's pattern);
+//! - on the guarded routes, finds who is asking ([`Auth`]) and sends the request on when its
+//!   set lives on another node ([`forward`]);
+//! - answers `408` past [`crate::REQUEST_TIMEOUT`] (the timer is made only when the request
+//!   first has to wait: reads answered from memory never make, arm or drop one), and `500`
+//!   in the envelope for a bug of ours that panics, never a dropped connection;
+//! - sets the body limit ([`crate::BODY_LIMIT`]).
+//!
+//! One layer rather than seven: axum copies a route's whole stack of services each time it
 //! calls it, so every layer stacked on a route costs every request a copy of what is below
-//! it. Written out rather than as `from_fn`, a request decided from memory (nearly all: the
-//! admin's token, or a user's while the users in memory are known true, on a single host)
-//! passes in with no boxed future and no copy of the route; only one that must wait (the
-//! users read, another node asked) takes the slower way.
+//! it, and a layer around the router costs a second routing. Written out rather than as
+//! `from_fn`, a request decided from memory (nearly all: the admin's token, or a user's while
+//! the users in memory are known true, on a single host) passes in with no boxed future and
+//! no copy of the route; only one that must wait (the users read, another node asked) takes
+//! the slower way.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::Route;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
 
+use crate::access::{Access, Begun};
 use crate::auth::{Auth, Decision};
 use crate::forward::{self, Forwarder};
 use crate::metrics::{method_label, HttpMetrics};
@@ -38,26 +51,39 @@ pub(crate) struct Guard {
     pub replies: Arc<Replies>,
 }
 
-/// The layer: metrics only (`/ping`, the console's files), or metrics and a [`Guard`].
+/// The layer: everything but a guard (`/ping`, the console's files, the nodes' own routes),
+/// or everything and a [`Guard`].
 #[derive(Clone)]
 pub(crate) struct Gate {
-    metrics: Arc<HttpMetrics>,
+    shared: Arc<Shared>,
     guard: Option<Arc<Guard>>,
 }
 
+/// What every route's gate shares.
+pub(crate) struct Shared {
+    /// The access log.
+    pub access: Access,
+    /// The HTTP metrics.
+    pub metrics: Arc<HttpMetrics>,
+    /// Longest a request may take.
+    pub limit: Duration,
+    /// Largest request body.
+    pub body_limit: usize,
+}
+
 impl Gate {
-    /// Counts requests; lets every one in.
-    pub(crate) fn open(metrics: Arc<HttpMetrics>) -> Gate {
+    /// Lets every request in.
+    pub(crate) fn open(shared: Arc<Shared>) -> Gate {
         Gate {
-            metrics,
+            shared,
             guard: None,
         }
     }
 
-    /// Counts requests; lets in those `guard` lets in.
-    pub(crate) fn guarded(metrics: Arc<HttpMetrics>, guard: Guard) -> Gate {
+    /// Lets in those `guard` lets in.
+    pub(crate) fn guarded(shared: Arc<Shared>, guard: Guard) -> Gate {
         Gate {
-            metrics,
+            shared,
             guard: Some(Arc::new(guard)),
         }
     }
@@ -84,32 +110,41 @@ pub(crate) struct Gated {
 impl Service<Request> for Gated {
     type Response = Response;
     type Error = Infallible;
-    type Future = Counted<Passed<RouteFuture<Infallible>>>;
+    type Future = Gone<Passed<RouteFuture<Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Service::<Request>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let metrics = &self.gate.metrics;
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let shared = &self.gate.shared;
+        let begun = shared.access.begin(&request);
         let route = match request.extensions().get::<MatchedPath>() {
-            Some(pattern) => metrics.route(pattern.as_str()),
-            None => metrics.unmatched(),
+            Some(pattern) => shared.metrics.route(pattern.as_str()),
+            None => shared.metrics.unmatched(),
         };
         let method = method_label(request.method());
-        let started = Instant::now();
-        let passed = match &self.gate.guard {
+        let started = begun.as_ref().map_or_else(Instant::now, Begun::started);
+        DefaultBodyLimit::max(shared.body_limit).apply(&mut request);
+        let inner = &mut self.inner;
+        let guard = &self.gate.guard;
+        let passed = std::panic::catch_unwind(AssertUnwindSafe(|| match guard {
             None => Passed::Inner {
-                inner: self.inner.call(request),
+                inner: inner.call(request),
             },
-            Some(guard) => guard.pass(&mut self.inner, request),
-        };
-        Counted {
+            Some(guard) => guard.pass(inner, request),
+        }))
+        .unwrap_or_else(|panic| Passed::Answered {
+            answer: Some(crate::envelope::panicked(panic)),
+        });
+        Gone {
             inner: passed,
-            metrics: metrics.clone(),
+            shared: shared.clone(),
+            begun,
             route: Some(route),
             method,
             started,
+            timer: None,
         }
     }
 }
@@ -200,18 +235,21 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// An answer, counted when it comes.
-    pub(crate) struct Counted<F> {
+    /// A request's answer (its route's, `408` past its time, `500` for a panic), logged and
+    /// counted when it comes.
+    pub(crate) struct Gone<F> {
         #[pin]
         inner: F,
-        metrics: Arc<HttpMetrics>,
+        shared: Arc<Shared>,
+        begun: Option<Begun>,
         route: Option<Arc<str>>,
         method: &'static str,
         started: Instant,
+        timer: Option<Pin<Box<Sleep>>>,
     }
 }
 
-impl<F> Future for Counted<F>
+impl<F> Future for Gone<F>
 where
     F: Future<Output = Result<Response, Infallible>>,
 {
@@ -219,12 +257,125 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let answer = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(route)) = (&answer, this.route.take()) {
-            let status = response.status().as_u16();
-            this.metrics
-                .observe(route, this.method, status, this.started.elapsed());
+        let inner = this.inner;
+        let answer = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(Ok(answer))) => answer,
+            Ok(Poll::Ready(Err(never))) => match never {},
+            Err(panic) => crate::envelope::panicked(panic),
+            Ok(Poll::Pending) => {
+                // Counted from the first wait: the poll before it took microseconds.
+                let limit = this.shared.limit;
+                let timer = this.timer.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep_until(
+                        tokio::time::Instant::now() + limit,
+                    ))
+                });
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                StatusCode::REQUEST_TIMEOUT.into_response()
+            }
+        };
+        let status = answer.status();
+        if let Some(route) = this.route.take() {
+            this.shared.metrics.observe(
+                route,
+                this.method,
+                status.as_u16(),
+                this.started.elapsed(),
+            );
         }
-        Poll::Ready(answer)
+        if let Some(begun) = this.begun.take() {
+            this.shared.access.end(begun, status);
+        }
+        Poll::Ready(Ok(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::AccessLog;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    fn app() -> axum::Router {
+        let shared = Arc::new(Shared {
+            access: Access {
+                mode: AccessLog::Off,
+                sink: None,
+            },
+            metrics: Arc::new(HttpMetrics::new("")),
+            limit: Duration::from_millis(100),
+            body_limit: 16,
+        });
+        axum::Router::new()
+            .route("/quick", get(|| async { "quick" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "slow"
+                }),
+            )
+            .route(
+                "/bug",
+                get(|| async {
+                    tokio::task::yield_now().await;
+                    panic!("a bug");
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            )
+            .route("/echo", axum::routing::post(|body: String| async { body }))
+            .layer(Gate::open(shared))
+    }
+
+    async fn call(method: &str, path: &str, body: &'static str) -> (StatusCode, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let answer = app().oneshot(request).await.unwrap();
+        let status = answer.status();
+        let body = axum::body::to_bytes(answer.into_body(), 4096)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_time_is_answered_408_and_a_quick_one_passes() {
+        assert_eq!(
+            call("GET", "/quick", "").await,
+            (StatusCode::OK, "quick".into())
+        );
+        assert_eq!(
+            call("GET", "/slow", "").await.0,
+            StatusCode::REQUEST_TIMEOUT
+        );
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_500_in_the_envelope() {
+        let (status, body) = call("GET", "/bug", "").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], 500, "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused() {
+        assert_eq!(
+            call("POST", "/echo", "short").await,
+            (StatusCode::OK, "short".into())
+        );
+        assert_eq!(
+            call("POST", "/echo", "a body longer than sixteen bytes")
+                .await
+                .0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

@@ -25,7 +25,6 @@ mod gate;
 pub mod link;
 mod metrics;
 mod openapi;
-mod outer;
 mod pipe;
 pub mod proxy;
 mod replies;
@@ -38,7 +37,6 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
 use axum::Router;
 use gpu_replica_core::Engine;
@@ -191,8 +189,17 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         metrics_token: metrics_token.map(auth::Token::new),
         limiter: auth::FailureLimiter::default(),
     });
-    // Once routed, one layer counts, authenticates and forwards (see `gate`); as `layer`,
-    // not `route_layer`, so that a request for no route needs a token too.
+    // Once routed, one layer does what every request needs (see `gate`); as `layer`, not
+    // `route_layer`, so that a request for no route passes it too (and needs a token).
+    let shared = Arc::new(gate::Shared {
+        access: access::Access {
+            mode: access_log,
+            sink: access_sink,
+        },
+        metrics: http_metrics,
+        limit: REQUEST_TIMEOUT,
+        body_limit: BODY_LIMIT,
+    });
     let guarded = api
         .route("/openapi.json", get(openapi::document))
         .route(
@@ -202,7 +209,7 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(gate::Gate::guarded(
-            http_metrics.clone(),
+            shared.clone(),
             gate::Guard {
                 auth: auth.clone(),
                 forwarder: forward::Forwarder::new(engine.clone(), nodes),
@@ -210,26 +217,13 @@ fn routes(engine: Arc<Engine>, options: RouterOptions) -> Router {
                 replies: Arc::new(replies::Replies::default()),
             },
         ));
-    let app = Router::new()
+    Router::new()
         .route(p::PING, get(routes::ping))
         .merge(ui::routes(auth))
         .merge(link::routes(engine.clone()))
-        .route_layer(gate::Gate::open(http_metrics))
+        .layer(gate::Gate::open(shared))
         .merge(guarded)
-        .with_state(engine);
-    // What every request passes, around the router once: a layer given to the router itself
-    // would be stacked on each of its routes, and copied with it on every call.
-    let outer = tower::ServiceBuilder::new()
-        .layer(access::AccessLayer {
-            mode: access_log,
-            sink: access_sink,
-        })
-        .layer(outer::RequestTimeout(REQUEST_TIMEOUT))
-        // A bug of ours answers 500 in the envelope, never a dropped connection.
-        .layer(outer::CatchPanic)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .service(app);
-    Router::new().fallback_service(outer)
+        .with_state(engine)
 }
 
 #[cfg(test)]

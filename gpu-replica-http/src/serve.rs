@@ -38,6 +38,10 @@ use tower::ServiceExt;
 use crate::envelope::BodyTimedOut;
 use crate::tls::ReloadableTls;
 
+/// An answer of at most this many bytes, whole in memory, counts as sent once made (a
+/// socket's buffer takes it at once): its connection is idle from then on.
+const SENT_AT_ONCE: u64 = 16 * 1024;
+
 /// Descriptors kept back from connections for the engine (Docker, the store, NVML, logs).
 pub const RESERVED_DESCRIPTORS: u64 = 256;
 
@@ -443,8 +447,17 @@ async fn run_http<S>(
         let app = app.clone();
         async move {
             let response = app.oneshot(request).await?;
-            // The request is in flight until its response is sent whole (or dropped).
             let (parts, body) = response.into_parts();
+            // A small answer held whole in memory is written at once: done now.
+            let small = hyper::body::Body::size_hint(&body)
+                .exact()
+                .is_some_and(|n| n <= SENT_AT_ONCE);
+            if small {
+                activity.request_finished();
+                return Ok(hyper::Response::from_parts(parts, body));
+            }
+            // Otherwise the request is in flight until its response is sent whole (or
+            // dropped).
             let finished = Finished(activity);
             let body = body.map_frame(move |frame| {
                 let _ = &finished;

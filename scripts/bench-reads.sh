@@ -83,6 +83,7 @@ for bin in "$@"; do
   # A user exists now: their token, on a set of their own.
   user=$(api "$admin" POST /users '{"name":"benchu"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["token"])')
   api "$user" POST /replicaSet '{"imageName":"gpu-replica-bench/img:2MB","replicaSetName":"benchuser","gpuCount":1}' >/dev/null
+  sleep 3
   for path in /api/v1/replicaSet/benchuser /api/v1/replicaSet /api/v1/resources/gpus; do
     idle[user,$path]=$(load "http://$addr$path" "$user")
   done

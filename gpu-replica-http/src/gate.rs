@@ -32,6 +32,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use axum::routing::Route;
+use gpu_replica_core::Caller;
 use tokio::time::Sleep;
 use tower::{Layer, Service};
 
@@ -150,6 +151,12 @@ impl Service<Request> for Gated {
 }
 
 impl Guard {
+    /// Hands the handlers who asks, and the kept answers.
+    fn let_in(&self, request: &mut Request, caller: Caller) {
+        request.extensions_mut().insert(caller);
+        request.extensions_mut().insert(self.replies.clone());
+    }
+
     /// Lets `request` in to `inner` as its caller, sends it on, or refuses it.
     fn pass(
         self: &Arc<Guard>,
@@ -162,8 +169,7 @@ impl Guard {
             .map(|c| c.0.ip());
         match self.auth.decide_now(&request, address) {
             Decision::Pass(caller) => {
-                request.extensions_mut().insert(caller);
-                request.extensions_mut().insert(self.replies.clone());
+                self.let_in(&mut request, caller);
                 if forward::served_here(&self.forwarder, &request) {
                     return Passed::Inner {
                         inner: inner.call(request),
@@ -189,8 +195,7 @@ impl Guard {
                             Ok(caller) => caller,
                             Err(error) => return Ok(guard.auth.refusal(error, address)),
                         };
-                        request.extensions_mut().insert(caller);
-                        request.extensions_mut().insert(guard.replies.clone());
+                        guard.let_in(&mut request, caller);
                         Ok(if forward::served_here(&guard.forwarder, &request) {
                             forward::serve_here(&inner, request).await
                         } else {

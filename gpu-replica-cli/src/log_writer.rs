@@ -212,7 +212,8 @@ impl AccessLines {
 
 thread_local! {
     /// A line being made, and the last second's text (`2026-11-30T20:17:00`).
-    static MAKING: RefCell<(Vec<u8>, u64, String)> = RefCell::new((Vec::with_capacity(256), u64::MAX, String::new()));
+    static MAKING: RefCell<(Vec<u8>, u64, String)> =
+        RefCell::new((Vec::with_capacity(256), u64::MAX, String::new()));
 }
 
 /// `secs` since the epoch as RFC 3339 to the second, in UTC.

@@ -1,5 +1,5 @@
-//! Who is asking: every route but `/ping` goes through [`Auth`] (in [`crate::gate::Gate`]), which turns the
-//! bearer token into a [`Caller`] (the server's own token is the built-in admin, a user's
+//! Who is asking: every route but `/ping` goes through [`Auth`] (in [`crate::gate::Gate`]),
+//! which turns the bearer token into a [`Caller`] (the server's own token is the built-in admin, a user's
 //! token is that user) and hands handlers an engine acting for them ([`Acting`]).
 //!
 //! Without a server token and before any user exists, requests need no token and act as the
@@ -116,6 +116,16 @@ fn given_token(headers: &axum::http::HeaderMap) -> Option<Cow<'_, str>> {
         .or_else(|| websocket_token(headers).map(Cow::Owned))
 }
 
+/// Who a request without a token acts for: the admin until users exist (on a server without
+/// a token of its own), no one after.
+fn anonymous(users_exist: bool) -> Result<Caller, Error> {
+    if users_exist {
+        Err(Error::Unauthorized)
+    } else {
+        Ok(Caller::operator())
+    }
+}
+
 /// What [`Auth`] can say of a request without waiting.
 pub(crate) enum Decision {
     /// It acts for this caller.
@@ -153,8 +163,7 @@ impl Auth {
             },
             None if self.token.is_some() => Err(Error::Unauthorized),
             None => match self.engine.has_users_now() {
-                Some(false) => Ok(Caller::operator()),
-                Some(true) => Err(Error::Unauthorized),
+                Some(users) => anonymous(users),
                 None => return Decision::Ask(None),
             },
         };
@@ -168,11 +177,7 @@ impl Auth {
     pub(crate) async fn decide_later(&self, token: Option<String>) -> Result<Caller, Error> {
         match token {
             Some(token) => self.engine.authenticate(&token).await,
-            None => match self.engine.has_users().await {
-                Ok(false) => Ok(Caller::operator()),
-                Ok(true) => Err(Error::Unauthorized),
-                Err(e) => Err(e),
-            },
+            None => anonymous(self.engine.has_users().await?),
         }
     }
 
@@ -190,8 +195,8 @@ impl Auth {
     }
 }
 
-/// The engine acting for whoever [`crate::gate::Gate`] found (the admin where no authentication
-/// ran).
+/// The engine acting for whoever [`crate::gate::Gate`] found (the admin where no
+/// authentication ran).
 pub struct Acting(pub Engine);
 
 impl FromRequestParts<Arc<Engine>> for Acting {
